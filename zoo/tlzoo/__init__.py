@@ -1,0 +1,59 @@
+"""tlzoo: a transfer-learning backbone zoo for images.
+
+    >>> import tlzoo
+    >>> [s.id for s in tlzoo.list_backbones(pattern="vgg*")]
+    ['torch/vgg16', 'keras/vgg16', 'torch/vgg19', 'keras/vgg19']
+    >>> backbone = tlzoo.get_backbone("mobilenet_v2", pretrained=True)
+
+Importing tlzoo is cheap: torch, TensorFlow and onnxruntime are imported only
+when a model is built, trained, exported or run.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from .errors import TlzooError
+from .hookspecs import hookimpl
+from .plugins import register_plugin, unregister_plugin
+from .specs import BackboneSpec, ExporterSpec, Preprocessing, UnitSpec, WeightsSpec
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .backbone import Backbone, get_backbone
+
+# Public names whose modules import numpy or frameworks: loaded on first use.
+_LAZY = {
+    "Backbone": ".backbone",
+    "get_backbone": ".backbone",
+}
+
+__all__ = [
+    "Backbone",
+    "BackboneSpec",
+    "ExporterSpec",
+    "Preprocessing",
+    "TlzooError",
+    "UnitSpec",
+    "WeightsSpec",
+    "get_backbone",
+    "hookimpl",
+    "list_backbones",
+    "register_plugin",
+    "unregister_plugin",
+]
+
+
+def list_backbones(framework: str | None = None, pattern: str | None = None) -> list[BackboneSpec]:
+    """Registered backbones, optionally of one framework and matching a glob (``"resnet*"``)."""
+    from .registry import get_registry
+
+    return get_registry().list(framework=framework, pattern=pattern)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'tlzoo' has no attribute {name!r}")

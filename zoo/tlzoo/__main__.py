@@ -1,0 +1,3 @@
+from tlzoo.cli.app import main
+
+main()

@@ -1,0 +1,166 @@
+"""One interface over torch and Keras backbones.
+
+``get_backbone()`` resolves a name, checks the weights, imports the plugin's
+builder and wraps the framework model in a :class:`Backbone`. Framework code
+lives in ``tlzoo.frameworks``; it is imported here only when a model is built.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import freeze as freeze_mod
+from .errors import PluginError, UsageError
+from .registry import get_registry
+from .specs import BackboneSpec
+from .weights import ResolvedWeights, resolve
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A freeze unit of a built model (see :mod:`tlzoo.freeze`)."""
+
+    index: int  # 1-based, as printed by `tlzoo describe`
+    name: str
+    kind: str
+    params: int
+
+
+class Backbone(ABC):
+    """A built backbone: the framework's model plus what tlzoo knows about it."""
+
+    framework: str
+
+    def __init__(self, spec: BackboneSpec, model: Any, input_size: tuple[int, int], weights: ResolvedWeights | None):
+        self.spec = spec
+        self.model = model
+        self.input_size = input_size
+        self.weights = weights
+        self.frozen_units = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.id
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights is not None
+
+    @property
+    @abstractmethod
+    def units(self) -> list[Unit]:
+        """The freeze units in forward order."""
+
+    @property
+    @abstractmethod
+    def num_params(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def trainable_params(self) -> int: ...
+
+    @abstractmethod
+    def _freeze_units(self, count: int, whole: bool) -> None: ...
+
+    @abstractmethod
+    def feature_model(self, tap: int | None = None) -> Any:
+        """The framework model mapping preprocessed images to pooled features.
+
+        ``tap`` is a 0-based unit index: the globally average-pooled output of
+        that unit (its normalization layer's output when it has one) instead
+        of the backbone's final features.
+        """
+
+    @abstractmethod
+    def _run(self, model: Any, batch: np.ndarray) -> np.ndarray:
+        """Run a feature model on a preprocessed NHWC float32 batch."""
+
+    def unit_names(self) -> list[str]:
+        return [u.name for u in self.units]
+
+    def freeze(self, value: str | int | None) -> int:
+        """Freeze the leading units named by ``value`` (see :mod:`tlzoo.freeze`); returns how many."""
+        count = freeze_mod.parse_freeze(value, self.unit_names())
+        whole = str(value).strip().lower() == freeze_mod.ALL
+        self._freeze_units(count, whole)
+        self.frozen_units = count
+        return count
+
+    def resolve_tap(self, tap: str | int | None) -> int | None:
+        if tap is None or str(tap).strip() == "":
+            return None
+        return freeze_mod.parse_unit(tap, self.unit_names())
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        """RGB uint8 images (N, H, W, 3) already at input size -> float32 NHWC model input."""
+        from .preprocess import normalize
+
+        return normalize(images, self.spec.preprocessing)
+
+    def extract_features(self, images: np.ndarray, *, tap: int | None = None, batch_size: int = 32) -> np.ndarray:
+        """Pooled features ``(N, D)`` of RGB uint8 images at input size, in inference mode."""
+        model = self.feature_model(tap)
+        out = []
+        for start in range(0, len(images), batch_size):
+            out.append(self._run(model, self.preprocess(images[start : start + batch_size])))
+        if not out:
+            raise UsageError("no images to extract features from")
+        return np.concatenate(out, axis=0)
+
+
+def check_input_size(spec: BackboneSpec, size: int | tuple[int, int] | None) -> tuple[int, int]:
+    if size is None:
+        return spec.input_size
+    hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if min(hw) < spec.min_input_size:
+        raise UsageError(
+            f"image size {hw[0]}x{hw[1]} is below {spec.id}'s minimum of "
+            f"{spec.min_input_size}x{spec.min_input_size}"
+        )
+    return hw
+
+
+def import_object(path: str, what: str) -> Any:
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise PluginError(f"{what} {path!r} cannot be imported: {type(exc).__name__}: {exc}") from exc
+
+
+def wrap(spec: BackboneSpec, model: Any, input_size: tuple[int, int], weights: ResolvedWeights | None) -> Backbone:
+    if spec.framework == "torch":
+        from .frameworks.torch_backend import TorchBackbone
+
+        return TorchBackbone(spec, model, input_size, weights)
+    from .frameworks.keras_backend import KerasBackbone
+
+    return KerasBackbone(spec, model, input_size, weights)
+
+
+def get_backbone(
+    name: str | BackboneSpec,
+    *,
+    pretrained: bool | str = False,
+    framework: str | None = None,
+    input_size: int | tuple[int, int] | None = None,
+) -> Backbone:
+    """Build a backbone by name, like ``timm.create_model``.
+
+    ``pretrained``: False for random initialisation, True (or ``"auto"``) for
+    its ImageNet weights (preferring a file already on disk), a weights tag
+    such as ``"IMAGENET1K_V1"``, or the path of a local weights file.
+    """
+    spec = name if isinstance(name, BackboneSpec) else get_registry().resolve(name, framework)
+    size = check_input_size(spec, input_size)
+    weights_arg = ("auto" if pretrained else None) if isinstance(pretrained, bool) else pretrained
+    resolved = resolve(spec, weights_arg)
+    builder = import_object(spec.builder, f"builder of {spec.id}")
+    model = builder(spec=spec, weights=str(resolved.path) if resolved else None, input_size=size)
+    return wrap(spec, model, size, resolved)

@@ -1,0 +1,1 @@
+"""The ``tlzoo`` command line: one small module per command."""

@@ -1,0 +1,40 @@
+"""The ``tlzoo`` Typer application. Commands import heavy libraries inside their bodies."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from . import describe, list_backbones, plugins_cmd, weights_cmd
+
+app = typer.Typer(
+    name="tlzoo",
+    help="Transfer-learning backbone zoo: torchvision and Keras backbones, one interface.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(
+    plugin: Annotated[
+        Optional[list[str]],
+        typer.Option("--plugin", "-p", help="Load this importable module as a plugin (repeatable).", envvar=None),
+    ] = None,
+) -> None:
+    if plugin:
+        from ..plugins import add_plugin_modules
+
+        add_plugin_modules(plugin)
+
+
+app.command("list-backbones")(list_backbones.list_backbones)
+app.command("describe")(describe.describe)
+app.command("plugins")(plugins_cmd.plugins)
+app.add_typer(weights_cmd.app, name="weights")
+
+
+def main() -> None:
+    app(prog_name="tlzoo")

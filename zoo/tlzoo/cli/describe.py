@@ -1,0 +1,71 @@
+"""tlzoo describe"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..registry import get_registry
+from ..specs import BackboneSpec, UnitSpec
+from ..weights import cached_path, is_cached
+from .common import console, handle_errors, human, print_json, warn_plugins
+
+
+@handle_errors
+def describe(
+    name: Annotated[str, typer.Argument(help="Backbone name or id, e.g. vgg16 or keras/vgg16.")],
+    framework: Annotated[Optional[str], typer.Option(help="'torch' or 'keras' when the short name is in both.")] = None,
+    build: Annotated[bool, typer.Option("--build", help="Build the model and read the units off it.")] = False,
+    json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show a backbone's numbered freeze units, preprocessing and weights."""
+    warn_plugins()
+    spec = get_registry().resolve(name, framework)
+    units = list(spec.units)
+    if build or not units:
+        from ..backbone import get_backbone
+
+        built = get_backbone(spec, pretrained=False)
+        units = [UnitSpec(u.name, u.kind, u.params) for u in built.units]
+    if json:
+        data = spec.to_dict()
+        data["id"] = spec.id
+        data["units"] = [{"index": i, "name": u.name, "kind": u.kind, "params": u.params} for i, u in enumerate(units, 1)]
+        print_json(data)
+        return
+    _print_summary(spec, len(units))
+    table = Table(title="freeze units (--freeze N freezes 1..N; --tap N takes unit N's pooled output)", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("unit")
+    table.add_column("kind")
+    table.add_column("params", justify="right")
+    for i, u in enumerate(units, 1):
+        table.add_row(str(i), u.name, u.kind, f"{u.params:,}")
+    console.print(table)
+
+
+def _print_summary(spec: BackboneSpec, n_units: int) -> None:
+    p = spec.preprocessing
+    console.print(f"[bold]{spec.id}[/]  {spec.description}")
+    console.print(f"  builder      {spec.builder}   ({spec.source})")
+    console.print(f"  input        {spec.input_size[0]}x{spec.input_size[1]} RGB (minimum {spec.min_input_size})")
+    console.print(f"  features     {spec.feature_dim} (global average pooled)")
+    console.print(f"  parameters   {spec.num_params:,} ({human(spec.num_params)}) in {n_units} freeze units")
+    console.print(
+        f"  preprocess   mode={p.mode}: {p.channel_order}, values 0..{p.value_range:g}, "
+        f"mean={_fmt(p.mean)}, std={_fmt(p.std)}"
+    )
+    console.print(f"  license      {spec.license}")
+    for w in spec.weights:
+        where = cached_path(spec, w)
+        state = f"on disk: {where}" if is_cached(spec, w) else f"not on disk (would be {where})"
+        metrics = ", ".join(f"{k} {v:g}" for k, v in w.metrics.items())
+        console.print(f"  weights      {w.tag}: {w.file_name} [{metrics}] {state}")
+    if not spec.weights:
+        console.print("  weights      none (random initialisation only)")
+
+
+def _fmt(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"

@@ -1,0 +1,30 @@
+"""tlzoo plugins"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..plugins import get_host
+from ..registry import get_registry
+from .common import console, escape, handle_errors, print_json
+
+
+@handle_errors
+def plugins(json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Show every plugin tlzoo found, what it registered, and any error."""
+    get_registry()
+    statuses = list(get_host().statuses.values())
+    if json:
+        print_json([s.to_dict() for s in statuses])
+        return
+    table = Table(title="tlzoo plugins", title_justify="left")
+    for col in ("plugin", "version", "source", "registers", "status"):
+        table.add_column(col)
+    for s in statuses:
+        registers = ", ".join([*s.backbones, *s.exporters])
+        status = "[green]ok[/]" if s.ok else "[red]error:[/] " + "; ".join(escape(e) for e in s.errors)
+        table.add_row(s.name, s.version or "-", s.source, registers or "-", status)
+    console.print(table)

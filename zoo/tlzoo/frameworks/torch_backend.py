@@ -1,0 +1,202 @@
+"""Freeze units, taps and feature extraction for torch backbones.
+
+Units are found by running the model once on a dummy batch with forward hooks
+on every weight and normalization layer, so their order is the real forward
+order, not the order modules happen to be declared in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..backbone import Backbone, Unit
+from ..errors import UsageError
+
+WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
+NORM_LAYERS = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.LocalResponseNorm,
+)
+
+
+@dataclass
+class TorchUnit:
+    name: str
+    kind: str
+    modules: list[nn.Module] = field(default_factory=list)
+    norms: list[nn.Module] = field(default_factory=list)
+    extra_params: list[nn.Parameter] = field(default_factory=list)
+    last_member: str = ""
+
+    def parameters(self) -> list[nn.Parameter]:
+        params = [p for m in self.modules + self.norms for p in m.parameters(recurse=False)]
+        return params + self.extra_params
+
+
+def trace_units(model: nn.Module, input_size: tuple[int, int]) -> list[TorchUnit]:
+    """Weight layers in forward order, each with the normalization layers that follow it."""
+    names = {id(m): n for n, m in model.named_modules()}
+    order: list[nn.Module] = []
+    seen: set[int] = set()
+
+    def record(module: nn.Module, *_: Any) -> None:
+        if id(module) not in seen:
+            seen.add(id(module))
+            order.append(module)
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, WEIGHT_LAYERS + NORM_LAYERS)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+
+    units: list[TorchUnit] = []
+    leading_norms: list[nn.Module] = []
+    for module in order:
+        name = names[id(module)]
+        if isinstance(module, WEIGHT_LAYERS):
+            units.append(TorchUnit(name=name, kind=type(module).__name__, modules=[module], last_member=name))
+            units[-1].norms.extend(leading_norms)
+            leading_norms = []
+        elif units:
+            units[-1].norms.append(module)
+            units[-1].last_member = name
+        else:
+            leading_norms.append(module)
+    _assign_loose_parameters(model, units)
+    return units
+
+
+def _assign_loose_parameters(model: nn.Module, units: list[TorchUnit]) -> None:
+    """Parameters held directly by container modules (ConvNeXt's layer_scale, say) join the
+    last unit inside that container: they scale or shift its output."""
+    owner_unit = {id(m): u for u in units for m in u.modules + u.norms}
+    for container_name, container in model.named_modules():
+        if isinstance(container, WEIGHT_LAYERS + NORM_LAYERS):
+            continue
+        own = list(container.parameters(recurse=False))
+        if not own or not units:
+            continue
+        inner = [owner_unit[id(m)] for m in container.modules() if id(m) in owner_unit]
+        if container_name == "" or not inner:
+            target = units[0]
+        else:
+            target = max(inner, key=units.index)
+        target.extra_params.extend(own)
+
+
+class FrozenNormsStayInEval(nn.Module):
+    """The backbone as a module whose frozen normalization layers stay in inference mode
+    whatever ``train()`` is called with, so their running statistics never move."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.frozen_norms: list[nn.Module] = []
+
+    def train(self, mode: bool = True) -> FrozenNormsStayInEval:
+        super().train(mode)
+        for norm in self.frozen_norms:
+            norm.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class TappedFeatures(nn.Module):
+    """The backbone truncated after one unit, globally average-pooled."""
+
+    def __init__(self, extractor: nn.Module) -> None:
+        super().__init__()
+        self.extractor = extractor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.extractor(x)["tap"]
+        if out.ndim == 4:
+            return out.mean(dim=(2, 3))
+        if out.ndim == 3:  # (N, tokens, C)
+            return out.mean(dim=1)
+        return out
+
+
+class TorchBackbone(Backbone):
+    framework = "torch"
+
+    def __init__(self, spec, model, input_size, weights):  # type: ignore[no-untyped-def]
+        if not isinstance(model, nn.Module):
+            raise UsageError(f"builder of {spec.id} returned {type(model).__name__}, not a torch.nn.Module")
+        super().__init__(spec, FrozenNormsStayInEval(model), input_size, weights)
+        self.model.eval()
+        self._units = trace_units(self.model.model, input_size)
+
+    @property
+    def units(self) -> list[Unit]:
+        return [
+            Unit(index=i + 1, name=u.name, kind=u.kind, params=sum(p.numel() for p in u.parameters()))
+            for i, u in enumerate(self._units)
+        ]
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    def _freeze_units(self, count: int, whole: bool) -> None:
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        self.model.frozen_norms = []
+        for unit in self._units[:count]:
+            for p in unit.parameters():
+                p.requires_grad_(False)
+            self.model.frozen_norms.extend(unit.norms)
+        if whole:
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+            self.model.frozen_norms = [m for m in self.model.modules() if isinstance(m, NORM_LAYERS)]
+        self.model.train(self.model.training)
+
+    def feature_model(self, tap: int | None = None) -> nn.Module:
+        if tap is None:
+            return self.model
+        from torchvision.models.feature_extraction import create_feature_extractor
+
+        node = self._units[tap].last_member
+        try:
+            extractor = create_feature_extractor(self.model.model, return_nodes={node: "tap"})
+        except Exception as exc:
+            raise UsageError(
+                f"cannot tap unit {tap + 1} ({node}) of {self.spec.id}: torch.fx could not trace the model "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        return TappedFeatures(extractor)
+
+    def to_tensor(self, batch: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
+
+    def _run(self, model: Any, batch: np.ndarray) -> np.ndarray:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                device = next(model.parameters()).device
+                out = model(self.to_tensor(batch).to(device))
+        finally:
+            model.train(was_training)
+        return out.float().cpu().numpy()

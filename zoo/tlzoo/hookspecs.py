@@ -1,0 +1,52 @@
+"""The tlzoo plugin contract.
+
+A plugin is a module (or any object) with functions marked ``@tlzoo.hookimpl``
+whose names match the hooks below. Installed packages are found through the
+``tlzoo`` entry-point group::
+
+    [project.entry-points.tlzoo]
+    tinynet = "tlzoo_tinynet"
+
+tlzoo's own backbones and exporters are registered exactly the same way. A
+plugin that fails to import, or whose hook raises or returns the wrong thing,
+is reported by ``tlzoo plugins`` and in a one-line warning; the other plugins
+keep working.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+PROJECT_NAME = "tlzoo"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def register_backbones() -> list[Any]:
+    """Return the plugin's backbones as a list of :class:`tlzoo.BackboneSpec`.
+
+    Called once per process when the registry is first used, with no
+    arguments. It must be cheap and must not import torch, TensorFlow or
+    onnxruntime: a spec is plain data, and its ``builder`` ("module:function")
+    is imported only when the backbone is built.
+
+    Each backbone is known by its framework-qualified id ``framework/name``
+    (``torch/vgg16``); its short name (``vgg16``) resolves to the torch
+    backbone when both frameworks have one. Two plugins registering the same id
+    is an error reported for the second plugin; the first keeps the id.
+    """
+
+
+@hookspec
+def register_exporters() -> list[Any]:
+    """Return the plugin's exporters as a list of :class:`tlzoo.ExporterSpec`.
+
+    An exporter turns a trained run directory into a deployable file. Like
+    backbones, an exporter spec is plain data whose ``exporter``
+    ("module:function") is imported only when the export runs, and is called as
+    ``exporter(run=Run, out=Path, options=dict) -> Path``.
+    """

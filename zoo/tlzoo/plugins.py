@@ -1,0 +1,222 @@
+"""Finding, loading and calling plugins, with every failure isolated and reported.
+
+Plugins come from three places, in this order:
+
+1. the ``tlzoo`` entry-point group of installed distributions (tlzoo's own
+   built-ins are registered there too);
+2. modules named in ``TLZOO_PLUGINS`` (comma separated) or with ``--plugin``;
+3. plugins registered in-process with :func:`register_plugin` (tests do this).
+
+``TLZOO_DISABLE_PLUGIN_AUTOLOAD=1`` skips third-party entry points (tlzoo's
+own built-ins still load), as ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` does for pytest.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Callable
+
+import pluggy
+
+from . import hookspecs
+
+ENTRY_POINT_GROUP = "tlzoo"
+DISTRIBUTION = "tlzoo"
+ENV_PLUGINS = "TLZOO_PLUGINS"
+ENV_DISABLE_AUTOLOAD = "TLZOO_DISABLE_PLUGIN_AUTOLOAD"
+# Used only when tlzoo's own distribution metadata is missing (running from a
+# bare checkout): the same modules its entry points name.
+BUILTIN_MODULES = {"torchvision": "tlzoo_torchvision", "keras": "tlzoo_keras"}
+
+
+@dataclass
+class PluginStatus:
+    """What ``tlzoo plugins`` reports for one plugin."""
+
+    name: str
+    module: str
+    version: str = ""
+    source: str = "entry point"
+    backbones: list[str] = field(default_factory=list)
+    exporters: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "module": self.module,
+            "version": self.version,
+            "source": self.source,
+            "status": "ok" if self.ok else "error",
+            "backbones": self.backbones,
+            "exporters": self.exporters,
+            "errors": self.errors,
+        }
+
+
+class PluginHost:
+    """A pluggy manager plus the load status of every plugin it tried."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self.statuses: dict[str, PluginStatus] = {}
+
+    def status_for(self, plugin: object) -> PluginStatus:
+        name = self.pm.get_name(plugin) or repr(plugin)
+        return self.statuses.setdefault(name, PluginStatus(name=name, module=_module_name(plugin)))
+
+    def add(self, plugin: object, name: str, *, source: str, version: str = "") -> None:
+        status = PluginStatus(name=name, module=_module_name(plugin), version=version, source=source)
+        self.statuses[name] = status
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as exc:  # a malformed hookimpl is the plugin's problem, not ours
+            status.errors.append(f"could not register: {_describe(exc)}")
+
+    def add_failed(self, name: str, module: str, error: str, *, source: str, version: str = "") -> None:
+        self.statuses[name] = PluginStatus(
+            name=name, module=module, version=version, source=source, errors=[error]
+        )
+
+    def call_each(self, hook_name: str) -> list[tuple[PluginStatus, list[Any]]]:
+        """Call one hook on each plugin separately, so one failure stays local."""
+        results = []
+        hook = getattr(self.pm.hook, hook_name)
+        for impl in hook.get_hookimpls():  # stored in registration order
+            status = self.status_for(impl.plugin)
+            try:
+                returned = impl.function()
+            except Exception as exc:
+                status.errors.append(f"{hook_name}() raised {_describe(exc)}")
+                continue
+            if returned is None:
+                continue
+            if not isinstance(returned, (list, tuple)):
+                status.errors.append(f"{hook_name}() must return a list, got {type(returned).__name__}")
+                continue
+            results.append((status, list(returned)))
+        return results
+
+
+_in_process: list[tuple[str, object]] = []
+_extra_modules: list[str] = []
+_host: PluginHost | None = None
+
+
+def register_plugin(plugin: object, name: str | None = None) -> None:
+    """Register a plugin object in-process (tests, notebooks). Resets the registry."""
+    _in_process.append((name or _module_name(plugin), plugin))
+    reset()
+
+
+def unregister_plugin(plugin_or_name: object) -> None:
+    """Undo :func:`register_plugin`. Resets the registry."""
+    _in_process[:] = [
+        (n, p) for n, p in _in_process if p is not plugin_or_name and n != plugin_or_name
+    ]
+    reset()
+
+
+def add_plugin_modules(modules: list[str]) -> None:
+    """Load these importable modules as plugins (the CLI's ``--plugin``)."""
+    for module in modules:
+        if module and module not in _extra_modules:
+            _extra_modules.append(module)
+    reset()
+
+
+def reset() -> None:
+    """Forget loaded plugins and the registry built from them."""
+    global _host
+    _host = None
+    from . import registry
+
+    registry.reset()
+
+
+def get_host() -> PluginHost:
+    global _host
+    if _host is None:
+        _host = _load()
+    return _host
+
+
+def _load() -> PluginHost:
+    host = PluginHost()
+    _load_entry_points(host)
+    env_modules = [m.strip() for m in os.environ.get(ENV_PLUGINS, "").split(",") if m.strip()]
+    for module in [*env_modules, *_extra_modules]:
+        if module in host.statuses:
+            continue
+        _load_module(host, module, source="--plugin/" + ENV_PLUGINS)
+    for name, plugin in _in_process:
+        host.add(plugin, name, source="in-process")
+    return host
+
+
+def _load_entry_points(host: PluginHost) -> None:
+    autoload = os.environ.get(ENV_DISABLE_AUTOLOAD, "").strip().lower() in ("", "0", "false", "no")
+    seen_builtin = False
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=_builtin_first):
+        dist_name = ep.dist.name if ep.dist is not None else ""
+        builtin = _normalize(dist_name) == DISTRIBUTION
+        seen_builtin = seen_builtin or builtin
+        if not builtin and not autoload:
+            continue
+        if ep.name in host.statuses:
+            continue
+        version = ep.dist.version if ep.dist is not None else ""
+        source = "built-in" if builtin else f"entry point ({dist_name})"
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            host.add_failed(ep.name, ep.value, f"import failed: {_describe(exc)}", source=source, version=version)
+            continue
+        host.add(plugin, ep.name, source=source, version=version)
+    if not seen_builtin:
+        for name, module in BUILTIN_MODULES.items():
+            _load_module(host, module, source="built-in", name=name)
+
+
+def _load_module(host: PluginHost, module: str, *, source: str, name: str | None = None) -> None:
+    name = name or module
+    try:
+        plugin = importlib.import_module(module)
+    except Exception as exc:
+        host.add_failed(name, module, f"import failed: {_describe(exc)}", source=source)
+        return
+    host.add(plugin, name, source=source, version=str(getattr(plugin, "__version__", "")))
+
+
+def warn_broken_plugins(echo: Callable[[str], None] | None = None) -> None:
+    """One line on stderr per broken plugin; details in ``tlzoo plugins``."""
+    echo = echo or (lambda line: print(line, file=sys.stderr))
+    for status in get_host().statuses.values():
+        for error in status.errors:
+            echo(f"tlzoo: warning: plugin {status.name!r}: {error} (see `tlzoo plugins`)")
+
+
+def _builtin_first(ep: metadata.EntryPoint) -> tuple[int, str]:
+    dist_name = ep.dist.name if ep.dist is not None else ""
+    return (0 if _normalize(dist_name) == DISTRIBUTION else 1, ep.name)
+
+
+def _normalize(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+def _module_name(plugin: object) -> str:
+    return str(getattr(plugin, "__name__", None) or type(plugin).__module__)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,197 @@
+"""Plain-data descriptions of backbones, their weights and their preprocessing.
+
+Everything here is standard library only: a spec can be listed, filtered and
+described without importing torch or TensorFlow. The code that builds the model
+is named by ``BackboneSpec.builder`` ("module:function") and imported only when
+the backbone is actually built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Framework = Literal["torch", "keras"]
+FRAMEWORKS: tuple[str, ...] = ("torch", "keras")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an RGB uint8 image becomes the backbone's input tensor.
+
+    The image is resized to the input size, its channels put in
+    ``channel_order``, its values scaled to ``0..value_range`` (1.0 or 255.0),
+    then ``(x - mean) / std`` per channel (mean and std in that channel order
+    and value range). ``mode`` names the convention for people: ``torch``
+    (torchvision's ImageNet mean/std), ``caffe`` (BGR, mean subtraction on
+    0..255), ``tf`` (scaled to -1..1) or ``raw`` (the model normalizes itself).
+    """
+
+    mode: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+    value_range: float = 1.0
+    interpolation: str = "bilinear"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        return cls(
+            mode=data["mode"],
+            mean=tuple(data["mean"]),  # type: ignore[arg-type]
+            std=tuple(data["std"]),  # type: ignore[arg-type]
+            channel_order=data.get("channel_order", "RGB"),
+            value_range=float(data.get("value_range", 1.0)),
+            interpolation=data.get("interpolation", "bilinear"),
+        )
+
+
+TORCHVISION_IMAGENET = Preprocessing(mode="torch", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+KERAS_CAFFE = Preprocessing(
+    mode="caffe", mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), channel_order="BGR", value_range=255.0
+)
+KERAS_TF = Preprocessing(mode="tf", mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5), value_range=255.0)
+KERAS_TORCH = Preprocessing(mode="torch", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+KERAS_RAW = Preprocessing(mode="raw", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), value_range=255.0)
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """A pretrained weights file a backbone can load.
+
+    ``file_hash`` is checked before the file is used. For ``sha256`` it may be
+    a prefix of at least 8 hex digits (torchvision's file names carry one);
+    Keras publishes md5 hashes for its application weights.
+    """
+
+    tag: str
+    file_name: str
+    file_hash: str
+    url: str
+    hash_algorithm: Literal["sha256", "md5"] = "sha256"
+    source: str = ""
+    dataset: str = "ImageNet-1K"
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    """One freeze unit: a weight layer (convolution or dense) in forward order.
+
+    ``params`` counts the unit's weight layer and the normalization layers that
+    follow it.
+    """
+
+    name: str
+    kind: str
+    params: int
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything tlzoo knows about a backbone without building it.
+
+    ``builder`` is ``"module:function"``; the function is called as
+    ``builder(spec=spec, weights=PATH_OR_NONE, input_size=(H, W))`` and returns
+    the framework's own model that maps a batch of preprocessed images
+    (NCHW for torch, NHWC for keras) to pooled features ``(N, feature_dim)``.
+    ``weights`` is a local, already verified file, or None for random init.
+    """
+
+    name: str
+    framework: Framework
+    builder: str
+    input_size: tuple[int, int]
+    feature_dim: int
+    num_params: int
+    preprocessing: Preprocessing
+    min_input_size: int = 32
+    weights: tuple[WeightsSpec, ...] = ()
+    units: tuple[UnitSpec, ...] = ()
+    family: str = ""
+    description: str = ""
+    license: str = ""
+    source: str = ""
+
+    @property
+    def id(self) -> str:
+        """The framework-qualified id, e.g. ``torch/vgg16``."""
+        return f"{self.framework}/{self.name}"
+
+    @property
+    def default_weights(self) -> WeightsSpec | None:
+        return self.weights[0] if self.weights else None
+
+    def weights_by_tag(self, tag: str) -> WeightsSpec | None:
+        for w in self.weights:
+            if w.tag.lower() == tag.lower():
+                return w
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["units"] = [[u.name, u.kind, u.params] for u in self.units]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BackboneSpec:
+        """The inverse of :meth:`to_dict`: how plugins ship their specs as JSON."""
+        return cls(
+            name=data["name"],
+            framework=data["framework"],
+            builder=data["builder"],
+            input_size=(int(data["input_size"][0]), int(data["input_size"][1])),
+            feature_dim=int(data["feature_dim"]),
+            num_params=int(data["num_params"]),
+            preprocessing=Preprocessing.from_dict(data["preprocessing"]),
+            min_input_size=int(data.get("min_input_size", 32)),
+            weights=tuple(WeightsSpec(**w) for w in data.get("weights", ())),
+            units=units_from_rows(data.get("units", [])),
+            family=data.get("family", ""),
+            description=data.get("description", ""),
+            license=data.get("license", ""),
+            source=data.get("source", ""),
+        )
+
+    def __post_init__(self) -> None:
+        if self.framework not in FRAMEWORKS:
+            raise ValueError(f"{self.name}: framework must be one of {FRAMEWORKS}, not {self.framework!r}")
+        if ":" not in self.builder:
+            raise ValueError(f"{self.name}: builder must be 'module:function', not {self.builder!r}")
+        if "/" in self.name or not self.name:
+            raise ValueError(f"backbone name {self.name!r} must be non-empty and contain no '/'")
+
+
+@dataclass(frozen=True)
+class ExporterSpec:
+    """A format a trained run can be exported to (``tlzoo export FORMAT RUN``).
+
+    ``exporter`` is ``"module:function"`` called as
+    ``exporter(run=Run, out=Path, options=dict) -> Path``.
+    """
+
+    name: str
+    exporter: str
+    file_suffix: str
+    description: str = ""
+
+
+def units_from_rows(rows: list[list[Any]]) -> tuple[UnitSpec, ...]:
+    """Turn ``[[name, kind, params], ...]`` (the shipped JSON form) into units."""
+    return tuple(UnitSpec(name=str(n), kind=str(k), params=int(p)) for n, k, p in rows)
+
+
+def load_specs_json(path: str | os.PathLike[str]) -> list[BackboneSpec]:
+    """Read ``{"backbones": [spec dict, ...]}`` as written by :meth:`BackboneSpec.to_dict`."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    return [BackboneSpec.from_dict(row) for row in data["backbones"]]

@@ -1,0 +1,216 @@
+"""Pretrained weights: where the frameworks cache them, hash checks, offline errors.
+
+tlzoo uses the frameworks' own caches, so a file torchvision or Keras already
+downloaded is found, and a file tlzoo puts there is found by them:
+
+* torch: ``$TORCH_HOME/hub/checkpoints`` (default ``~/.cache/torch``), as ``torch.hub.get_dir()``;
+* keras: ``$KERAS_HOME/models`` (default ``~/.keras``), as ``keras.utils.get_file``.
+
+These paths are computed here without importing either framework, so
+``tlzoo list-backbones`` can say which weights are on disk and stay fast.
+Every file is hash-checked before it is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError, WeightsError
+from .specs import BackboneSpec, WeightsSpec
+
+ENV_OFFLINE = "TLZOO_OFFLINE"
+
+
+def cache_dir(framework: str) -> Path:
+    if framework == "torch":
+        if os.environ.get("TORCH_HOME"):
+            base = Path(os.environ["TORCH_HOME"])
+        else:
+            xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+            base = Path(xdg).expanduser() / "torch"
+        return base / "hub" / "checkpoints"
+    if framework == "keras":
+        base = Path(os.environ.get("KERAS_HOME") or Path("~", ".keras")).expanduser()
+        return base / "models"
+    raise ValueError(f"no weights cache for framework {framework!r}")
+
+
+def cached_path(spec: BackboneSpec, weights: WeightsSpec) -> Path:
+    return cache_dir(spec.framework) / weights.file_name
+
+
+def is_cached(spec: BackboneSpec, weights: WeightsSpec) -> bool:
+    return cached_path(spec, weights).is_file()
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_matches(path: Path, weights: WeightsSpec) -> bool:
+    expected = weights.file_hash.lower()
+    actual = file_digest(path, weights.hash_algorithm)
+    if weights.hash_algorithm == "sha256" and len(expected) < 64:
+        return len(expected) >= 8 and actual.startswith(expected)
+    return actual == expected
+
+
+def verify(path: Path, weights: WeightsSpec) -> None:
+    if not hash_matches(path, weights):
+        raise WeightsError(
+            f"{path} does not match the {weights.hash_algorithm} hash {weights.file_hash!r} published for "
+            f"{weights.tag}; the file is corrupt or not the one it is named after. Delete it and fetch it again."
+        )
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """A local file that is safe to load, and what it is."""
+
+    path: Path
+    tag: str
+    verified: bool
+
+
+# Keras says weights="imagenet", torchvision weights="DEFAULT": both mean the backbone's best
+# ImageNet weights; tlzoo prefers ones already on disk among them.
+AUTO_TAGS = ("auto", "default", "imagenet", "pretrained")
+
+
+def choose(spec: BackboneSpec, tag: str) -> WeightsSpec:
+    """The weights named by ``tag``; ``auto``/``default`` prefers what is already on disk."""
+    if not spec.weights:
+        raise UsageError(f"{spec.id} has no pretrained weights; use --no-pretrained (random initialisation)")
+    if tag.lower() in AUTO_TAGS:
+        on_disk = [w for w in spec.weights if is_cached(spec, w)]
+        return on_disk[0] if on_disk else spec.weights[0]
+    found = spec.weights_by_tag(tag)
+    if found is None:
+        tags = ", ".join(w.tag for w in spec.weights)
+        raise UsageError(f"{spec.id} has no weights {tag!r}; available: auto, {tags}, or a file path")
+    return found
+
+
+def resolve(spec: BackboneSpec, weights: str | None) -> ResolvedWeights | None:
+    """Turn ``--weights`` (None, a tag, ``auto`` or a file path) into a verified local file."""
+    if weights is None or weights.lower() in ("none", "random", "scratch", "false"):
+        return None
+    candidate = Path(weights).expanduser()
+    if candidate.exists() or os.sep in weights or candidate.suffix in _WEIGHT_SUFFIXES:
+        return _local_file(spec, candidate)
+    chosen = choose(spec, weights)
+    path = cached_path(spec, chosen)
+    if not path.is_file():
+        _download(spec, chosen, path)
+    verify(path, chosen)
+    return ResolvedWeights(path=path, tag=chosen.tag, verified=True)
+
+
+_WEIGHT_SUFFIXES = {".pth", ".pt", ".h5", ".keras", ".safetensors"}
+
+
+def _local_file(spec: BackboneSpec, path: Path) -> ResolvedWeights:
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    known = [w for w in spec.weights if w.file_name == path.name]
+    if known:
+        verify(path, known[0])
+        return ResolvedWeights(path=path, tag=known[0].tag, verified=True)
+    # A user's own file: loaded without code execution (weights_only / h5), but no published hash to check.
+    return ResolvedWeights(path=path, tag=f"file:{path.name}", verified=False)
+
+
+def offline() -> bool:
+    return os.environ.get(ENV_OFFLINE, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _download(spec: BackboneSpec, weights: WeightsSpec, dest: Path) -> None:
+    how_to = (
+        f"Put {weights.file_name} (from {weights.url}) in {dest.parent}, "
+        f"or run `tlzoo weights import FILE_OR_FOLDER`."
+    )
+    if offline():
+        raise WeightsError(
+            f"pretrained weights {weights.tag} for {spec.id} are not on disk: expected {dest}. "
+            f"Downloads are off ({ENV_OFFLINE} is set). {how_to}"
+        )
+    try:
+        _fetch(spec.framework, weights, dest)
+    except WeightsError:
+        raise
+    except Exception as exc:
+        raise WeightsError(
+            f"pretrained weights {weights.tag} for {spec.id} are not on disk ({dest}) and could not be "
+            f"downloaded ({type(exc).__name__}: {exc}). {how_to}"
+        ) from exc
+
+
+def _fetch(framework: str, weights: WeightsSpec, dest: Path) -> None:
+    """Download with the framework's own function, into its own cache, checking the hash."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if framework == "torch":
+        import torch.hub
+
+        prefix = weights.file_hash if weights.hash_algorithm == "sha256" else None
+        torch.hub.download_url_to_file(weights.url, str(dest), hash_prefix=prefix, progress=True)
+    else:
+        import keras
+
+        keras.utils.get_file(
+            weights.file_name, weights.url, file_hash=weights.file_hash,
+            cache_dir=str(dest.parent.parent), cache_subdir=dest.parent.name,
+        )
+    verify(dest, weights)
+
+
+def import_files(sources: list[Path], specs: list[BackboneSpec]) -> list[tuple[Path, Path]]:
+    """Copy known weight files (found by name, checked by hash) into the framework caches.
+
+    ``sources`` may be files or folders (searched recursively). Returns
+    ``(source, destination)`` pairs; raises if nothing known was found.
+    """
+    by_name: dict[str, list[tuple[BackboneSpec, WeightsSpec]]] = {}
+    for spec in specs:
+        for w in spec.weights:
+            by_name.setdefault(w.file_name, []).append((spec, w))
+    files: list[Path] = []
+    for source in sources:
+        if source.is_dir():
+            files.extend(p for p in sorted(source.rglob("*")) if p.is_file())
+        elif source.is_file():
+            files.append(source)
+        else:
+            raise UsageError(f"{source} does not exist")
+    imported = []
+    for file in files:
+        for spec, w in by_name.get(file.name, [])[:1]:
+            verify(file, w)
+            dest = cached_path(spec, w)
+            if not (dest.is_file() and hash_matches(dest, w)):
+                atomic_copy(file, dest)
+            imported.append((file, dest))
+    if not imported:
+        names = ", ".join(str(s) for s in sources)
+        raise UsageError(f"no known pretrained weights file found in {names}")
+    return imported
+
+
+def atomic_copy(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
