@@ -1,3 +1,4 @@
+# mypy: disable-error-code="empty-body"
 """The tlzoo plugin contract.
 
 A plugin is a module (or any object) with functions marked ``@tlzoo.hookimpl``

@@ -7,6 +7,7 @@ one (``framework=`` picks the other), or the only one there is.
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ class Registry:
     exporters: dict[str, ExporterSpec] = field(default_factory=dict)
     owners: dict[str, str] = field(default_factory=dict)
 
-    def list(self, framework: str | None = None, pattern: str | None = None) -> list[BackboneSpec]:
+    def list(self, framework: str | None = None, pattern: str | None = None) -> builtins.list[BackboneSpec]:
         """Backbones sorted by name then framework, filtered like timm's ``list_models``."""
         specs = sorted(self.backbones.values(), key=lambda s: (s.name, FRAMEWORKS.index(s.framework)))
         if framework:
@@ -52,7 +53,7 @@ class Registry:
             return candidates[0]
         raise UnknownBackboneError(name, self.suggest(name))
 
-    def suggest(self, name: str) -> list[str]:
+    def suggest(self, name: str) -> builtins.list[str]:
         words = sorted({s.name for s in self.backbones.values()} | set(self.backbones))
         return difflib.get_close_matches(name, words, n=3, cutoff=0.6)
 

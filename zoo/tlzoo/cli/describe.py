@@ -62,7 +62,7 @@ def _print_summary(spec: BackboneSpec, n_units: int) -> None:
         where = cached_path(spec, w)
         state = f"on disk: {where}" if is_cached(spec, w) else f"not on disk (would be {where})"
         metrics = ", ".join(f"{k} {v:g}" for k, v in w.metrics.items())
-        console.print(f"  weights      {w.tag}: {w.file_name} [{metrics}] {state}")
+        console.print(f"  weights      {w.tag}: {w.file_name} ({w.dataset} {metrics}) {state}", markup=False)
     if not spec.weights:
         console.print("  weights      none (random initialisation only)")
 

@@ -100,7 +100,7 @@ class KerasBackbone(Backbone):
             return self.model
         layer = self.model.get_layer(self._units[tap].last_member)
         pooled = keras.layers.GlobalAveragePooling2D(name="tap_pool")(layer.output)
-        return keras.Model(self.model.inputs, pooled, name=f"{self.model.name}_tap{tap + 1}")
+        return keras.Model(self.model.input, pooled, name=f"{self.model.name}_tap{tap + 1}")
 
     def _run(self, model: Any, batch: np.ndarray) -> np.ndarray:
         return np.asarray(model(batch, training=False))

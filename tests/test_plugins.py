@@ -1,0 +1,132 @@
+"""The plugin contract: in-process fakes, broken plugins, duplicates, --plugin modules."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+import tlzoo
+from tlzoo.plugins import get_host
+from tlzoo.registry import get_registry
+from tlzoo.specs import TORCHVISION_IMAGENET
+
+from .conftest import run_tlzoo
+
+
+def make_spec(name: str, framework: str = "torch") -> tlzoo.BackboneSpec:
+    return tlzoo.BackboneSpec(
+        name=name, framework=framework, builder="nowhere:build", input_size=(32, 32),
+        feature_dim=8, num_params=10, preprocessing=TORCHVISION_IMAGENET,
+    )  # fmt: skip
+
+
+class FakePlugin:
+    __name__ = "fake"
+
+    @tlzoo.hookimpl
+    def register_backbones(self):
+        return [make_spec("fakenet")]
+
+
+class BrokenPlugin:
+    __name__ = "broken"
+
+    @tlzoo.hookimpl
+    def register_backbones(self):
+        raise RuntimeError("boom")
+
+
+class DuplicatePlugin:
+    __name__ = "dupe"
+
+    @tlzoo.hookimpl
+    def register_backbones(self):
+        return [make_spec("vgg16"), make_spec("dupenet")]
+
+
+class WrongTypePlugin:
+    __name__ = "wrongtype"
+
+    @tlzoo.hookimpl
+    def register_backbones(self):
+        return [{"name": "dictnet"}]
+
+
+def test_in_process_plugin_registers_and_unregisters():
+    plugin = FakePlugin()
+    tlzoo.register_plugin(plugin, name="fake")
+    assert "torch/fakenet" in {s.id for s in tlzoo.list_backbones()}
+    assert get_host().statuses["fake"].backbones == ["torch/fakenet"]
+    tlzoo.unregister_plugin(plugin)
+    assert "torch/fakenet" not in {s.id for s in tlzoo.list_backbones()}
+
+
+def test_broken_plugin_is_reported_and_the_rest_still_lists():
+    tlzoo.register_plugin(BrokenPlugin(), name="broken")
+    ids = {s.id for s in tlzoo.list_backbones()}
+    assert len(ids) == 18
+    status = get_host().statuses["broken"]
+    assert status.errors == ["register_backbones() raised RuntimeError: boom"]
+
+
+def test_duplicate_name_names_both_plugins_and_keeps_the_first():
+    tlzoo.register_plugin(DuplicatePlugin(), name="dupe")
+    reg = get_registry()
+    assert reg.backbones["torch/vgg16"].builder == "tlzoo_torchvision.build:build"
+    assert "torch/dupenet" in reg.backbones
+    [error] = get_host().statuses["dupe"].errors
+    assert error == "backbone torch/vgg16 is registered by both plugin 'torchvision' and plugin 'dupe'; keeping 'torchvision''s"
+
+
+def test_wrong_return_type_is_reported():
+    tlzoo.register_plugin(WrongTypePlugin(), name="wrongtype")
+    get_registry()
+    assert get_host().statuses["wrongtype"].errors == ["register_backbones() returned dict, not BackboneSpec"]
+
+
+@pytest.fixture()
+def plugin_dir(tmp_path, monkeypatch):
+    (tmp_path / "good_plugin.py").write_text(textwrap.dedent("""
+        import tlzoo
+        from tlzoo.specs import TORCHVISION_IMAGENET
+
+        @tlzoo.hookimpl
+        def register_backbones():
+            return [tlzoo.BackboneSpec(name="modnet", framework="keras", builder="x:y", input_size=(32, 32),
+                                       feature_dim=4, num_params=1, preprocessing=TORCHVISION_IMAGENET)]
+    """))
+    (tmp_path / "bad_plugin.py").write_text("import does_not_exist_anywhere\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_plugin_option_and_env_var_load_modules(plugin_dir):
+    result = run_tlzoo("--plugin", "good_plugin", "list-backbones", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "keras/modnet" in {row["id"] for row in json.loads(result.stdout)}
+    result = run_tlzoo("list-backbones", "--json", env={"TLZOO_PLUGINS": "good_plugin"})
+    assert "keras/modnet" in {row["id"] for row in json.loads(result.stdout)}
+
+
+def test_module_that_fails_to_import_warns_in_one_line_and_exits_zero(plugin_dir):
+    result = run_tlzoo("list-backbones", "--json", env={"TLZOO_PLUGINS": "bad_plugin"})
+    assert result.returncode == 0
+    assert len(json.loads(result.stdout)) == 18
+    warning = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warning == [
+        "tlzoo: warning: plugin 'bad_plugin': import failed: ModuleNotFoundError: No module named "
+        "'does_not_exist_anywhere' (see `tlzoo plugins`)"
+    ]
+    assert "Traceback" not in result.stderr
+    result = run_tlzoo("plugins", "--json", env={"TLZOO_PLUGINS": "bad_plugin"})
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["bad_plugin"]["status"] == "error"
+    assert rows["torchvision"]["status"] == "ok" and len(rows["torchvision"]["backbones"]) == 10
+    assert rows["keras"]["status"] == "ok" and len(rows["keras"]["backbones"]) == 8
+
+
+def test_in_process_registration_does_not_leak():
+    assert "fake" not in get_host().statuses

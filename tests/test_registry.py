@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+
+import tlzoo
+from tlzoo.errors import UnknownBackboneError, UsageError
+from tlzoo.registry import get_registry
+
+TORCH_NAMES = {"vgg16", "vgg19", "resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large",
+               "efficientnet_b0", "inception_v3", "densenet121", "convnext_tiny"}  # fmt: skip
+KERAS_NAMES = {"vgg16", "vgg19", "resnet50", "mobilenet_v2", "inception_v3", "efficientnet_b0",
+               "densenet121", "xception"}  # fmt: skip
+
+
+def test_builtin_backbones_over_both_frameworks():
+    specs = tlzoo.list_backbones()
+    assert {s.name for s in specs if s.framework == "torch"} == TORCH_NAMES
+    assert {s.name for s in specs if s.framework == "keras"} == KERAS_NAMES
+    assert len(specs) == 18
+
+
+def test_filters_like_list_models():
+    assert [s.id for s in tlzoo.list_backbones(pattern="vgg*")] == [
+        "torch/vgg16", "keras/vgg16", "torch/vgg19", "keras/vgg19"
+    ]
+    assert [s.id for s in tlzoo.list_backbones(framework="keras", pattern="*net*")] == [
+        "keras/densenet121", "keras/efficientnet_b0", "keras/mobilenet_v2", "keras/resnet50"
+    ]
+    assert [s.id for s in tlzoo.list_backbones(pattern="keras/x*")] == ["keras/xception"]
+
+
+def test_short_name_defaults_to_torch_and_ids_are_exact():
+    reg = get_registry()
+    assert reg.resolve("vgg16").id == "torch/vgg16"
+    assert reg.resolve("vgg16", framework="keras").id == "keras/vgg16"
+    assert reg.resolve("keras/vgg16").id == "keras/vgg16"
+    assert reg.resolve("xception").id == "keras/xception"  # only Keras has it
+
+
+def test_unknown_backbone_suggests_close_names():
+    with pytest.raises(UnknownBackboneError) as info:
+        get_registry().resolve("vgg61")
+    assert info.value.exit_code == 2
+    assert "Did you mean: vgg16" in str(info.value) or "vgg16" in info.value.suggestions
+    assert set(info.value.suggestions) >= {"vgg16", "vgg19"}
+
+
+def test_framework_mismatch_and_unknown_framework():
+    with pytest.raises(UsageError, match="keras backbone but --framework is torch"):
+        get_registry().resolve("keras/vgg16", framework="torch")
+    with pytest.raises(UsageError, match="unknown framework 'jax'"):
+        get_registry().resolve("vgg16", framework="jax")
+    with pytest.raises(UnknownBackboneError):
+        get_registry().resolve("convnext_tiny", framework="keras")
+
+
+def test_same_architecture_same_shape_in_both_frameworks():
+    reg = get_registry()
+    for name in TORCH_NAMES & KERAS_NAMES:
+        t, k = reg.resolve(name, "torch"), reg.resolve(name, "keras")
+        assert t.feature_dim == k.feature_dim, name
+        assert len(t.units) == len(k.units), name
+        assert t.input_size == k.input_size, name
+
+
+def test_specs_are_plain_data_round_trip():
+    for spec in tlzoo.list_backbones():
+        assert tlzoo.BackboneSpec.from_dict(spec.to_dict()) == spec
