@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import describe, list_backbones, plugins_cmd, weights_cmd
+from . import datasets_cmd, describe, evaluate, list_backbones, plugins_cmd, train, weights_cmd
 
 app = typer.Typer(
     name="tlzoo",
@@ -33,6 +33,9 @@ def _root(
 app.command("list-backbones")(list_backbones.list_backbones)
 app.command("describe")(describe.describe)
 app.command("plugins")(plugins_cmd.plugins)
+app.command("train")(train.train)
+app.command("evaluate")(evaluate.evaluate)
+app.command("datasets")(datasets_cmd.datasets)
 app.add_typer(weights_cmd.app, name="weights")
 
 

@@ -1,0 +1,114 @@
+"""tlzoo train"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import console, err_console, handle_errors, print_json, warn_plugins
+
+STRATEGY_HELP = "feature-extract | fine-tune | two-stage | scratch"
+HEAD_HELP = "softmax | logreg-ovr | linear-svm | mlp (feature-extract)"
+
+
+@handle_errors
+def train(
+    ctx: typer.Context,
+    backbone: Annotated[str, typer.Option("--backbone", "-b", help="Backbone name or id (tlzoo list-backbones).")] = "mobilenet_v2",
+    framework: Annotated[Optional[str], typer.Option(help="'torch' or 'keras' when the short name is in both.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help="Image folder (one sub-folder per class) or a path,label CSV. Default: the embedded digits.")] = None,
+    strategy: Annotated[str, typer.Option("--strategy", "-s", help=STRATEGY_HELP)] = "feature-extract",
+    freeze: Annotated[Optional[str], typer.Option(help="fine-tune: N | NAME | all | -K units frozen (tlzoo describe). Default: half.")] = None,
+    head: Annotated[str, typer.Option(help=HEAD_HELP)] = "softmax",
+    tap: Annotated[Optional[str], typer.Option(help="Use an earlier unit's pooled output (number or name) as the features.")] = None,
+    weights: Annotated[str, typer.Option(help="auto (ImageNet, preferring what is on disk), a tag, a file, or 'none'.")] = "auto",
+    epochs: Annotated[int, typer.Option(help="Epochs (two-stage: of stage 2; mlp head: max epochs).")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    lr: Annotated[float, typer.Option(help="Learning rate of the head.")] = 1e-3,
+    backbone_lr_mult: Annotated[float, typer.Option(help="Backbone learning rate = lr x this.")] = 0.1,
+    optimizer: Annotated[str, typer.Option(help="sgd | adam | adamw")] = "adamw",
+    schedule: Annotated[str, typer.Option(help="cosine | step | none")] = "cosine",
+    patience: Annotated[int, typer.Option(help="Early stopping after this many epochs without a better val loss (0: off).")] = 5,
+    stage1_epochs: Annotated[int, typer.Option(help="two-stage: epochs of the head-only stage.")] = 3,
+    unfreeze: Annotated[str, typer.Option(help="two-stage: 'all' or the number of final units to unfreeze in stage 2.")] = "all",
+    hidden: Annotated[str, typer.Option(help="mlp head: hidden layer sizes, comma separated.")] = "256",
+    dropout: Annotated[float, typer.Option(help="Dropout before each dense layer of the head.")] = 0.2,
+    c: Annotated[float, typer.Option("--C", help="Inverse regularization of the scikit-learn heads.")] = 1.0,
+    augment: Annotated[str, typer.Option(help="auto | none | flip,crop (auto: on for fine-tune/two-stage/scratch).")] = "auto",
+    no_augment: Annotated[bool, typer.Option("--no-augment", help="Same as --augment none.")] = False,
+    image_size: Annotated[Optional[int], typer.Option(help="Resize images to this size (default: the backbone's).")] = None,
+    val: Annotated[Optional[str], typer.Option(help="Validation folder (default: a stratified split of --data).")] = None,
+    test: Annotated[Optional[str], typer.Option(help="Test folder (default: none, or --test-split).")] = None,
+    val_split: Annotated[float, typer.Option(help="Share of --data held out for validation.")] = 0.2,
+    test_split: Annotated[float, typer.Option(help="Share of --data held out for testing.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed for splits, initialisation and shuffling.")] = 0,
+    device: Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:1 | mps")] = "auto",
+    workers: Annotated[int, typer.Option(help="Data-loading worker processes (torch).")] = 0,
+    strict: Annotated[bool, typer.Option(help="Stop on an unreadable image instead of skipping it.")] = False,
+    cache: Annotated[bool, typer.Option(help="Cache bottleneck features (feature-extract).")] = True,
+    name: Annotated[Optional[str], typer.Option(help="Run name (default: BACKBONE-STRATEGY).")] = None,
+    out_dir: Annotated[str, typer.Option(help="Where run directories go.")] = "runs",
+    exist_ok: Annotated[bool, typer.Option(help="Reuse runs/NAME instead of numbering a new one.")] = False,
+    config: Annotated[Optional[Path], typer.Option(help="A run's config.yaml; options given here override it.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run directory.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final summary.")] = False,
+    json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Train a classifier on your images with a pretrained backbone."""
+    from ..training.config import TrainConfig
+    from ..training.reporter import Reporter, RichReporter
+    from ..training.run import train as run_training
+
+    warn_plugins()
+    values = {
+        "backbone": backbone, "framework": framework, "data": data, "strategy": strategy, "freeze": freeze,
+        "head": head, "tap": tap, "weights": weights, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "backbone_lr_mult": backbone_lr_mult, "optimizer": optimizer, "schedule": schedule, "patience": patience,
+        "stage1_epochs": stage1_epochs, "unfreeze": unfreeze, "hidden": _sizes(hidden), "dropout": dropout, "c": c,
+        "augment": "none" if no_augment else augment, "image_size": image_size, "val": val, "test": test,
+        "val_split": val_split, "test_split": test_split, "seed": seed, "device": device, "workers": workers,
+        "strict": strict, "cache": cache, "name": name, "out_dir": out_dir,
+    }  # fmt: skip
+    if config is not None:
+        base = TrainConfig.load(config).to_dict()
+        given = {k: v for k, v in values.items() if _given(ctx, k)}
+        if no_augment:
+            given["augment"] = "none"
+        cfg = TrainConfig(**{**base, **given})
+    else:
+        cfg = TrainConfig(**values)
+    reporter = Reporter() if (quiet or json) else RichReporter(console, err_console)
+    result = run_training(cfg, reporter, resume=resume, exist_ok=exist_ok)
+    if json:
+        print_json(result.summary)
+        return
+    m = result.metrics
+    k = next(key for key in m if key.startswith("top") and key.endswith("_accuracy"))
+    console.print(
+        f"[bold]{result.summary['backbone']} {result.summary['strategy']}[/]: {m['split']} accuracy "
+        f"[bold]{m['accuracy']:.4f}[/], {k.replace('_', ' ')} {m[k]:.4f}, log loss {m['log_loss']:.4f}, "
+        f"macro F1 {m['macro_f1']:.4f} on {m['n']} images; {m['train_seconds']:.1f} s"
+        + (f"; feature cache {m['feature_cache']}" if "feature_cache" in m else "")
+    )
+    console.print(f"run directory: {result.run_dir}", markup=False)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    from click.core import ParameterSource
+
+    source = ctx.get_parameter_source(name)
+    return source is not None and source not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+
+
+def _sizes(text: str) -> list[int]:
+    from ..errors import UsageError
+
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--hidden must be comma-separated integers, got {text!r}") from None
+    if any(s < 1 for s in sizes):
+        raise UsageError(f"--hidden sizes must be positive, got {text!r}")
+    return sizes

@@ -1,0 +1,206 @@
+"""Training a Keras classifier with a custom TensorFlow step: two optimizers, so the backbone
+can learn at a fraction of the head's learning rate (Keras has no per-layer rates)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from ..rundir import atomic_write  # noqa: E402
+from ..specs import Preprocessing  # noqa: E402
+from ..training.engine import Engine, ProgressFn  # noqa: E402
+from ..training.heads import HeadParams  # noqa: E402
+
+MODEL_FILE = "model.keras"
+
+
+def normalize(x: tf.Tensor, prep: Preprocessing) -> tf.Tensor:
+    """RGB uint8 NHWC -> float NHWC, the same arithmetic as :func:`tlzoo.preprocess.normalize`."""
+    x = tf.cast(x, tf.float32)
+    if prep.channel_order == "BGR":
+        x = x[..., ::-1]
+    if prep.value_range != 255.0:
+        x = x * (prep.value_range / 255.0)
+    return (x - tf.constant(prep.mean, tf.float32)) / tf.constant(prep.std, tf.float32)
+
+
+def make_head(x: Any, sizes: list[int], dropout: float, params: HeadParams | None = None) -> Any:
+    dense_layers = []
+    for i in range(len(sizes) - 1):
+        x = keras.layers.Dropout(dropout, name=f"head_dropout_{i}")(x)
+        layer = keras.layers.Dense(sizes[i + 1], activation="relu" if i < len(sizes) - 2 else None, name=f"head_dense_{i}")
+        x = layer(x)
+        dense_layers.append(layer)
+    if params is not None:
+        for layer, w, b in zip(dense_layers, params.weights, params.biases):
+            layer.set_weights([w, b])
+    return x
+
+
+def _optimizer(name: str, lr: float, momentum: float, nesterov: bool, weight_decay: float) -> keras.optimizers.Optimizer:
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=momentum, nesterov=nesterov)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=lr)
+    return keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay)
+
+
+class KerasEngine(Engine):
+    state_suffix = ".npz"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        keras.utils.set_random_seed(self.seed)
+        self.model: keras.Model | None = None
+        self.head_vars: list[Any] = []
+        self.body_vars: list[Any] = []
+        self.optimizers: list[tuple[keras.optimizers.Optimizer, list[Any], float]] = []
+        self._step: Any = None
+
+    @property
+    def device(self) -> str:
+        return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+
+    def build(self, head: HeadParams | None = None) -> None:
+        features = self.backbone.feature_model(self.tap)
+        dim = int(features.output.shape[-1])
+        sizes = head.sizes if head is not None else [dim, self.n_classes]
+        dropout = head.dropout if head is not None else self.dropout
+        if head is not None:
+            self.output = head.output
+        logits = make_head(features.output, sizes, dropout, head)
+        self.model = keras.Model(features.input, logits, name=f"tlzoo_{self.backbone.spec.name}")
+        self.head_names = {f"head_dense_{i}" for i in range(len(sizes) - 1)}
+
+    def configure(self, *, lr: float, backbone_lr_mult: float, optimizer: str, momentum: float, nesterov: bool,
+                  weight_decay: float) -> None:  # fmt: skip
+        assert self.model is not None
+        head_layers = [layer for layer in self.model.layers if layer.name in self.head_names]
+        head_ids = {id(v) for layer in head_layers for v in layer.trainable_weights}
+        self.head_vars = [v for v in self.model.trainable_weights if id(v) in head_ids]
+        self.body_vars = [v for v in self.model.trainable_weights if id(v) not in head_ids]
+        if backbone_lr_mult <= 0:
+            self.body_vars = []
+        self.optimizers = [(_optimizer(optimizer, lr, momentum, nesterov, weight_decay), self.head_vars, lr)]
+        if self.body_vars:
+            body_lr = lr * backbone_lr_mult
+            self.optimizers.append((_optimizer(optimizer, body_lr, momentum, nesterov, weight_decay), self.body_vars, body_lr))
+        for opt, variables, _ in self.optimizers:
+            opt.build(variables)
+        self._step = None
+
+    def set_lr_factor(self, factor: float) -> None:
+        for opt, _, base in self.optimizers:
+            opt.learning_rate.assign(base * factor)
+
+    def _augmenter(self, augment: list[str]) -> keras.Sequential | None:
+        layers: list[Any] = []
+        if "crop" in augment:
+            layers.append(keras.layers.RandomZoom(height_factor=(-0.4, 0.0), seed=self.seed))
+        if "flip" in augment:
+            layers.append(keras.layers.RandomFlip("horizontal", seed=self.seed))
+        return keras.Sequential(layers) if layers else None
+
+    def _make_step(self, augmenter: keras.Sequential | None) -> Any:
+        model, prep = self.model, self.backbone.spec.preprocessing
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        n_head = len(self.head_vars)
+
+        @tf.function(reduce_retracing=True)
+        def step(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            x = tf.cast(images, tf.float32)
+            if augmenter is not None:
+                x = augmenter(x, training=True)
+            x = normalize(x, prep)
+            with tf.GradientTape() as tape:
+                logits = model(x, training=True)
+                loss = loss_fn(labels, logits)
+            grads = tape.gradient(loss, self.head_vars + self.body_vars)
+            self.optimizers[0][0].apply_gradients(zip(grads[:n_head], self.head_vars))
+            if self.body_vars:
+                self.optimizers[1][0].apply_gradients(zip(grads[n_head:], self.body_vars))
+            correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int64), labels), tf.int64))
+            return loss, correct
+
+        return step
+
+    def train_epoch(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, augment: list[str],
+                    epoch: int, workers: int, progress: ProgressFn | None) -> tuple[float, float]:  # fmt: skip
+        if self._step is None:
+            self._step = self._make_step(self._augmenter(augment))
+        order = self.set_rng(epoch).permutation(len(labels))
+        total, correct = 0.0, 0
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            loss, right = self._step(tf.constant(images[idx]), tf.constant(labels[idx].astype(np.int64)))
+            if not np.isfinite(float(loss)):
+                raise FloatingPointError("loss is not finite; lower --lr")
+            total += float(loss) * len(idx)
+            correct += int(right)
+            if progress is not None:
+                progress(len(idx))
+        return total / len(order), correct / len(order)
+
+    def logits(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        assert self.model is not None
+        prep = self.backbone.spec.preprocessing
+        out = [
+            np.asarray(self.model(normalize(tf.constant(images[i : i + batch_size]), prep), training=False))
+            for i in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(out)
+
+    def save_model(self, run_dir: Path) -> Path:
+        assert self.model is not None
+        path = Path(run_dir) / MODEL_FILE
+        atomic_write(path, lambda tmp: self.model.save(tmp), suffix=".keras")  # type: ignore[union-attr]
+        return path
+
+    def save_state(self, path: Path, extra: dict[str, Any]) -> None:
+        import json
+
+        assert self.model is not None
+        arrays = {f"model_{i}": np.asarray(v) for i, v in enumerate(self.model.weights)}
+        for k, (opt, _, _) in enumerate(self.optimizers):
+            arrays.update({f"opt{k}_{i}": np.asarray(v) for i, v in enumerate(opt.variables)})
+        arrays["extra"] = np.frombuffer(json.dumps(extra).encode(), dtype=np.uint8)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+
+        atomic_write(path, write)
+
+    def load_state(self, path: Path) -> dict[str, Any]:
+        import json
+
+        assert self.model is not None
+        with np.load(path, allow_pickle=False) as data:
+            for i, v in enumerate(self.model.weights):
+                v.assign(data[f"model_{i}"])
+            for k, (opt, _, _) in enumerate(self.optimizers):
+                for i, v in enumerate(opt.variables):
+                    v.assign(data[f"opt{k}_{i}"])
+            return dict(json.loads(bytes(data["extra"]).decode()))
+
+    def peek_state(self, path: Path) -> dict[str, Any]:
+        import json
+
+        with np.load(path, allow_pickle=False) as data:
+            return dict(json.loads(bytes(data["extra"]).decode()))
+
+    def load_model_weights(self, run_dir: Path) -> None:
+        assert self.model is not None
+        self.model.load_weights(Path(run_dir) / MODEL_FILE)
+
+
+def load_classifier(run_dir: Path) -> keras.Model:
+    """The trained classifier, loaded in Keras' safe mode (no arbitrary code from the file)."""
+    return keras.models.load_model(Path(run_dir) / MODEL_FILE, safe_mode=True, compile=False)

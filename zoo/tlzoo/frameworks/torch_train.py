@@ -1,0 +1,260 @@
+"""Training a torch classifier: mixed precision and channels_last on CUDA, DataLoader workers,
+and nothing that assumes a single process (DistributedSampler/DDP when torch.distributed is up)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..rundir import atomic_write
+from ..specs import Preprocessing
+from ..training.engine import Engine, ProgressFn
+from ..training.heads import HeadParams
+
+MODEL_FILE = "model.pt"
+
+
+def pick_device(request: str = "auto") -> torch.device:
+    if request != "auto":
+        return torch.device(request)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def make_head(sizes: list[int], dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        if i > 0:
+            layers.append(nn.ReLU())
+        layers += [nn.Dropout(dropout), nn.Linear(sizes[i], sizes[i + 1])]
+    return nn.Sequential(*layers)
+
+
+def head_from_params(params: HeadParams) -> nn.Sequential:
+    head = make_head(params.sizes, params.dropout)
+    linears = [m for m in head if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for layer, w, b in zip(linears, params.weights, params.biases):
+            layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
+            layer.bias.copy_(torch.from_numpy(b))
+    return head
+
+
+class TorchClassifier(nn.Module):
+    """Backbone features followed by the head; outputs logits."""
+
+    def __init__(self, features: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.features = features
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def normalize(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """RGB uint8 NHWC -> float NCHW, the same arithmetic as :func:`tlzoo.preprocess.normalize`."""
+    x = x.permute(0, 3, 1, 2).float()
+    if prep.channel_order == "BGR":
+        x = x.flip(1)
+    if prep.value_range != 255.0:
+        x = x * (prep.value_range / 255.0)
+    mean = torch.tensor(prep.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(prep.std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, augment: list[str], size: tuple[int, int]) -> None:
+        self.images, self.labels = images, labels
+        from torchvision.transforms import v2
+
+        ops: list[Any] = []
+        if "crop" in augment:
+            ops.append(v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True))
+        if "flip" in augment:
+            ops.append(v2.RandomHorizontalFlip())
+        self.transform = v2.Compose(ops) if ops else None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image = torch.from_numpy(self.images[i])  # HWC uint8
+        if self.transform is not None:
+            image = self.transform(image.permute(2, 0, 1)).permute(1, 2, 0)
+        return image, int(self.labels[i])
+
+
+class TorchEngine(Engine):
+    state_suffix = ".pt"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._device = pick_device(self.device_request)
+        torch.manual_seed(self.seed)
+        self.model: TorchClassifier | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.base_lrs: list[float] = []
+        self.amp_dtype = torch.bfloat16 if self._device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self._device.type == "cuda" and self.amp_dtype == torch.float16)
+
+    @property
+    def device(self) -> str:
+        return str(self._device)
+
+    @property
+    def distributed(self) -> bool:
+        return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+    def build(self, head: HeadParams | None = None) -> None:
+        features = self.backbone.feature_model(self.tap)
+        dim = self.backbone.spec.feature_dim
+        if self.tap is not None:
+            with torch.no_grad():
+                dim = int(features.eval()(torch.zeros(1, 3, *self.backbone.input_size)).shape[1])
+        if head is not None:
+            self.output = head.output
+            head_module = head_from_params(head)
+        else:
+            head_module = make_head([dim, self.n_classes], self.dropout)
+        self.model = TorchClassifier(features, head_module).to(self._device)
+        if self._device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def _parallel(self) -> nn.Module:
+        assert self.model is not None
+        if self.distributed:
+            return nn.parallel.DistributedDataParallel(self.model)
+        return self.model
+
+    def configure(self, *, lr: float, backbone_lr_mult: float, optimizer: str, momentum: float, nesterov: bool,
+                  weight_decay: float) -> None:  # fmt: skip
+        assert self.model is not None
+        head = [p for p in self.model.head.parameters() if p.requires_grad]
+        body = [p for p in self.model.features.parameters() if p.requires_grad]
+        groups = [{"params": head, "lr": lr}]
+        if body and backbone_lr_mult > 0:
+            groups.append({"params": body, "lr": lr * backbone_lr_mult})
+        elif body:
+            for p in body:
+                p.requires_grad_(False)
+        if optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+        elif optimizer == "adam":
+            self.optimizer = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+
+    def set_lr_factor(self, factor: float) -> None:
+        assert self.optimizer is not None
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+
+    def _to_input(self, batch: torch.Tensor) -> torch.Tensor:
+        x = normalize(batch.to(self._device, non_blocking=True), self.backbone.spec.preprocessing)
+        if self._device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def train_epoch(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, augment: list[str],
+                    epoch: int, workers: int, progress: ProgressFn | None) -> tuple[float, float]:  # fmt: skip
+        assert self.model is not None and self.optimizer is not None
+        dataset = _Images(images, labels, augment, self.backbone.input_size)
+        generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+        sampler: Any
+        if self.distributed:
+            sampler = torch.utils.data.DistributedSampler(dataset, seed=self.seed)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+            pin_memory=self._device.type == "cuda", drop_last=len(dataset) > batch_size and len(dataset) % batch_size == 1,
+        )  # fmt: skip
+        model = self._parallel()
+        model.train()
+        loss_fn = nn.CrossEntropyLoss()
+        total, correct, seen = 0.0, 0, 0
+        use_amp = self._device.type == "cuda"
+        for batch, target in loader:
+            x, y = self._to_input(batch), target.to(self._device)
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(self._device.type, dtype=self.amp_dtype, enabled=use_amp):
+                out = model(x)
+                loss = loss_fn(out.float(), y)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise FloatingPointError("loss is not finite; lower --lr")
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total += loss_value * len(y)
+            correct += int((out.argmax(1) == y).sum())
+            seen += len(y)
+            if progress is not None:
+                progress(len(y))
+        return total / max(seen, 1), correct / max(seen, 1)
+
+    def logits(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        assert self.model is not None
+        self.model.eval()
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                x = self._to_input(torch.from_numpy(images[start : start + batch_size]))
+                with torch.autocast(self._device.type, dtype=self.amp_dtype, enabled=self._device.type == "cuda"):
+                    out.append(self.model(x).float().cpu().numpy())
+        return np.concatenate(out)
+
+    def save_model(self, run_dir: Path) -> Path:
+        assert self.model is not None
+        path = Path(run_dir) / MODEL_FILE
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+        return path
+
+    def save_state(self, path: Path, extra: dict[str, Any]) -> None:
+        assert self.model is not None and self.optimizer is not None
+        state = {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "extra": extra,
+        }
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+    def load_state(self, path: Path) -> dict[str, Any]:
+        assert self.model is not None and self.optimizer is not None
+        state = torch.load(path, map_location=self._device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        return dict(state["extra"])
+
+    def peek_state(self, path: Path) -> dict[str, Any]:
+        return dict(torch.load(path, map_location="cpu", weights_only=True)["extra"])
+
+    def load_model_weights(self, run_dir: Path) -> None:
+        assert self.model is not None
+        self.model.load_state_dict(torch.load(Path(run_dir) / MODEL_FILE, map_location=self._device, weights_only=True))
+
+
+def load_classifier(run_dir: Path, meta: dict[str, Any]) -> TorchClassifier:
+    """Rebuild a trained classifier from its run directory (no pickle: weights_only)."""
+    from ..backbone import get_backbone
+
+    backbone = get_backbone(meta["backbone"], pretrained=False, input_size=tuple(meta["input_size"]))
+    features = backbone.feature_model(meta.get("tap"))
+    model = TorchClassifier(features, make_head(meta["head"]["sizes"], meta["head"]["dropout"]))
+    state = torch.load(Path(run_dir) / MODEL_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()

@@ -1,0 +1,77 @@
+"""A trained run directory, loaded back: the classifier, its labels and its preprocessing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UsageError
+from .specs import Preprocessing
+
+
+@dataclass
+class TrainedRun:
+    run_dir: Path
+    meta: dict[str, Any]
+    model: Any
+
+    @property
+    def framework(self) -> str:
+        return str(self.meta["framework"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return int(self.meta["input_size"][0]), int(self.meta["input_size"][1])
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.meta["preprocessing"])
+
+    def logits(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Logits for RGB uint8 images (N, H, W, 3) at the input size."""
+        from .preprocess import normalize
+
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = normalize(images[start : start + batch_size], self.preprocessing)
+            if self.framework == "torch":
+                import torch
+
+                with torch.inference_mode():
+                    out.append(self.model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy())
+            else:
+                out.append(np.asarray(self.model(x, training=False)))
+        return np.concatenate(out)
+
+    def predict_proba(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        from .training.heads import probabilities
+
+        return probabilities(self.logits(images, batch_size), self.meta["output"])
+
+
+def load_run(run_dir: Path | str) -> TrainedRun:
+    from .training.run import load_meta
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir} is not a run directory")
+    meta = load_meta(run_dir)
+    model_file = run_dir / meta["model_file"]
+    if not model_file.is_file():
+        raise UsageError(f"{run_dir} has no checkpoint ({meta['model_file']})")
+    if meta["framework"] == "torch":
+        from .frameworks.torch_train import load_classifier
+
+        model = load_classifier(run_dir, meta)
+    else:
+        from .frameworks.keras_train import load_classifier as load_keras
+
+        model = load_keras(run_dir)
+    return TrainedRun(run_dir=run_dir, meta=meta, model=model)

@@ -1,0 +1,1 @@
+"""Transfer training: strategies, heads, the feature cache and the training loops."""

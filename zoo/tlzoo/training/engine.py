@@ -1,0 +1,81 @@
+"""What a framework must provide to train a classifier: the contract the training loop uses."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backbone import Backbone
+from .heads import HeadParams
+
+ProgressFn = Callable[[int], None]
+
+
+class Engine(ABC):
+    """A classifier (backbone features + head) in one framework, and how to train it."""
+
+    def __init__(self, backbone: Backbone, n_classes: int, *, tap: int | None, dropout: float, seed: int,
+                 device: str = "auto") -> None:  # fmt: skip
+        self.backbone = backbone
+        self.n_classes = n_classes
+        self.tap = tap
+        self.dropout = dropout
+        self.seed = seed
+        self.device_request = device
+        self.output = "softmax"
+
+    @property
+    @abstractmethod
+    def device(self) -> str: ...
+
+    @abstractmethod
+    def build(self, head: HeadParams | None = None) -> None:
+        """Assemble the classifier; a fresh Dropout+Dense head when ``head`` is None."""
+
+    @abstractmethod
+    def configure(self, *, lr: float, backbone_lr_mult: float, optimizer: str, momentum: float, nesterov: bool,
+                  weight_decay: float) -> None:  # fmt: skip
+        """Make optimizers for the trainable parameters: head at ``lr``, backbone at ``lr * backbone_lr_mult``."""
+
+    @abstractmethod
+    def set_lr_factor(self, factor: float) -> None: ...
+
+    @abstractmethod
+    def train_epoch(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, augment: list[str],
+                    epoch: int, workers: int, progress: ProgressFn | None) -> tuple[float, float]:  # fmt: skip
+        """One pass over the data; returns (mean loss, accuracy)."""
+
+    @abstractmethod
+    def logits(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Inference-mode logits for RGB uint8 images at input size."""
+
+    @abstractmethod
+    def save_model(self, run_dir: Path) -> Path:
+        """Write the classifier checkpoint (framework's safe format) atomically; return its path."""
+
+    @abstractmethod
+    def save_state(self, path: Path, extra: dict[str, Any]) -> None:
+        """Write a resumable training state (weights, optimizer, ``extra``) atomically."""
+
+    @abstractmethod
+    def load_state(self, path: Path) -> dict[str, Any]:
+        """Restore weights and optimizer from :meth:`save_state`; return its ``extra``."""
+
+    @abstractmethod
+    def peek_state(self, path: Path) -> dict[str, Any]:
+        """Only the ``extra`` of a saved state (which stage and epoch it reached)."""
+
+    @abstractmethod
+    def load_model_weights(self, run_dir: Path) -> None:
+        """Load the checkpoint :meth:`save_model` wrote (the best epoch) into the classifier."""
+
+    @property
+    @abstractmethod
+    def state_suffix(self) -> str: ...
+
+    def set_rng(self, epoch: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch])

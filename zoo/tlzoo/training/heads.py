@@ -1,0 +1,164 @@
+"""Classifier heads on bottleneck features.
+
+Linear heads are fitted by scikit-learn on standardized features; the scaler is
+then folded into the weights, so every head is a plain stack of dense layers
+(:class:`HeadParams`) that becomes a torch or Keras layer stack and is
+exported in the same graph as the backbone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Bias for classes absent from the training data: never predicted.
+_ABSENT_CLASS_BIAS = -1e4
+
+
+@dataclass
+class HeadParams:
+    """Dense layers ``x @ W + b`` (W shaped (in, out)); ReLU between them.
+
+    ``output`` says how logits become probabilities: ``softmax`` over classes,
+    or ``ovr`` (one sigmoid per class, renormalized to sum to one).
+    """
+
+    weights: list[np.ndarray]
+    biases: list[np.ndarray]
+    output: str = "softmax"
+    dropout: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [self.weights[0].shape[0], *(w.shape[1] for w in self.weights)]
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        x = features.astype(np.float64)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = x @ w + b
+            if i < len(self.weights) - 1:
+                x = np.maximum(x, 0.0)
+        return x
+
+    def describe(self) -> dict[str, Any]:
+        return {"sizes": self.sizes, "output": self.output, "dropout": self.dropout}
+
+
+def probabilities(logits: np.ndarray, output: str) -> np.ndarray:
+    """Turn a head's logits into class probabilities."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if output == "ovr":
+        p = 1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))
+        return p / np.clip(p.sum(axis=1, keepdims=True), 1e-12, None)
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_linear(kind: str, x: np.ndarray, y: np.ndarray, n_classes: int, *, c: float = 1.0, seed: int = 0) -> HeadParams:
+    """``softmax``, ``logreg-ovr`` or ``linear-svm`` fitted by scikit-learn, scaler folded in."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    scaler = StandardScaler().fit(x)
+    xs = scaler.transform(x)
+    output = "softmax"
+    if kind == "softmax":
+        model: Any = LogisticRegression(C=c, max_iter=3000, random_state=seed).fit(xs, y)
+        coef, intercept, classes = model.coef_, model.intercept_, model.classes_
+    elif kind == "logreg-ovr":
+        model = OneVsRestClassifier(LogisticRegression(C=c, max_iter=3000, random_state=seed)).fit(xs, y)
+        coef = np.vstack([e.coef_ for e in model.estimators_])
+        intercept = np.concatenate([e.intercept_ for e in model.estimators_])
+        classes, output = model.classes_, "ovr"
+    elif kind == "linear-svm":
+        # Probabilities are a softmax over the SVM margins: uncalibrated, but monotone in the margin.
+        model = LinearSVC(C=c, random_state=seed, max_iter=20000).fit(xs, y)
+        coef, intercept, classes = model.coef_, model.intercept_, model.classes_
+    else:
+        raise ValueError(f"not a linear head: {kind}")
+    if coef.shape[0] == 1 and len(classes) == 2:  # binary problems: one row for the positive class
+        coef = np.vstack([-coef, coef]) / 2
+        intercept = np.array([-intercept[0], intercept[0]]) / 2
+    w = np.zeros((x.shape[1], n_classes))
+    b = np.full(n_classes, _ABSENT_CLASS_BIAS)
+    scale = scaler.scale_
+    for row, cls in enumerate(classes):
+        w[:, cls] = coef[row] / scale
+        b[cls] = intercept[row] - float(np.dot(coef[row], scaler.mean_ / scale))
+    return HeadParams(weights=[w.astype(np.float32)], biases=[b.astype(np.float32)], output=output)
+
+
+def fit_mlp(
+    x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int, *,
+    hidden: list[int], dropout: float, epochs: int, lr: float, weight_decay: float, patience: int,
+    batch_size: int, seed: int, on_epoch: Any = None,
+) -> HeadParams:  # fmt: skip
+    """Dense layers with dropout trained on cached features (torch, CPU: features are small)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
+    sizes = [x.shape[1], *hidden, n_classes]
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        if i > 0:
+            layers.append(nn.ReLU())
+        layers += [nn.Dropout(dropout), nn.Linear(sizes[i], sizes[i + 1])]
+    net = nn.Sequential(*layers)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    xt = torch.from_numpy(((x - mean) / std).astype(np.float32))
+    yt = torch.from_numpy(y.astype(np.int64))
+    xv = torch.from_numpy(((x_val - mean) / std).astype(np.float32))
+    yv = torch.from_numpy(y_val.astype(np.int64))
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(seed)
+    best, best_state, waited, history = float("inf"), None, 0, []
+    for epoch in range(1, epochs + 1):
+        net.train()
+        order = torch.randperm(len(xt), generator=generator)
+        total, correct = 0.0, 0
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            opt.zero_grad()
+            out = net(xt[idx])
+            loss = loss_fn(out, yt[idx])
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(idx)
+            correct += int((out.argmax(1) == yt[idx]).sum())
+        net.eval()
+        with torch.no_grad():
+            out = net(xv)
+            val_loss = float(loss_fn(out, yv))
+            val_acc = float((out.argmax(1) == yv).float().mean())
+        row = {"epoch": epoch, "loss": total / len(xt), "accuracy": correct / len(xt), "val_loss": val_loss,
+               "val_accuracy": val_acc}  # fmt: skip
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if val_loss < best - 1e-6:
+            best, waited = val_loss, 0
+            best_state = {k: v.clone() for k, v in net.state_dict().items()}
+        else:
+            waited += 1
+            if patience and waited >= patience:
+                break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    weights = [m.weight.detach().numpy().T.astype(np.float64) for m in linears]
+    biases = [m.bias.detach().numpy().astype(np.float64) for m in linears]
+    # Fold the standardization into the first layer.
+    biases[0] = biases[0] - (mean / std) @ weights[0]
+    weights[0] = weights[0] / std[:, None]
+    return HeadParams(
+        weights=[w.astype(np.float32) for w in weights], biases=[b.astype(np.float32) for b in biases],
+        output="softmax", dropout=dropout, history=history,
+    )  # fmt: skip

@@ -1,0 +1,394 @@
+"""``tlzoo train``: every strategy, for torch and Keras backbones, into a run directory.
+
+data -> backbone -> (cached features -> head) or (fine-tuning loop) -> run directory
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..backbone import Backbone, check_input_size, get_backbone
+from ..errors import TlzooError, UsageError
+from ..registry import get_registry
+from ..rundir import atomic_write_json, atomic_write_text, new_run_dir, package_versions
+from . import cache as feature_cache
+from .config import TrainConfig
+from .data_prep import Splits, prepare
+from .engine import Engine
+from .heads import HeadParams, fit_linear, fit_mlp, probabilities
+from .metrics import classification_metrics, plot_confusion, plot_history
+from .reporter import Reporter
+
+CLASSIFIER_FILE = "classifier.json"
+STATE_STEM = "last_state"
+
+
+class TrainingInterrupted(TlzooError):
+    exit_code = 130
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path | None = None,
+          exist_ok: bool = False) -> TrainResult:  # fmt: skip
+    """Train a classifier as ``config`` says; ``resume`` continues an interrupted run directory."""
+    reporter = reporter or Reporter()
+    started = time.perf_counter()
+    if resume is not None:
+        config = _resume_config(Path(resume))
+    config.validate()
+    spec = get_registry().resolve(config.backbone, config.framework)
+    size = check_input_size(spec, config.image_size)
+    splits = prepare(config, size, reporter)
+
+    run_dir = Path(resume) if resume else new_run_dir(Path(config.out_dir), config.name or f"{spec.name}-{config.strategy}", exist_ok=exist_ok)
+    resolved = TrainConfig(**{**config.to_dict(), "backbone": spec.id, "framework": spec.framework,
+                              "image_size": size[0] if size[0] == size[1] else config.image_size,
+                              "data": str(splits.root)})  # fmt: skip
+    if resume is None:
+        resolved.save(run_dir / "config.yaml")
+        atomic_write_json(run_dir / "labels.json", splits.classes)
+        _write_split(run_dir / "split.csv", splits.rows())
+    reporter.info(f"run directory: {run_dir}")
+
+    weights = None if config.strategy == "scratch" else config.weights
+    backbone = get_backbone(spec, pretrained=weights if weights else False, input_size=size)
+    if backbone.weights is not None and not backbone.weights.verified:
+        reporter.warn(f"{backbone.weights.path} has no published hash to check it against")
+    tap = backbone.resolve_tap(config.tap)
+    engine = _engine(backbone, len(splits.classes), config, tap)
+    reporter.info(
+        f"{spec.id} ({'weights ' + backbone.weights.tag if backbone.weights else 'random init'}), "
+        f"{config.strategy}, input {size[0]}x{size[1]}, device {engine.device}"
+        + (f", tap unit {tap + 1} ({backbone.units[tap].name})" if tap is not None else "")
+    )
+
+    extra: dict[str, Any] = {}
+    if config.strategy == "feature-extract":
+        history, eval_proba, extra = _feature_extract(engine, backbone, splits, config, reporter, tap)
+    else:
+        history = _fit(engine, backbone, splits, config, reporter, run_dir, resume is not None)
+        eval_proba = probabilities(engine.logits(splits.eval_set.images), engine.output)
+    engine.save_model(run_dir)
+    train_seconds = time.perf_counter() - started
+
+    metrics = classification_metrics(splits.eval_set.labels, eval_proba, splits.classes)
+    metrics.update(split=splits.eval_name, train_seconds=round(train_seconds, 3),
+                   trainable_params=_trainable_params(engine), frozen_units=backbone.frozen_units,
+                   units=len(backbone.units), **extra)  # fmt: skip
+    meta = {
+        "framework": spec.framework, "backbone": spec.id, "input_size": list(size), "tap": tap,
+        "head": _head_meta(engine, config), "output": engine.output, "classes": splits.classes,
+        "preprocessing": spec.preprocessing.to_dict(), "weights": backbone.weights.tag if backbone.weights else None,
+        "strategy": config.strategy, "model_file": "model.pt" if spec.framework == "torch" else "model.keras",
+    }  # fmt: skip
+    atomic_write_json(run_dir / CLASSIFIER_FILE, meta)
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    _write_history(run_dir / "history.csv", history)
+    atomic_write_json(run_dir / "environment.json", _environment(engine, splits))
+    atomic_write_json(run_dir / "report.json", {"skipped_images": [{"path": p, "error": e} for p, e in splits.skipped]})
+    plot_history(history, run_dir / "learning_curves.png")
+    plot_confusion(metrics["confusion_matrix"], splits.classes, run_dir / "confusion_matrix.png",
+                   f"{spec.id} {config.strategy} ({splits.eval_name}, acc {metrics['accuracy']:.3f})")  # fmt: skip
+    (run_dir / f"{STATE_STEM}{engine.state_suffix}").unlink(missing_ok=True)
+    summary = {
+        "run_dir": str(run_dir), "backbone": spec.id, "strategy": config.strategy,
+        "split": splits.eval_name, "accuracy": metrics["accuracy"], "log_loss": metrics["log_loss"],
+        "macro_f1": metrics["macro_f1"], "train_seconds": metrics["train_seconds"], "epochs": len(history),
+        **extra,
+    }  # fmt: skip
+    return TrainResult(run_dir=run_dir, metrics=metrics, history=history, summary=summary)
+
+
+def _engine(backbone: Backbone, n_classes: int, cfg: TrainConfig, tap: int | None) -> Engine:
+    kwargs = {"tap": tap, "dropout": cfg.dropout, "seed": cfg.seed, "device": cfg.device}
+    if backbone.framework == "torch":
+        from ..frameworks.torch_train import TorchEngine
+
+        return TorchEngine(backbone, n_classes, **kwargs)  # type: ignore[arg-type]
+    from ..frameworks.keras_train import KerasEngine
+
+    return KerasEngine(backbone, n_classes, **kwargs)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- feature extraction
+
+
+def _features(backbone: Backbone, tap: int | None, images: np.ndarray, cfg: TrainConfig, reporter: Reporter,
+              what: str) -> tuple[np.ndarray, bool]:  # fmt: skip
+    spec = backbone.spec
+    weights = (backbone.weights.tag, str(backbone.weights.path.stat().st_size)) if backbone.weights else ("random", cfg.seed)
+    key = feature_cache.cache_key(
+        backbone=spec.id, weights=weights, tap=tap, size=backbone.input_size,
+        preprocessing=spec.preprocessing.to_dict(), pixels=hashlib.sha256(images.tobytes()).hexdigest(),
+        shape=images.shape, tlzoo=__version__,
+    )  # fmt: skip
+    if cfg.cache:
+        cached = feature_cache.load(key)
+        if cached is not None and len(cached) == len(images):
+            reporter.info(f"feature cache hit: {what} features reused ({feature_cache.cache_root() / key}.npz)")
+            return cached, True
+    model = backbone.feature_model(tap)
+    out = []
+    with reporter.task(f"extracting {what} features", len(images)) as advance:
+        for start in range(0, len(images), cfg.batch_size):
+            batch = images[start : start + cfg.batch_size]
+            out.append(backbone._run(model, backbone.preprocess(batch)))
+            advance(len(batch))
+    features = np.concatenate(out).astype(np.float32)
+    if cfg.cache:
+        feature_cache.store(key, features)
+    return features, False
+
+
+def _feature_extract(engine: Engine, backbone: Backbone, splits: Splits, cfg: TrainConfig, reporter: Reporter,
+                     tap: int | None) -> tuple[list[dict[str, Any]], np.ndarray, dict[str, Any]]:  # fmt: skip
+    backbone.freeze("all")
+    hits = {}
+    feats = {}
+    t0 = time.perf_counter()
+    for name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
+        if part is not None:
+            feats[name], hits[name] = _features(backbone, tap, part.images, cfg, reporter, name)
+    feature_seconds = time.perf_counter() - t0
+    n = len(splits.classes)
+    t1 = time.perf_counter()
+    if cfg.head == "mlp":
+        head = fit_mlp(
+            feats["train"], splits.train.labels, feats["val"], splits.val.labels, n, hidden=cfg.hidden,
+            dropout=cfg.dropout, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
+            patience=cfg.patience, batch_size=cfg.batch_size, seed=cfg.seed, on_epoch=reporter.epoch,
+        )  # fmt: skip
+        history = head.history
+    else:
+        head = fit_linear(cfg.head, feats["train"], splits.train.labels, n, c=cfg.c, seed=cfg.seed)
+        history = [_row(1, "head", head, feats, splits)]
+        reporter.epoch(history[0])
+    head_seconds = time.perf_counter() - t1
+    engine.build(head)
+    eval_feats = feats["test"] if splits.test is not None else feats["val"]
+    extra = {
+        "feature_cache": "hit" if all(hits.values()) else ("partial" if any(hits.values()) else "miss"),
+        "feature_seconds": round(feature_seconds, 3), "head_seconds": round(head_seconds, 3), "head": cfg.head,
+    }  # fmt: skip
+    return history, probabilities(head.logits(eval_feats), head.output), extra
+
+
+def _row(epoch: int, stage: str, head: HeadParams, feats: dict[str, np.ndarray], splits: Splits) -> dict[str, Any]:
+    from sklearn.metrics import log_loss
+
+    row: dict[str, Any] = {"epoch": epoch, "stage": stage}
+    for prefix, name, part in (("", "train", splits.train), ("val_", "val", splits.val)):
+        p = probabilities(head.logits(feats[name]), head.output)
+        row[prefix + "loss"] = float(log_loss(part.labels, np.clip(p, 1e-15, 1), labels=range(len(splits.classes))))
+        row[prefix + "accuracy"] = float((p.argmax(1) == part.labels).mean())
+    return row
+
+
+# ---------------------------------------------------------------- fine-tuning loops
+
+
+@dataclass
+class Stage:
+    name: str
+    freeze: str
+    epochs: int
+    lr: float
+    backbone_lr_mult: float
+
+
+def default_freeze(n_units: int) -> str:
+    """fine-tune's default: freeze the first half of the units (the generic edges and textures)."""
+    return str(n_units // 2)
+
+
+def stages_for(cfg: TrainConfig, n_units: int) -> list[Stage]:
+    if cfg.strategy == "scratch":
+        return [Stage("scratch", "0", cfg.epochs, cfg.lr, 1.0)]
+    if cfg.strategy == "two-stage":
+        unfreeze = cfg.unfreeze.strip().lower()
+        if unfreeze == "all":
+            stage2_freeze = "0"
+        else:
+            try:
+                k = int(unfreeze)
+            except ValueError:
+                raise UsageError(f"--unfreeze must be 'all' or a number of final units, got {cfg.unfreeze!r}") from None
+            if not 1 <= k <= n_units:
+                raise UsageError(f"--unfreeze {k} is out of range: use 1..{n_units} or 'all'")
+            stage2_freeze = str(n_units - k)
+        return [
+            Stage("stage1", "all", cfg.stage1_epochs, cfg.lr, 0.0),
+            Stage("stage2", stage2_freeze, cfg.epochs, cfg.lr * 0.1, cfg.backbone_lr_mult),
+        ]
+    freeze = cfg.freeze if cfg.freeze is not None else default_freeze(n_units)
+    return [Stage("fine-tune", freeze, cfg.epochs, cfg.lr, cfg.backbone_lr_mult)]
+
+
+def _lr_factor(schedule: str, epoch: int, epochs: int) -> float:
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * epoch / max(epochs, 1)))
+    if schedule == "step":
+        return 0.1 ** (epoch // max(1, epochs // 3))
+    return 1.0
+
+
+def _fit(engine: Engine, backbone: Backbone, splits: Splits, cfg: TrainConfig, reporter: Reporter, run_dir: Path,
+         resuming: bool) -> list[dict[str, Any]]:  # fmt: skip
+    stages = stages_for(cfg, len(backbone.units))
+    for stage in stages:  # check every --freeze before any training starts
+        backbone.freeze(stage.freeze)
+    engine.build()
+    state_path = run_dir / f"{STATE_STEM}{engine.state_suffix}"
+    progress: dict[str, Any] = {"stage": 0, "epoch": 0, "history": [], "best": float("inf"), "waited": 0}
+    if resuming:
+        if not state_path.is_file():
+            raise UsageError(f"{run_dir} has no resumable state ({state_path.name}); it finished or never started")
+        progress = engine.peek_state(state_path)
+    for s_index, stage in enumerate(stages):
+        if s_index < progress["stage"]:
+            continue
+        frozen = backbone.freeze(stage.freeze)
+        engine.configure(lr=stage.lr, backbone_lr_mult=stage.backbone_lr_mult, optimizer=cfg.optimizer,
+                         momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)  # fmt: skip
+        if resuming:
+            progress = engine.load_state(state_path)
+            resuming = False
+            reporter.info(f"resuming {run_dir} at {stage.name} epoch {progress['epoch'] + 1}")
+        reporter.info(f"{stage.name}: {frozen}/{len(backbone.units)} units frozen, "
+                      f"{_trainable_params(engine):,} trainable parameters, {stage.epochs} epochs")  # fmt: skip
+        _run_stage(engine, splits, cfg, reporter, run_dir, stage, s_index, progress, state_path)
+        progress.update(stage=s_index + 1, epoch=0, waited=0)
+    engine.load_model_weights(run_dir)  # the best epoch's checkpoint
+    return list(progress["history"])
+
+
+def _run_stage(engine: Engine, splits: Splits, cfg: TrainConfig, reporter: Reporter, run_dir: Path, stage: Stage,
+               s_index: int, progress: dict[str, Any], state_path: Path) -> None:  # fmt: skip
+    from sklearn.metrics import log_loss
+
+    augment = cfg.augment_list()
+    for epoch in range(progress["epoch"], stage.epochs):
+        engine.set_lr_factor(_lr_factor(cfg.schedule, epoch, stage.epochs))
+        t0 = time.perf_counter()
+        try:
+            with reporter.task(f"{stage.name} epoch {epoch + 1}/{stage.epochs}", len(splits.train)) as advance:
+                loss, acc = engine.train_epoch(
+                    splits.train.images, splits.train.labels, batch_size=cfg.batch_size, augment=augment,
+                    epoch=len(progress["history"]), workers=cfg.workers, progress=advance,
+                )  # fmt: skip
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(
+                f"interrupted during {stage.name} epoch {epoch + 1}. The best checkpoint so far is in {run_dir}; "
+                f"continue with: tlzoo train --resume {run_dir}"
+            ) from None
+        seconds = time.perf_counter() - t0
+        proba = probabilities(engine.logits(splits.val.images), engine.output)
+        val_loss = float(log_loss(splits.val.labels, np.clip(proba, 1e-15, 1), labels=range(len(splits.classes))))
+        row = {
+            "epoch": len(progress["history"]) + 1, "stage": stage.name, "loss": loss, "accuracy": acc,
+            "val_loss": val_loss, "val_accuracy": float((proba.argmax(1) == splits.val.labels).mean()),
+            "seconds": round(seconds, 3), "images_per_second": round(len(splits.train) / seconds, 2),
+        }  # fmt: skip
+        progress["history"].append(row)
+        if val_loss < progress["best"] - 1e-6:
+            progress["best"], progress["waited"] = val_loss, 0
+            engine.save_model(run_dir)
+        else:
+            progress["waited"] += 1
+        progress.update(epoch=epoch + 1, stage=s_index)
+        engine.save_state(state_path, progress)
+        try:
+            reporter.epoch(row)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(
+                f"interrupted after {stage.name} epoch {epoch + 1}; continue with: tlzoo train --resume {run_dir}"
+            ) from None
+        if cfg.patience and progress["waited"] >= cfg.patience:
+            reporter.info(f"early stopping: validation loss has not improved for {cfg.patience} epochs")
+            break
+
+
+# ---------------------------------------------------------------- run directory files
+
+
+def _trainable_params(engine: Engine) -> int:
+    model = engine.model  # type: ignore[attr-defined]
+    if engine.backbone.framework == "torch":
+        return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
+def _head_meta(engine: Engine, cfg: TrainConfig) -> dict[str, Any]:
+    model = engine.model  # type: ignore[attr-defined]
+    if engine.backbone.framework == "torch":
+        from torch import nn
+
+        linears = [m for m in model.head if isinstance(m, nn.Linear)]
+        sizes = [linears[0].in_features, *(m.out_features for m in linears)]
+        dropout = next((m.p for m in model.head if isinstance(m, nn.Dropout)), 0.0)
+        return {"sizes": sizes, "dropout": dropout}
+    return {"sizes": None, "dropout": cfg.dropout}
+
+
+def _write_split(path: Path, rows: list[tuple[str, str, str]]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path", "label", "subset"])
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _environment(engine: Engine, splits: Splits) -> dict[str, Any]:
+    from .data_prep import fingerprint
+
+    return {
+        "python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
+        "device": engine.device, "packages": package_versions(),
+        "data": {"root": str(splits.root), "fingerprint_sha256": fingerprint(splits.train),
+                 "classes": len(splits.classes), "train": len(splits.train), "val": len(splits.val),
+                 "test": len(splits.test) if splits.test is not None else 0},
+    }  # fmt: skip
+
+
+def _resume_config(run_dir: Path) -> TrainConfig:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UsageError(f"{run_dir} is not a tlzoo run directory (no config.yaml)")
+    return TrainConfig.load(path)
+
+
+def load_meta(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / CLASSIFIER_FILE
+    if not path.is_file():
+        raise UsageError(f"{run_dir} has no trained classifier ({CLASSIFIER_FILE}); train it first or finish it with --resume")
+    return dict(json.loads(path.read_text()))
