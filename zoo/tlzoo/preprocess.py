@@ -35,14 +35,14 @@ def to_rgb(image):  # type: ignore[no-untyped-def]
     from PIL import Image
 
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(image, dtype=np.float64)
-        hi = arr.max() or 1.0
-        image = Image.fromarray((arr * (255.0 / hi)).clip(0, 255).astype(np.uint8), mode="L")
+        # 16-bit (and 32-bit integer) images: the full 0..65535 range maps onto 0..255.
+        arr = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(arr.round().clip(0, 255).astype(np.uint8), mode="L")
     elif image.mode == "F":
         arr = np.asarray(image, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        image = Image.fromarray(((arr - lo) * scale).astype(np.uint8), mode="L")
+        image = Image.fromarray(((arr - lo) * scale).round().astype(np.uint8), mode="L")
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))

@@ -96,10 +96,8 @@ def train(
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
-    from click.core import ParameterSource
-
-    source = ctx.get_parameter_source(name)
-    return source is not None and source not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    source = ctx.get_parameter_source(name)  # an enum of Click's (or Typer's vendored Click)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def _sizes(text: str) -> list[int]:

@@ -59,6 +59,14 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
     size = check_input_size(spec, config.image_size)
     splits = prepare(config, size, reporter)
 
+    weights = None if config.strategy == "scratch" else config.weights
+    backbone = get_backbone(spec, pretrained=weights if weights else False, input_size=size)
+    tap = backbone.resolve_tap(config.tap)
+    if config.strategy != "feature-extract":
+        for stage in stages_for(config, len(backbone.units)):  # every --freeze checked before anything is written
+            backbone.freeze(stage.freeze)
+    engine = _engine(backbone, len(splits.classes), config, tap)
+
     run_dir = Path(resume) if resume else new_run_dir(Path(config.out_dir), config.name or f"{spec.name}-{config.strategy}", exist_ok=exist_ok)
     resolved = TrainConfig(**{**config.to_dict(), "backbone": spec.id, "framework": spec.framework,
                               "image_size": size[0] if size[0] == size[1] else config.image_size,
@@ -68,13 +76,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
         atomic_write_json(run_dir / "labels.json", splits.classes)
         _write_split(run_dir / "split.csv", splits.rows())
     reporter.info(f"run directory: {run_dir}")
-
-    weights = None if config.strategy == "scratch" else config.weights
-    backbone = get_backbone(spec, pretrained=weights if weights else False, input_size=size)
     if backbone.weights is not None and not backbone.weights.verified:
         reporter.warn(f"{backbone.weights.path} has no published hash to check it against")
-    tap = backbone.resolve_tap(config.tap)
-    engine = _engine(backbone, len(splits.classes), config, tap)
     reporter.info(
         f"{spec.id} ({'weights ' + backbone.weights.tag if backbone.weights else 'random init'}), "
         f"{config.strategy}, input {size[0]}x{size[1]}, device {engine.device}"
@@ -175,7 +178,8 @@ def _feature_extract(engine: Engine, backbone: Backbone, splits: Splits, cfg: Tr
         head = fit_mlp(
             feats["train"], splits.train.labels, feats["val"], splits.val.labels, n, hidden=cfg.hidden,
             dropout=cfg.dropout, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-            patience=cfg.patience, batch_size=cfg.batch_size, seed=cfg.seed, on_epoch=reporter.epoch,
+            patience=cfg.patience, batch_size=cfg.batch_size, seed=cfg.seed, framework=backbone.framework,
+            on_epoch=reporter.epoch,
         )  # fmt: skip
         history = head.history
     else:
@@ -254,8 +258,6 @@ def _lr_factor(schedule: str, epoch: int, epochs: int) -> float:
 def _fit(engine: Engine, backbone: Backbone, splits: Splits, cfg: TrainConfig, reporter: Reporter, run_dir: Path,
          resuming: bool) -> list[dict[str, Any]]:  # fmt: skip
     stages = stages_for(cfg, len(backbone.units))
-    for stage in stages:  # check every --freeze before any training starts
-        backbone.freeze(stage.freeze)
     engine.build()
     state_path = run_dir / f"{STATE_STEM}{engine.state_suffix}"
     progress: dict[str, Any] = {"stage": 0, "epoch": 0, "history": [], "best": float("inf"), "waited": 0}

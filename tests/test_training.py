@@ -1,0 +1,208 @@
+"""Every strategy on a torch and a Keras backbone, the feature cache, frozen weights, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tlzoo.errors import DataError, FreezeSpecError, UsageError
+from tlzoo.training.config import TrainConfig
+from tlzoo.training.reporter import Reporter
+from tlzoo.training.run import TrainingInterrupted, train
+
+from .conftest import run_tlzoo
+from .datagen import write_folder
+
+RUN_FILES = {"config.yaml", "labels.json", "split.csv", "environment.json", "metrics.json", "history.csv",
+             "classifier.json", "report.json", "learning_curves.png", "confusion_matrix.png"}  # fmt: skip
+BACKBONES = {"torch": ("torch/resnet18", "model.pt"), "keras": ("keras/mobilenet_v2", "model.keras")}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return write_folder(tmp_path_factory.mktemp("tiny") / "data", per_class=10)
+
+
+@pytest.fixture(autouse=True)
+def _feature_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLZOO_CACHE", str(tmp_path / "cache"))
+
+
+def config(data, tmp_path, **kw):
+    base = dict(data=str(data), image_size=32, weights="none", epochs=1, batch_size=8, out_dir=str(tmp_path / "runs"),
+                stage1_epochs=1, patience=0)  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+@pytest.mark.parametrize("strategy", ["feature-extract", "fine-tune", "two-stage", "scratch"])
+def test_every_strategy_writes_a_complete_run(tiny_data, tmp_path, framework, strategy):
+    backbone, model_file = BACKBONES[framework]
+    result = train(config(tiny_data, tmp_path, backbone=backbone, strategy=strategy))
+    files = {p.name for p in result.run_dir.iterdir()}
+    assert RUN_FILES | {model_file} <= files
+    assert not any(name.startswith(("last_state", ".")) for name in files), files
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["n"] == 6 and metrics["split"] == "val" and 0.0 <= metrics["accuracy"] <= 1.0
+    assert set(metrics["per_class"]) == {"blue", "green", "red"}
+    assert np.asarray(metrics["confusion_matrix"]).sum() == 6
+    meta = json.loads((result.run_dir / "classifier.json").read_text())
+    assert meta["backbone"] == backbone and meta["classes"] == ["blue", "green", "red"]
+    if strategy == "two-stage":
+        assert [row["stage"] for row in result.history] == ["stage1", "stage2"]
+    split = (result.run_dir / "split.csv").read_text().splitlines()
+    assert split[0] == "path,label,subset" and len(split) == 31
+
+
+@pytest.mark.parametrize("head", ["softmax", "logreg-ovr", "linear-svm", "mlp"])
+def test_heads_learn_the_tiny_data(tiny_data, tmp_path, head):
+    result = train(config(tiny_data, tmp_path, backbone="torch/resnet18", head=head, epochs=30, hidden=[16]))
+    assert result.metrics["accuracy"] == 1.0, result.metrics
+    # The head in the saved model gives the same probabilities as the metrics were computed with.
+    from tlzoo.trained import load_run
+
+    run = load_run(result.run_dir)
+    assert run.predict_proba(result_images(result)).shape == (6, 3)
+
+
+def result_images(result):
+    import csv
+
+    from tlzoo.preprocess import load_image
+
+    rows = list(csv.DictReader(open(result.run_dir / "split.csv")))
+    return np.stack([load_image(r["path"], (32, 32)) for r in rows if r["subset"] == "val"])
+
+
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_second_identical_run_hits_the_feature_cache(tiny_data, tmp_path, framework):
+    backbone, _ = BACKBONES[framework]
+    first = train(config(tiny_data, tmp_path, backbone=backbone))
+    second = train(config(tiny_data, tmp_path, backbone=backbone))
+    assert first.metrics["feature_cache"] == "miss" and second.metrics["feature_cache"] == "hit"
+    assert second.metrics["accuracy"] == first.metrics["accuracy"]
+    assert second.metrics["log_loss"] == pytest.approx(first.metrics["log_loss"], abs=1e-9)
+    tapped = train(config(tiny_data, tmp_path, backbone=backbone, tap="3"))
+    assert tapped.metrics["feature_cache"] == "miss", "a different tap is a different cache entry"
+
+
+def test_torch_vgg16_freeze_8_frozen_bits_unchanged_unfrozen_changed(tiny_data, tmp_path):
+    import torch
+    import torchvision
+
+    from tlzoo.registry import get_registry
+    from tlzoo.trained import load_run
+
+    start = torchvision.models.vgg16().state_dict()  # the "pretrained" weights, as a user's own file
+    torch.save(start, tmp_path / "start.pth")
+    result = train(config(tiny_data, tmp_path, backbone="torch/vgg16", strategy="fine-tune", freeze="8", epochs=2,
+                          lr=0.01, weights=str(tmp_path / "start.pth")))  # fmt: skip
+    trained = {k.removeprefix("features.model."): v for k, v in load_run(result.run_dir).model.state_dict().items()}
+    units = get_registry().resolve("torch/vgg16").units
+    assert len(units) == 13
+    for i, unit in enumerate(units):
+        for suffix in ("weight", "bias"):
+            key = f"{unit.name}.{suffix}"
+            if i < 8:
+                assert torch.equal(start[key], trained[key]), f"frozen unit {i + 1} {key} changed"
+            else:
+                assert not torch.equal(start[key], trained[key]), f"unfrozen unit {i + 1} {key} did not train"
+    assert result.metrics["frozen_units"] == 8
+
+
+def test_keras_vgg16_freeze_8_frozen_bits_unchanged_unfrozen_changed(tiny_data, tmp_path):
+    import keras
+
+    from tlzoo.trained import load_run
+
+    start = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
+    start.save_weights(tmp_path / "start.weights.h5")
+    before = {layer.name: layer.get_weights() for layer in start.layers if layer.weights}
+    result = train(config(tiny_data, tmp_path, backbone="keras/vgg16", strategy="fine-tune", freeze="8", epochs=2,
+                          lr=0.01, weights=str(tmp_path / "start.weights.h5")))  # fmt: skip
+    model = load_run(result.run_dir).model
+    assert len(before) == 13
+    for i, (name, weights) in enumerate(before.items()):
+        after = model.get_layer(name).get_weights()
+        same = all(np.array_equal(a, b) for a, b in zip(weights, after))
+        if i < 8:
+            assert same, f"frozen unit {i + 1} {name} changed"
+        else:
+            assert not same, f"unfrozen unit {i + 1} {name} did not train"
+
+
+class InterruptAfter(Reporter):
+    def __init__(self, epochs: int) -> None:
+        self.left = epochs
+
+    def epoch(self, row):
+        self.left -= 1
+        if self.left == 0:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_resume_after_interrupt_continues_from_the_saved_epoch(tiny_data, tmp_path, framework):
+    backbone, model_file = BACKBONES[framework]
+    cfg = config(tiny_data, tmp_path, backbone=backbone, strategy="two-stage", stage1_epochs=2, epochs=2, name="r")
+    with pytest.raises(TrainingInterrupted, match=r"continue with: tlzoo train --resume .*runs/r"):
+        train(cfg, InterruptAfter(3))
+    run_dir = tmp_path / "runs" / "r"
+    assert (run_dir / model_file).is_file(), "the best checkpoint so far is kept"
+    assert not (run_dir / "metrics.json").exists()
+    seen = []
+
+    class Record(Reporter):
+        def epoch(self, row):
+            seen.append(row["epoch"])
+
+    result = train(TrainConfig(), Record(), resume=run_dir)
+    assert seen == [4], "only the epoch after the interrupted one runs"
+    assert [(r["epoch"], r["stage"]) for r in result.history] == [(1, "stage1"), (2, "stage1"), (3, "stage2"), (4, "stage2")]
+    assert (run_dir / "metrics.json").is_file()
+    with pytest.raises(UsageError, match="has no resumable state"):
+        train(TrainConfig(), resume=run_dir)
+
+
+def test_bad_settings_fail_before_training(tiny_data, tmp_path):
+    with pytest.raises(FreezeSpecError, match="--freeze 99 is out of range: this backbone has 20 units"):
+        train(config(tiny_data, tmp_path, backbone="torch/resnet18", strategy="fine-tune", freeze="99"))
+    with pytest.raises(UsageError, match="--strategy 'finetune' is not known. Did you mean 'fine-tune'"):
+        train(config(tiny_data, tmp_path, strategy="finetune"))
+    with pytest.raises(UsageError, match="--head 'svm' is not known"):
+        train(config(tiny_data, tmp_path, head="svm"))
+    with pytest.raises(UsageError, match="augmentation cannot be combined with the feature cache"):
+        train(config(tiny_data, tmp_path, augment="flip"))
+    with pytest.raises(DataError, match="only 24 training images, fewer than --batch-size 64"):
+        train(config(tiny_data, tmp_path, backbone="torch/resnet18", batch_size=64))
+    with pytest.raises(UsageError, match="image size 16x16 is below torch/resnet18's minimum of 32x32"):
+        train(config(tiny_data, tmp_path, backbone="torch/resnet18", image_size=16))
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_cli_train_json_config_rerun_and_evaluate(tiny_data, tmp_path):
+    env = {"TLZOO_CACHE": str(tmp_path / "cache")}
+    args = ["train", "--backbone", "resnet18", "--weights", "none", "--image-size", "32", "--data", str(tiny_data),
+            "--batch-size", "8", "--out-dir", str(tmp_path / "runs"), "--json"]  # fmt: skip
+    first = run_tlzoo(*args, env=env)
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)
+    assert summary["feature_cache"] == "miss" and summary["run_dir"].endswith("resnet18-feature-extract")
+    rerun = run_tlzoo("train", "--config", summary["run_dir"] + "/config.yaml", "--json", env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    again = json.loads(rerun.stdout)
+    assert again["feature_cache"] == "hit" and again["run_dir"].endswith("resnet18-feature-extract-2")
+    assert again["accuracy"] == summary["accuracy"]
+    scored = run_tlzoo("evaluate", summary["run_dir"], "--data", str(tiny_data), "--json")
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout)["n"] == 30
+
+
+def test_cli_bad_input_exits_cleanly(tmp_path):
+    result = run_tlzoo("train", "--data", str(tmp_path / "missing"), "--out-dir", str(tmp_path / "runs"))
+    assert result.returncode == 1
+    assert f"data path {tmp_path / 'missing'} does not exist" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
