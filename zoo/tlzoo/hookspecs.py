@@ -49,5 +49,9 @@ def register_exporters() -> list[Any]:
     An exporter turns a trained run directory into a deployable file. Like
     backbones, an exporter spec is plain data whose ``exporter``
     ("module:function") is imported only when the export runs, and is called as
-    ``exporter(run=Run, out=Path, options=dict) -> Path``.
+    ``exporter(run, out, options) -> dict``: ``run`` a :class:`tlzoo.trained.TrainedRun`,
+    ``out`` the file to write (or None for the exporter's default in the run
+    directory), ``options`` the format's settings. It returns a report with at
+    least ``path``. It must write nothing at ``out`` unless the export
+    succeeded.
     """

@@ -30,7 +30,7 @@ ENV_PLUGINS = "TLZOO_PLUGINS"
 ENV_DISABLE_AUTOLOAD = "TLZOO_DISABLE_PLUGIN_AUTOLOAD"
 # Used only when tlzoo's own distribution metadata is missing (running from a
 # bare checkout): the same modules its entry points name.
-BUILTIN_MODULES = {"torchvision": "tlzoo_torchvision", "keras": "tlzoo_keras"}
+BUILTIN_MODULES = {"torchvision": "tlzoo_torchvision", "keras": "tlzoo_keras", "onnx": "tlzoo_onnx"}
 
 
 @dataclass

@@ -176,7 +176,7 @@ class ExporterSpec:
     """A format a trained run can be exported to (``tlzoo export FORMAT RUN``).
 
     ``exporter`` is ``"module:function"`` called as
-    ``exporter(run=Run, out=Path, options=dict) -> Path``.
+    ``exporter(run, out, options) -> dict`` (see :func:`tlzoo.hookspecs.register_exporters`).
     """
 
     name: str

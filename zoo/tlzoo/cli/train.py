@@ -35,7 +35,7 @@ def train(
     unfreeze: Annotated[str, typer.Option(help="two-stage: 'all' or the number of final units to unfreeze in stage 2.")] = "all",
     hidden: Annotated[str, typer.Option(help="mlp head: hidden layer sizes, comma separated.")] = "256",
     dropout: Annotated[float, typer.Option(help="Dropout before each dense layer of the head.")] = 0.2,
-    c: Annotated[float, typer.Option("--C", help="Inverse regularization of the scikit-learn heads.")] = 1.0,
+    c: Annotated[Optional[float], typer.Option("--C", help="Inverse regularization of the scikit-learn heads (default: chosen on validation data).")] = None,
     augment: Annotated[str, typer.Option(help="auto | none | flip,crop (auto: on for fine-tune/two-stage/scratch).")] = "auto",
     no_augment: Annotated[bool, typer.Option("--no-augment", help="Same as --augment none.")] = False,
     image_size: Annotated[Optional[int], typer.Option(help="Resize images to this size (default: the backbone's).")] = None,

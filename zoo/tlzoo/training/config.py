@@ -41,7 +41,7 @@ class TrainConfig:
     head: str = "softmax"
     hidden: list[int] = field(default_factory=lambda: [256])
     dropout: float = 0.2
-    c: float = 1.0
+    c: float | None = None
     tap: str | None = None
     freeze: str | None = None
     unfreeze: str = "all"
@@ -73,6 +73,8 @@ class TrainConfig:
         for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size)):
             if value < 1:
                 raise UsageError(f"{flag} must be at least 1, got {value}")
+        if self.c is not None and self.c <= 0:
+            raise UsageError(f"--C must be positive, got {self.c}")
         if self.lr <= 0 or self.backbone_lr_mult < 0:
             raise UsageError("--lr must be positive and --backbone-lr-mult not negative")
         if not 0 <= self.dropout < 1:

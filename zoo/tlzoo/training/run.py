@@ -183,8 +183,9 @@ def _feature_extract(engine: Engine, backbone: Backbone, splits: Splits, cfg: Tr
         )  # fmt: skip
         history = head.history
     else:
-        head = fit_linear(cfg.head, feats["train"], splits.train.labels, n, c=cfg.c, seed=cfg.seed)
-        history = [_row(1, "head", head, feats, splits)]
+        c = cfg.c if cfg.c is not None else _choose_c(cfg.head, feats, splits, reporter, cfg.seed)
+        head = fit_linear(cfg.head, feats["train"], splits.train.labels, n, c=c, seed=cfg.seed)
+        history = [{**_row(1, "head", head, feats, splits), "C": c}]
         reporter.epoch(history[0])
     head_seconds = time.perf_counter() - t1
     engine.build(head)
@@ -194,6 +195,22 @@ def _feature_extract(engine: Engine, backbone: Backbone, splits: Splits, cfg: Tr
         "feature_seconds": round(feature_seconds, 3), "head_seconds": round(head_seconds, 3), "head": cfg.head,
     }  # fmt: skip
     return history, probabilities(head.logits(eval_feats), head.output), extra
+
+
+C_GRID = (0.01, 0.1, 1.0, 10.0)
+
+
+def _choose_c(kind: str, feats: dict[str, np.ndarray], splits: Splits, reporter: Reporter, seed: int) -> float:
+    """The regularization with the best validation accuracy (then log loss), as LogisticRegressionCV would."""
+    scores = []
+    for c in C_GRID:
+        head = fit_linear(kind, feats["train"], splits.train.labels, len(splits.classes), c=c, seed=seed)
+        row = _row(1, "head", head, feats, splits)
+        scores.append((row["val_accuracy"], -row["val_loss"], -c, c))
+    best = max(scores)[-1]
+    reporter.info("--C chosen on validation data: " + ", ".join(
+        f"C={c:g} acc {acc:.4f}" for acc, _, _, c in scores) + f" -> C={best:g}")  # fmt: skip
+    return best
 
 
 def _row(epoch: int, stage: str, head: HeadParams, feats: dict[str, np.ndarray], splits: Splits) -> dict[str, Any]:
