@@ -213,8 +213,14 @@ def _to_fp16(src: Path, dest: Path) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    import onnx_ir as ir
+
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, disable_shape_infer=False)
-    onnx.save(model, str(dest))
+    # The converter appends the fp32<->fp16 casts of the inputs at the end of the node list;
+    # ONNX requires topological order.
+    graph = ir.from_proto(model)
+    graph.graph.sort()
+    onnx.save(ir.to_proto(graph), str(dest))
 
 
 def _to_int8(src: Path, dest: Path, run: TrainedRun, raw: bool, calibration: Any, tmp: str) -> None:

@@ -23,25 +23,36 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .backbone import Backbone, get_backbone
+    from .predictor import Predictor
+    from .trained import load_run
+    from .training.config import TrainConfig
 
 # Public names whose modules import numpy or frameworks: loaded on first use.
 _LAZY = {
     "Backbone": ".backbone",
     "get_backbone": ".backbone",
+    "Predictor": ".predictor",
+    "TrainConfig": ".training.config",
+    "load_run": ".trained",
 }
 
 __all__ = [
     "Backbone",
     "BackboneSpec",
     "ExporterSpec",
+    "Predictor",
     "Preprocessing",
     "TlzooError",
+    "TrainConfig",
     "UnitSpec",
     "WeightsSpec",
+    "export",
     "get_backbone",
     "hookimpl",
     "list_backbones",
+    "load_run",
     "register_plugin",
+    "train",
     "unregister_plugin",
 ]
 
@@ -51,6 +62,28 @@ def list_backbones(framework: str | None = None, pattern: str | None = None) -> 
     from .registry import get_registry
 
     return get_registry().list(framework=framework, pattern=pattern)
+
+
+def train(config: TrainConfig | None = None, **settings: Any) -> Any:
+    """Train like ``tlzoo train``: ``tlzoo.train(backbone="vgg16", strategy="fine-tune", freeze="8", data="flowers/")``.
+
+    Returns a :class:`tlzoo.training.run.TrainResult` (run directory, metrics, history).
+    """
+    from .training.config import TrainConfig
+    from .training.run import train as run_training
+
+    cfg = config or TrainConfig(**settings)
+    return run_training(cfg)
+
+
+def export(run: Any, format: str = "onnx", out: Any = None, **options: Any) -> dict[str, Any]:
+    """Export a run directory like ``tlzoo export``; returns the exporter's report (with ``path``)."""
+    from .backbone import import_object
+    from .registry import get_registry
+    from .trained import load_run
+
+    spec = get_registry().exporter(format)
+    return dict(import_object(spec.exporter, f"exporter {spec.name}")(load_run(run), out, options))
 
 
 def __getattr__(name: str) -> Any:

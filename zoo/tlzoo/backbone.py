@@ -77,6 +77,19 @@ class Backbone(ABC):
         """
 
     @abstractmethod
+    def parameter_arrays(self) -> list[np.ndarray]:
+        """Every weight of the backbone, in a fixed order."""
+
+    def weights_digest(self) -> str:
+        """sha256 over the backbone's weights: what its features depend on, beyond the input."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for array in self.parameter_arrays():
+            h.update(np.ascontiguousarray(array).tobytes())
+        return h.hexdigest()
+
+    @abstractmethod
     def _run(self, model: Any, batch: np.ndarray) -> np.ndarray:
         """Run a feature model on a preprocessed NHWC float32 batch."""
 

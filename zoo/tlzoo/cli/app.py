@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import datasets_cmd, describe, evaluate, list_backbones, plugins_cmd, train, weights_cmd
+from . import datasets_cmd, describe, evaluate, export, list_backbones, plugins_cmd, predict, train, weights_cmd
 
 app = typer.Typer(
     name="tlzoo",
@@ -35,6 +35,8 @@ app.command("describe")(describe.describe)
 app.command("plugins")(plugins_cmd.plugins)
 app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
+app.command("export")(export.export)
+app.command("predict")(predict.predict)
 app.command("datasets")(datasets_cmd.datasets)
 app.add_typer(weights_cmd.app, name="weights")
 

@@ -102,5 +102,8 @@ class KerasBackbone(Backbone):
         pooled = keras.layers.GlobalAveragePooling2D(name="tap_pool")(layer.output)
         return keras.Model(self.model.input, pooled, name=f"{self.model.name}_tap{tap + 1}")
 
+    def parameter_arrays(self) -> list[np.ndarray]:
+        return [np.asarray(w) for w in self.model.get_weights()]
+
     def _run(self, model: Any, batch: np.ndarray) -> np.ndarray:
         return np.asarray(model(batch, training=False))

@@ -187,6 +187,9 @@ class TorchBackbone(Backbone):
             ) from exc
         return TappedFeatures(extractor)
 
+    def parameter_arrays(self) -> list[np.ndarray]:
+        return [t.detach().cpu().numpy() for t in self.model.state_dict().values()]
+
     def to_tensor(self, batch: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
 

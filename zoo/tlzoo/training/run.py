@@ -60,6 +60,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
     splits = prepare(config, size, reporter)
 
     weights = None if config.strategy == "scratch" else config.weights
+    _seed(spec.framework, config.seed)
     backbone = get_backbone(spec, pretrained=weights if weights else False, input_size=size)
     tap = backbone.resolve_tap(config.tap)
     if config.strategy != "feature-extract":
@@ -121,6 +122,18 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
     return TrainResult(run_dir=run_dir, metrics=metrics, history=history, summary=summary)
 
 
+def _seed(framework: str, seed: int) -> None:
+    """Seed the framework before the backbone is built, so random initialisation is reproducible."""
+    if framework == "torch":
+        import torch
+
+        torch.manual_seed(seed)
+    else:
+        import keras
+
+        keras.utils.set_random_seed(seed)
+
+
 def _engine(backbone: Backbone, n_classes: int, cfg: TrainConfig, tap: int | None) -> Engine:
     kwargs = {"tap": tap, "dropout": cfg.dropout, "seed": cfg.seed, "device": cfg.device}
     if backbone.framework == "torch":
@@ -138,7 +151,8 @@ def _engine(backbone: Backbone, n_classes: int, cfg: TrainConfig, tap: int | Non
 def _features(backbone: Backbone, tap: int | None, images: np.ndarray, cfg: TrainConfig, reporter: Reporter,
               what: str) -> tuple[np.ndarray, bool]:  # fmt: skip
     spec = backbone.spec
-    weights = (backbone.weights.tag, str(backbone.weights.path.stat().st_size)) if backbone.weights else ("random", cfg.seed)
+    # Random initialisation differs by seed and framework version: key on the weights themselves.
+    weights = (backbone.weights.tag, backbone.weights.path.stat().st_size) if backbone.weights else backbone.weights_digest()
     key = feature_cache.cache_key(
         backbone=spec.id, weights=weights, tap=tap, size=backbone.input_size,
         preprocessing=spec.preprocessing.to_dict(), pixels=hashlib.sha256(images.tobytes()).hexdigest(),
