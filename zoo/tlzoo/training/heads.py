@@ -58,6 +58,18 @@ def probabilities(logits: np.ndarray, output: str) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def spread_floor(std: np.ndarray) -> np.ndarray:
+    """Standard deviations, floored at a tenth of their median.
+
+    Folding a scaler into the head divides its weights by each feature's spread: an almost
+    constant feature (a dead ReLU unit) would get an enormous weight, and the slightest change
+    in it (fp16 rounding, int8 quantization) would swing the prediction.
+    """
+    positive = std[std > 0]
+    floor = 0.1 * float(np.median(positive)) if positive.size else 1.0
+    return np.maximum(std, max(floor, 1e-12))
+
+
 def fit_linear(kind: str, x: np.ndarray, y: np.ndarray, n_classes: int, *, c: float = 1.0, seed: int = 0) -> HeadParams:
     """``softmax``, ``logreg-ovr`` or ``linear-svm`` fitted by scikit-learn, scaler folded in."""
     from sklearn.linear_model import LogisticRegression
@@ -66,6 +78,7 @@ def fit_linear(kind: str, x: np.ndarray, y: np.ndarray, n_classes: int, *, c: fl
     from sklearn.svm import LinearSVC
 
     scaler = StandardScaler().fit(x)
+    scaler.scale_ = spread_floor(scaler.scale_)
     xs = scaler.transform(x)
     output = "softmax"
     if kind == "softmax":
@@ -104,7 +117,7 @@ def fit_mlp(
     Trained with the backbone's own framework: loading the other one into the same process
     is slow, and torch's optimizers after TensorFlow has run abort on conflicting LLVM copies.
     """
-    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
+    mean, std = x.mean(axis=0), spread_floor(x.std(axis=0))
     xs, xv = ((x - mean) / std).astype(np.float32), ((x_val - mean) / std).astype(np.float32)
     sizes = [x.shape[1], *hidden, n_classes]
     train = _train_mlp_torch if framework == "torch" else _train_mlp_keras
