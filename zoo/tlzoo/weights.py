@@ -65,6 +65,8 @@ def hash_matches(path: Path, weights: WeightsSpec) -> bool:
 
 
 def verify(path: Path, weights: WeightsSpec) -> None:
+    if not weights.file_hash:
+        return  # nothing published to check against (Keras' MobileNetV2); callers report it unverified
     if not hash_matches(path, weights):
         raise WeightsError(
             f"{path} does not match the {weights.hash_algorithm} hash {weights.file_hash!r} published for "
@@ -112,7 +114,7 @@ def resolve(spec: BackboneSpec, weights: str | None) -> ResolvedWeights | None:
     if not path.is_file():
         _download(spec, chosen, path)
     verify(path, chosen)
-    return ResolvedWeights(path=path, tag=chosen.tag, verified=True)
+    return ResolvedWeights(path=path, tag=chosen.tag, verified=bool(chosen.file_hash))
 
 
 _WEIGHT_SUFFIXES = {".pth", ".pt", ".h5", ".keras", ".safetensors"}
@@ -124,7 +126,7 @@ def _local_file(spec: BackboneSpec, path: Path) -> ResolvedWeights:
     known = [w for w in spec.weights if w.file_name == path.name]
     if known:
         verify(path, known[0])
-        return ResolvedWeights(path=path, tag=known[0].tag, verified=True)
+        return ResolvedWeights(path=path, tag=known[0].tag, verified=bool(known[0].file_hash))
     # A user's own file: loaded without code execution (weights_only / h5), but no published hash to check.
     return ResolvedWeights(path=path, tag=f"file:{path.name}", verified=False)
 
