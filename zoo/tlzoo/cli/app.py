@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import datasets_cmd, describe, evaluate, export, list_backbones, plugins_cmd, predict, train, weights_cmd
+from . import compare_cmd, datasets_cmd, describe, evaluate, export, list_backbones, plugins_cmd, predict, train, weights_cmd
 
 app = typer.Typer(
     name="tlzoo",
@@ -37,6 +37,7 @@ app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
 app.command("export")(export.export)
 app.command("predict")(predict.predict)
+app.command("compare")(compare_cmd.compare)
 app.command("datasets")(datasets_cmd.datasets)
 app.add_typer(weights_cmd.app, name="weights")
 

@@ -11,6 +11,7 @@ import io
 import json
 import math
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +96,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
     train_seconds = time.perf_counter() - started
 
     metrics = classification_metrics(splits.eval_set.labels, eval_proba, splits.classes)
-    metrics.update(split=splits.eval_name, train_seconds=round(train_seconds, 3),
+    metrics.update(split=splits.eval_name, train_seconds=round(train_seconds, 3), peak_memory_mb=_peak_memory_mb(),
                    trainable_params=_trainable_params(engine), frozen_units=backbone.frozen_units,
                    units=len(backbone.units), **extra)  # fmt: skip
     meta = {
@@ -361,6 +362,16 @@ def _run_stage(engine: Engine, splits: Splits, cfg: TrainConfig, reporter: Repor
 
 
 # ---------------------------------------------------------------- run directory files
+
+
+def _peak_memory_mb() -> float | None:
+    """This process's peak resident memory (the run is one process per training)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 
 
 def _trainable_params(engine: Engine) -> int:

@@ -1,0 +1,62 @@
+"""tlzoo compare"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from .common import console, handle_errors, print_json, warn_plugins
+
+
+@handle_errors
+def compare(
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Image folder or CSV (default: the embedded digits).")] = None,
+    backbones: Annotated[str, typer.Option(help="Comma-separated backbones, e.g. mobilenet_v2,keras/resnet50.")] = "mobilenet_v2",
+    strategies: Annotated[str, typer.Option(help="e.g. feature-extract,fine-tune:freeze=8,two-stage,scratch; a sweep: fine-tune:freeze=0,4,8,all")] = "feature-extract,fine-tune,scratch",
+    budget: Annotated[Optional[float], typer.Option(help="Minutes for the whole comparison; a combination running past it is stopped.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Where the runs and the leaderboard go.")] = Path("runs/compare"),
+    epochs: Annotated[int, typer.Option(help="Epochs for the strategies that train the backbone.")] = 5,
+    image_size: Annotated[Optional[int], typer.Option(help="Resize images to this size (default: each backbone's).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    test_split: Annotated[float, typer.Option(help="Share of --data held out as the common test set.")] = 0.2,
+    augment: Annotated[str, typer.Option(help="auto | none | flip,crop (for the strategies that train the backbone).")] = "auto",
+    weights: Annotated[str, typer.Option(help="Backbone weights for every combination but scratch: auto | none | a tag.")] = "auto",
+    seed: Annotated[int, typer.Option(help="The same seed, hence the same split, for every combination.")] = 0,
+    onnx: Annotated[bool, typer.Option(help="Export each run to ONNX and time batch-1 inference.")] = True,
+    json: Annotated[bool, typer.Option("--json", help="Print the leaderboard as JSON.")] = False,
+) -> None:
+    """Train every backbone x strategy on the same split and compare them side by side."""
+    from ..compare import COLUMNS, cell, compare as run_compare, ranked
+    from ..datasets import ensure_digits
+    from ..training.data_prep import default_data_root
+
+    warn_plugins()
+    source = data or ensure_digits(default_data_root())
+    common = ["--epochs", str(epochs), "--batch-size", str(batch_size), "--test-split", str(test_split),
+              "--seed", str(seed), "--augment", augment, "--weights", weights]  # fmt: skip
+    if image_size:
+        common += ["--image-size", str(image_size)]
+    names = [b.strip() for b in backbones.split(",") if b.strip()]
+
+    def show(row: dict[str, Any]) -> None:
+        if not json:
+            result = f"accuracy {row['accuracy']:.4f}, {row['train_s']:.1f} s" if row.get("status") == "ok" else row.get("error", "")
+            console.print(f"{row['backbone']} {row['strategy']}: {row['status']} {result}", markup=False)
+
+    rows = run_compare(Path(source), names, strategies, out_dir=out, budget_minutes=budget, common=common, onnx=onnx,
+                       on_row=show)  # fmt: skip
+    if json:
+        print_json(ranked(rows))
+        return
+    table = Table(title=f"leaderboard ({out / 'leaderboard.md'})", title_justify="left")
+    for _, header in COLUMNS:
+        table.add_column(header)
+    for row in ranked(rows):
+        table.add_row(*(cell(row, key) for key, _ in COLUMNS))
+    console.print(table)
+    best = next((r for r in ranked(rows) if r.get("status") == "ok"), None)
+    if best is not None:
+        console.print(f"best: {best['backbone']} {best['strategy']} -> tlzoo export onnx {best['run_dir']}", markup=False)

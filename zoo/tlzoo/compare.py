@@ -1,0 +1,304 @@
+"""``tlzoo compare``: backbones x strategies on your own data, side by side.
+
+Every combination is a normal ``tlzoo train`` run (same split, same seed,
+shared feature cache) in its own process: a failure, a crash or a blown time
+budget stays with that combination, and torch and TensorFlow never share a
+process. The winner's run directory exports directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+from .training.config import HEADS, STRATEGIES
+
+# Parameters a strategy string may set, with the train option each maps to.
+PARAMS = {"freeze": "--freeze", "tap": "--tap", "head": "--head", "epochs": "--epochs", "lr": "--lr",
+          "stage1_epochs": "--stage1-epochs", "unfreeze": "--unfreeze", "hidden": "--hidden",
+          "backbone_lr_mult": "--backbone-lr-mult", "augment": "--augment"}  # fmt: skip
+SECONDS_PER_IMAGE_FLOOR = 0.01  # no backbone extracts features faster than this on a CPU
+
+
+@dataclass
+class Combination:
+    backbone: str
+    strategy: str
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        extra = ":".join(f"{k}={v}" for k, v in self.params.items())
+        return self.strategy + (f":{extra}" if extra else "")
+
+    @property
+    def run_name(self) -> str:
+        slug = self.label.replace(":", "-").replace("=", "").replace(",", "_")
+        return f"{self.backbone.replace('/', '-')}-{slug}"
+
+
+def parse_strategies(text: str) -> list[tuple[str, dict[str, str]]]:
+    """``feature-extract,fine-tune:freeze=0,4,8,two-stage:unfreeze=20`` -> one entry per setting.
+
+    A comma starts a new strategy only where a strategy name follows; otherwise it adds a
+    value to the previous parameter (a sweep: ``fine-tune:freeze=0,4,8``).
+    """
+    entries: list[tuple[str, dict[str, list[str]]]] = []
+    last_key: str | None = None
+    for token in [t.strip() for t in text.split(",") if t.strip()]:
+        name = token.split(":", 1)[0]
+        if name in STRATEGIES:
+            params: dict[str, list[str]] = {}
+            for part in token.split(":")[1:]:
+                key, sep, value = part.partition("=")
+                key = key.strip().replace("-", "_")
+                if not sep or not value:
+                    raise UsageError(f"strategy parameter {part!r} in {token!r} must look like key=value")
+                if key not in PARAMS:
+                    raise UsageError(f"unknown strategy parameter {key!r} in {token!r}; known: {', '.join(PARAMS)}")
+                params[key] = [value.strip()]
+                last_key = key
+            entries.append((name, params))
+        elif entries and last_key is not None and ":" not in token and "=" not in token:
+            entries[-1][1][last_key].append(token)
+        else:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(STRATEGIES), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise UsageError(f"unknown strategy {name!r}.{hint} Choose from: {', '.join(STRATEGIES)}")
+    out: list[tuple[str, dict[str, str]]] = []
+    for name, params in entries:
+        sweeps = [(k, v) for k, v in params.items() if len(v) > 1]
+        if len(sweeps) > 1:
+            raise UsageError(f"{name}: sweep one parameter at a time ({', '.join(k for k, _ in sweeps)} all have several values)")
+        fixed = {k: v[0] for k, v in params.items() if len(v) == 1}
+        if sweeps:
+            key, values = sweeps[0]
+            out += [(name, {**fixed, key: value}) for value in values]
+        else:
+            out.append((name, fixed))
+    return out
+
+
+def plan(data: Path, backbones: list[str], strategies: str, budget_minutes: float | None) -> list[Combination]:
+    """Every combination, checked before any training starts."""
+    from . import data as datamod
+    from .freeze import parse_freeze, parse_unit
+    from .registry import get_registry
+
+    registry = get_registry()
+    specs = [registry.resolve(b) for b in backbones]
+    parsed = parse_strategies(strategies)
+    combos = []
+    for spec in specs:
+        names = [u.name for u in spec.units]
+        for strategy, params in parsed:
+            if "freeze" in params and names:
+                parse_freeze(params["freeze"], names)
+            if "tap" in params and names:
+                parse_unit(params["tap"], names)
+            if "head" in params and params["head"] not in HEADS:
+                raise UsageError(f"unknown head {params['head']!r}; choose from: {', '.join(HEADS)}")
+            combos.append(Combination(spec.id, strategy, params))
+    n_images = len(datamod.scan(data))
+    if budget_minutes is not None:
+        needed = max(1.0, n_images * SECONDS_PER_IMAGE_FLOOR)
+        if budget_minutes <= 0 or budget_minutes * 60 < needed:
+            raise UsageError(
+                f"--budget {budget_minutes:g} minutes is too small for even one combination: passing {n_images} images "
+                f"through a backbone once takes at least {needed:.0f} s"
+            )
+    return combos
+
+
+def run_combination(combo: Combination, common: list[str], out_dir: Path, timeout: float | None) -> dict[str, Any]:
+    args = [sys.executable, "-m", "tlzoo", "train", "--backbone", combo.backbone, "--strategy", combo.strategy,
+            *common, "--out-dir", str(out_dir / "runs"), "--name", combo.run_name, "--exist-ok", "--json"]  # fmt: skip
+    for key, value in combo.params.items():
+        args += [PARAMS[key], value]
+    row: dict[str, Any] = {"backbone": combo.backbone, "strategy": combo.label, "run_dir": str(out_dir / "runs" / combo.run_name)}
+    t0 = time.perf_counter()
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env={**os.environ, "COLUMNS": "120"})
+    except subprocess.TimeoutExpired:
+        row.update(status="over budget", error=f"stopped after {timeout:.0f} s (the rest of --budget)")
+        return row
+    row["wall_s"] = round(time.perf_counter() - t0, 2)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        row.update(status="failed", error=" ".join(lines[-3:])[-500:] or f"exit code {done.returncode}")
+        return row
+    summary = json.loads(done.stdout)
+    metrics = json.loads((Path(summary["run_dir"]) / "metrics.json").read_text())
+    history = _history(Path(summary["run_dir"]))
+    speeds = [float(r["images_per_second"]) for r in history if r.get("images_per_second")]
+    n_train = _n_train(Path(summary["run_dir"]))
+    if speeds:
+        images_per_s = sorted(speeds)[len(speeds) // 2]
+    elif metrics.get("feature_seconds"):
+        images_per_s = n_train / max(metrics["feature_seconds"], 1e-9) if metrics.get("feature_cache") != "hit" else None
+    else:
+        images_per_s = None
+    row.update(
+        status="ok", run_dir=summary["run_dir"], accuracy=metrics["accuracy"], log_loss=metrics["log_loss"],
+        macro_f1=metrics["macro_f1"], train_s=metrics["train_seconds"], images_per_s=images_per_s,
+        trainable_params=metrics["trainable_params"], peak_memory_mb=metrics.get("peak_memory_mb"),
+        split=metrics["split"], feature_cache=metrics.get("feature_cache"),
+    )  # fmt: skip
+    return row
+
+
+def _history(run_dir: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(run_dir / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _n_train(run_dir: Path) -> int:
+    env = json.loads((run_dir / "environment.json").read_text())
+    return int(env["data"]["train"])
+
+
+def onnx_latency(row: dict[str, Any], runs: int = 30) -> None:
+    """Export the run (checked) and time batch-1 inference with onnxruntime on the CPU."""
+    done = subprocess.run([sys.executable, "-m", "tlzoo", "export", "onnx", row["run_dir"], "--json"],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        row["onnx_error"] = (done.stderr.strip().splitlines() or ["export failed"])[-1][-300:]
+        return
+    import numpy as np
+
+    from .predictor import Predictor
+
+    report = json.loads(done.stdout)
+    predictor = Predictor(report["path"], provider="cpu")
+    h, w = predictor.input_size
+    image = np.zeros((1, h, w, 3), np.uint8)
+    x = predictor._inputs(image)
+    for _ in range(3):
+        predictor._run_batch(x)
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        predictor._run_batch(x)
+        samples.append(time.perf_counter() - t0)
+    row["onnx_path"] = report["path"]
+    row["onnx_latency_ms"] = 1000 * sorted(samples)[len(samples) // 2]
+
+
+def compare(data: Path, backbones: list[str], strategies: str, *, out_dir: Path, budget_minutes: float | None,
+            common: list[str], onnx: bool = True, on_row: Any = None) -> list[dict[str, Any]]:  # fmt: skip
+    combos = plan(data, backbones, strategies, budget_minutes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + budget_minutes * 60 if budget_minutes is not None else None
+    rows = []
+    for combo in combos:
+        left = deadline - time.monotonic() if deadline is not None else None
+        if left is not None and left <= 0:
+            row = {"backbone": combo.backbone, "strategy": combo.label, "status": "skipped", "error": "--budget spent"}
+        else:
+            row = run_combination(combo, ["--data", str(data), *common], out_dir, left)
+            if row["status"] == "ok" and onnx:
+                onnx_latency(row)
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    write_reports(rows, out_dir)
+    return rows
+
+
+COLUMNS = [("backbone", "backbone"), ("strategy", "strategy"), ("status", "status"), ("accuracy", "test acc"),
+           ("log_loss", "log loss"), ("macro_f1", "macro F1"), ("train_s", "train s"), ("images_per_s", "img/s"),
+           ("trainable_params", "trainable"), ("peak_memory_mb", "peak MB"), ("onnx_latency_ms", "ONNX ms")]  # fmt: skip
+
+
+def cell(row: dict[str, Any], key: str) -> str:
+    value = row.get(key)
+    if value is None:
+        return "-"
+    if key in ("accuracy", "macro_f1"):
+        return f"{value:.4f}"
+    if key == "log_loss":
+        return f"{value:.3f}"
+    if key in ("train_s", "images_per_s", "onnx_latency_ms"):
+        return f"{value:.1f}"
+    if key == "trainable_params":
+        return f"{value:,}"
+    if key == "peak_memory_mb":
+        return f"{value:.0f}"
+    return str(value)
+
+
+def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(rows, key=lambda r: (r.get("status") != "ok", -(r.get("accuracy") or 0), r.get("log_loss") or 0))
+
+
+def write_reports(rows: list[dict[str, Any]], out_dir: Path) -> None:
+    from .rundir import atomic_write_json, atomic_write_text
+
+    board = ranked(rows)
+    atomic_write_json(out_dir / "leaderboard.json", board)
+    lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in board:
+        lines.append("| " + " | ".join(cell(r, k) for k, _ in COLUMNS) + " |")
+    failures = [r for r in board if r.get("status") != "ok"]
+    if failures:
+        lines += ["", *(f"- {r['backbone']} {r['strategy']}: {r['status']}: {r.get('error', '')}" for r in failures)]
+    atomic_write_text(out_dir / "leaderboard.md", "\n".join(lines) + "\n")
+    plot(board, out_dir)
+
+
+def plot(rows: list[dict[str, Any]], out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .rundir import atomic_write
+
+    ok = [r for r in rows if r.get("status") == "ok"]
+    if not ok:
+        return
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r in ok:
+        ax.scatter(r["train_s"], r["accuracy"])
+        ax.annotate(f"{r['backbone']}\n{r['strategy']}", (r["train_s"], r["accuracy"]), fontsize=7,
+                    textcoords="offset points", xytext=(4, 4))  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("training time (s, log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("accuracy against training time")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(out_dir / "accuracy_vs_time.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+    strategies = sorted({r["strategy"] for r in ok})
+    backbones = sorted({r["backbone"] for r in ok})
+    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(strategies) * max(1, len(backbones)) / 2), 4.5))
+    width = 0.8 / max(1, len(backbones))
+    for i, b in enumerate(backbones):
+        xs, ys = [], []
+        for j, s in enumerate(strategies):
+            match = [r for r in ok if r["backbone"] == b and r["strategy"] == s]
+            if match:
+                xs.append(j + i * width)
+                ys.append(match[0]["accuracy"])
+        ax.bar(xs, ys, width=width, label=b)
+    ax.set_xticks([j + width * (len(backbones) - 1) / 2 for j in range(len(strategies))], strategies, rotation=20, ha="right")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title("accuracy per strategy")
+    fig.tight_layout()
+    atomic_write(out_dir / "accuracy_by_strategy.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
