@@ -39,7 +39,7 @@ def test_bad_lists_fail_before_any_training(tiny_data):
         parse_strategies("fine-tune:freeze")
     with pytest.raises(UnknownBackboneError):
         plan(tiny_data, ["resnet18", "resnet5"], "feature-extract", None)
-    with pytest.raises(FreezeSpecError, match="--freeze 40 is out of range: this backbone has 20 units"):
+    with pytest.raises(FreezeSpecError, match="torch/resnet18 fine-tune: --freeze 40 is out of range: this backbone has 20"):
         plan(tiny_data, ["resnet18"], "fine-tune:freeze=8,40", None)
     with pytest.raises(UsageError, match="--budget 0.001 minutes is too small for even one combination"):
         plan(tiny_data, ["resnet18"], "feature-extract", 0.001)
@@ -53,8 +53,9 @@ def test_compare_two_backbones_three_strategies_every_format(tiny_data, tmp_path
         "--epochs", "1", "--batch-size", "8", "--weights", "none", "--out", str(out), "--json",
         env={"TLZOO_CACHE": str(tmp_path / "cache")},
     )  # fmt: skip
-    # keras/mobilenet_v2 has 52 units: --freeze 60 is refused before anything trains.
-    assert result.returncode == 2 and "--freeze 60 is out of range: this backbone has 52 units" in " ".join(result.stderr.split())
+    # resnet18 has 20 units: --freeze 60 is refused before anything trains.
+    message = "torch/resnet18 fine-tune: --freeze 60 is out of range: this backbone has 20 units"
+    assert result.returncode == 2 and message in " ".join(result.stderr.split())
     assert not out.exists()
 
     result = run_tlzoo(

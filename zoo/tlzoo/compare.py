@@ -101,10 +101,13 @@ def plan(data: Path, backbones: list[str], strategies: str, budget_minutes: floa
     for spec in specs:
         names = [u.name for u in spec.units]
         for strategy, params in parsed:
-            if "freeze" in params and names:
-                parse_freeze(params["freeze"], names)
-            if "tap" in params and names:
-                parse_unit(params["tap"], names)
+            try:
+                if "freeze" in params and names:
+                    parse_freeze(params["freeze"], names)
+                if "tap" in params and names:
+                    parse_unit(params["tap"], names)
+            except UsageError as exc:
+                raise type(exc)(f"{spec.id} {strategy}: {exc}") from None
             if "head" in params and params["head"] not in HEADS:
                 raise UsageError(f"unknown head {params['head']!r}; choose from: {', '.join(HEADS)}")
             combos.append(Combination(spec.id, strategy, params))

@@ -75,7 +75,7 @@ class TrainConfig:
                 raise UsageError(f"{flag} must be at least 1, got {value}")
         if self.c is not None and self.c <= 0:
             raise UsageError(f"--C must be positive, got {self.c}")
-        if self.lr <= 0 or self.backbone_lr_mult < 0:
+        if not self.lr > 0 or not self.backbone_lr_mult >= 0:  # written so that NaN fails too
             raise UsageError("--lr must be positive and --backbone-lr-mult not negative")
         if not 0 <= self.dropout < 1:
             raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
