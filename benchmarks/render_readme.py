@@ -1,0 +1,105 @@
+"""Render the latest benchmarks/results/*.json into the README's tables (between BENCH markers).
+
+    python benchmarks/render_readme.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def machine_line(data: dict) -> str:
+    m = data["machine"]
+    gpu = m.get("gpu") or "no GPU"
+    return f"_{data['date']}, {m['cpu']}, {m['cores']} cores, {gpu}; torch {m['packages'].get('torch', '?')}, onnxruntime-gpu {m['packages'].get('onnxruntime-gpu', '?')}._"
+
+
+def strategies() -> str:
+    data = load("strategies")
+    if data is None:
+        return "_not measured yet: run `python benchmarks/strategies.py`._"
+    s = data["settings"]
+    lines = [machine_line(data), "",
+             f"MobileNetV2 with its real ImageNet weights, UCI digits (1,797 images, 20 % test), {s['image_size']}x{s['image_size']} px, "
+             f"{s['epochs']} epochs where the backbone trains:", "",
+             "| strategy | test accuracy | log loss | wall time (s) | trainable params | train img/s |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in data["results"].items():
+        speed = f"{r['train_images_per_s']:.1f}" if "train_images_per_s" in r else "-"
+        lines.append(f"| {name} | {r['accuracy']:.4f} | {r['log_loss']:.3f} | {r['wall_s']:.1f} | {r['trainable_params']:,} | {speed} |")
+    sm = data["summary"]
+    lines += ["", f"Feature cache: the repeated feature-extract run is {sm['cache_speedup']:.1f}x faster than the first. "
+              f"Fine-tune throughput {sm['fine_tune_images_per_s']:.1f} img/s against {sm['hand_written_loop_images_per_s']:.1f} img/s "
+              f"for a minimal hand-written PyTorch loop on the same model and data ({sm['throughput_ratio']:.2f}x)."]  # fmt: skip
+    return "\n".join(lines)
+
+
+def runtimes() -> str:
+    data = load("runtimes")
+    if data is None:
+        return "_not measured yet: run `python benchmarks/runtimes.py`._"
+    lines = [machine_line(data), "", "| backbone | runtime | batch-1 p50 (ms) | p90 (ms) | batch-32 img/s |", "|---|---|---|---|---|"]
+    notes = []
+    for backbone, rows in data["results"].items():
+        for label, r in rows.items():
+            if isinstance(r, dict) and "p50_ms" in r:
+                lines.append(f"| {backbone} ({rows['weights']}) | {label} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['batch32_images_per_s']:.1f} |")
+        notes.append(f"{backbone}: onnxruntime fp32 latency {rows['ort_fp32_vs_torch_latency']:.2f}x torch eager; int8 "
+                     f"{rows['int8_speedup_vs_ort_fp32']:.2f}x faster than fp32, test accuracy {rows['test_accuracy_fp32']:.4f} -> "
+                     f"{rows['test_accuracy_int8']:.4f} ({-rows['int8_accuracy_drop_points']:+.2f} points).")  # fmt: skip
+    return "\n".join(lines + [""] + [f"- {n}" for n in notes])
+
+
+def compare() -> str:
+    data = load("compare_digits")
+    if data is None:
+        return "_not measured yet: run `python benchmarks/compare_digits.py`._"
+    s = data["settings"]
+    lines = [machine_line(data), "", f"`tlzoo compare` on the digits at {s['image_size']}x{s['image_size']} px, {s['epochs']} epochs:", "",
+             "| backbone | weights | strategy | test accuracy | train time (s) | trainable params | ONNX batch-1 (ms) |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in data["leaderboard"]:
+        if r.get("status") != "ok":
+            lines.append(f"| {r['backbone']} | {r['weights']} | {r['strategy']} | {r['status']} | - | - | - |")
+            continue
+        onnx = f"{r['onnx_latency_ms']:.2f}" if r.get("onnx_latency_ms") else "-"
+        lines.append(f"| {r['backbone']} | {r['weights']} | {r['strategy']} | {r['accuracy']:.4f} | {r['train_s']:.1f} | {r['trainable_params']:,} | {onnx} |")
+    return "\n".join(lines)
+
+
+def startup() -> str:
+    data = load("cli_startup")
+    if data is None:
+        return "_not measured yet: run `python benchmarks/cli_startup.py`._"
+    lines = [machine_line(data), "", "| command | median (s) | goal |", "|---|---|---|"]
+    for label, r in data["results"].items():
+        lines.append(f"| `tlzoo {label}` | {r['median_s']:.3f} | <= {r['goal_s']} s |")
+    return "\n".join(lines)
+
+
+SECTIONS = {"strategies": strategies, "runtimes": runtimes, "compare": compare, "startup": startup}
+
+
+def main() -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    for name, render in SECTIONS.items():
+        pattern = re.compile(rf"(<!-- BENCH:{name} -->\n).*?(\n<!-- /BENCH:{name} -->)", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"README has no <!-- BENCH:{name} --> section")
+        text = pattern.sub(lambda m: m.group(1) + render() + m.group(2), text)
+    readme.write_text(text)
+    print(f"updated {readme}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""Run the whole benchmark suite, then render the README tables from the results.
+
+    python benchmarks/run_all.py      (or: make bench)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = ["cli_startup.py", "strategies.py", "runtimes.py", "compare_digits.py", "render_readme.py"]
+
+if __name__ == "__main__":
+    for script in SCRIPTS:
+        print(f"== {script}", flush=True)
+        subprocess.run([sys.executable, str(HERE / script)], check=True)
