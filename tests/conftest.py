@@ -14,6 +14,13 @@ MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # The suite runs torch and TensorFlow in one process. torch's compiler stack (dynamo, inductor,
+    # triton) carries its own LLVM: loaded after TensorFlow has run, the two abort on duplicate LLVM
+    # options. Loaded first, both work. (tlzoo's CLI never mixes them: one framework per process.)
+    import torch._dynamo  # noqa: F401
+    import torch._inductor  # noqa: F401
+    import torchvision  # noqa: F401
+
     # Tests never download and never touch the user's caches.
     cache = Path(tempfile.mkdtemp(prefix="tlzoo-test-cache-"))
     os.environ["TLZOO_OFFLINE"] = "1"

@@ -154,7 +154,15 @@ def _export_keras(run: TrainedRun, path: Path, opset: int, batch: int | None, ra
             return tf.identity(p / tf.reduce_sum(p, axis=1, keepdims=True), name="probabilities")
         return tf.identity(tf.nn.softmax(logits, axis=1), name="probabilities")
 
-    proto, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=opset)
+    # Freeze everything the function captures (variables, and the constant tensors some Keras 3 layers
+    # such as EfficientNet's Normalization keep), or tf2onnx leaves them as extra graph inputs.
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
+    proto, _ = tf2onnx.convert.from_graph_def(
+        frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
+        output_names=[t.name for t in frozen.outputs], opset=opset,
+    )  # fmt: skip
     import onnx
 
     graph = proto.graph
