@@ -43,8 +43,12 @@ def test_mypy_resolves_the_same_package_names():
 @pytest.fixture(scope="module")
 def tinynet_site(tmp_path_factory) -> Path:
     """The example plugin installed from its own package, into its own directory."""
+    import shutil
+
     site = tmp_path_factory.mktemp("tinynet-site")
-    _pip("install", "--no-deps", "--no-build-isolation", "--target", str(site), str(REPO / "examples" / "tlzoo-tinynet"))
+    source = tmp_path_factory.mktemp("tinynet-src") / "tlzoo-tinynet"
+    shutil.copytree(REPO / "examples" / "tlzoo-tinynet", source)  # building writes build/ beside the sources
+    _pip("install", "--no-deps", "--no-build-isolation", "--target", str(site), str(source))
     return site
 
 

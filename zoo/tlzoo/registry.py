@@ -11,6 +11,7 @@ import builtins
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import UnknownBackboneError, UsageError
 from .plugins import PluginStatus, get_host
@@ -84,23 +85,23 @@ def reset() -> None:
 def _build() -> Registry:
     host = get_host()
     reg = Registry()
-    for status, specs in host.call_each("register_backbones"):
-        for spec in specs:
-            if not isinstance(spec, BackboneSpec):
-                status.errors.append(f"register_backbones() returned {type(spec).__name__}, not BackboneSpec")
-                continue
-            if _claim(reg.owners, "backbone " + spec.id, status):
-                reg.backbones[spec.id] = spec
-                status.backbones.append(spec.id)
-    for status, specs in host.call_each("register_exporters"):
-        for spec in specs:
-            if not isinstance(spec, ExporterSpec):
-                status.errors.append(f"register_exporters() returned {type(spec).__name__}, not ExporterSpec")
-                continue
-            if _claim(reg.owners, "exporter " + spec.name, status):
-                reg.exporters[spec.name] = spec
-                status.exporters.append(spec.name)
+    _collect(host.call_each("register_backbones"), BackboneSpec, "backbone", reg.backbones, reg.owners)
+    _collect(host.call_each("register_exporters"), ExporterSpec, "exporter", reg.exporters, reg.owners)
     return reg
+
+
+def _collect(results: list[tuple[PluginStatus, list[Any]]], cls: type, kind: str, into: dict[str, Any],
+             owners: dict[str, str]) -> None:  # fmt: skip
+    """Keep each plugin's well-formed specs; record everything else as that plugin's error."""
+    for status, specs in results:
+        for spec in specs:
+            if not isinstance(spec, cls):
+                status.errors.append(f"register_{kind}s() returned {type(spec).__name__}, not {cls.__name__}")
+                continue
+            key = spec.id if isinstance(spec, BackboneSpec) else spec.name
+            if _claim(owners, f"{kind} {key}", status):
+                into[key] = spec
+                getattr(status, f"{kind}s").append(key)
 
 
 def _claim(owners: dict[str, str], key: str, status: PluginStatus) -> bool:
