@@ -26,12 +26,12 @@ def test_wheel_contains_only_tlzoo_named_top_level_packages(tmp_path):
     [wheel] = tmp_path.glob("tlzoo-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
-    assert top == {"tlzoo", "tlzoo_torchvision", "tlzoo_keras"}
+    assert top == {"tlzoo", "tlzoo_torchvision", "tlzoo_keras", "tlzoo_onnx"}
     assert "tlzoo_torchvision/backbones.json" in names and "tlzoo_keras/backbones.json" in names
     assert "tlzoo/cli/app.py" in names and "tlzoo/py.typed" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "[tlzoo]\nkeras = tlzoo_keras\ntorchvision = tlzoo_torchvision" in text
+    assert "[tlzoo]\nkeras = tlzoo_keras\nonnx = tlzoo_onnx\ntorchvision = tlzoo_torchvision" in text
     assert "tlzoo = tlzoo.cli.app:main" in text
 
 

@@ -144,6 +144,7 @@ def run_combination(combo: Combination, common: list[str], out_dir: Path, timeou
     history = _history(Path(summary["run_dir"]))
     speeds = [float(r["images_per_second"]) for r in history if r.get("images_per_second")]
     n_train = _n_train(Path(summary["run_dir"]))
+    images_per_s: float | None
     if speeds:
         images_per_s = sorted(speeds)[len(speeds) // 2]
     elif metrics.get("feature_seconds"):

@@ -98,7 +98,7 @@ def _collect(results: list[tuple[PluginStatus, list[Any]]], cls: type, kind: str
             if not isinstance(spec, cls):
                 status.errors.append(f"register_{kind}s() returned {type(spec).__name__}, not {cls.__name__}")
                 continue
-            key = spec.id if isinstance(spec, BackboneSpec) else spec.name
+            key = spec.id if isinstance(spec, BackboneSpec) else str(getattr(spec, "name"))
             if _claim(owners, f"{kind} {key}", status):
                 into[key] = spec
                 getattr(status, f"{kind}s").append(key)

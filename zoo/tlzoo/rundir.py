@@ -26,7 +26,10 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") ->
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    def write(tmp: Path) -> None:
+        tmp.write_text(text, encoding="utf-8")
+
+    atomic_write(path, write)
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -62,7 +62,7 @@ def train(
     from ..training.run import train as run_training
 
     warn_plugins()
-    values = {
+    values: dict[str, Any] = {
         "backbone": backbone, "framework": framework, "data": data, "strategy": strategy, "freeze": freeze,
         "head": head, "tap": tap, "weights": weights, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "backbone_lr_mult": backbone_lr_mult, "optimizer": optimizer, "schedule": schedule, "patience": patience,

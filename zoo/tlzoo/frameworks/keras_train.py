@@ -109,6 +109,7 @@ class KerasEngine(Engine):
         return keras.Sequential(layers) if layers else None
 
     def _make_step(self, augmenter: keras.Sequential | None) -> Any:
+        assert self.model is not None
         model, prep = self.model, self.backbone.spec.preprocessing
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         n_head = len(self.head_vars)
@@ -174,7 +175,7 @@ class KerasEngine(Engine):
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
+                np.savez(f, **arrays)  # type: ignore[arg-type]
 
         atomic_write(path, write)
 
