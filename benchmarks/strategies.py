@@ -115,7 +115,7 @@ def main() -> None:
     # Digits change meaning when mirrored: crop augmentation only.
     tune = {**common, "epochs": args.epochs, "augment": "crop", "patience": 0}
     results["fine-tune"] = run({**tune, "strategy": "fine-tune", "name": "ft"})
-    results["two-stage"] = run({**tune, "strategy": "two-stage", "stage1_epochs": 1, "name": "two"})
+    results["two-stage"] = run({**tune, "strategy": "two-stage", "stage1_epochs": 2, "name": "two"})
     results["scratch"] = run({**tune, "strategy": "scratch", "epochs": args.scratch_epochs or args.epochs, "lr": 1e-3,
                               "name": "scratch"})  # fmt: skip
     speedup = results["feature-extract"]["wall_s"] / results["feature-extract (cached)"]["wall_s"]

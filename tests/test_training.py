@@ -206,3 +206,26 @@ def test_cli_bad_input_exits_cleanly(tmp_path):
     assert f"data path {tmp_path / 'missing'} does not exist" in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_two_stage_keeps_normalization_in_inference_mode_in_stage_two(tiny_data, tmp_path):
+    import torch
+    import torchvision
+
+    from tlzoo.trained import load_run
+
+    start = torchvision.models.resnet18().state_dict()
+    torch.save(start, tmp_path / "start.pth")
+    result = train(config(tiny_data, tmp_path, backbone="torch/resnet18", strategy="two-stage", stage1_epochs=1,
+                          epochs=1, lr=0.01, weights=str(tmp_path / "start.pth")))  # fmt: skip
+    trained = {k.removeprefix("features.model."): v for k, v in load_run(result.run_dir).model.state_dict().items()}
+    norms = [k for k in start if k.startswith(("bn", "layer")) and ".bn" in k or k.startswith("bn1")]
+    assert norms
+    for key in norms:
+        assert torch.equal(start[key], trained[key]), f"{key} moved in stage 2"
+    # Stage 2 trains every convolution and the head, but no normalization parameter.
+    norm_params = sum(v.numel() for k, v in start.items() if ("bn" in k or "downsample.1" in k) and k.endswith(("weight", "bias")))
+    conv_params = sum(v.numel() for k, v in start.items() if k.endswith("weight") and v.ndim == 4)
+    head_params = 512 * 3 + 3
+    assert result.metrics["trainable_params"] == conv_params + head_params
+    assert norm_params > 0 and [r["stage"] for r in result.history] == ["stage1", "stage2"]

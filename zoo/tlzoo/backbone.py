@@ -65,7 +65,7 @@ class Backbone(ABC):
     def trainable_params(self) -> int: ...
 
     @abstractmethod
-    def _freeze_units(self, count: int, whole: bool) -> None: ...
+    def _freeze_units(self, count: int, whole: bool, all_norms: bool) -> None: ...
 
     @abstractmethod
     def feature_model(self, tap: int | None = None) -> Any:
@@ -96,11 +96,15 @@ class Backbone(ABC):
     def unit_names(self) -> list[str]:
         return [u.name for u in self.units]
 
-    def freeze(self, value: str | int | None) -> int:
-        """Freeze the leading units named by ``value`` (see :mod:`tlzoo.freeze`); returns how many."""
+    def freeze(self, value: str | int | None, *, all_norms: bool = False) -> int:
+        """Freeze the leading units named by ``value`` (see :mod:`tlzoo.freeze`); returns how many.
+
+        ``all_norms`` also freezes every normalization layer, which then stays in inference mode
+        (two-stage's second stage: the head from stage 1 keeps seeing the features it learnt on).
+        """
         count = freeze_mod.parse_freeze(value, self.unit_names())
         whole = str(value).strip().lower() == freeze_mod.ALL
-        self._freeze_units(count, whole)
+        self._freeze_units(count, whole, all_norms)
         self.frozen_units = count
         return count
 

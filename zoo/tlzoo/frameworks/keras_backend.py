@@ -85,13 +85,17 @@ class KerasBackbone(Backbone):
     def trainable_params(self) -> int:
         return int(sum(np.prod(w.shape) for w in self.model.trainable_weights))
 
-    def _freeze_units(self, count: int, whole: bool) -> None:
+    def _freeze_units(self, count: int, whole: bool, all_norms: bool) -> None:
         self.model.trainable = True
         for layer in self.model.layers:
             layer.trainable = True
         for unit in self._units[:count]:
             for layer in unit.layers:
                 layer.trainable = False
+        if all_norms:
+            for layer in self.model.layers:
+                if isinstance(layer, NORM_LAYERS):
+                    layer.trainable = False  # Keras 3: a frozen BatchNormalization runs in inference mode
         if whole:
             self.model.trainable = False
 

@@ -158,7 +158,7 @@ class TorchBackbone(Backbone):
     def trainable_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
-    def _freeze_units(self, count: int, whole: bool) -> None:
+    def _freeze_units(self, count: int, whole: bool, all_norms: bool) -> None:
         for p in self.model.parameters():
             p.requires_grad_(True)
         self.model.frozen_norms = []
@@ -169,7 +169,10 @@ class TorchBackbone(Backbone):
         if whole:
             for p in self.model.parameters():
                 p.requires_grad_(False)
+        if whole or all_norms:
             self.model.frozen_norms = [m for m in self.model.modules() if isinstance(m, NORM_LAYERS)]
+            for norm in self.model.frozen_norms:
+                norm.requires_grad_(False)
         self.model.train(self.model.training)
 
     def feature_model(self, tap: int | None = None) -> nn.Module:

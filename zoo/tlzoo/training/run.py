@@ -249,6 +249,7 @@ class Stage:
     epochs: int
     lr: float
     backbone_lr_mult: float
+    norms_frozen: bool = False
 
 
 def default_freeze(n_units: int) -> str:
@@ -273,7 +274,9 @@ def stages_for(cfg: TrainConfig, n_units: int) -> list[Stage]:
             stage2_freeze = str(n_units - k)
         return [
             Stage("stage1", "all", cfg.stage1_epochs, cfg.lr, 0.0),
-            Stage("stage2", stage2_freeze, cfg.epochs, cfg.lr * 0.1, cfg.backbone_lr_mult),
+            # Normalization layers stay in inference mode: switching them to batch statistics would
+            # change the features the stage-1 head was trained on (the Keras transfer-learning guide's advice).
+            Stage("stage2", stage2_freeze, cfg.epochs, cfg.lr, cfg.backbone_lr_mult, norms_frozen=True),
         ]
     freeze = cfg.freeze if cfg.freeze is not None else default_freeze(n_units)
     return [Stage("fine-tune", freeze, cfg.epochs, cfg.lr, cfg.backbone_lr_mult)]
@@ -300,7 +303,7 @@ def _fit(engine: Engine, backbone: Backbone, splits: Splits, cfg: TrainConfig, r
     for s_index, stage in enumerate(stages):
         if s_index < progress["stage"]:
             continue
-        frozen = backbone.freeze(stage.freeze)
+        frozen = backbone.freeze(stage.freeze, all_norms=stage.norms_frozen)
         engine.configure(lr=stage.lr, backbone_lr_mult=stage.backbone_lr_mult, optimizer=cfg.optimizer,
                          momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)  # fmt: skip
         if resuming:
