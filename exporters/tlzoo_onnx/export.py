@@ -286,7 +286,11 @@ def split_set(run: TrainedRun, subset: str, limit: int | None = None) -> tuple[n
         rows = [r for r in csv.DictReader(f) if r["subset"] == subset]
     if not rows and subset == "val":
         raise UsageError(f"{run.run_dir} has no validation images to check the export against; use --no-check")
-    rows = rows[:limit] if limit else rows
+    if limit and len(rows) > limit:
+        # split.csv lists a subset class by class: take a seeded sample across all of it, not its head
+        # (calibrating int8 on the first classes alone ruins the other classes' activation ranges).
+        keep = np.sort(np.random.default_rng(0).choice(len(rows), size=limit, replace=False))
+        rows = [rows[i] for i in keep]
     index = {c: i for i, c in enumerate(run.classes)}
     images, labels = [], []
     for r in rows:
