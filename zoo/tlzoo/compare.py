@@ -125,6 +125,8 @@ def plan(data: Path, backbones: list[str], strategies: str, budget_minutes: floa
 def run_combination(combo: Combination, common: list[str], out_dir: Path, timeout: float | None) -> dict[str, Any]:
     args = [sys.executable, "-m", "tlzoo", "train", "--backbone", combo.backbone, "--strategy", combo.strategy,
             *common, "--out-dir", str(out_dir / "runs"), "--name", combo.run_name, "--exist-ok", "--json"]  # fmt: skip
+    if combo.strategy == "feature-extract":
+        args += ["--augment", "none"]  # --augment is for the strategies that train the backbone
     for key, value in combo.params.items():
         args += [PARAMS[key], value]
     row: dict[str, Any] = {"backbone": combo.backbone, "strategy": combo.label, "run_dir": str(out_dir / "runs" / combo.run_name)}
