@@ -93,10 +93,10 @@ def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     for name, render in SECTIONS.items():
-        pattern = re.compile(rf"(<!-- BENCH:{name} -->\n).*?(\n<!-- /BENCH:{name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- BENCH:{name} -->\n).*?(<!-- /BENCH:{name} -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"README has no <!-- BENCH:{name} --> section")
-        text = pattern.sub(lambda m: m.group(1) + render() + m.group(2), text)
+        text = pattern.sub(lambda m: m.group(1) + render() + "\n" + m.group(2), text)
     readme.write_text(text)
     print(f"updated {readme}")
 
