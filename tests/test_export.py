@@ -80,6 +80,29 @@ def test_fp16_and_int8_report_accuracy_against_fp32(runs, tmp_path, framework, v
         assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
 
 
+def test_max_drop_gates_reduced_precision_exports(runs, tmp_path, monkeypatch):
+    import tlzoo_onnx.export as onnx_export
+    from onnx import numpy_helper
+
+    report = export(runs["torch"], tmp_path / "ok.int8.onnx", {"int8": True, "max_drop": 100})
+    assert report["check"] == "passed"
+
+    def degraded_int8(src, dest, *args):  # a "quantized" model that always answers the first class
+        model = onnx.load(str(src))
+        for init in model.graph.initializer:
+            if init.name.endswith("head.1.bias"):
+                init.CopyFrom(numpy_helper.from_array(np.array([1e4, 0, 0], np.float32), init.name))
+        onnx.save(model, str(dest))
+
+    monkeypatch.setattr(onnx_export, "_to_int8", degraded_int8)
+    out = tmp_path / "bad.int8.onnx"
+    with pytest.raises(ExportCheckFailed, match=r"the int8 model loses .* accuracy points against fp32 .* allowed 1\)\. No file"):
+        export(runs["torch"], out, {"int8": True, "max_drop": 1})
+    assert not out.exists() and not list(tmp_path.glob(".tlzoo-export-*"))
+    with pytest.raises(UsageError, match="--max-drop needs the check"):
+        export(runs["torch"], out, {"int8": True, "max_drop": 1, "check": False})
+
+
 def _real_photos():
     from skimage import data
 

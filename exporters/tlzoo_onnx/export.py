@@ -31,7 +31,7 @@ class ExportCheckFailed(TlzooError):
 def export(run: TrainedRun | Path | str, out: Path | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Export, check and (only when the check passes) write ``out``. Returns the check report."""
     opts = {"opset": DEFAULT_OPSET, "batch": "dynamic", "fp16": False, "int8": False, "calibration": None,
-            "raw_input": False, "check": True, "atol": 1e-4, **(options or {})}  # fmt: skip
+            "raw_input": False, "check": True, "atol": 1e-4, "max_drop": None, **(options or {})}  # fmt: skip
     if not isinstance(run, TrainedRun):
         run = load_run(Path(run))
     opset = int(opts["opset"])
@@ -39,6 +39,8 @@ def export(run: TrainedRun | Path | str, out: Path | None = None, options: dict[
         raise UsageError(f"--opset {opset} is not supported: use {MIN_OPSET}..{MAX_OPSET} (onnxruntime loads these)")
     if opts["fp16"] and opts["int8"]:
         raise UsageError("choose one of --fp16 and --int8")
+    if opts["max_drop"] is not None and (not opts["check"] or float(opts["max_drop"]) < 0):
+        raise UsageError("--max-drop needs the check (drop --no-check) and a number of points >= 0")
     batch = _batch(opts["batch"])
     variant = "int8" if opts["int8"] else "fp16" if opts["fp16"] else "fp32"
     out = Path(out) if out else run.run_dir / ("model.onnx" if variant == "fp32" else f"model.{variant}.onnx")
@@ -63,7 +65,7 @@ def export(run: TrainedRun | Path | str, out: Path | None = None, options: dict[
         report: dict[str, Any] = {"path": str(out), "variant": variant, "opset": opset, "batch": opts["batch"],
                                   "raw_input": bool(opts["raw_input"]), "framework": run.framework}  # fmt: skip
         if opts["check"]:
-            report.update(check(run, final, fp32, variant, float(opts["atol"]), opts["raw_input"]))
+            report.update(check(run, final, fp32, variant, float(opts["atol"]), opts["raw_input"], opts["max_drop"]))
         os.replace(final, out)
     return report
 
@@ -339,8 +341,14 @@ def _run(path: Path, inputs: np.ndarray, batch: int = 32) -> np.ndarray:
     return np.concatenate(out).astype(np.float64)
 
 
-def check(run: TrainedRun, path: Path, fp32: Path, variant: str, atol: float, raw: bool) -> dict[str, Any]:
-    """Run the source model and onnxruntime on the run's validation images and compare."""
+def check(run: TrainedRun, path: Path, fp32: Path, variant: str, atol: float, raw: bool,
+          max_drop: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run the source model and onnxruntime on the run's validation images and compare.
+
+    fp32 must reproduce the source (``atol``, 100 % top-1 agreement). fp16 and int8 report their
+    accuracy change against fp32 on the same images; with ``max_drop`` (accuracy points) a larger
+    loss fails the export.
+    """
     images, labels = split_set(run, "val", limit=256)
     source = run.predict_proba(images)
     inputs = _model_inputs(run, images, raw)
@@ -365,5 +373,12 @@ def check(run: TrainedRun, path: Path, fp32: Path, variant: str, atol: float, ra
         report["fp32_accuracy"] = float((reference.argmax(1) == labels).mean())
         report["accuracy_change_vs_fp32"] = report["onnx_accuracy"] - report["fp32_accuracy"]
         report["top1_agreement_vs_fp32"] = float((ours.argmax(1) == reference.argmax(1)).mean())
-        report["check"] = "reported"
+        drop = -100 * report["accuracy_change_vs_fp32"]
+        if max_drop is not None and drop > max_drop:
+            raise ExportCheckFailed(
+                f"the {variant} model loses {drop:.2f} accuracy points against fp32 on {len(images)} validation images "
+                f"({report['fp32_accuracy']:.4f} -> {report['onnx_accuracy']:.4f}; allowed {max_drop:g}). No file was "
+                f"written. Export fp32 (or --fp16), or allow more with --max-drop"
+            )
+        report["check"] = "passed" if max_drop is not None else "reported"
     return report

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..errors import UsageError
 from ..registry import get_registry
-from .common import console, handle_errors, print_json, warn_plugins
+from .common import console, err_console, handle_errors, print_json, warn_plugins
 
 
 @handle_errors
@@ -26,6 +26,9 @@ def export(
     raw_input: Annotated[bool, typer.Option("--raw-input", help="Take uint8 NHWC images; resize and normalize in the graph.")] = False,
     check: Annotated[bool, typer.Option(help="Compare with the source model on the run's validation images.")] = True,
     atol: Annotated[float, typer.Option(help="fp32 check: largest allowed probability difference.")] = 1e-4,
+    max_drop: Annotated[Optional[float], typer.Option(
+        "--max-drop", help="fp16/int8: fail (and write nothing) if accuracy drops more than this many points vs fp32.",
+    )] = None,
     list_formats: Annotated[bool, typer.Option("--list", help="List the export formats.")] = False,
     json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -49,7 +52,7 @@ def export(
     trained = load_run(run)
     exporter = import_object(spec.exporter, f"exporter {spec.name}")
     options = {"opset": opset, "batch": batch, "fp16": fp16, "int8": int8, "calibration": calibration,
-               "raw_input": raw_input, "check": check, "atol": atol}  # fmt: skip
+               "raw_input": raw_input, "check": check, "atol": atol, "max_drop": max_drop}  # fmt: skip
     with console.status(f"exporting {run} to {format}"):
         report = exporter(trained, out, options)
     if json:
@@ -62,4 +65,11 @@ def export(
             f"top-1 agreement {report['top1_agreement']:.2%}, accuracy {report['onnx_accuracy']:.4f} "
             f"(source {report['source_accuracy']:.4f})"
             + (f", change vs fp32 {report['accuracy_change_vs_fp32']:+.4f}" if "accuracy_change_vs_fp32" in report else "")
+        )
+    drop = -100 * report.get("accuracy_change_vs_fp32", 0.0)
+    if drop > 1.0 and max_drop is None:
+        err_console.print(
+            f"warning: the {report['variant']} model loses {drop:.1f} accuracy points against fp32 on the validation "
+            f"images; keep the fp32 model (or --fp16) where that matters, or gate the export with --max-drop",
+            style="yellow", markup=False, highlight=False,
         )
