@@ -89,6 +89,21 @@ def compare() -> str:
     return "\n".join(lines)
 
 
+def data_size() -> str:
+    data = load("data_size")
+    if data is None:
+        return "_not measured yet: run `python benchmarks/data_size.py`._"
+    s = data["settings"]
+    strategies = list(next(iter(data["results"].values())))
+    lines = [machine_line(data), "",
+             f"Test accuracy against the number of training images per class (MobileNetV2, {s['image_size']} px, "
+             f"{s['epochs']} epochs where the backbone trains; {s['test']}):", "",
+             "| images per class | " + " | ".join(strategies) + " |", "|---" * (len(strategies) + 1) + "|"]  # fmt: skip
+    for n, rows in data["results"].items():
+        lines.append(f"| {n} | " + " | ".join(f"{rows[k]['accuracy']:.4f}" for k in strategies) + " |")
+    return "\n".join(lines)
+
+
 def startup() -> str:
     data = load("cli_startup")
     if data is None:
@@ -99,7 +114,7 @@ def startup() -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"strategies": strategies, "runtimes": runtimes, "compare": compare, "startup": startup}
+SECTIONS = {"strategies": strategies, "datasize": data_size, "runtimes": runtimes, "compare": compare, "startup": startup}
 
 
 def main() -> None:

@@ -97,3 +97,18 @@ def test_split_is_stratified_and_seeded():
     b = datamod.stratified_split(labels, 0.2, seed=3)
     np.testing.assert_array_equal(a[1], b[1])
     assert np.bincount(labels[a[1]]).tolist() == [2, 2, 2]
+
+
+def test_embedded_digits_written_once_even_by_processes_starting_together(tmp_path):
+    import subprocess
+    import sys
+
+    code = "import sys; from tlzoo.datasets import ensure_digits; print(ensure_digits(sys.argv[1]))"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]  # fmt: skip
+    outs = [p.communicate() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert {o.strip() for o, _ in outs} == {str(tmp_path / "digits")}
+    scanned = datamod.scan(tmp_path / "digits")
+    assert len(scanned) == 1797 and sorted({s.label for s in scanned}) == [str(d) for d in range(10)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits"]  # no temporary folder left behind

@@ -37,14 +37,24 @@ def write(name: str, out: Path) -> int:
 
 
 def ensure_digits(root: Path) -> Path:
-    """The digits folder under ``root``, written on first use (the embedded default data)."""
+    """The digits folder under ``root``, written on first use (the embedded default data).
+
+    Written into a private temporary folder and renamed into place, so that two processes
+    starting at once never see (or delete) each other's half-written folder.
+    """
+    import shutil
+    import tempfile
+
     target = Path(root) / "digits"
     if not (target / "9").is_dir():
-        tmp = target.with_name("digits.partial")
-        if tmp.exists():
-            import shutil
-
-            shutil.rmtree(tmp)
-        write_digits(tmp)
-        tmp.rename(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".digits-"))
+        try:
+            write_digits(tmp)
+            tmp.rename(target)
+        except OSError:
+            if not (target / "9").is_dir():  # not another process winning the race: a real failure
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
