@@ -26,8 +26,10 @@ demo: install
 	$(BIN)/tlzoo train --backbone mobilenet_v2 --test-split 0.2 --name demo --exist-ok
 	$(BIN)/tlzoo export onnx runs/demo
 
+# Two workers: much of the suite is single-threaded (imports, tf2onnx, subprocesses), so a
+# 2-core machine runs it in about half the time; more workers would each load torch and TensorFlow.
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py
