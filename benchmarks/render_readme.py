@@ -63,6 +63,19 @@ def runtimes() -> str:
     return "\n".join(lines + [""] + [f"- {n}" for n in notes])
 
 
+def int8_trained() -> str:
+    data = load("int8_trained")
+    if data is None:
+        return "_not measured yet: run `python benchmarks/int8_trained.py`._"
+    lines = [machine_line(data), "", "| backbone | weights | strategy | px | test images | fp32 accuracy | int8 accuracy | "
+             "change (points) | batch-1 p50 fp32 -> int8 (ms) |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in data["results"].values():
+        lines.append(f"| {r['backbone']} | {r['weights']} | {r['strategy']} | {r['image_size']} | {r['test_images']} | "
+                     f"{r['test_accuracy_fp32']:.4f} | {r['test_accuracy_int8']:.4f} | {-r['int8_accuracy_drop_points']:+.2f} | "
+                     f"{r['batch1_p50_ms_fp32']:.2f} -> {r['batch1_p50_ms_int8']:.2f} ({r['int8_speedup']:.2f}x) |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def _precision_split(split: dict | None) -> str:
     if not split:
         return ""
@@ -114,7 +127,8 @@ def startup() -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"strategies": strategies, "datasize": data_size, "runtimes": runtimes, "compare": compare, "startup": startup}
+SECTIONS = {"strategies": strategies, "datasize": data_size, "runtimes": runtimes, "int8trained": int8_trained,
+            "compare": compare, "startup": startup}  # fmt: skip
 
 
 def main() -> None:
