@@ -30,13 +30,15 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TLZOO_OFFLINE", "1")
     import_offline_weights()
+    import onnxruntime as ort
+
     from tlzoo.datasets import ensure_digits
     from tlzoo.predictor import Predictor
     from tlzoo.trained import load_run
     from tlzoo.training.config import TrainConfig
     from tlzoo.training.data_prep import default_data_root
     from tlzoo.training.run import train
-    from tlzoo_onnx.export import export, split_set
+    from tlzoo_onnx.export import _model_inputs, export, split_set
 
     data_root = ensure_digits(default_data_root())
     out_dir = tempfile.mkdtemp(prefix="tlzoo-bench-int8-")
@@ -53,10 +55,6 @@ def main() -> None:
         images, labels = split_set(trained, "test")
         accuracy = {name: float((Predictor(r["path"]).predict_proba(images).argmax(1) == labels).mean())
                     for name, r in (("fp32", fp32), ("int8", int8))}  # fmt: skip
-        import onnxruntime as ort
-
-        from tlzoo_onnx.export import _model_inputs
-
         x = _model_inputs(trained, images[:1], False)
         latency = {}
         for name, r in (("fp32", fp32), ("int8", int8)):

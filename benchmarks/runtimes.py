@@ -52,28 +52,14 @@ def int8_precision_split(trained: Any, fp32_path: str, images: np.ndarray, label
     W8A8 is what ``tlzoo export --int8`` writes; W16A8 keeps 8-bit activations with 16-bit weights,
     W8A16 the reverse (both run as fp32 kernels in onnxruntime: a diagnosis, not a deployment).
     """
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     from tlzoo.predictor import Predictor
-    from tlzoo_onnx.export import _calibration_images, _model_inputs
+    from tlzoo_onnx.export import _to_int8
 
-    calibration = _model_inputs(trained, _calibration_images(trained, None), False)
-    prepared = workdir / "prepared.onnx"
-    quant_pre_process(fp32_path, str(prepared), skip_symbolic_shape=True)
     out: dict[str, float] = {}
-    for name, weights, activations in (("W8A8", QuantType.QInt8, QuantType.QUInt8),
-                                       ("W16A8", QuantType.QInt16, QuantType.QUInt8),
-                                       ("W8A16", QuantType.QInt8, QuantType.QUInt16)):  # fmt: skip
-        batches = iter([{"images": calibration[i : i + 16]} for i in range(0, len(calibration), 16)])
-
-        class Reader(CalibrationDataReader):
-            def get_next(self, batches: Any = batches) -> dict[str, np.ndarray] | None:
-                return next(batches, None)
-
+    for name, weight_bits, activation_bits in (("W8A8", 8, 8), ("W16A8", 16, 8), ("W8A16", 8, 16)):
         path = workdir / f"{name}.onnx"
-        quantize_static(str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=activations, weight_type=weights)  # fmt: skip
+        _to_int8(Path(fp32_path), path, trained, False, None, str(workdir), weight_bits=weight_bits,
+                 activation_bits=activation_bits)  # fmt: skip
         proba = Predictor(str(path)).predict_proba(images)
         out[name] = float((proba.argmax(1) == labels).mean())
         print(f"  test accuracy {name}: {out[name]:.4f}", flush=True)
