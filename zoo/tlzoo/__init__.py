@@ -72,8 +72,15 @@ def train(config: TrainConfig | None = None, **settings: Any) -> Any:
     from .training.config import TrainConfig
     from .training.run import train as run_training
 
+    if config is not None and settings:
+        raise TypeError("give either a TrainConfig or keyword settings, not both")
+    unknown = sorted(set(settings) - set(TrainConfig.__dataclass_fields__))
+    if unknown:
+        from .errors import UsageError
+
+        raise UsageError(f"unknown setting(s) {', '.join(unknown)}; see tlzoo.TrainConfig")
     cfg = config or TrainConfig(**settings)
-    return run_training(cfg)
+    return run_training(cfg, given=set(settings) if config is None else None)
 
 
 def export(run: Any, format: str = "onnx", out: Any = None, **options: Any) -> dict[str, Any]:

@@ -88,6 +88,29 @@ def parse_strategies(text: str) -> list[tuple[str, dict[str, str]]]:
     return out
 
 
+def _check_params(strategy: str, params: dict[str, str]) -> None:
+    """A strategy string obeys train's rule: a parameter that does not fit its strategy is refused."""
+    from .training.config import TrainConfig
+
+    converted: dict[str, Any] = {"strategy": strategy}
+    for key, value in params.items():
+        kind = type(getattr(TrainConfig(), key))
+        try:
+            if key == "hidden":
+                converted[key] = [int(v) for v in value.split("+")]
+            elif kind in (int, float):
+                converted[key] = kind(value)
+            else:
+                converted[key] = value
+        except ValueError:
+            raise UsageError(f"{key}={value!r} is not a {kind.__name__}") from None
+    if "head" in params and params["head"] not in HEADS:
+        raise UsageError(f"unknown head {params['head']!r}; choose from: {', '.join(HEADS)}")
+    cfg = TrainConfig(**converted)
+    cfg.apply_given({"strategy", *params})
+    cfg.validate()
+
+
 def plan(data: Path, backbones: list[str], strategies: str, budget_minutes: float | None) -> list[Combination]:
     """Every combination, checked before any training starts."""
     from . import data as datamod
@@ -102,14 +125,13 @@ def plan(data: Path, backbones: list[str], strategies: str, budget_minutes: floa
         names = [u.name for u in spec.units]
         for strategy, params in parsed:
             try:
+                _check_params(strategy, params)
                 if "freeze" in params and names:
                     parse_freeze(params["freeze"], names)
                 if "tap" in params and names:
                     parse_unit(params["tap"], names)
             except UsageError as exc:
                 raise type(exc)(f"{spec.id} {strategy}: {exc}") from None
-            if "head" in params and params["head"] not in HEADS:
-                raise UsageError(f"unknown head {params['head']!r}; choose from: {', '.join(HEADS)}")
             combos.append(Combination(spec.id, strategy, params))
     n_images = len(datamod.scan(data))
     if budget_minutes is not None:
@@ -128,7 +150,7 @@ def run_combination(combo: Combination, common: list[str], out_dir: Path, timeou
     if combo.strategy == "feature-extract":
         args += ["--augment", "none"]  # --augment is for the strategies that train the backbone
     for key, value in combo.params.items():
-        args += [PARAMS[key], value]
+        args += [PARAMS[key], value.replace("+", ",") if key == "hidden" else value]  # hidden=512+128: two layers
     row: dict[str, Any] = {"backbone": combo.backbone, "strategy": combo.label, "run_dir": str(out_dir / "runs" / combo.run_name)}
     t0 = time.perf_counter()
     try:

@@ -14,15 +14,75 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") ->
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix or path.suffix)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.stem}.", suffix=suffix or path.suffix)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        fault_point(f"write:{path.name}")
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make every run file private
+        _fsync(tmp)
+        fault_point(f"rename:{path.name}")
         os.replace(tmp, path)
+        _fsync(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+# Temporary files are named like this, so that the next start can reclaim what a killed process left.
+TEMP_PREFIX = ".tlzoo-tmp."
+
+
+def reclaim_temp_files(folder: Path, older_than_s: float = 0.0) -> int:
+    """Delete temp files a killed process left in ``folder``; returns how many."""
+    import time
+
+    removed = 0
+    try:
+        entries = list(Path(folder).glob(f"{TEMP_PREFIX}*"))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if time.time() - entry.stat().st_mtime >= older_than_s:
+                if entry.is_dir():
+                    import shutil
+
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+def fault_point(name: str) -> None:
+    """Die as ``kill -9`` would when ``TLZOO_FAULT`` names this point: how the fault tests crash a write."""
+    wanted = os.environ.get("TLZOO_FAULT")
+    if wanted and (wanted == name or (wanted.endswith("*") and name.startswith(wanted[:-1]))):
+        os._exit(137)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file, or a folder's entry for a renamed file, to the disk (best effort where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -44,16 +104,25 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def new_run_dir(out_dir: Path, name: str, *, exist_ok: bool = False) -> Path:
-    """``out_dir/name``, or ``name-2``, ``name-3``... if taken (as Ultralytics numbers its runs)."""
+def new_run_dir(out_dir: Path, name: str, *, exist_ok: bool = False) -> tuple[Path, bool]:
+    """``out_dir/name``, or ``name-2``, ``name-3``... if taken (as Ultralytics numbers its runs).
+
+    Returns the folder and whether this call created it. Creation is one ``mkdir`` that fails when the
+    folder exists, so processes started at the same moment never share a run directory.
+    """
     out_dir = Path(out_dir)
-    candidate = out_dir / name
-    n = 2
-    while candidate.exists() and not exist_ok:
-        candidate = out_dir / f"{name}-{n}"
-        n += 1
-    candidate.mkdir(parents=True, exist_ok=True)
-    return candidate
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        candidate = out_dir / (name if n == 1 else f"{name}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate, True
+        except FileExistsError:
+            if exist_ok and n == 1 and candidate.is_dir():
+                reclaim_temp_files(candidate)
+                return candidate, False
+            n += 1
 
 
 def package_versions() -> dict[str, str]:

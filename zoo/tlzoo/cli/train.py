@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .common import console, err_console, handle_errors, print_json, warn_plugins
+from .common import console, err_console, escape, handle_errors, print_json, warn_plugins
 
 STRATEGY_HELP = "feature-extract | fine-tune | two-stage | scratch"
 HEAD_HELP = "softmax | logreg-ovr | linear-svm | mlp (feature-extract)"
@@ -19,8 +19,8 @@ def train(
     backbone: Annotated[str, typer.Option("--backbone", "-b", help="Backbone name or id (tlzoo list-backbones).")] = "mobilenet_v2",
     framework: Annotated[Optional[str], typer.Option(help="'torch' or 'keras' when the short name is in both.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="Image folder (one sub-folder per class) or a path,label CSV. Default: the embedded digits.")] = None,
-    strategy: Annotated[str, typer.Option("--strategy", "-s", help=STRATEGY_HELP)] = "feature-extract",
-    freeze: Annotated[Optional[str], typer.Option(help="fine-tune: N | NAME | all | -K units frozen (tlzoo describe). Default: half.")] = None,
+    strategy: Annotated[str, typer.Option("--strategy", "-s", help=STRATEGY_HELP + " (default: feature-extract; fine-tune when --freeze is given)")] = "feature-extract",
+    freeze: Annotated[Optional[str], typer.Option(help="fine-tune: N | NAME | all | -K units frozen (tlzoo describe); selects fine-tune. Default: half.")] = None,
     head: Annotated[str, typer.Option(help=HEAD_HELP)] = "softmax",
     tap: Annotated[Optional[str], typer.Option(help="Use an earlier unit's pooled output (number or name) as the features.")] = None,
     weights: Annotated[str, typer.Option(help="auto (ImageNet, preferring what is on disk), a tag, a file, or 'none'.")] = "auto",
@@ -57,6 +57,7 @@ def train(
     json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Train a classifier on your images with a pretrained backbone."""
+    from ..errors import UsageError
     from ..training.config import TrainConfig
     from ..training.reporter import Reporter, RichReporter
     from ..training.run import train as run_training
@@ -71,23 +72,36 @@ def train(
         "val_split": val_split, "test_split": test_split, "seed": seed, "device": device, "workers": workers,
         "strict": strict, "cache": cache, "name": name, "out_dir": out_dir,
     }  # fmt: skip
-    if config is not None:
+    given = {k for k in values if _given(ctx, k)}
+    if no_augment:
+        if "augment" in given and augment.strip().lower() not in ("none", "off", ""):
+            raise UsageError(f"--no-augment contradicts --augment {augment}: give one of them")
+        given.add("augment")
+    overrides: dict[str, Any] = {}
+    if resume is not None:
+        if config is not None:
+            raise UsageError("--resume takes the run's own config.yaml; leave out --config")
+        overrides = {k: values[k] for k in given}
+        cfg = TrainConfig()
+    elif config is not None:
         base = TrainConfig.load(config).to_dict()
-        given = {k: v for k, v in values.items() if _given(ctx, k)}
-        if no_augment:
-            given["augment"] = "none"
-        cfg = TrainConfig(**{**base, **given})
+        file_given = TrainConfig.file_given(config)
+        cfg = TrainConfig(**{**base, **{k: values[k] for k in given}})
+        given |= file_given
     else:
         cfg = TrainConfig(**values)
     reporter = Reporter() if (quiet or json) else RichReporter(console, err_console)
-    result = run_training(cfg, reporter, resume=resume, exist_ok=exist_ok)
+    result = run_training(cfg, reporter, resume=resume, exist_ok=exist_ok, given=given, overrides=overrides)
     if json:
         print_json(result.summary)
         return
     m = result.metrics
     k = next(key for key in m if key.startswith("top") and key.endswith("_accuracy"))
+    summary = result.summary
+    frozen = (f", {summary['frozen_units']}/{summary['units']} units frozen"
+              if summary["strategy"] == "fine-tune" else "")  # fmt: skip
     console.print(
-        f"[bold]{result.summary['backbone']} {result.summary['strategy']}[/]: {m['split']} accuracy "
+        f"[bold]{escape(summary['backbone'])} {summary['strategy']}[/]{frozen}: {m['split']} accuracy "
         f"[bold]{m['accuracy']:.4f}[/], {k.replace('_', ' ')} {m[k]:.4f}, log loss {m['log_loss']:.4f}, "
         f"macro F1 {m['macro_f1']:.4f} on {m['n']} images; {m['train_seconds']:.1f} s"
         + (f"; feature cache {m['feature_cache']}" if "feature_cache" in m else "")

@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,8 @@ import numpy as np
 from .. import __version__
 from ..backbone import Backbone, check_input_size, get_backbone
 from ..errors import TlzooError, UsageError
+from ..freeze import parse_freeze, parse_unit
+from ..specs import BackboneSpec
 from ..registry import get_registry
 from ..rundir import atomic_write_json, atomic_write_text, new_run_dir, package_versions
 from . import cache as feature_cache
@@ -49,15 +52,34 @@ class TrainResult:
 
 
 def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path | None = None,
-          exist_ok: bool = False) -> TrainResult:  # fmt: skip
-    """Train a classifier as ``config`` says; ``resume`` continues an interrupted run directory."""
+          exist_ok: bool = False, given: Collection[str] | None = None,
+          overrides: dict[str, Any] | None = None) -> TrainResult:  # fmt: skip
+    """Train a classifier as ``config`` says; ``resume`` continues an interrupted run directory.
+
+    ``given`` names the settings the user gave explicitly (default: those that differ from the defaults);
+    they decide which options are refused for a strategy they do not fit and which are reported unused.
+    ``overrides`` are options given together with ``resume``: only the device and workers may change.
+    """
     reporter = reporter or Reporter()
     started = time.perf_counter()
+    notes: list[str] = []
     if resume is not None:
-        config = _resume_config(Path(resume))
+        config, notes = resume_config(Path(resume), overrides or {})
+        given = config.given_by_default()
+    else:
+        config = TrainConfig(**config.to_dict())  # the caller's object is left as it was
+        given = set(given) if given is not None else config.given_by_default()
+        config.validate()
+        notes = config.apply_given(given)
     config.validate()
+    unused = config.unused(given)
     spec = get_registry().resolve(config.backbone, config.framework)
     size = check_input_size(spec, config.image_size)
+    _check_units(spec, config)  # --freeze 99 fails here, before any image is decoded
+    for note in notes:
+        reporter.info(note)
+    if unused:
+        reporter.info(f"not used by {config.describe_choice()}: {', '.join(unused)}")
     splits = prepare(config, size, reporter)
 
     weights = None if config.strategy == "scratch" else config.weights
@@ -69,7 +91,48 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
             backbone.freeze(stage.freeze)
     engine = _engine(backbone, len(splits.classes), config, tap)
 
-    run_dir = Path(resume) if resume else new_run_dir(Path(config.out_dir), config.name or f"{spec.name}-{config.strategy}", exist_ok=exist_ok)
+    created = False
+    if resume is not None:
+        run_dir = Path(resume)
+    else:
+        run_dir, created = new_run_dir(Path(config.out_dir), config.name or f"{spec.name}-{config.strategy}",
+                                       exist_ok=exist_ok)  # fmt: skip
+    try:
+        return _train_in(run_dir, resume, config, spec, size, splits, backbone, tap, engine, reporter, started, unused)
+    except BaseException:
+        if created:
+            _discard_unstarted(run_dir, engine)
+        raise
+
+
+def _discard_unstarted(run_dir: Path, engine: Engine) -> None:
+    """A run that failed before its first checkpoint leaves nothing that looks like a result."""
+    import shutil
+
+    if (run_dir / f"{STATE_STEM}{engine.state_suffix}").exists():
+        return  # resumable: keep it
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _check_units(spec: BackboneSpec, config: TrainConfig) -> None:
+    """--freeze, --tap and --unfreeze against the backbone's published units (checked again once built)."""
+    names = [u.name for u in spec.units]
+    if not names:
+        return
+    try:
+        if config.freeze is not None and config.strategy == "fine-tune":
+            parse_freeze(config.freeze, names)
+        if config.tap is not None and str(config.tap).strip():
+            parse_unit(config.tap, names)
+        if config.strategy == "two-stage":
+            stages_for(config, len(names))
+    except UsageError as exc:
+        raise type(exc)(f"{spec.id}: {exc}") from None
+
+
+def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: BackboneSpec, size: tuple[int, int],
+              splits: Splits, backbone: Backbone, tap: int | None, engine: Engine, reporter: Reporter,
+              started: float, unused: list[str]) -> TrainResult:  # fmt: skip
     resolved = TrainConfig(**{**config.to_dict(), "backbone": spec.id, "framework": spec.framework,
                               "image_size": size[0] if size[0] == size[1] else config.image_size,
                               "data": str(splits.root)})  # fmt: skip
@@ -118,7 +181,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
         "run_dir": str(run_dir), "backbone": spec.id, "strategy": config.strategy,
         "split": splits.eval_name, "accuracy": metrics["accuracy"], "log_loss": metrics["log_loss"],
         "macro_f1": metrics["macro_f1"], "train_seconds": metrics["train_seconds"], "epochs": len(history),
-        **extra,
+        "frozen_units": backbone.frozen_units, "units": len(backbone.units), "unused_options": unused, **extra,
     }  # fmt: skip
     return TrainResult(run_dir=run_dir, metrics=metrics, history=history, summary=summary)
 
@@ -310,12 +373,23 @@ def _fit(engine: Engine, backbone: Backbone, splits: Splits, cfg: TrainConfig, r
             progress = engine.load_state(state_path)
             resuming = False
             reporter.info(f"resuming {run_dir} at {stage.name} epoch {progress['epoch'] + 1}")
-        reporter.info(f"{stage.name}: {frozen}/{len(backbone.units)} units frozen, "
+        reporter.info(f"{stage.name}: {frozen_text(frozen, backbone.unit_names())}, "
                       f"{_trainable_params(engine):,} trainable parameters, {stage.epochs} epochs")  # fmt: skip
         _run_stage(engine, splits, cfg, reporter, run_dir, stage, s_index, progress, state_path)
         progress.update(stage=s_index + 1, epoch=0, waited=0)
     engine.load_model_weights(run_dir)  # the best epoch's checkpoint
     return list(progress["history"])
+
+
+def frozen_text(frozen: int, names: list[str]) -> str:
+    """``units 1-8 of 13 frozen (features.0 ... features.17)``: what --freeze did, in words."""
+    n = len(names)
+    if frozen == 0:
+        return f"no units frozen (all {n} train)"
+    if frozen == n:
+        return f"all {n} units frozen"
+    span = names[0] if frozen == 1 else f"{names[0]} ... {names[frozen - 1]}"
+    return f"units 1-{frozen} of {n} frozen ({span})"
 
 
 def _run_stage(engine: Engine, splits: Splits, cfg: TrainConfig, reporter: Reporter, run_dir: Path, stage: Stage,
@@ -333,9 +407,13 @@ def _run_stage(engine: Engine, splits: Splits, cfg: TrainConfig, reporter: Repor
                     epoch=len(progress["history"]), workers=cfg.workers, progress=advance,
                 )  # fmt: skip
         except KeyboardInterrupt:
+            if state_path.exists():
+                raise TrainingInterrupted(
+                    f"interrupted during {stage.name} epoch {epoch + 1}. The last finished epoch is saved in "
+                    f"{run_dir}; continue with: tlzoo train --resume {run_dir}"
+                ) from None
             raise TrainingInterrupted(
-                f"interrupted during {stage.name} epoch {epoch + 1}. The best checkpoint so far is in {run_dir}; "
-                f"continue with: tlzoo train --resume {run_dir}"
+                f"interrupted during {stage.name} epoch {epoch + 1}, before any epoch finished: nothing was saved"
             ) from None
         seconds = time.perf_counter() - t0
         proba = probabilities(engine.logits(splits.val.images), engine.output)
@@ -427,11 +505,36 @@ def _environment(engine: Engine, splits: Splits) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _resume_config(run_dir: Path) -> TrainConfig:
+# Options that may differ when resuming: they change where the run computes, not what it computes.
+RESUME_MAY_CHANGE = ("device", "workers")
+
+
+def resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
+    """The run's own config.yaml; ``overrides`` (options given with --resume) may only repeat it."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise UsageError(f"{run_dir} is not a tlzoo run directory (no config.yaml)")
-    return TrainConfig.load(path)
+    if (run_dir / "metrics.json").is_file() or (run_dir / CLASSIFIER_FILE).is_file():
+        raise UsageError(f"{run_dir} has finished training; --resume continues interrupted runs only "
+                         f"(start a new run, or export this one: tlzoo export onnx {run_dir})")  # fmt: skip
+    cfg = TrainConfig.load(path)
+    notes, differing = [], []
+    for key, value in overrides.items():
+        saved = getattr(cfg, key, None)
+        if key in RESUME_MAY_CHANGE:
+            if value != saved:
+                setattr(cfg, key, value)
+                notes.append(f"resuming with --{key.replace('_', '-')} {value} (the run used {saved})")
+        elif key == "backbone" and get_registry().resolve(str(value), cfg.framework).id == cfg.backbone:
+            continue
+        elif value != saved and not (key == "image_size" and value is None):
+            differing.append(f"--{key.replace('_', '-')} (run: {saved}, given: {value})")
+    if differing:
+        raise UsageError(
+            f"--resume {run_dir} continues the run with its own settings; these differ from its config.yaml: "
+            f"{'; '.join(differing)}. Leave them out, or start a new run"
+        )
+    return cfg, notes
 
 
 def load_meta(run_dir: Path) -> dict[str, Any]:
