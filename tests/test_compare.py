@@ -41,6 +41,12 @@ def test_bad_lists_fail_before_any_training(tiny_data):
         plan(tiny_data, ["resnet18", "resnet5"], "feature-extract", None)
     with pytest.raises(FreezeSpecError, match="torch/resnet18 fine-tune: --freeze 40 is out of range: this backbone has 20"):
         plan(tiny_data, ["resnet18"], "fine-tune:freeze=8,40", None)
+    with pytest.raises(UsageError, match="torch/resnet18 scratch: --lr must be positive"):
+        plan(tiny_data, ["resnet18"], "scratch:lr=nan", None)
+    with pytest.raises(UsageError, match="torch/resnet18 feature-extract: --freeze does not fit --strategy feature-extract"):
+        plan(tiny_data, ["resnet18"], "feature-extract:freeze=8", None)
+    with pytest.raises(UsageError, match="--unfreeze does not fit --strategy fine-tune"):
+        plan(tiny_data, ["resnet18"], "fine-tune:unfreeze=3", None)
     with pytest.raises(UsageError, match="--budget 0.001 minutes is too small for even one combination"):
         plan(tiny_data, ["resnet18"], "feature-extract", 0.001)
 
@@ -60,7 +66,7 @@ def test_compare_two_backbones_three_strategies_every_format(tiny_data, tmp_path
 
     result = run_tlzoo(
         "compare", "--data", str(tiny_data), "--backbones", "resnet18,keras/vgg16",
-        "--strategies", "feature-extract,fine-tune:freeze=8,scratch:lr=nan", "--image-size", "32",
+        "--strategies", "feature-extract,fine-tune:freeze=8,scratch:lr=1e30", "--image-size", "32",
         "--epochs", "1", "--batch-size", "8", "--weights", "none", "--out", str(out), "--json",
         env={"TLZOO_CACHE": str(tmp_path / "cache")},
     )  # fmt: skip
@@ -74,15 +80,15 @@ def test_compare_two_backbones_three_strategies_every_format(tiny_data, tmp_path
             assert row["status"] == "ok", row
             assert 0 <= row["accuracy"] <= 1 and row["train_s"] > 0 and row["trainable_params"] > 0
             assert row["onnx_latency_ms"] > 0 and row["peak_memory_mb"] > 0
-        failed = by[(backbone, "scratch:lr=nan")]
-        assert failed["status"] == "failed" and "--lr must be positive" in failed["error"]
+        failed = by[(backbone, "scratch:lr=1e30")]  # fails only once it trains: the loss overflows
+        assert failed["status"] == "failed" and "training diverged" in failed["error"], failed
     # The failing combination is recorded; the ranked leaderboard puts the successes first.
     assert [r["status"] for r in board] == ["ok"] * 4 + ["failed"] * 2
     saved = json.loads((out / "leaderboard.json").read_text())
     assert saved == board
     markdown = (out / "leaderboard.md").read_text()
     assert markdown.startswith("| backbone | strategy | status | test acc |")
-    assert "scratch:lr=nan: failed" in markdown
+    assert "scratch:lr=1e30: failed" in markdown
     for png in ("accuracy_vs_time.png", "accuracy_by_strategy.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Each combination is a normal run directory: the winner exports directly.

@@ -193,5 +193,8 @@ def test_predict_rejects_non_image_input(runs, tmp_path):
     report = export(runs["torch"], tmp_path / "m.onnx")
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    result = run_tlzoo("predict", report["path"], str(text))
+    result = run_tlzoo("predict", report["path"], str(text), "--strict")
     assert result.returncode == 2 and "is not an image tlzoo can read" in result.stderr
+    result = run_tlzoo("predict", report["path"], str(text))
+    assert result.returncode == 1 and "none of the 1 image(s) given could be read" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -18,6 +18,7 @@ import numpy as np
 
 from tlzoo import __version__
 from tlzoo.errors import TlzooError, UsageError
+from tlzoo.rundir import reclaim_temp_files, temp_prefix
 from tlzoo.trained import TrainedRun, load_run
 
 DEFAULT_OPSET = 18
@@ -46,7 +47,8 @@ def export(run: TrainedRun | Path | str, out: Path | None = None, options: dict[
     out = Path(out) if out else run.run_dir / ("model.onnx" if variant == "fp32" else f"model.{variant}.onnx")
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".tlzoo-export-") as tmp:
+    reclaim_temp_files(out.parent)  # what an export killed earlier left behind
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f"{temp_prefix()}export-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         if run.framework == "torch":
             _export_torch(run, fp32, opset, batch, opts["raw_input"])

@@ -55,7 +55,8 @@ def scan(source: Path) -> list[Sample]:
         if source.suffix.lower() != ".csv":
             raise DataError(f"{source} is a file but not a .csv; give a folder with one sub-folder per class, or a CSV")
         return _scan_csv(source)
-    class_dirs = sorted(d for d in source.iterdir() if d.is_dir() and not d.name.startswith("."))
+    root = source.resolve()
+    class_dirs = sorted(d for d in source.iterdir() if d.is_dir() and not d.name.startswith(".") and not _loops_back(d, root))
     if not class_dirs:
         raise DataError(
             f"{source} has no class folders: expected one sub-folder per class, e.g. {source}/cat/1.jpg, {source}/dog/2.jpg"
@@ -72,13 +73,34 @@ def scan(source: Path) -> list[Sample]:
     return samples
 
 
+def _loops_back(folder: Path, root: Path) -> bool:
+    """A symlink to the data root or into it is not a class: its images belong to other classes already."""
+    if not folder.is_symlink():
+        return False
+    target = folder.resolve()
+    return target == root or root in target.parents
+
+
 def _scan_csv(path: Path) -> list[Sample]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip().lower() for c in reader.fieldnames or []]
-        if "path" not in columns or "label" not in columns:
-            raise DataError(f"{path} must have a header with 'path' and 'label' columns; found {reader.fieldnames}")
-        rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    """Read as Excel writes it too: a UTF-8 byte-order mark is accepted, quoted fields keep their commas."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip().lower() for c in reader.fieldnames or []]
+            if "path" not in columns or "label" not in columns:
+                raise DataError(f"{path} must have a header with 'path' and 'label' columns; found {reader.fieldnames}")
+            rows = []
+            for row in reader:
+                if None in row:  # more fields than the header: an unquoted comma
+                    raise DataError(
+                        f"{path}, line {reader.line_num}: more fields than the header ({', '.join(reader.fieldnames or [])});"
+                        f" put a label or path that contains a comma in double quotes"
+                    )
+                rows.append({k.strip().lower(): (v or "").strip() for k, v in row.items() if k})
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte {exc.start}): save it as UTF-8 (Excel: 'CSV UTF-8')") from None
+    except csv.Error as exc:
+        raise DataError(f"{path} is not a readable CSV: {exc}") from None
     samples, missing = [], []
     for line, row in enumerate(rows, start=2):
         if not row.get("path") or not row.get("label"):
@@ -117,8 +139,18 @@ def load(samples: list[Sample], size: tuple[int, int], classes: list[str] | None
         if progress is not None:
             progress()  # type: ignore[operator]
     if not images:
-        raise DataError("no readable images")
+        raise DataError("no readable images: " + _skipped_text(skipped))
+    loaded = set(labels)
+    lost = [c for c in sorted({s.label for s in samples}) if index[c] not in loaded]
+    if lost:
+        files = [(str(s.path), "") for s in samples if s.label in lost]
+        raise DataError(f"every image of class(es) {', '.join(lost)} is unreadable: {_skipped_text(files)}")
     return ImageSet(np.stack(images), np.asarray(labels, dtype=np.int64), paths, classes, skipped)
+
+
+def _skipped_text(skipped: list[tuple[str, str]]) -> str:
+    shown = [p for p, _ in skipped[:5]]
+    return ", ".join(shown) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
 
 
 def check_classes(data: ImageSet, what: str = "training data") -> None:

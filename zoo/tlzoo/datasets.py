@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError
+from .rundir import reclaim_temp_files, temp_prefix
 
 EMBEDDED = {
     "digits": "UCI handwritten digits (scikit-learn): 1,797 8x8 grayscale images, 10 classes",
@@ -48,7 +49,8 @@ def ensure_digits(root: Path) -> Path:
     target = Path(root) / "digits"
     if not (target / "9").is_dir():
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".digits-"))
+        reclaim_temp_files(target.parent)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{temp_prefix()}digits-"))
         try:
             write_digits(tmp)
             tmp.rename(target)

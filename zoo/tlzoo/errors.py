@@ -45,3 +45,13 @@ class MissingDependencyError(TlzooError):
             f"{purpose} needs the Python package {module!r}, which is not installed. "
             f"Install it (pip install {module}) and try again."
         )
+
+
+class TrainingDiverged(TlzooError):
+    """The loss became NaN or infinite: the learning rate is too high for this model and data."""
+
+    def __init__(self, loss: float):
+        super().__init__(
+            f"training diverged: the loss became {loss} (not finite). Lower --lr (or --backbone-lr-mult) and "
+            f"train again"
+        )

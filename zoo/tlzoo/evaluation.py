@@ -7,26 +7,15 @@ from typing import Any
 
 from . import data as datamod
 from .errors import UsageError
+from .inference import check_batch_options, open_model
 
 
 def evaluate_model(model: Path, data: Path, *, batch_size: int = 64) -> dict[str, Any]:
     from .training.metrics import classification_metrics
 
-    model = Path(model)
-    if model.is_dir():
-        from .trained import load_run
-
-        run = load_run(model)
-        classes, size = run.classes, run.input_size
-        predict = run.predict_proba
-    elif model.suffix == ".onnx":
-        from .predictor import Predictor
-
-        predictor = Predictor(model)
-        classes, size = predictor.classes, predictor.input_size
-        predict = predictor.predict_proba
-    else:
-        raise UsageError(f"{model} is neither a run directory nor an .onnx file")
+    check_batch_options(batch_size=batch_size)
+    loaded = open_model(model)
+    classes, size, predict = loaded.classes, loaded.input_size, loaded.predict_proba
     samples = datamod.scan(data)
     unknown = sorted({s.label for s in samples} - set(classes))
     if unknown:

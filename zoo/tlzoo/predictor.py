@@ -9,29 +9,24 @@ On GPU, inputs are bound once per batch with IOBinding.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import UsageError
+from .inference import Prediction, predict_stream
 from .specs import Preprocessing
+
+__all__ = ["PROVIDERS", "Prediction", "Predictor", "provider_chain"]
+# Exported files larger than this on a side are refused before anything is allocated.
+MAX_INPUT_SIDE = 4096
 
 PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
     "cuda": "CUDAExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
-
-
-@dataclass
-class Prediction:
-    path: str
-    top: list[tuple[str, float]]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "top": [{"label": label, "probability": p} for label, p in self.top]}
 
 
 def provider_chain(choice: str) -> list[Any]:
@@ -100,11 +95,7 @@ class Predictor:
         meta = self.session.get_modelmeta().custom_metadata_map
         if "tlzoo.labels" not in meta:
             raise UsageError(f"{self.path} is an ONNX model but not one tlzoo exported (no tlzoo.labels metadata)")
-        self.classes: list[str] = json.loads(meta["tlzoo.labels"])
-        self.input_size: tuple[int, int] = tuple(json.loads(meta["tlzoo.input_size"]))  # type: ignore[assignment]
-        self.raw_input: bool = json.loads(meta["tlzoo.raw_input"])
-        self.layout: str = meta["tlzoo.layout"]
-        self.preprocessing = Preprocessing.from_dict(json.loads(meta["tlzoo.preprocessing"]))
+        self._read_metadata(meta)
         self.metadata = dict(meta)
         self.providers = self.session.get_providers()
         if provider in ("cuda", "tensorrt") and self.providers[0] != PROVIDERS[provider]:
@@ -112,6 +103,51 @@ class Predictor:
         self._input = self.session.get_inputs()[0]
         fixed = self._input.shape[0]
         self.fixed_batch: int | None = fixed if isinstance(fixed, int) else None
+
+    def _read_metadata(self, meta: dict[str, str]) -> None:
+        """Metadata decides how inputs are built: every value is checked (type, bounds) before it is used."""
+
+        def bad(key: str, why: str) -> UsageError:
+            return UsageError(f"{self.path}: metadata {key} {why}; re-export the model with tlzoo export")
+
+        def value(key: str) -> Any:
+            if key not in meta:
+                raise bad(key, "is missing")
+            try:
+                return json.loads(meta[key])
+            except ValueError:
+                if key == "tlzoo.layout":
+                    return meta[key]
+                raise bad(key, "is not valid JSON") from None
+
+        labels = value("tlzoo.labels")
+        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+            raise bad("tlzoo.labels", "must be a non-empty list of strings")
+        size = value("tlzoo.input_size")
+        if (not isinstance(size, list) or len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)
+                or not all(1 <= v <= MAX_INPUT_SIDE for v in size)):  # fmt: skip
+            raise bad("tlzoo.input_size", f"must be [height, width] with sides 1..{MAX_INPUT_SIDE}, got {meta['tlzoo.input_size'][:60]}")
+        raw = value("tlzoo.raw_input")
+        if not isinstance(raw, bool):
+            raise bad("tlzoo.raw_input", "must be true or false")
+        layout = value("tlzoo.layout")
+        if layout not in ("NCHW", "NHWC"):
+            raise bad("tlzoo.layout", "must be NCHW or NHWC")
+        try:
+            prep = Preprocessing.from_dict(value("tlzoo.preprocessing"))
+            if len(prep.mean) != 3 or len(prep.std) != 3 or not all(float(v) != 0 for v in prep.std):
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            raise bad("tlzoo.preprocessing", "is not a preprocessing description") from None
+        outputs = self.session.get_outputs()[0].shape
+        if len(outputs) == 2 and isinstance(outputs[1], int) and outputs[1] != len(labels):
+            raise UsageError(f"{self.path}: the model has {outputs[1]} outputs but its metadata names {len(labels)} "
+                             f"labels; the file was edited or is not a tlzoo export")  # fmt: skip
+        self.classes: list[str] = labels
+        self.input_size: tuple[int, int] = (size[0], size[1])
+        self.raw_input: bool = raw
+        self.layout: str = layout
+        self.preprocessing = prep
 
     @property
     def provider(self) -> str:
@@ -148,49 +184,8 @@ class Predictor:
         out = [self._run_batch(self._inputs(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
         return np.concatenate(out).astype(np.float64)
 
-    def predict(self, sources: list[Any] | Any, top_k: int = 5, batch_size: int = 32) -> list[Prediction]:
-        """Top-k labels for image files, folders, PIL images or uint8 arrays."""
-        paths, images = self._collect(sources if isinstance(sources, list) else [sources])
-        proba = self.predict_proba(images, batch_size=batch_size)
-        k = max(1, min(top_k, len(self.classes)))
-        order = np.argsort(-proba, axis=1)[:, :k]
-        return [
-            Prediction(path, [(self.classes[j], float(proba[i, j])) for j in order[i]]) for i, path in enumerate(paths)
-        ]
-
-    def _collect(self, sources: list[Any]) -> tuple[list[str], np.ndarray]:
-        from .preprocess import is_image_file, load_image, to_rgb
-
-        paths: list[str] = []
-        images: list[np.ndarray] = []
-        for source in sources:
-            if isinstance(source, (str, Path)):
-                p = Path(source)
-                if p.is_dir():
-                    files = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
-                    if not files:
-                        raise UsageError(f"{p} contains no images")
-                elif p.is_file():
-                    files = [p]
-                else:
-                    raise UsageError(f"{p} does not exist")
-                for f in files:
-                    try:
-                        images.append(load_image(f, self.input_size))
-                    except Exception as exc:
-                        raise UsageError(f"{f} is not an image tlzoo can read: {type(exc).__name__}: {exc}") from None
-                    paths.append(str(f))
-            elif isinstance(source, np.ndarray):
-                from PIL import Image
-
-                pil = Image.fromarray(source)
-                images.append(np.asarray(to_rgb(pil).resize(self.input_size[::-1], Image.Resampling.BILINEAR)))
-                paths.append(f"<array {len(paths)}>")
-            else:  # a PIL image
-                from PIL import Image
-
-                images.append(np.asarray(to_rgb(source).resize(self.input_size[::-1], Image.Resampling.BILINEAR)))
-                paths.append(f"<image {len(paths)}>")
-        if not images:
-            raise UsageError("no images given")
-        return paths, np.stack(images)
+    def predict(self, sources: list[Any] | Any, top_k: int = 5, batch_size: int = 32, *, strict: bool = False,
+                on_skip: Any = None) -> list[Prediction]:  # fmt: skip
+        """Top-k labels for image files, folders, PIL images or uint8 arrays (unreadable files skipped)."""
+        items = sources if isinstance(sources, list) else [sources]
+        return list(predict_stream(self, items, top_k=top_k, batch_size=batch_size, strict=strict, on_skip=on_skip))

@@ -14,7 +14,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") ->
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.stem}.", suffix=suffix or path.suffix)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f"{temp_prefix()}{path.stem}.", suffix=suffix or path.suffix)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -30,12 +30,19 @@ def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") ->
         raise
 
 
-# Temporary files are named like this, so that the next start can reclaim what a killed process left.
+# Temporary files and folders are named ``.tlzoo-tmp.PID.*``, so that the next start can reclaim
+# what a killed process left, without touching the temporaries of a process still running.
 TEMP_PREFIX = ".tlzoo-tmp."
+STALE_AFTER_S = 24 * 3600  # whatever the PID says (another machine's process on a shared disk)
 
 
-def reclaim_temp_files(folder: Path, older_than_s: float = 0.0) -> int:
-    """Delete temp files a killed process left in ``folder``; returns how many."""
+def temp_prefix() -> str:
+    return f"{TEMP_PREFIX}{os.getpid()}."
+
+
+def reclaim_temp_files(folder: Path) -> int:
+    """Delete the temporaries that dead processes left in ``folder``; returns how many."""
+    import shutil
     import time
 
     removed = 0
@@ -44,18 +51,31 @@ def reclaim_temp_files(folder: Path, older_than_s: float = 0.0) -> int:
     except OSError:
         return 0
     for entry in entries:
+        pid_text = entry.name[len(TEMP_PREFIX) :].split(".", 1)[0]
         try:
-            if time.time() - entry.stat().st_mtime >= older_than_s:
-                if entry.is_dir():
-                    import shutil
-
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink()
-                removed += 1
+            stale = time.time() - entry.lstat().st_mtime > STALE_AFTER_S
+            if not stale and pid_text.isdigit() and _alive(int(pid_text)):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed += 1
         except OSError:
             continue
     return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def fault_point(name: str) -> None:

@@ -66,12 +66,28 @@ def load_run(run_dir: Path | str) -> TrainedRun:
     model_file = run_dir / meta["model_file"]
     if not model_file.is_file():
         raise UsageError(f"{run_dir} has no checkpoint ({meta['model_file']})")
-    if meta["framework"] == "torch":
-        from .frameworks.torch_train import load_classifier
+    try:
+        if meta["framework"] == "torch":
+            from .frameworks.torch_train import load_classifier
 
-        model = load_classifier(run_dir, meta)
-    else:
-        from .frameworks.keras_train import load_classifier as load_keras
+            model = load_classifier(run_dir, meta)
+        else:
+            from .frameworks.keras_train import load_classifier as load_keras
 
-        model = load_keras(run_dir)
-    return TrainedRun(run_dir=run_dir, meta=meta, model=model)
+            model = load_keras(run_dir)
+    except UsageError:
+        raise
+    except Exception as exc:  # a checkpoint or classifier.json that was edited, truncated or swapped
+        why = " ".join(str(exc).split())[:300]
+        raise UsageError(f"{run_dir}: the trained model does not load ({type(exc).__name__}: {why}); "
+                         f"its files were edited or are corrupt: train it again") from None  # fmt: skip
+    run = TrainedRun(run_dir=run_dir, meta=meta, model=model)
+    h, w = run.input_size
+    outputs = run.predict_proba(np.zeros((1, h, w, 3), np.uint8)).shape[1]
+    if outputs != len(run.classes):
+        raise UsageError(f"{run_dir}: the model has {outputs} outputs but {CLASSIFIER} names {len(run.classes)} classes; "
+                         f"the run's files were edited or mixed up")  # fmt: skip
+    return run
+
+
+CLASSIFIER = "classifier.json"

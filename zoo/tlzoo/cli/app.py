@@ -17,12 +17,23 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"tlzoo {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     plugin: Annotated[
         Optional[list[str]],
         typer.Option("--plugin", "-p", help="Load this importable module as a plugin (repeatable).", envvar=None),
     ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print tlzoo's version and exit.")
+    ] = False,
 ) -> None:
     if plugin:
         from ..plugins import add_plugin_modules
@@ -43,4 +54,7 @@ app.add_typer(weights_cmd.app, name="weights")
 
 
 def main() -> None:
+    from ..allocator import tune
+
+    tune()  # before any framework allocates: see tlzoo.allocator
     app(prog_name="tlzoo")

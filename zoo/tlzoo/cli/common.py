@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -43,8 +44,43 @@ def handle_errors(func: F) -> F:
             if debug():
                 raise
             raise fail("interrupted", 130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as exc:  # what the user's machine caused, or a bug: one line either way
+            if debug():
+                raise
+            message, code = describe_failure(exc)
+            raise fail(escape(message), code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+_NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def describe_failure(exc: BaseException) -> tuple[str, int]:
+    """One line for an exception that is not a TlzooError: the machine's faults named, the rest called a bug."""
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        if exc.errno in _DISK_FULL:
+            return f"the disk is full{where}: free some space or write elsewhere (--out-dir, TLZOO_CACHE)", 1
+        if exc.errno in _NOT_WRITABLE:
+            return f"not allowed to write{where}: {exc.strerror}. Choose a writable folder (--out-dir, TLZOO_CACHE)", 1
+        if isinstance(exc, FileNotFoundError):
+            return f"no such file or folder{where}", 1
+        return f"{exc.strerror or exc}{where}", 1
+    if isinstance(exc, MemoryError):
+        return "out of memory: lower --batch-size or --image-size", 1
+    text = " ".join(str(exc).split())
+    if "inline_container" in text or "PytorchStreamWriter" in text or "file write failed" in text:
+        return "writing a torch file failed: the disk is full or not writable (check --out-dir and free space)", 1
+    if "CUDA out of memory" in text or "OutOfMemoryError" in type(exc).__name__:
+        return "the GPU ran out of memory: lower --batch-size or --image-size", 1
+    return (
+        f"unexpected {type(exc).__name__}: {text[:300]}. This is a bug in tlzoo or a plugin; "
+        f"TLZOO_DEBUG=1 shows the traceback to report", 1
+    )
 
 
 def warn_plugins() -> None:

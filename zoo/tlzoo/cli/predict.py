@@ -3,35 +3,76 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Optional
 
 import typer
-from rich.table import Table
 
-from .common import console, handle_errors, print_json
+from .common import console, err_console, handle_errors, print_json
 
 
 @handle_errors
 def predict(
-    model: Annotated[Path, typer.Argument(help="An ONNX file from tlzoo export.")],
+    model: Annotated[Path, typer.Argument(help="A run directory (runs/NAME) or an exported .onnx file.")],
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
     top_k: Annotated[int, typer.Option(help="How many labels per image.")] = 3,
-    provider: Annotated[str, typer.Option(help="auto | cpu | cuda | tensorrt")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    provider: Annotated[str, typer.Option(help="Exported files: auto | cpu | cuda | tensorrt")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images decoded and run per batch.")] = 32,
+    strict: Annotated[bool, typer.Option(help="Stop at an unreadable image instead of skipping it.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the predictions to this .csv or .json file.")] = None,
     json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Classify images with an exported model (labels and preprocessing come from the file)."""
-    from ..predictor import Predictor
+    """Classify images with a trained run or an exported model (labels and preprocessing come with it)."""
+    from ..errors import UsageError
+    from ..inference import check_batch_options, open_model, predict_stream
 
-    predictor = Predictor(model, provider=provider)
-    results = predictor.predict([*paths], top_k=top_k, batch_size=batch_size)
+    check_batch_options(top_k, batch_size)
+    if out is not None and out.suffix.lower() not in (".csv", ".json"):
+        raise UsageError(f"--out {out}: write predictions to a .csv or .json file")
+    classifier = open_model(model, provider=provider)
+    skipped: list[dict[str, str]] = []
+
+    def skip(name: str, why: str) -> None:
+        skipped.append({"path": name, "error": why})
+        if not json:
+            err_console.print(f"warning: skipped unreadable image {name} ({why})", style="yellow", markup=False)
+
+    k = min(top_k, len(classifier.classes))
+    rows: list[dict[str, Any]] = []
+    stream = predict_stream(classifier, [*paths], top_k=top_k, batch_size=batch_size, strict=strict, on_skip=skip)
+    for prediction in stream:
+        rows.append(prediction.to_dict())
+        if not json:  # one line per image as soon as its batch is done: whole records, even when piped
+            console.print(prediction.path + "  " + "  ".join(f"{label} {p:.3f}" for label, p in prediction.top),
+                          markup=False, highlight=False)  # fmt: skip
+    if not rows:
+        from ..errors import DataError
+
+        raise DataError(f"none of the {len(skipped)} image(s) given could be read: "
+                        + ", ".join(r["path"] for r in skipped[:5]))  # fmt: skip
+    where = getattr(classifier, "provider", "its framework")
+    if out is not None:
+        _write(out, rows, k)
     if json:
-        print_json({"provider": predictor.provider, "predictions": [r.to_dict() for r in results]})
+        print_json({"model": str(model), "provider": where, "predictions": rows, "skipped_images": skipped})
         return
-    table = Table(title=f"{model.name} on {predictor.provider}", title_justify="left")
-    table.add_column("image")
-    for i in range(min(top_k, len(predictor.classes))):
-        table.add_column(f"#{i + 1}")
-    for r in results:
-        table.add_row(r.path, *(f"{label} {p:.3f}" for label, p in r.top))
-    console.print(table)
+    summary = f"{len(rows)} image(s) classified with {model} on {where}"
+    if skipped:
+        summary += f"; {len(skipped)} unreadable image(s) skipped"
+    err_console.print(summary + (f"; written to {out}" if out is not None else ""), markup=False)
+
+
+def _write(path: Path, rows: list[dict[str, Any]], k: int) -> None:
+    import csv
+    import io
+
+    from ..rundir import atomic_write_json, atomic_write_text
+
+    if path.suffix.lower() == ".json":
+        atomic_write_json(path, rows)
+        return
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path", *(f"{kind}{i + 1}" for i in range(k) for kind in ("label", "probability"))])
+    for row in rows:
+        writer.writerow([row["path"], *(v for t in row["top"] for v in (t["label"], f"{t['probability']:.6f}"))])
+    atomic_write_text(path, buf.getvalue())

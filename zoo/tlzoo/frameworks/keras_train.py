@@ -13,6 +13,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from ..errors import TrainingDiverged
 from ..rundir import atomic_write  # noqa: E402
 from ..specs import Preprocessing  # noqa: E402
 from ..training.engine import Engine, ProgressFn  # noqa: E402
@@ -57,6 +58,7 @@ class KerasEngine(Engine):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._apply_device()
         keras.utils.set_random_seed(self.seed)
         self.model: keras.Model | None = None
         self.head_vars: list[Any] = []
@@ -67,6 +69,30 @@ class KerasEngine(Engine):
     @property
     def device(self) -> str:
         return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+
+    def _apply_device(self) -> None:
+        """Keras places work itself: ``cpu`` hides the GPUs; a GPU asked for by name must exist."""
+        from ..errors import UsageError
+
+        text = self.device_request.strip().lower()
+        gpus = tf.config.list_physical_devices("GPU")
+        if text == "cpu":
+            try:
+                tf.config.set_visible_devices([], "GPU")
+            except RuntimeError:  # TensorFlow already initialised its devices in this process
+                pass
+        elif text != "auto":
+            if text.isdigit() or text in ("gpu", "cuda") or text.startswith("cuda:"):
+                index = int(text.rpartition(":")[2]) if ":" in text else int(text) if text.isdigit() else 0
+                if index >= len(gpus):
+                    raise UsageError(f"--device {self.device_request}: TensorFlow sees {len(gpus)} GPU(s) on this machine; "
+                                     f"use --device cpu (or auto)")  # fmt: skip
+                try:
+                    tf.config.set_visible_devices([gpus[index]], "GPU")
+                except RuntimeError:
+                    pass
+            else:
+                raise UsageError(f"--device {self.device_request!r} is not a device for Keras: use auto, cpu, gpu or N")
 
     def build(self, head: HeadParams | None = None) -> None:
         features = self.backbone.feature_model(self.tap)
@@ -142,7 +168,7 @@ class KerasEngine(Engine):
             idx = order[start : start + batch_size]
             loss, right = self._step(tf.constant(images[idx]), tf.constant(labels[idx].astype(np.int64)))
             if not np.isfinite(float(loss)):
-                raise FloatingPointError("loss is not finite; lower --lr")
+                raise TrainingDiverged(float(loss))
             total += float(loss) * len(idx)
             correct += int(right)
             if progress is not None:

@@ -11,7 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
+
+from ..allocator import tune as _tune_allocator
+
+_tune_allocator()  # before torch allocates its first buffers (see tlzoo.allocator)
+import torch  # noqa: E402
 from torch import nn
 
 from ..backbone import Backbone, Unit

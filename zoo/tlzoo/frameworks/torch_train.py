@@ -8,9 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+
+from ..allocator import tune as _tune_allocator
+
+_tune_allocator()  # before torch allocates its first buffers (see tlzoo.allocator)
+import torch  # noqa: E402
 from torch import nn
 
+from ..errors import TrainingDiverged
 from ..rundir import atomic_write
 from ..specs import Preprocessing
 from ..training.engine import Engine, ProgressFn
@@ -20,8 +25,30 @@ MODEL_FILE = "model.pt"
 
 
 def pick_device(request: str = "auto") -> torch.device:
-    if request != "auto":
-        return torch.device(request)
+    """``auto`` picks CUDA, then MPS, then the CPU; a device asked for by name must exist."""
+    from ..errors import UsageError
+
+    text = request.strip().lower()
+    if text != "auto":
+        if text.isdigit():
+            text = f"cuda:{text}"
+        try:
+            device = torch.device("cuda" if text == "gpu" else text)
+        except RuntimeError:
+            raise UsageError(f"--device {request!r} is not a device: use auto, cpu, cuda, cuda:N, N or mps") from None
+        if device.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0:
+                raise UsageError(f"--device {request}: torch sees no CUDA GPU on this machine; use --device cpu (or auto)")
+            if device.index is not None and device.index >= count:
+                raise UsageError(f"--device {request}: torch sees {count} CUDA GPU(s), numbered 0..{count - 1}")
+        elif device.type == "mps":
+            mps = getattr(torch.backends, "mps", None)
+            if mps is None or not mps.is_available():
+                raise UsageError(f"--device {request}: Apple's MPS is not available here; use --device cpu (or auto)")
+        elif device.type != "cpu":
+            raise UsageError(f"--device {request!r}: tlzoo trains on cpu, cuda or mps")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)
@@ -195,7 +222,7 @@ class TorchEngine(Engine):
                 loss = loss_fn(out.float(), y)
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
-                raise FloatingPointError("loss is not finite; lower --lr")
+                raise TrainingDiverged(loss_value)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..rundir import atomic_write
+from ..rundir import atomic_write, reclaim_temp_files
 
 
 def cache_root() -> Path:
@@ -41,6 +41,7 @@ def load(key: str) -> np.ndarray | None:
 
 def store(key: str, features: np.ndarray) -> Path:
     path = cache_root() / f"{key}.npz"
+    reclaim_temp_files(path.parent)
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:

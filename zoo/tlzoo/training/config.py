@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,8 @@ class TrainConfig:
             raise UsageError(f"--hidden must list positive layer sizes, got {self.hidden}")
         if self.name is not None:
             check_run_name(self.name)
+        if not re.fullmatch(r"auto|cpu|mps|gpu|cuda(:\d+)?|\d+", self.device.strip().lower()):
+            raise UsageError(f"--device {self.device!r} is not a device: use auto, cpu, cuda, cuda:N, N or mps")
         for part in self.augment_list():
             _choice("--augment", part, AUGMENTATIONS)
 

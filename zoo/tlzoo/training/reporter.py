@@ -44,14 +44,15 @@ class RichReporter(Reporter):
 
     def class_counts(self, title: str, counts: dict[str, int]) -> None:
         from rich.table import Table
+        from rich.text import Text
 
         total = sum(counts.values())
-        table = Table(title=title, title_justify="left")
+        table = Table(title=Text(title), title_justify="left")
         table.add_column("class")
         table.add_column("images", justify="right")
         table.add_column("share", justify="right")
         for name, n in counts.items():
-            table.add_row(name, str(n), f"{n / total:.1%}" if total else "-")
+            table.add_row(Text(name), str(n), f"{n / total:.1%}" if total else "-")  # class names are literal text
         self.console.print(table)
         present = [n for n in counts.values() if n]
         if present and max(present) >= 3 * min(present):

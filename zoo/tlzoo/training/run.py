@@ -26,7 +26,7 @@ from ..errors import TlzooError, UsageError
 from ..freeze import parse_freeze, parse_unit
 from ..specs import BackboneSpec
 from ..registry import get_registry
-from ..rundir import atomic_write_json, atomic_write_text, new_run_dir, package_versions
+from ..rundir import atomic_write_json, atomic_write_text, new_run_dir, package_versions, reclaim_temp_files
 from . import cache as feature_cache
 from .config import TrainConfig
 from .data_prep import Splits, prepare
@@ -94,6 +94,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
     created = False
     if resume is not None:
         run_dir = Path(resume)
+        reclaim_temp_files(run_dir)  # a checkpoint write killed half-way
     else:
         run_dir, created = new_run_dir(Path(config.out_dir), config.name or f"{spec.name}-{config.strategy}",
                                        exist_ok=exist_ok)  # fmt: skip
@@ -236,7 +237,11 @@ def _features(backbone: Backbone, tap: int | None, images: np.ndarray, cfg: Trai
             advance(len(batch))
     features = np.concatenate(out).astype(np.float32)
     if cfg.cache:
-        feature_cache.store(key, features)
+        try:
+            feature_cache.store(key, features)
+        except OSError as exc:  # the cache is an optimisation: a full or read-only disk must not stop training
+            reporter.warn(f"feature cache not written ({exc.strerror or exc}: {exc.filename or feature_cache.cache_root()}); "
+                          f"training goes on without it")  # fmt: skip
     return features, False
 
 
@@ -541,4 +546,22 @@ def load_meta(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / CLASSIFIER_FILE
     if not path.is_file():
         raise UsageError(f"{run_dir} has no trained classifier ({CLASSIFIER_FILE}); train it first or finish it with --resume")
-    return dict(json.loads(path.read_text()))
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not valid JSON ({exc}); the run's files were edited or are corrupt") from None
+    required = {"framework": str, "backbone": str, "input_size": list, "classes": list, "output": str,
+                "preprocessing": dict, "model_file": str, "head": dict}  # fmt: skip
+    if not isinstance(meta, dict):
+        raise UsageError(f"{path} must be a JSON object; the run's files were edited or are corrupt")
+    for key, kind in required.items():
+        if not isinstance(meta.get(key), kind):
+            raise UsageError(f"{path}: {key} is missing or not a {kind.__name__}; the run's files were edited or are corrupt")
+    size = meta["input_size"]
+    if len(size) != 2 or not all(isinstance(v, int) and 1 <= v <= 4096 for v in size):
+        raise UsageError(f"{path}: input_size must be two sides of 1..4096 pixels, got {size}")
+    if not meta["classes"] or not all(isinstance(c, str) for c in meta["classes"]):
+        raise UsageError(f"{path}: classes must be a non-empty list of names")
+    if "/" in meta["model_file"] or meta["model_file"].startswith("."):
+        raise UsageError(f"{path}: model_file must be a file name inside the run directory")
+    return dict(meta)

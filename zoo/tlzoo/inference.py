@@ -1,0 +1,136 @@
+"""Classifying images with a trained model, whichever form it has: a run directory or an exported file.
+
+Folders are read lazily and decoded batch by batch, so a folder larger than
+memory streams through; an unreadable image is reported and skipped (or stops
+the run with ``strict``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .errors import UsageError
+
+
+class Classifier(Protocol):
+    """What predict and evaluate need of a model: its labels, its input size and probabilities."""
+
+    @property
+    def classes(self) -> list[str]: ...
+
+    @property
+    def input_size(self) -> tuple[int, int]: ...
+
+    def predict_proba(self, images: np.ndarray, batch_size: int = ...) -> np.ndarray: ...
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[tuple[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "top": [{"label": label, "probability": p} for label, p in self.top]}
+
+
+def open_model(path: str | Path, provider: str = "auto") -> Classifier:
+    """A run directory (loaded with its framework) or an exported ``.onnx`` file (run by onnxruntime)."""
+    path = Path(path)
+    if path.is_dir():
+        if provider != "auto":
+            raise UsageError(f"--provider {provider} is for exported .onnx files; {path} is a run directory "
+                             f"(export it first: tlzoo export onnx {path})")  # fmt: skip
+        from .trained import load_run
+
+        return load_run(path)
+    if not path.exists():
+        raise UsageError(f"{path} does not exist: give a run directory (runs/NAME) or an exported .onnx file")
+    if path.suffix.lower() == ".onnx":
+        from .predictor import Predictor
+
+        return Predictor(path, provider=provider)
+    raise UsageError(f"{path} is neither a run directory nor an exported .onnx file")
+
+
+def check_batch_options(top_k: int | None = None, batch_size: int | None = None) -> None:
+    if top_k is not None and top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {top_k}")
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+
+
+def iter_sources(sources: Iterable[Any]) -> Iterator[tuple[str, Any]]:
+    """``(name, item)`` for every image: files as given, folders walked in sorted order, arrays and PIL images."""
+    from .preprocess import is_image_file
+
+    for index, source in enumerate(sources):
+        if isinstance(source, (str, Path)):
+            p = Path(source)
+            if p.is_dir():
+                files = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
+                if not files:
+                    raise UsageError(f"{p} contains no images")
+                yield from ((str(f), f) for f in files)
+            elif p.is_file():
+                yield str(p), p
+            else:
+                raise UsageError(f"{p} does not exist")
+        elif isinstance(source, np.ndarray):
+            yield f"<array {index}>", source
+        else:
+            yield f"<image {index}>", source
+
+
+def decode(item: Any, size: tuple[int, int]) -> np.ndarray:
+    """An image file, uint8 array or PIL image as RGB uint8 (H, W, 3) at ``size``."""
+    from PIL import Image
+
+    from .preprocess import load_image, to_rgb
+
+    if isinstance(item, Path):
+        return load_image(item, size)
+    pil = Image.fromarray(item) if isinstance(item, np.ndarray) else item
+    return np.asarray(to_rgb(pil).resize((size[1], size[0]), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def predict_stream(model: Classifier, sources: Iterable[Any], *, top_k: int = 5, batch_size: int = 32,
+                   strict: bool = False, on_skip: Callable[[str, str], None] | None = None) -> Iterator[Prediction]:  # fmt: skip
+    """Top-k labels per image, decoded and run one batch at a time."""
+    check_batch_options(top_k, batch_size)
+    classes = model.classes
+    k = min(top_k, len(classes))
+    names: list[str] = []
+    images: list[np.ndarray] = []
+
+    def flush() -> Iterator[Prediction]:
+        proba = model.predict_proba(np.stack(images), batch_size=batch_size)
+        order = np.argsort(-proba, axis=1)[:, :k]
+        for i, name in enumerate(names):
+            yield Prediction(name, [(classes[j], float(proba[i, j])) for j in order[i]])
+        names.clear()
+        images.clear()
+
+    seen = 0
+    for name, item in iter_sources(sources):
+        seen += 1
+        try:
+            images.append(decode(item, model.input_size))
+        except Exception as exc:  # PIL raises many types for truncated or non-image files
+            why = f"{type(exc).__name__}: {exc}"
+            if strict:
+                raise UsageError(f"{name} is not an image tlzoo can read ({why}); without --strict it is skipped") from None
+            if on_skip is not None:
+                on_skip(name, why)
+            continue
+        names.append(name)
+        if len(images) == batch_size:
+            yield from flush()
+    if images:
+        yield from flush()
+    if seen == 0:
+        raise UsageError("no images given")
