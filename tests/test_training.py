@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tlzoo.errors import DataError, FreezeSpecError, UsageError
+from tlzoo.errors import FreezeSpecError, UsageError
 from tlzoo.training.config import TrainConfig
 from tlzoo.training.reporter import Reporter
 from tlzoo.training.run import TrainingInterrupted, train
@@ -32,7 +32,9 @@ def _feature_cache(tmp_path, monkeypatch):
 
 def config(data, tmp_path, **kw):
     base = dict(data=str(data), image_size=32, weights="none", epochs=1, batch_size=8, out_dir=str(tmp_path / "runs"),
-                stage1_epochs=1, patience=0)  # fmt: skip
+                patience=0)  # fmt: skip
+    if kw.get("strategy") == "two-stage":
+        base["stage1_epochs"] = 1
     return TrainConfig(**{**base, **kw})
 
 
@@ -58,7 +60,8 @@ def test_every_strategy_writes_a_complete_run(tiny_data, tmp_path, framework, st
 
 @pytest.mark.parametrize("head", ["softmax", "logreg-ovr", "linear-svm", "mlp"])
 def test_heads_learn_the_tiny_data(tiny_data, tmp_path, head):
-    result = train(config(tiny_data, tmp_path, backbone="torch/resnet18", head=head, epochs=30, hidden=[16]))
+    extra = {"hidden": [16]} if head == "mlp" else {}
+    result = train(config(tiny_data, tmp_path, backbone="torch/resnet18", head=head, epochs=30, **extra))
     assert result.metrics["accuracy"] == 1.0, result.metrics
     # The head in the saved model gives the same probabilities as the metrics were computed with.
     from tlzoo.trained import load_run
@@ -162,7 +165,7 @@ def test_resume_after_interrupt_continues_from_the_saved_epoch(tiny_data, tmp_pa
     assert seen == [4], "only the epoch after the interrupted one runs"
     assert [(r["epoch"], r["stage"]) for r in result.history] == [(1, "stage1"), (2, "stage1"), (3, "stage2"), (4, "stage2")]
     assert (run_dir / "metrics.json").is_file()
-    with pytest.raises(UsageError, match="has no resumable state"):
+    with pytest.raises(UsageError, match="has finished training; --resume continues interrupted runs only"):
         train(TrainConfig(), resume=run_dir)
 
 
@@ -173,10 +176,8 @@ def test_bad_settings_fail_before_training(tiny_data, tmp_path):
         train(config(tiny_data, tmp_path, strategy="finetune"))
     with pytest.raises(UsageError, match="--head 'svm' is not known"):
         train(config(tiny_data, tmp_path, head="svm"))
-    with pytest.raises(UsageError, match="augmentation cannot be combined with the feature cache"):
+    with pytest.raises(UsageError, match="--augment flip does not fit --strategy feature-extract"):
         train(config(tiny_data, tmp_path, augment="flip"))
-    with pytest.raises(DataError, match="only 24 training images, fewer than --batch-size 64"):
-        train(config(tiny_data, tmp_path, backbone="torch/resnet18", batch_size=64))
     with pytest.raises(UsageError, match="image size 16x16 is below torch/resnet18's minimum of 32x32"):
         train(config(tiny_data, tmp_path, backbone="torch/resnet18", image_size=16))
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

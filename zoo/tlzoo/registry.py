@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import UnknownBackboneError, UsageError
 from .plugins import PluginStatus, get_host
-from .specs import FRAMEWORKS, BackboneSpec, ExporterSpec
+from .specs import BackboneSpec, ExporterSpec
 
 DEFAULT_FRAMEWORK = "torch"
 
@@ -28,8 +28,9 @@ class Registry:
 
     def list(self, framework: str | None = None, pattern: str | None = None) -> builtins.list[BackboneSpec]:
         """Backbones sorted by name then framework, filtered like timm's ``list_models``."""
-        specs = sorted(self.backbones.values(), key=lambda s: (s.name, FRAMEWORKS.index(s.framework)))
+        specs = sorted(self.backbones.values(), key=lambda s: (s.name, s.framework != DEFAULT_FRAMEWORK, s.framework))
         if framework:
+            self.check_framework(framework)
             specs = [s for s in specs if s.framework == framework]
         if pattern:
             specs = [
@@ -38,8 +39,8 @@ class Registry:
         return specs
 
     def resolve(self, name: str, framework: str | None = None) -> BackboneSpec:
-        if framework is not None and framework not in FRAMEWORKS:
-            raise UsageError(f"unknown framework {framework!r}; choose one of: {', '.join(FRAMEWORKS)}")
+        if framework is not None:
+            self.check_framework(framework)
         key = name.strip()
         if "/" in key:
             prefix, _, short = key.partition("/")
@@ -53,6 +54,14 @@ class Registry:
             candidates.sort(key=lambda s: s.framework != DEFAULT_FRAMEWORK)
             return candidates[0]
         raise UnknownBackboneError(name, self.suggest(name))
+
+    def frameworks(self) -> builtins.list[str]:
+        """The frameworks of the registered backbones (plugins bring them; core keeps no list)."""
+        return sorted({s.framework for s in self.backbones.values()}, key=lambda f: (f != DEFAULT_FRAMEWORK, f))
+
+    def check_framework(self, framework: str) -> None:
+        if framework not in self.frameworks():
+            raise UsageError(f"unknown framework {framework!r}; the installed backbones are of: {', '.join(self.frameworks())}")
 
     def suggest(self, name: str) -> builtins.list[str]:
         words = sorted({s.name for s in self.backbones.values()} | set(self.backbones))

@@ -84,9 +84,9 @@ class TrainConfig:
         for flag, value in (("--patience", self.patience), ("--workers", self.workers)):
             if value < 0:
                 raise UsageError(f"{flag} must be 0 or more, got {value}")
-        for flag, value in (("--val-split", self.val_split), ("--test-split", self.test_split)):
-            if not 0 <= value < 1:  # NaN fails too
-                raise UsageError(f"{flag} must be in [0, 1), got {value}")
+        for flag, share in (("--val-split", self.val_split), ("--test-split", self.test_split)):
+            if not 0 <= share < 1:  # NaN fails too
+                raise UsageError(f"{flag} must be in [0, 1), got {share}")
         if not self.val and self.val_split <= 0:
             raise UsageError("--val-split must be above 0 unless a --val folder is given: training needs validation images")
         if self.val_split + self.test_split >= 1:

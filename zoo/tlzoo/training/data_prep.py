@@ -77,10 +77,7 @@ def prepare(cfg: TrainConfig, size: tuple[int, int], reporter: Reporter) -> Spli
         keep, held = datamod.stratified_split(full.labels, cfg.val_split, cfg.seed + 1)
         train, val = full.subset(keep), full.subset(held)
     datamod.check_classes(train)
-    if len(train) < cfg.batch_size:
-        raise DataError(
-            f"only {len(train)} training images, fewer than --batch-size {cfg.batch_size}; lower --batch-size"
-        )
+    # Fewer images than --batch-size is fine: the last (here the only) batch is a partial one, as in Keras and fastai.
     for path, why in skipped:
         reporter.warn(f"skipped unreadable image {path} ({why})")
     reporter.class_counts(f"training images ({len(train)}; val {len(val)}; test {len(test) if test else 0})", train.counts())
