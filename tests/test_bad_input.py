@@ -118,6 +118,9 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("compare-param-misfit", ["compare", "--data", "{w}/data", "--strategies", "feature-extract:freeze=8", "--out", "{o}/c"], 2, "--freeze does not fit --strategy feature-extract"),
     ("compare-budget-too-small", ["compare", "--data", "{w}/data", "--budget", "0.00001", "--out", "{o}/c"], 2, "is too small for even one combination"),
     # weights, describe, datasets
+    ("weights-other-architecture", ["train", "-b", "resnet18", "--image-size", "32", "--weights", "{w}/other.pth", "--data", "{w}/data"], 1, "does not fit torch/resnet18"),
+    ("weights-with-pickled-objects", ["train", "-b", "resnet18", "--image-size", "32", "--weights", "{w}/pickled.pth", "--data", "{w}/data"], 1, "was refused: loading it would create Python objects"),
+    ("weights-file-missing", ["train", "-b", "resnet18", "--image-size", "32", "--weights", "{w}/nothing.pth", "--data", "{w}/data"], 1, "nothing.pth does not exist"),
     ("weights-import-missing", ["weights", "import", "{w}/nothing.pth"], 2, "does not exist"),
     ("describe-unknown", ["describe", "resnet5"], 2, "unknown backbone 'resnet5'"),
     ("datasets-unknown", ["datasets", "mnist", "{o}/d"], 2, "unknown dataset 'mnist'"),
@@ -170,6 +173,11 @@ def world(tmp_path_factory):
     (w / "bad.yaml").write_text("epochs: [1\n")
     (w / "misfit.yaml").write_text("strategy: feature-extract\nfreeze: 8\n")
     (w / "garbage.onnx").write_bytes(b"not a model")
+    import numpy as np
+    import torch
+
+    torch.save({"fc.weight": torch.zeros(2, 2)}, w / "other.pth")
+    torch.save({"conv1.weight": np.zeros(3)}, w / "pickled.pth")  # a numpy array: not a plain tensor
 
     cfg = TrainConfig(backbone="torch/resnet18", data=str(data), image_size=32, weights="none", batch_size=8,
                       out_dir=str(w), name="run", epochs=1)  # fmt: skip

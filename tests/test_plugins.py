@@ -130,3 +130,11 @@ def test_module_that_fails_to_import_warns_in_one_line_and_exits_zero(plugin_dir
 
 def test_in_process_registration_does_not_leak():
     assert "fake" not in get_host().statuses
+
+
+def test_a_plugin_that_calls_sys_exit_at_import_is_reported_not_fatal(tmp_path):
+    (tmp_path / "exits_at_import.py").write_text("import sys\nsys.exit(3)\n")
+    result = run_tlzoo("--plugin", "exits_at_import", "list-backbones", "--json", env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert "plugin 'exits_at_import': import failed: SystemExit: 3" in result.stderr
+    assert len(json.loads(result.stdout)) == 18

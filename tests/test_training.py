@@ -230,3 +230,19 @@ def test_two_stage_keeps_normalization_in_inference_mode_in_stage_two(tiny_data,
     head_params = 512 * 3 + 3
     assert result.metrics["trainable_params"] == conv_params + head_params
     assert norm_params > 0 and [r["stage"] for r in result.history] == ["stage1", "stage2"]
+
+
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_resumed_run_has_the_history_of_an_uninterrupted_one(tiny_data, tmp_path, framework):
+    """Random state (augmentation, dropout, data order) continues as if the run had never stopped."""
+    backbone, _ = BACKBONES[framework]
+    settings = dict(backbone=backbone, strategy="fine-tune", epochs=3, augment="flip,crop", dropout=0.3, lr=0.01)
+    whole = train(config(tiny_data, tmp_path, name="whole", **settings))
+    with pytest.raises(TrainingInterrupted):
+        train(config(tiny_data, tmp_path, name="cut", **settings), InterruptAfter(2))
+    resumed = train(TrainConfig(), resume=tmp_path / "runs" / "cut")
+    assert len(resumed.history) == len(whole.history) == 3
+    for a, b in zip(whole.history, resumed.history):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), (key, a, b)
+    assert resumed.metrics["accuracy"] == whole.metrics["accuracy"]

@@ -18,7 +18,7 @@ import numpy as np
 
 from tlzoo import __version__
 from tlzoo.errors import TlzooError, UsageError
-from tlzoo.rundir import reclaim_temp_files, temp_prefix
+from tlzoo.rundir import fault_point, reclaim_temp_files, temp_prefix
 from tlzoo.trained import TrainedRun, load_run
 
 DEFAULT_OPSET = 18
@@ -68,6 +68,7 @@ def export(run: TrainedRun | Path | str, out: Path | None = None, options: dict[
                                   "raw_input": bool(opts["raw_input"]), "framework": run.framework}  # fmt: skip
         if opts["check"]:
             report.update(check(run, final, fp32, variant, float(opts["atol"]), opts["raw_input"], opts["max_drop"]))
+        fault_point(f"rename:{out.name}")
         os.replace(final, out)
     return report
 
@@ -135,10 +136,14 @@ def _export_torch(run: TrainedRun, path: Path, opset: int, batch: int | None, ra
 
 
 def _export_keras(run: TrainedRun, path: Path, opset: int, batch: int | None, raw: bool) -> None:
-    import tensorflow as tf
-    import tf2onnx
+    import warnings
 
+    from tlzoo.frameworks.keras_quiet import tf
     from tlzoo.frameworks.keras_train import normalize
+
+    with warnings.catch_warnings():  # tf2onnx's own deprecation warnings say nothing a user can act on
+        warnings.simplefilter("ignore")
+        import tf2onnx
 
     h, w = run.input_size
     prep, output, model = run.preprocessing, run.meta["output"], run.model
@@ -163,10 +168,12 @@ def _export_keras(run: TrainedRun, path: Path, opset: int, batch: int | None, ra
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
-    proto, _ = tf2onnx.convert.from_graph_def(
-        frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
-        output_names=[t.name for t in frozen.outputs], opset=opset,
-    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto, _ = tf2onnx.convert.from_graph_def(
+            frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
+            output_names=[t.name for t in frozen.outputs], opset=opset,
+        )  # fmt: skip
     import onnx
 
     graph = proto.graph

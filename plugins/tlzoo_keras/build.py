@@ -5,12 +5,9 @@ Imported only when a Keras backbone is built.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
+from tlzoo.frameworks.keras_quiet import keras  # noqa: E402  (TensorFlow without its start-up noise)
 
 CONSTRUCTORS = {
     "vgg16": "VGG16",

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import freeze as freeze_mod
-from .errors import PluginError, UsageError
+from .errors import PluginError, TlzooError, UsageError, WeightsError
 from .registry import get_registry
 from .specs import BackboneSpec
 from .weights import ResolvedWeights, resolve
@@ -179,5 +179,28 @@ def get_backbone(
     weights_arg = ("auto" if pretrained else None) if isinstance(pretrained, bool) else pretrained
     resolved = resolve(spec, weights_arg)
     builder = import_object(spec.builder, f"builder of {spec.id}")
-    model = builder(spec=spec, weights=str(resolved.path) if resolved else None, input_size=size)
+    try:
+        model = builder(spec=spec, weights=str(resolved.path) if resolved else None, input_size=size)
+    except TlzooError:
+        raise
+    except Exception as exc:
+        if resolved is None:
+            raise PluginError(f"the builder of {spec.id} ({spec.builder}) failed: {type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:300]}") from exc  # fmt: skip
+        raise WeightsError(weights_failure(resolved.path, spec, exc)) from exc
     return wrap(spec, model, size, resolved)
+
+
+def weights_failure(path: Any, spec: BackboneSpec, exc: BaseException) -> str:
+    """Why a weights file did not load, in words a user can act on."""
+    text = str(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "weights only" in text.lower() or "weightsunpickler" in text.lower() or type(exc).__name__ == "UnpicklingError":
+        detail = next((line for line in lines if "Unsupported" in line or "WeightsUnpickler" in line), lines[0] if lines else "")
+        return (f"{path} was refused: loading it would create Python objects, not only tensors ({detail[:200]}). "
+                f"tlzoo never unpickles arbitrary objects; save a plain state dict "
+                f"(torch.save(model.state_dict(), path)) and use that file")  # fmt: skip
+    if any(k in text for k in ("Missing key", "Unexpected key", "size mismatch", "shape", "layer")):
+        first = " ".join(text.split())[:240]
+        return f"{path} does not fit {spec.id} ({first}); is it a weights file for another architecture?"
+    return f"{path} could not be loaded into {spec.id}: {type(exc).__name__}: {' '.join(text.split())[:240]}"

@@ -79,7 +79,7 @@ class PluginHost:
         self.statuses[name] = status
         try:
             self.pm.register(plugin, name=name)
-        except Exception as exc:  # a malformed hookimpl is the plugin's problem, not ours
+        except (Exception, SystemExit) as exc:  # a malformed hookimpl is the plugin's problem, not ours
             status.errors.append(f"could not register: {_describe(exc)}")
 
     def add_failed(self, name: str, module: str, error: str, *, source: str, version: str = "") -> None:
@@ -95,7 +95,7 @@ class PluginHost:
             status = self.status_for(impl.plugin)
             try:
                 returned = impl.function()
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # sys.exit() in a plugin is a broken plugin too
                 status.errors.append(f"{hook_name}() raised {_describe(exc)}")
                 continue
             if returned is None:
@@ -178,7 +178,7 @@ def _load_entry_points(host: PluginHost) -> None:
         source = "built-in" if builtin else f"entry point ({dist_name})"
         try:
             plugin = ep.load()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() at import is a broken plugin too
             host.add_failed(ep.name, ep.value, f"import failed: {_describe(exc)}", source=source, version=version)
             continue
         host.add(plugin, ep.name, source=source, version=version)
@@ -191,7 +191,7 @@ def _load_module(host: PluginHost, module: str, *, source: str, name: str | None
     name = name or module
     try:
         plugin = importlib.import_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         host.add_failed(name, module, f"import failed: {_describe(exc)}", source=source)
         return
     host.add(plugin, name, source=source, version=str(getattr(plugin, "__version__", "")))

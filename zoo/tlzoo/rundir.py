@@ -78,11 +78,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_fault_counts: dict[str, int] = {}
+
+
 def fault_point(name: str) -> None:
-    """Die as ``kill -9`` would when ``TLZOO_FAULT`` names this point: how the fault tests crash a write."""
+    """The fault tests' injection point: ``TLZOO_FAULT=write:model.pt`` kills the process (as ``kill -9``
+    would) when it reaches that step; ``#N`` waits for the N-th time (``write:last_state.pt#2``), a glob
+    matches several files (``write:*.npz``), and ``TLZOO_FAULT_ERRNO=ENOSPC`` raises that error instead.
+    """
     wanted = os.environ.get("TLZOO_FAULT")
-    if wanted and (wanted == name or (wanted.endswith("*") and name.startswith(wanted[:-1]))):
-        os._exit(137)
+    if not wanted:
+        return
+    import fnmatch
+
+    pattern, _, nth = wanted.partition("#")
+    if not fnmatch.fnmatchcase(name, pattern):
+        return
+    _fault_counts[pattern] = _fault_counts.get(pattern, 0) + 1
+    if _fault_counts[pattern] != int(nth or 1):
+        return
+    code = os.environ.get("TLZOO_FAULT_ERRNO")
+    if code:
+        import errno
+
+        number = getattr(errno, code)
+        raise OSError(number, os.strerror(number), name.partition(":")[2])
+    os._exit(137)
 
 
 def _umask() -> int:

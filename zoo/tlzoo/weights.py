@@ -164,7 +164,7 @@ def _fetch(framework: str, weights: WeightsSpec, dest: Path) -> None:
         prefix = weights.file_hash if weights.hash_algorithm == "sha256" else None
         torch.hub.download_url_to_file(weights.url, str(dest), hash_prefix=prefix, progress=True)
     else:
-        import keras
+        from .frameworks.keras_quiet import keras
 
         keras.utils.get_file(
             weights.file_name, weights.url, file_hash=weights.file_hash,

@@ -54,7 +54,14 @@ app.add_typer(weights_cmd.app, name="weights")
 
 
 def main() -> None:
+    import os
+
     from ..allocator import tune
 
     tune()  # before any framework allocates: see tlzoo.allocator
+    if os.environ.get("TLZOO_VERBOSE", "").strip() in ("", "0"):
+        # TensorFlow's C++ start-up lines (including a cuInit error on machines without a GPU) say nothing
+        # a tlzoo user can act on; TLZOO_VERBOSE=1 shows them.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
     app(prog_name="tlzoo")

@@ -59,7 +59,7 @@ def train(
     """Train a classifier on your images with a pretrained backbone."""
     from ..errors import UsageError
     from ..training.config import TrainConfig
-    from ..training.reporter import Reporter, RichReporter
+    from ..training.reporter import RichReporter, WarningsReporter
     from ..training.run import train as run_training
 
     warn_plugins()
@@ -90,7 +90,7 @@ def train(
         given |= file_given
     else:
         cfg = TrainConfig(**values)
-    reporter = Reporter() if (quiet or json) else RichReporter(console, err_console)
+    reporter = WarningsReporter(err_console) if (quiet or json) else RichReporter(console, err_console)
     result = run_training(cfg, reporter, resume=resume, exist_ok=exist_ok, given=given, overrides=overrides)
     if json:
         print_json(result.summary)

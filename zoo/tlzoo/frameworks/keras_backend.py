@@ -8,14 +8,12 @@ mode (Keras 3 semantics), just like tlzoo's frozen torch norms.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
+
+from .keras_quiet import keras  # noqa: E402  (TensorFlow without its start-up noise)
 
 from ..backbone import Backbone, Unit  # noqa: E402
 from ..errors import UsageError  # noqa: E402

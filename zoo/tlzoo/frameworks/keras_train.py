@@ -3,15 +3,12 @@ can learn at a fraction of the head's learning rate (Keras has no per-layer rate
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+
+from .keras_quiet import keras, tf  # noqa: E402  (TensorFlow without its start-up noise)
 
 from ..errors import TrainingDiverged
 from ..rundir import atomic_write  # noqa: E402
@@ -126,6 +123,20 @@ class KerasEngine(Engine):
         for opt, _, base in self.optimizers:
             opt.learning_rate.assign(base * factor)
 
+    def _reseed_layers(self, epoch: int) -> None:
+        """Dropout and the random augmentation layers draw from their own seed generators, which a checkpoint
+        does not hold: their state becomes a function of (seed, epoch), so a resumed run repeats the
+        uninterrupted one."""
+        base = self.epoch_seed(epoch) % (2**31)
+        roots = [m for m in (self.model, getattr(self, "_augment_model", None)) if m is not None]
+        index = 0
+        for root in roots:
+            for layer in root._flatten_layers(include_self=True):
+                for value in vars(layer).values():
+                    if isinstance(value, keras.random.SeedGenerator):
+                        value.state.assign(np.array([base, index], dtype=value.state.dtype))
+                        index += 1
+
     def _augmenter(self, augment: list[str]) -> keras.Sequential | None:
         layers: list[Any] = []
         if "crop" in augment:
@@ -161,7 +172,11 @@ class KerasEngine(Engine):
     def train_epoch(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, augment: list[str],
                     epoch: int, workers: int, progress: ProgressFn | None) -> tuple[float, float]:  # fmt: skip
         if self._step is None:
-            self._step = self._make_step(self._augmenter(augment))
+            self._augment_model = self._augmenter(augment)
+            self._step = self._make_step(self._augment_model)
+        self.seed_epoch(epoch)  # see TorchEngine.train_epoch
+        tf.random.set_seed(self.epoch_seed(epoch))
+        self._reseed_layers(epoch)
         order = self.set_rng(epoch).permutation(len(labels))
         total, correct = 0.0, 0
         for start in range(0, len(order), batch_size):

@@ -197,6 +197,10 @@ class TorchEngine(Engine):
     def train_epoch(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, augment: list[str],
                     epoch: int, workers: int, progress: ProgressFn | None) -> tuple[float, float]:  # fmt: skip
         assert self.model is not None and self.optimizer is not None
+        # Augmentation and dropout draw from the global generators: seeding them from (seed, epoch) makes a
+        # resumed run continue exactly as the uninterrupted one would have.
+        self.seed_epoch(epoch)
+        torch.manual_seed(self.epoch_seed(epoch))
         dataset = _Images(images, labels, augment, self.backbone.input_size)
         generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
         sampler: Any

@@ -79,3 +79,14 @@ class Engine(ABC):
 
     def set_rng(self, epoch: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, epoch])
+
+    def epoch_seed(self, epoch: int) -> int:
+        """A seed for everything random in one epoch, derived from the run's seed and the epoch alone."""
+        return int(np.random.SeedSequence([self.seed, epoch, 0x7E]).generate_state(1)[0])
+
+    def seed_epoch(self, epoch: int) -> None:
+        """Seed Python's and numpy's global generators for this epoch (frameworks seed their own)."""
+        import random
+
+        random.seed(self.epoch_seed(epoch))
+        np.random.seed(self.epoch_seed(epoch))

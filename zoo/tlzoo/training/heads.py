@@ -190,7 +190,7 @@ def _train_mlp_torch(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarra
 def _train_mlp_keras(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, sizes: list[int], *,
                      dropout: float, epochs: int, lr: float, weight_decay: float, patience: int, batch_size: int,
                      seed: int, on_epoch: Any) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:  # fmt: skip
-    import keras
+    from ..frameworks.keras_quiet import keras
 
     from ..frameworks.keras_train import make_head
 

@@ -29,6 +29,16 @@ class Reporter:
         yield lambda n: None
 
 
+class WarningsReporter(Reporter):
+    """Quiet and JSON output: nothing on stdout, but warnings still reach stderr."""
+
+    def __init__(self, err_console: Any) -> None:
+        self.err_console = err_console
+
+    def warn(self, message: str) -> None:
+        self.err_console.print(f"warning: {message}", style="yellow", markup=False, highlight=False)
+
+
 class RichReporter(Reporter):
     """Progress bars with ETA, per-epoch loss/accuracy and class counts on a rich console."""
 
@@ -64,6 +74,9 @@ class RichReporter(Reporter):
 
     @contextmanager
     def task(self, description: str, total: int) -> Iterator[ProgressFn]:
+        if not self.console.is_terminal:  # a log file or a pipe gets whole records, no bars
+            yield lambda n: None
+            return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         with Progress(

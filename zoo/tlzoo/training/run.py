@@ -194,7 +194,7 @@ def _seed(framework: str, seed: int) -> None:
 
         torch.manual_seed(seed)
     else:
-        import keras
+        from ..frameworks.keras_quiet import keras
 
         keras.utils.set_random_seed(seed)
 
