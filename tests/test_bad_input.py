@@ -65,6 +65,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("list-framework-unknown", ["list-backbones", "--framework", "jax"], 2, "unknown framework 'jax'"),
     # train: data
     ("data-missing", ["train", "--data", "{w}/nothing-here"], 1, "does not exist"),
+    ("symlink-loop-is-not-a-class", ["train", "--data", "{w}/looped"], 1, "single class (red)"),
     ("data-not-csv", ["train", "--data", "{w}/notes.txt"], 1, "is a file but not a .csv"),
     ("data-no-class-folders", ["train", "--data", "{w}/empty"], 1, "has no class folders"),
     ("csv-latin-1", ["train", "--data", "{w}/latin1.csv"], 1, "is not UTF-8 text"),
@@ -94,6 +95,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("classifier-json-corrupt", ["evaluate", "{w}/corrupt-json", "--data", "{w}/data"], 2, "classifier.json is not valid JSON"),
     ("classifier-json-more-labels", ["evaluate", "{w}/more-labels", "--data", "{w}/data"], 2, "the model has 3 outputs but classifier.json names 4 classes"),
     ("classifier-json-huge-input", ["evaluate", "{w}/huge-input", "--data", "{w}/data"], 2, "input_size must be two sides of 1..4096"),
+    ("split-csv-damaged", ["export", "onnx", "{w}/bad-split", "--out", "{o}/m.onnx"], 2, "split.csv is damaged"),
     ("checkpoint-truncated", ["evaluate", "{w}/truncated", "--data", "{w}/data"], 2, "the trained model does not load"),
     # export
     ("export-not-a-run", ["export", "onnx", "{w}/data"], 2, "has no trained classifier"),
@@ -120,6 +122,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
     # weights, describe, datasets
     ("weights-other-architecture", ["train", "-b", "resnet18", "--image-size", "32", "--weights", "{w}/other.pth", "--data", "{w}/data"], 1, "does not fit torch/resnet18"),
     ("weights-with-pickled-objects", ["train", "-b", "resnet18", "--image-size", "32", "--weights", "{w}/pickled.pth", "--data", "{w}/data"], 1, "was refused: loading it would create Python objects"),
+    ("weights-with-scratch", ["train", "-s", "scratch", "--weights", "IMAGENET1K_V1", "--data", "{w}/data"], 2, "--weights does not fit --strategy scratch"),
+    ("weights-offline-not-on-disk", ["train", "-b", "resnet18", "--data", "{w}/data"], 1, "Or train with --weights none"),
     ("weights-file-missing", ["train", "-b", "resnet18", "--image-size", "32", "--weights", "{w}/nothing.pth", "--data", "{w}/data"], 1, "nothing.pth does not exist"),
     ("weights-import-missing", ["weights", "import", "{w}/nothing.pth"], 2, "does not exist"),
     ("describe-unknown", ["describe", "resnet5"], 2, "unknown backbone 'resnet5'"),
@@ -162,6 +166,8 @@ def world(tmp_path_factory):
     for name in ("a.png", "b.png"):
         (w / "brokenclass" / "broken" / name).write_bytes(b"not a png")
     (w / "empty").mkdir()
+    write_folder(w / "looped", per_class=4, classes=("red",))
+    (w / "looped" / "again").symlink_to(w / "looped", target_is_directory=True)  # would double every image
     (w / "notes.txt").write_text("not data")
     (w / "latin1.csv").write_bytes("path,label\ndata/red/000.png,caf\xe9\n".encode("latin-1"))
     (w / "comma.csv").write_text("path,label\ndata/red/000.png,red,ish\n")
@@ -206,6 +212,7 @@ def world(tmp_path_factory):
     damaged("corrupt-json", lambda d: (d / "classifier.json").write_text("{not json"))
     damaged("more-labels", more_labels)
     damaged("huge-input", huge_input)
+    damaged("bad-split", lambda d: (d / "split.csv").write_text("path,label,subset\nx.png,purple,val\n"))
     damaged("truncated", lambda d: (d / "model.pt").write_bytes((d / "model.pt").read_bytes()[:1000]))
     damaged("interrupted", lambda d: [(d / f).unlink() for f in ("metrics.json", "classifier.json")])
     return w

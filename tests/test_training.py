@@ -246,3 +246,21 @@ def test_resumed_run_has_the_history_of_an_uninterrupted_one(tiny_data, tmp_path
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert a[key] == pytest.approx(b[key], abs=1e-5), (key, a, b)
     assert resumed.metrics["accuracy"] == whole.metrics["accuracy"]
+
+
+def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved_and_leaves_no_run(tiny_data, tmp_path):
+    from contextlib import contextmanager
+
+    class InterruptMidEpoch(Reporter):
+        @contextmanager
+        def task(self, description, total):
+            def advance(n):
+                if description.startswith("fine-tune epoch"):
+                    raise KeyboardInterrupt
+
+            yield advance
+
+    with pytest.raises(TrainingInterrupted, match="before any epoch finished: nothing was saved"):
+        train(config(tiny_data, tmp_path, backbone="torch/resnet18", strategy="fine-tune", name="early"),
+              InterruptMidEpoch())  # fmt: skip
+    assert not (tmp_path / "runs" / "early").exists()

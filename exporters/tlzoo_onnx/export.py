@@ -70,6 +70,9 @@ def export(run: TrainedRun | Path | str, out: Path | None = None, options: dict[
             report.update(check(run, final, fp32, variant, float(opts["atol"]), opts["raw_input"], opts["max_drop"]))
         fault_point(f"rename:{out.name}")
         os.replace(final, out)
+    from tlzoo.model_card import append_export
+
+    append_export(run.run_dir, report)
     return report
 
 
@@ -300,8 +303,18 @@ def split_set(run: TrainedRun, subset: str, limit: int | None = None) -> tuple[n
     split = run.run_dir / "split.csv"
     if not split.is_file():
         raise UsageError(f"{run.run_dir} has no split.csv to check the export against; use --no-check")
-    with open(split, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["subset"] == subset]
+    try:
+        with open(split, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not {"path", "label", "subset"} <= set(reader.fieldnames or []):
+                raise ValueError(f"columns {reader.fieldnames}, expected path,label,subset")
+            rows = [r for r in reader if r["subset"] == subset]
+        unknown = sorted({r["label"] for r in rows} - set(run.classes))
+        if unknown or any(not r["path"] for r in rows):
+            raise ValueError(f"labels {unknown} are not the run's classes" if unknown else "empty paths")
+    except (ValueError, UnicodeDecodeError, csv.Error) as exc:
+        raise UsageError(f"{split} is damaged ({exc}); the run's files were edited or are corrupt "
+                         f"(export with --no-check, or train again)") from None  # fmt: skip
     if not rows and subset == "val":
         raise UsageError(f"{run.run_dir} has no validation images to check the export against; use --no-check")
     if limit and len(rows) > limit:

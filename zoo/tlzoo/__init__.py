@@ -46,11 +46,14 @@ __all__ = [
     "TrainConfig",
     "UnitSpec",
     "WeightsSpec",
+    "compare",
+    "evaluate",
     "export",
     "get_backbone",
     "hookimpl",
     "list_backbones",
     "load_run",
+    "predict",
     "register_plugin",
     "train",
     "unregister_plugin",
@@ -64,10 +67,28 @@ def list_backbones(framework: str | None = None, pattern: str | None = None) -> 
     return get_registry().list(framework=framework, pattern=pattern)
 
 
-def train(config: TrainConfig | None = None, **settings: Any) -> Any:
-    """Train like ``tlzoo train``: ``tlzoo.train(backbone="vgg16", strategy="fine-tune", freeze="8", data="flowers/")``.
+def _reporter(verbose: bool | None) -> Any:
+    """Progress bars and per-epoch lines in a terminal or a notebook (rich renders in both); silent in scripts
+    whose output goes to a file, unless ``verbose=True``."""
+    from .training.reporter import Reporter, RichReporter
 
-    Returns a :class:`tlzoo.training.run.TrainResult` (run directory, metrics, history).
+    if verbose is None:
+        import sys
+
+        verbose = sys.stdout.isatty() or "ipykernel" in sys.modules
+    if not verbose:
+        return Reporter()
+    from rich.console import Console
+
+    return RichReporter(Console(highlight=False, soft_wrap=True), Console(stderr=True, highlight=False, soft_wrap=True))
+
+
+def train(config: TrainConfig | None = None, *, verbose: bool | None = None, **settings: Any) -> Any:
+    """Train like ``tlzoo train``: ``tlzoo.train(backbone="vgg16", freeze="8", data="flowers/")``.
+
+    Settings follow the CLI's rule: ``freeze`` alone selects fine-tune, options that do not fit the strategy
+    are refused. ``verbose`` shows progress (default: in a terminal or notebook). Returns a
+    :class:`tlzoo.training.run.TrainResult` (run directory, metrics, history).
     """
     from .training.config import TrainConfig
     from .training.run import train as run_training
@@ -80,7 +101,49 @@ def train(config: TrainConfig | None = None, **settings: Any) -> Any:
 
         raise UsageError(f"unknown setting(s) {', '.join(unknown)}; see tlzoo.TrainConfig")
     cfg = config or TrainConfig(**settings)
-    return run_training(cfg, given=set(settings) if config is None else None)
+    return run_training(cfg, _reporter(verbose), given=set(settings) if config is None else None)
+
+
+def evaluate(model: Any, data: Any, *, batch_size: int = 64) -> dict[str, Any]:
+    """Score a run directory or an exported file on labelled images, like ``tlzoo evaluate``; returns the metrics."""
+    from pathlib import Path
+
+    from .evaluation import evaluate_model
+
+    return evaluate_model(Path(model), Path(data), batch_size=batch_size)
+
+
+def predict(model: Any, images: Any, *, top_k: int = 5, batch_size: int = 32, strict: bool = False) -> list[Any]:
+    """Top-k labels for image files, folders, uint8 arrays or PIL images, from a run directory or an exported
+    file: ``tlzoo.predict("runs/demo", ["cat.jpg", "photos/"])``. Unreadable files are skipped unless ``strict``."""
+    from .inference import open_model, predict_stream
+
+    sources = images if isinstance(images, list) else [images]
+    return list(predict_stream(open_model(model), sources, top_k=top_k, batch_size=batch_size, strict=strict))
+
+
+def compare(data: Any = None, backbones: Any = "mobilenet_v2", strategies: str = "feature-extract,fine-tune,scratch", *,
+            out: Any = "runs/compare", budget_minutes: float | None = None, epochs: int = 5,
+            image_size: int | None = None, batch_size: int = 32, test_split: float = 0.2, augment: str = "auto",
+            weights: str = "auto", seed: int = 0, onnx: bool = True, verbose: bool | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Train every backbone x strategy on one split, like ``tlzoo compare``; returns the ranked leaderboard."""
+    from pathlib import Path
+
+    from .compare import common_args, compare as run_compare, ranked
+    from .datasets import ensure_digits
+    from .training.data_prep import default_data_root
+
+    names = [b.strip() for b in backbones.split(",")] if isinstance(backbones, str) else list(backbones)
+    reporter = _reporter(verbose)
+    rows = run_compare(
+        Path(data) if data is not None else ensure_digits(default_data_root()), [n for n in names if n], strategies,
+        out_dir=Path(out), budget_minutes=budget_minutes, onnx=onnx,
+        common=common_args(epochs=epochs, batch_size=batch_size, test_split=test_split, seed=seed, augment=augment,
+                           weights=weights, image_size=image_size),
+        on_start=lambda i, n, c: reporter.info(f"[{i}/{n}] {c.backbone} {c.label}: training ..."),
+        on_row=lambda r: reporter.info(f"      {r['backbone']} {r['strategy']}: {r['status']}"),
+    )  # fmt: skip
+    return ranked(rows)
 
 
 def export(run: Any, format: str = "onnx", out: Any = None, **options: Any) -> dict[str, Any]:

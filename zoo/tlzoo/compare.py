@@ -144,7 +144,18 @@ def plan(data: Path, backbones: list[str], strategies: str, budget_minutes: floa
     return combos
 
 
+def common_args(*, epochs: int, batch_size: int, test_split: float, seed: int, augment: str, weights: str,
+                image_size: int | None) -> list[str]:  # fmt: skip
+    """The train options every combination shares (same split, same seed)."""
+    args = ["--epochs", str(epochs), "--batch-size", str(batch_size), "--test-split", str(test_split),
+            "--seed", str(seed), "--augment", augment, "--weights", weights]  # fmt: skip
+    return args + (["--image-size", str(image_size)] if image_size else [])
+
+
 def run_combination(combo: Combination, common: list[str], out_dir: Path, timeout: float | None) -> dict[str, Any]:
+    if combo.strategy == "scratch" and "--weights" in common:  # scratch starts from random weights by definition
+        at = common.index("--weights")
+        common = common[:at] + common[at + 2 :]
     args = [sys.executable, "-m", "tlzoo", "train", "--backbone", combo.backbone, "--strategy", combo.strategy,
             *common, "--out-dir", str(out_dir / "runs"), "--name", combo.run_name, "--exist-ok", "--json"]  # fmt: skip
     if combo.strategy == "feature-extract":
@@ -224,12 +235,14 @@ def onnx_latency(row: dict[str, Any], runs: int = 30) -> None:
 
 
 def compare(data: Path, backbones: list[str], strategies: str, *, out_dir: Path, budget_minutes: float | None,
-            common: list[str], onnx: bool = True, on_row: Any = None) -> list[dict[str, Any]]:  # fmt: skip
+            common: list[str], onnx: bool = True, on_row: Any = None, on_start: Any = None) -> list[dict[str, Any]]:  # fmt: skip
     combos = plan(data, backbones, strategies, budget_minutes)
     out_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + budget_minutes * 60 if budget_minutes is not None else None
     rows = []
-    for combo in combos:
+    for number, combo in enumerate(combos, start=1):
+        if on_start is not None:
+            on_start(number, len(combos), combo)
         left = deadline - time.monotonic() if deadline is not None else None
         if left is not None and left <= 0:
             row = {"backbone": combo.backbone, "strategy": combo.label, "status": "skipped", "error": "--budget spent"}
@@ -296,18 +309,25 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> None:
     ok = [r for r in rows if r.get("status") == "ok"]
     if not ok:
         return
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for r in ok:
-        ax.scatter(r["train_s"], r["accuracy"])
-        ax.annotate(f"{r['backbone']}\n{r['strategy']}", (r["train_s"], r["accuracy"]), fontsize=7,
-                    textcoords="offset points", xytext=(4, 4))  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel("training time (s, log scale)")
+    # Numbered points and a legend: labels written beside the points overlap as soon as two runs take
+    # similar times, and get cut at the edges.
+    fig, ax = plt.subplots(figsize=(9, 5))
+    times = [float(r["train_s"]) for r in ok]
+    for number, r in enumerate(ok, start=1):
+        ax.scatter(r["train_s"], r["accuracy"], s=40, zorder=3, label=f"{number}  {r['backbone']} {r['strategy']}")
+        ax.annotate(str(number), (r["train_s"], r["accuracy"]), fontsize=8, textcoords="offset points", xytext=(5, 4))
+    if max(times) > 10 * min(times):
+        ax.set_xscale("log")
+        ax.set_xlabel("training time (s, log scale)")
+    else:
+        ax.set_xlabel("training time (s)")
+    ax.margins(x=0.12, y=0.12)
     ax.set_ylabel("test accuracy")
-    ax.set_title("accuracy against training time")
+    ax.set_title("accuracy against training time (up and left is better)")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
-    atomic_write(out_dir / "accuracy_vs_time.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    atomic_write(out_dir / "accuracy_vs_time.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
     plt.close(fig)
 
     strategies = sorted({r["strategy"] for r in ok})

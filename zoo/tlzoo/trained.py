@@ -55,6 +55,13 @@ class TrainedRun:
 
         return probabilities(self.logits(images, batch_size), self.meta["output"])
 
+    def predict(self, images: Any, *, top_k: int = 5, batch_size: int = 32, strict: bool = False) -> list[Any]:
+        """Top-k labels for image files, folders, uint8 arrays or PIL images (unreadable files skipped)."""
+        from .inference import predict_stream
+
+        sources = images if isinstance(images, list) else [images]
+        return list(predict_stream(self, sources, top_k=top_k, batch_size=batch_size, strict=strict))
+
 
 def load_run(run_dir: Path | str) -> TrainedRun:
     from .training.run import load_meta

@@ -90,7 +90,8 @@ AUTO_TAGS = ("auto", "default", "imagenet", "pretrained")
 def choose(spec: BackboneSpec, tag: str) -> WeightsSpec:
     """The weights named by ``tag``; ``auto``/``default`` prefers what is already on disk."""
     if not spec.weights:
-        raise UsageError(f"{spec.id} has no pretrained weights; use --no-pretrained (random initialisation)")
+        raise UsageError(f"{spec.id} has no pretrained weights; use --weights none (random initialisation) or "
+                         f"--weights FILE (your own)")  # fmt: skip
     if tag.lower() in AUTO_TAGS:
         on_disk = [w for w in spec.weights if is_cached(spec, w)]
         return on_disk[0] if on_disk else spec.weights[0]
@@ -142,7 +143,8 @@ def _download(spec: BackboneSpec, weights: WeightsSpec, dest: Path) -> None:
     if offline():
         raise WeightsError(
             f"pretrained weights {weights.tag} for {spec.id} are not on disk: expected {dest}. "
-            f"Downloads are off ({ENV_OFFLINE} is set). {how_to}"
+            f"Downloads are off ({ENV_OFFLINE} is set). {how_to} Or train with --weights none (random "
+            f"initialisation){_on_disk_hint()}"
         )
     try:
         _fetch(spec.framework, weights, dest)
@@ -153,6 +155,28 @@ def _download(spec: BackboneSpec, weights: WeightsSpec, dest: Path) -> None:
             f"pretrained weights {weights.tag} for {spec.id} are not on disk ({dest}) and could not be "
             f"downloaded ({type(exc).__name__}: {exc}). {how_to}"
         ) from exc
+
+
+def _on_disk_hint() -> str:
+    from .registry import get_registry
+
+    ready = [s.id for s in get_registry().list() if any(is_cached(s, w) for w in s.weights)]
+    return f", or use a backbone whose weights are on disk: {', '.join(ready)}." if ready else "."
+
+
+def preflight(spec: BackboneSpec, weights: str | None) -> None:
+    """Fail before any data is loaded when the weights cannot be had: a missing file, or offline and not cached."""
+    if weights is None or weights.lower() in ("none", "random", "scratch", "false"):
+        return
+    candidate = Path(weights).expanduser()
+    if candidate.exists() or os.sep in weights or candidate.suffix in _WEIGHT_SUFFIXES:
+        if not candidate.is_file():
+            raise WeightsError(f"weights file {candidate} does not exist")
+        return
+    chosen = choose(spec, weights)
+    path = cached_path(spec, chosen)
+    if not path.is_file() and offline():
+        _download(spec, chosen, path)  # raises the offline message
 
 
 def _fetch(framework: str, weights: WeightsSpec, dest: Path) -> None:

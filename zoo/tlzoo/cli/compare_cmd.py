@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from .common import console, handle_errors, print_json, warn_plugins
 
@@ -29,34 +30,43 @@ def compare(
     json: Annotated[bool, typer.Option("--json", help="Print the leaderboard as JSON.")] = False,
 ) -> None:
     """Train every backbone x strategy on the same split and compare them side by side."""
-    from ..compare import COLUMNS, cell, compare as run_compare, ranked
+    from ..compare import COLUMNS, cell, common_args, compare as run_compare, ranked
     from ..datasets import ensure_digits
     from ..training.data_prep import default_data_root
 
     warn_plugins()
     source = data or ensure_digits(default_data_root())
-    common = ["--epochs", str(epochs), "--batch-size", str(batch_size), "--test-split", str(test_split),
-              "--seed", str(seed), "--augment", augment, "--weights", weights]  # fmt: skip
-    if image_size:
-        common += ["--image-size", str(image_size)]
+    common = common_args(epochs=epochs, batch_size=batch_size, test_split=test_split, seed=seed, augment=augment,
+                         weights=weights, image_size=image_size)  # fmt: skip
     names = [b.strip() for b in backbones.split(",") if b.strip()]
+
+    def start(number: int, total: int, combo: Any) -> None:
+        if not json:
+            console.print(f"[{number}/{total}] {combo.backbone} {combo.label}: training ...", markup=False)
 
     def show(row: dict[str, Any]) -> None:
         if not json:
-            result = f"accuracy {row['accuracy']:.4f}, {row['train_s']:.1f} s" if row.get("status") == "ok" else row.get("error", "")
-            console.print(f"{row['backbone']} {row['strategy']}: {row['status']} {result}", markup=False)
+            result = f"test accuracy {row['accuracy']:.4f}, {row['train_s']:.1f} s" if row.get("status") == "ok" else row.get("error", "")
+            console.print(f"      {row['backbone']} {row['strategy']}: {row['status']}, {result}", markup=False)
 
     rows = run_compare(Path(source), names, strategies, out_dir=out, budget_minutes=budget, common=common, onnx=onnx,
-                       on_row=show)  # fmt: skip
+                       on_row=show, on_start=start)  # fmt: skip
     if json:
         print_json(ranked(rows))
         return
-    table = Table(title=f"leaderboard ({out / 'leaderboard.md'})", title_justify="left")
-    for _, header in COLUMNS:
-        table.add_column(header)
-    for row in ranked(rows):
-        table.add_row(*(cell(row, key) for key, _ in COLUMNS))
-    console.print(table)
+    board = ranked(rows)
+    table = Table(title=Text(f"leaderboard ({out / 'leaderboard.md'})"), title_justify="left")
+    for key, header in COLUMNS:
+        table.add_column(header, no_wrap=True, justify="left" if key in ("backbone", "strategy", "status") else "right")
+    for row in board:
+        table.add_row(*(Text(cell(row, key)) for key, _ in COLUMNS))
+    if console.measure(table).maximum <= console.width:
+        console.print(table)
+    else:  # too narrow for the table (or piped to a file): one whole record per line, never a cut cell
+        console.print(f"leaderboard ({out / 'leaderboard.md'}):", markup=False)
+        for number, row in enumerate(board, start=1):
+            fields = [f"{header} {cell(row, key)}" for key, header in COLUMNS[2:] if row.get(key) is not None]
+            console.print(f"{number}. {row['backbone']} {row['strategy']}: " + ", ".join(fields), markup=False)
     best = next((r for r in ranked(rows) if r.get("status") == "ok"), None)
     if best is not None:
         console.print(f"best: {best['backbone']} {best['strategy']} -> tlzoo export onnx {best['run_dir']}", markup=False)

@@ -10,7 +10,7 @@ from rich.table import Table
 from ..registry import get_registry
 from ..specs import BackboneSpec, UnitSpec
 from ..weights import cached_path, is_cached
-from .common import console, handle_errors, human, print_json, warn_plugins
+from .common import console, escape, handle_errors, human, print_json, warn_plugins
 
 
 @handle_errors
@@ -48,7 +48,7 @@ def describe(
 
 def _print_summary(spec: BackboneSpec, n_units: int) -> None:
     p = spec.preprocessing
-    console.print(f"[bold]{spec.id}[/]  {spec.description}")
+    console.print(f"[bold]{escape(spec.id)}[/]  {escape(spec.description)}")
     console.print(f"  builder      {spec.builder}   ({spec.source})")
     console.print(f"  input        {spec.input_size[0]}x{spec.input_size[1]} RGB (minimum {spec.min_input_size})")
     console.print(f"  features     {spec.feature_dim} (global average pooled)")

@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from .common import console, handle_errors, print_json
+from .common import console, escape, handle_errors, print_json
 
 
 @handle_errors
@@ -31,12 +32,12 @@ def evaluate(
         print_json(metrics)
         return
     console.print(
-        f"[bold]{model}[/] on {data}: accuracy [bold]{metrics['accuracy']:.4f}[/], log loss {metrics['log_loss']:.4f}, "
+        f"[bold]{escape(str(model))}[/] on {escape(str(data))}: accuracy [bold]{metrics['accuracy']:.4f}[/], log loss {metrics['log_loss']:.4f}, "
         f"macro F1 {metrics['macro_f1']:.4f} ({metrics['n']} images)"
     )
     table = Table(title="per class", title_justify="left")
     for col in ("class", "precision", "recall", "f1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for name, row in metrics["per_class"].items():
-        table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
+        table.add_row(Text(name), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
     console.print(table)

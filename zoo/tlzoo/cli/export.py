@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..errors import UsageError
 from ..registry import get_registry
-from .common import console, err_console, handle_errors, print_json, warn_plugins
+from .common import console, err_console, escape, handle_errors, print_json, warn_plugins
 
 
 @handle_errors
@@ -58,7 +58,7 @@ def export(
     if json:
         print_json(report)
         return
-    console.print(f"wrote [bold]{report['path']}[/] ({report.get('variant', '')})")
+    console.print(f"wrote [bold]{escape(str(report['path']))}[/] ({report.get('variant', '')})")
     if "max_abs_diff" in report:
         console.print(
             f"checked on {report['check_images']} validation images: max |p - p_source| {report['max_abs_diff']:.2e}, "

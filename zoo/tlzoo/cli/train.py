@@ -96,13 +96,14 @@ def train(
         print_json(result.summary)
         return
     m = result.metrics
-    k = next(key for key in m if key.startswith("top") and key.endswith("_accuracy"))
+    k = next((key for key in m if key.startswith("top") and key.endswith("_accuracy")), None)
+    topk = f"{k.replace('_', ' ')} {m[k]:.4f}, " if k else ""
     summary = result.summary
     frozen = (f", {summary['frozen_units']}/{summary['units']} units frozen"
               if summary["strategy"] == "fine-tune" else "")  # fmt: skip
     console.print(
         f"[bold]{escape(summary['backbone'])} {summary['strategy']}[/]{frozen}: {m['split']} accuracy "
-        f"[bold]{m['accuracy']:.4f}[/], {k.replace('_', ' ')} {m[k]:.4f}, log loss {m['log_loss']:.4f}, "
+        f"[bold]{m['accuracy']:.4f}[/], {topk}log loss {m['log_loss']:.4f}, "
         f"macro F1 {m['macro_f1']:.4f} on {m['n']} images; {m['train_seconds']:.1f} s"
         + (f"; feature cache {m['feature_cache']}" if "feature_cache" in m else "")
     )

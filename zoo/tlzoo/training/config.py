@@ -224,6 +224,8 @@ SPECIFIC: dict[str, tuple[str, Callable[[TrainConfig], bool], str]] = {
           "--strategy feature-extract with a scikit-learn head (--head softmax, logreg-ovr or linear-svm)"),
     "hidden": ("--hidden", lambda c: c.strategy == "feature-extract" and c.head == "mlp",
                "--strategy feature-extract --head mlp"),
+    "weights": ("--weights", lambda c: c.strategy != "scratch" or str(c.weights).lower() in ("none", "random", "scratch"),
+                "the strategies that start from pretrained weights (scratch starts from random initialisation)"),
     "dropout": ("--dropout", lambda c: not c.uses_sklearn_head,
                 "the MLP head and the heads trained end to end (fine-tune, two-stage, scratch)"),
 }  # fmt: skip

@@ -23,13 +23,14 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
     )
-    k = min(5, len(classes) - 1) if len(classes) > 2 else 1
+    k = top_k_for(len(classes))
     clipped = np.clip(proba, 1e-15, 1.0)
     clipped = clipped / clipped.sum(axis=1, keepdims=True)
+    topk = {f"top{k}_accuracy": float(top_k_accuracy_score(y_true, proba, k=k, labels=labels))} if k else {}
     return {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        f"top{k}_accuracy": float(top_k_accuracy_score(y_true, proba, k=k, labels=labels)) if len(classes) > 2 else float(accuracy_score(y_true, y_pred)),
+        **topk,
         "log_loss": float(log_loss(y_true, clipped, labels=labels)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "per_class": {
@@ -40,25 +41,70 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
     }
 
 
-def plot_history(history: list[dict[str, float]], path: Path) -> None:
+def top_k_for(n_classes: int) -> int | None:
+    """Top-5 where it means something (many classes, as on ImageNet); top-2 for a handful; none for two."""
+    if n_classes >= 20:
+        return 5
+    return 2 if n_classes > 2 else None
+
+
+def best_epoch(history: list[dict[str, Any]]) -> int | None:
+    """The epoch whose checkpoint is kept: the lowest validation loss (the first, on ties)."""
+    rows = [r for r in history if r.get("val_loss") is not None]
+    if not rows:
+        return None
+    return int(min(rows, key=lambda r: float(r["val_loss"]))["epoch"])
+
+
+def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Learning curves with whole-number epochs, the kept epoch marked and two-stage's boundary drawn;
+    a head fitted once (scikit-learn) is shown as train against validation bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from ..rundir import atomic_write
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    x = list(range(1, len(history) + 1))
-    for key, ax in (("loss", ax_loss), ("accuracy", ax_acc)):
-        for prefix, style in (("", "-"), ("val_", "--")):
-            ys = [row.get(prefix + key) for row in history]
-            if any(v is not None for v in ys):
-                ax.plot(x, [np.nan if v is None else v for v in ys], style, marker="o", label=(prefix or "train_") + key)
-        ax.set_xlabel("epoch")
-        ax.set_title(key)
-        ax.grid(alpha=0.3)
-        ax.legend()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4.2))
+    if len(history) == 1:
+        row = history[0]
+        for key, ax in (("loss", ax_loss), ("accuracy", ax_acc)):
+            values = [row.get(key), row.get("val_" + key)]
+            bars = ax.bar(["train", "validation"], [np.nan if v is None else v for v in values], color=["C0", "C1"])
+            ax.bar_label(bars, fmt="%.4g")
+            ax.set_title(key)
+            ax.grid(alpha=0.3, axis="y")
+            ax.margins(y=0.15)
+        fig.suptitle((title + ": " if title else "") + "head fitted once (no epochs)" + (f", C={row['C']:g}" if "C" in row else ""))
+    else:
+        x = [int(r["epoch"]) for r in history]
+        best = best_epoch(history)
+        stages = [r.get("stage") for r in history]
+        for key, ax in (("loss", ax_loss), ("accuracy", ax_acc)):
+            for prefix, style, label in (("", "-", "train"), ("val_", "--", "validation")):
+                ys = [row.get(prefix + key) for row in history]
+                if any(v is not None for v in ys):
+                    ax.plot(x, [np.nan if v is None else float(v) for v in ys], style, marker="o", markersize=4, label=label)
+            for i in range(1, len(stages)):
+                if stages[i] != stages[i - 1]:
+                    boundary = (x[i - 1] + x[i]) / 2
+                    ax.axvline(boundary, color="grey", linestyle=":", linewidth=1)
+                    ax.text(boundary, 0.98, f" {stages[i]} ", transform=ax.get_xaxis_transform(), ha="left", va="top",
+                            fontsize=8, color="grey")  # fmt: skip
+                    ax.text(boundary, 0.98, f" {stages[i - 1]} ", transform=ax.get_xaxis_transform(), ha="right",
+                            va="top", fontsize=8, color="grey")  # fmt: skip
+            if best is not None:
+                ax.axvline(best, color="C2", alpha=0.5, linewidth=6, label=f"kept: epoch {best}")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlim(min(x) - 0.5, max(x) + 0.5)
+            ax.set_xlabel("epoch")
+            ax.set_title(key)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        if title:
+            fig.suptitle(title)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
@@ -73,10 +119,14 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, titl
 
     from ..rundir import atomic_write
 
-    size = max(4.0, 0.5 * len(classes) + 2)
+    size = max(5.0, 0.5 * len(classes) + 2.5)
     fig, ax = plt.subplots(figsize=(size, size))
-    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=classes).plot(ax=ax, colorbar=False)
-    ax.set_title(title)
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=classes).plot(
+        ax=ax, colorbar=False, xticks_rotation=45 if max(len(c) for c in classes) > 3 else "horizontal"
+    )
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.wrap(title, width=int(size * 11))), fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)

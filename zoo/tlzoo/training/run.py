@@ -22,9 +22,11 @@ import numpy as np
 
 from .. import __version__
 from ..backbone import Backbone, check_input_size, get_backbone
+from .. import model_card
 from ..errors import TlzooError, UsageError
 from ..freeze import parse_freeze, parse_unit
 from ..specs import BackboneSpec
+from ..weights import preflight as preflight_weights
 from ..registry import get_registry
 from ..rundir import atomic_write_json, atomic_write_text, new_run_dir, package_versions, reclaim_temp_files
 from . import cache as feature_cache
@@ -32,7 +34,7 @@ from .config import TrainConfig
 from .data_prep import Splits, prepare
 from .engine import Engine
 from .heads import HeadParams, fit_linear, fit_mlp, probabilities
-from .metrics import classification_metrics, plot_confusion, plot_history
+from .metrics import best_epoch, classification_metrics, plot_confusion, plot_history
 from .reporter import Reporter
 
 CLASSIFIER_FILE = "classifier.json"
@@ -76,6 +78,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
     spec = get_registry().resolve(config.backbone, config.framework)
     size = check_input_size(spec, config.image_size)
     _check_units(spec, config)  # --freeze 99 fails here, before any image is decoded
+    preflight_weights(spec, None if config.strategy == "scratch" else config.weights)
     for note in notes:
         reporter.info(note)
     if unused:
@@ -162,7 +165,8 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
     metrics = classification_metrics(splits.eval_set.labels, eval_proba, splits.classes)
     metrics.update(split=splits.eval_name, train_seconds=round(train_seconds, 3), peak_memory_mb=_peak_memory_mb(),
                    trainable_params=_trainable_params(engine), frozen_units=backbone.frozen_units,
-                   units=len(backbone.units), **extra)  # fmt: skip
+                   units=len(backbone.units), best_epoch=best_epoch(history) if len(history) > 1 else None,
+                   **extra)  # fmt: skip
     meta = {
         "framework": spec.framework, "backbone": spec.id, "input_size": list(size), "tap": tap,
         "head": _head_meta(engine, config), "output": engine.output, "classes": splits.classes,
@@ -174,7 +178,11 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
     _write_history(run_dir / "history.csv", history)
     atomic_write_json(run_dir / "environment.json", _environment(engine, splits))
     atomic_write_json(run_dir / "report.json", {"skipped_images": [{"path": p, "error": e} for p, e in splits.skipped]})
-    plot_history(history, run_dir / "learning_curves.png")
+    plot_history(history, run_dir / "learning_curves.png", f"{spec.id} {config.strategy}")
+    counts = {name: part.counts() for name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+              if part is not None}  # fmt: skip
+    model_card.write(run_dir, config=resolved.to_dict(), spec=spec, weights=backbone.weights, metrics=metrics,
+                     counts=counts, skipped=len(splits.skipped), unused=unused)  # fmt: skip
     plot_confusion(metrics["confusion_matrix"], splits.classes, run_dir / "confusion_matrix.png",
                    f"{spec.id} {config.strategy} ({splits.eval_name}, acc {metrics['accuracy']:.3f})")  # fmt: skip
     (run_dir / f"{STATE_STEM}{engine.state_suffix}").unlink(missing_ok=True)
@@ -383,6 +391,11 @@ def _fit(engine: Engine, backbone: Backbone, splits: Splits, cfg: TrainConfig, r
         _run_stage(engine, splits, cfg, reporter, run_dir, stage, s_index, progress, state_path)
         progress.update(stage=s_index + 1, epoch=0, waited=0)
     engine.load_model_weights(run_dir)  # the best epoch's checkpoint
+    kept = best_epoch(progress["history"])
+    if kept is not None:
+        row = next(r for r in progress["history"] if r["epoch"] == kept)
+        reporter.info(f"kept the best epoch: {kept} of {len(progress['history'])} (val_loss {row['val_loss']:.4f}, "
+                      f"val_accuracy {row['val_accuracy']:.4f})")  # fmt: skip
     return list(progress["history"])
 
 
@@ -402,6 +415,9 @@ def _run_stage(engine: Engine, splits: Splits, cfg: TrainConfig, reporter: Repor
     from sklearn.metrics import log_loss
 
     augment = cfg.augment_list()
+    if progress["epoch"] == 0 and s_index == 0:
+        how = "auto: on for the strategies that train the backbone" if cfg.augment.strip().lower() == "auto" else "--augment"
+        reporter.info(f"augmentation: {', '.join(augment) or 'none'} ({how})")
     for epoch in range(progress["epoch"], stage.epochs):
         engine.set_lr_factor(_lr_factor(cfg.schedule, epoch, stage.epochs))
         t0 = time.perf_counter()
