@@ -202,7 +202,7 @@ def test_cli_train_json_config_rerun_and_evaluate(tiny_data, tmp_path):
 
 
 def test_cli_bad_input_exits_cleanly(tmp_path):
-    result = run_tlzoo("train", "--data", str(tmp_path / "missing"), "--out-dir", str(tmp_path / "runs"))
+    result = run_tlzoo("train", "--data", str(tmp_path / "missing"), "--weights", "none", "--out-dir", str(tmp_path / "runs"))
     assert result.returncode == 1
     assert f"data path {tmp_path / 'missing'} does not exist" in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr

@@ -60,7 +60,9 @@ def compare(
         table.add_column(header, no_wrap=True, justify="left" if key in ("backbone", "strategy", "status") else "right")
     for row in board:
         table.add_row(*(Text(cell(row, key)) for key, _ in COLUMNS))
-    if console.measure(table).maximum <= console.width:
+    cells = [[cell(row, key) for row in board] for key, _ in COLUMNS]
+    natural = sum(max(len(header), *(len(c) for c in col)) + 3 for (_, header), col in zip(COLUMNS, cells)) + 1
+    if natural <= console.width:  # every cell whole
         console.print(table)
     else:  # too narrow for the table (or piped to a file): one whole record per line, never a cut cell
         console.print(f"leaderboard ({out / 'leaderboard.md'}):", markup=False)

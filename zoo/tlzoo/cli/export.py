@@ -66,6 +66,15 @@ def export(
             f"(source {report['source_accuracy']:.4f})"
             + (f", change vs fp32 {report['accuracy_change_vs_fp32']:+.4f}" if "accuracy_change_vs_fp32" in report else "")
         )
+    measured = report.get("check_images")
+    if "accuracy_change_vs_fp32" in report and measured is not None and measured < 100:
+        err_console.print(
+            f"warning: the accuracy change was measured on only {measured} validation images, where one image is "
+            f"{100 / measured:.1f} points: it cannot show a change of a point"
+            + (f" (--max-drop {max_drop:g})" if max_drop is not None else "")
+            + "; check on more data with tlzoo evaluate MODEL.onnx --data DIR",
+            style="yellow", markup=False, highlight=False,
+        )  # fmt: skip
     drop = -100 * report.get("accuracy_change_vs_fp32", 0.0)
     if drop > 1.0 and max_drop is None:
         err_console.print(

@@ -1,0 +1,125 @@
+"""What a user sees: whole records when piped, small data with default options, predict/evaluate from a run
+directory, the model card, and the Python API."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import tlzoo
+
+from .conftest import run_tlzoo
+from .datagen import write_folder
+
+BACKBONES = {"torch": "torch/resnet18", "keras": "keras/mobilenet_v2"}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """Fewer images (15) than the default batch size (32): refused before, trained in one partial batch now."""
+    return write_folder(tmp_path_factory.mktemp("small") / "data", per_class=5)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLZOO_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+@pytest.mark.parametrize("strategy", ["feature-extract", "fine-tune"])
+def test_small_data_trains_with_default_options(small, tmp_path, framework, strategy):
+    result = run_tlzoo("train", "--backbone", BACKBONES[framework], "--strategy", strategy, "--data", str(small),
+                       "--weights", "none", "--image-size", "32", "--epochs", "1", "--out-dir", str(tmp_path / "runs"),
+                       "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    metrics = json.loads((tmp_path / "runs" / summary["run_dir"].rsplit("/", 1)[1] / "metrics.json").read_text())
+    assert metrics["n"] == 3 and set(metrics["per_class"]) == {"blue", "green", "red"}
+
+
+def test_piped_training_output_is_whole_records(small, tmp_path):
+    result = run_tlzoo("train", "--backbone", "resnet18", "--freeze", "4", "--data", str(small), "--weights", "none",
+                       "--image-size", "32", "--epochs", "2", "--out-dir", str(tmp_path / "runs"), "--name", "piped",
+                       env={"COLUMNS": "60"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert "--freeze 4 selects --strategy fine-tune" in lines
+    assert "fine-tune: units 1-4 of 20 frozen (conv1 ... layer1.1.conv1), 11,057,539 trainable parameters, 2 epochs" in lines
+    epochs = [line for line in lines if line.lstrip().startswith("epoch ")]
+    assert len(epochs) == 2 and all("val_loss" in line and "images_per_second" in line for line in epochs), epochs
+    summary = [line for line in lines if line.startswith("torch/resnet18 fine-tune, 4/20 units frozen: val accuracy")]
+    assert len(summary) == 1 and "log loss" in summary[0] and "macro F1" in summary[0]
+    assert "" not in lines[1:], "no blank lines left by progress bars"
+    assert not any("loading training images" in line or "epoch 1/2" in line for line in lines), "no progress bars in a pipe"
+    assert any(line.startswith("kept the best epoch: ") for line in lines)
+    assert any(line.startswith("augmentation: flip, crop (auto") for line in lines)
+
+
+def test_predict_and_evaluate_from_a_run_directory_and_the_model_card(small, tmp_path):
+    trained = run_tlzoo("train", "--backbone", "resnet18", "--data", str(small), "--weights", "none", "--image-size",
+                        "32", "--out-dir", str(tmp_path / "runs"), "--name", "r", "--json")  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    run = tmp_path / "runs" / "r"
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / "broken.png").write_bytes(b"not a png")
+    for i, src in enumerate(sorted((small / "red").iterdir())[:3]):
+        (tmp_path / "mixed" / f"{i}.png").write_bytes(src.read_bytes())
+    out = tmp_path / "predictions.csv"
+    predicted = run_tlzoo("predict", str(run), str(tmp_path / "mixed"), "--top-k", "2", "--batch-size", "2",
+                          "--out", str(out), env={"COLUMNS": "40"})  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert "skipped unreadable image" in predicted.stderr and "broken.png" in predicted.stderr
+    lines = predicted.stdout.splitlines()
+    assert len(lines) == 3 and all(line.startswith(str(tmp_path / "mixed")) for line in lines)
+    rows = list(csv.DictReader(out.open()))
+    assert [r["path"].rsplit("/", 1)[1] for r in rows] == ["0.png", "1.png", "2.png"]
+    assert set(rows[0]) == {"path", "label1", "probability1", "label2", "probability2"}
+    scored = run_tlzoo("evaluate", str(run), "--data", str(small), "--json")
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    assert json.loads(scored.stdout)["n"] == 15
+
+    card = (run / "MODEL_CARD.md").read_text()
+    assert card.startswith("# torch/resnet18 feature-extract on data")
+    assert "| blue | 4 | 1 |" in card and "Evaluated on only 3 images" in card and "random initialisation" in card
+    exported = run_tlzoo("export", "onnx", str(run), "--json")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "- `model.onnx` (fp32, opset" in card and "check **passed**" in card and "None yet" not in card
+
+
+def test_python_api_train_evaluate_predict_compare(small, tmp_path):
+    result = tlzoo.train(backbone="torch/resnet18", data=str(small), weights="none", image_size=32,
+                         out_dir=str(tmp_path / "runs"), name="api", verbose=False)  # fmt: skip
+    metrics = tlzoo.evaluate(result.run_dir, small)
+    assert metrics["n"] == 15 and 0 <= metrics["accuracy"] <= 1
+    images = sorted((small / "green").iterdir())[:2]
+    by_path = tlzoo.predict(result.run_dir, [str(p) for p in images], top_k=1)
+    run = tlzoo.load_run(result.run_dir)
+    by_array = run.predict([np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(p)) for p in images], top_k=1)
+    assert [p.top[0][0] for p in by_path] == [p.top[0][0] for p in by_array]
+    assert by_path[0].top[0][1] == pytest.approx(by_array[0].top[0][1], abs=1e-6)
+    with pytest.raises(tlzoo.TlzooError, match="--freeze does not fit --strategy feature-extract"):
+        tlzoo.train(backbone="torch/resnet18", strategy="feature-extract", freeze="4", data=str(small), verbose=False)
+
+    board = tlzoo.compare(small, "resnet18", "feature-extract", out=tmp_path / "cmp", image_size=32, weights="none",
+                          onnx=False, verbose=False)  # fmt: skip
+    assert [(r["backbone"], r["strategy"], r["status"]) for r in board] == [("torch/resnet18", "feature-extract", "ok")]
+
+
+def test_piped_compare_leaderboard_is_one_record_per_line(small, tmp_path):
+    result = run_tlzoo("compare", "--data", str(small), "--backbones", "resnet18", "--strategies",
+                       "feature-extract,fine-tune:freeze=4", "--epochs", "1", "--image-size", "32", "--weights",
+                       "none", "--test-split", "0.2", "--no-onnx", "--out", str(tmp_path / "cmp"),
+                       env={"COLUMNS": "80"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == "[1/2] torch/resnet18 feature-extract: training ..."
+    assert "[2/2] torch/resnet18 fine-tune:freeze=4: training ..." in lines
+    records = [line for line in lines if line.startswith(("1. ", "2. "))]
+    assert len(records) == 2 and all("test acc" in r and "train s" in r for r in records), lines
+    best = [line for line in lines if line.startswith("best: ")]
+    assert len(best) == 1 and best[0].endswith(("feature-extract", "fine-tune-freeze4")), best
+    assert "…" not in result.stdout
