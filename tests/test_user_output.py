@@ -35,6 +35,7 @@ def test_small_data_trains_with_default_options(small, tmp_path, framework, stra
                        "--weights", "none", "--image-size", "32", "--epochs", "1", "--out-dir", str(tmp_path / "runs"),
                        "--json")  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "oneDNN" not in result.stderr and "cuInit" not in result.stderr, "framework start-up noise is hidden"
     summary = json.loads(result.stdout)
     metrics = json.loads((tmp_path / "runs" / summary["run_dir"].rsplit("/", 1)[1] / "metrics.json").read_text())
     assert metrics["n"] == 3 and set(metrics["per_class"]) == {"blue", "green", "red"}
@@ -123,3 +124,24 @@ def test_piped_compare_leaderboard_is_one_record_per_line(small, tmp_path):
     best = [line for line in lines if line.startswith("best: ")]
     assert len(best) == 1 and best[0].endswith(("feature-extract", "fine-tune-freeze4")), best
     assert "…" not in result.stdout
+
+
+def test_tensorboard_logs_every_epoch(small, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = run_tlzoo("train", "--backbone", "resnet18", "--freeze", "all", "--data", str(small), "--weights", "none",
+                       "--image-size", "32", "--epochs", "3", "--patience", "0", "--tensorboard",
+                       "--out-dir", str(tmp_path / "runs"), "--name", "tb")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    events = EventAccumulator(str(tmp_path / "runs" / "tb" / "tensorboard"))
+    events.Reload()
+    assert {"loss/train", "loss/val", "accuracy/train", "accuracy/val"} <= set(events.Tags()["scalars"])
+    history = list(csv.DictReader((tmp_path / "runs" / "tb" / "history.csv").open()))
+    logged = events.Scalars("loss/val")
+    assert [e.step for e in logged] == [1, 2, 3]
+    assert [round(e.value, 5) for e in logged] == [round(float(r["val_loss"]), 5) for r in history]
+
+
+def test_version():
+    result = run_tlzoo("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"tlzoo {tlzoo.__version__}"

@@ -34,7 +34,12 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print tlzoo's version and exit.")
     ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show the frameworks' own start-up lines.")] = False,
 ) -> None:
+    if verbose:
+        import os
+
+        os.environ["TLZOO_VERBOSE"] = "1"
     if plugin:
         from ..plugins import add_plugin_modules
 

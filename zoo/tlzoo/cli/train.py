@@ -48,6 +48,7 @@ def train(
     workers: Annotated[int, typer.Option(help="Data-loading worker processes (torch).")] = 0,
     strict: Annotated[bool, typer.Option(help="Stop on an unreadable image instead of skipping it.")] = False,
     cache: Annotated[bool, typer.Option(help="Cache bottleneck features (feature-extract).")] = True,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also log every epoch for TensorBoard (RUN/tensorboard; needs the tensorboard package).")] = False,
     name: Annotated[Optional[str], typer.Option(help="Run name (default: BACKBONE-STRATEGY).")] = None,
     out_dir: Annotated[str, typer.Option(help="Where run directories go.")] = "runs",
     exist_ok: Annotated[bool, typer.Option(help="Reuse runs/NAME instead of numbering a new one.")] = False,
@@ -70,7 +71,7 @@ def train(
         "stage1_epochs": stage1_epochs, "unfreeze": unfreeze, "hidden": _sizes(hidden), "dropout": dropout, "c": c,
         "augment": "none" if no_augment else augment, "image_size": image_size, "val": val, "test": test,
         "val_split": val_split, "test_split": test_split, "seed": seed, "device": device, "workers": workers,
-        "strict": strict, "cache": cache, "name": name, "out_dir": out_dir,
+        "strict": strict, "cache": cache, "tensorboard": tensorboard, "name": name, "out_dir": out_dir,
     }  # fmt: skip
     given = {k for k in values if _given(ctx, k)}
     if no_augment:

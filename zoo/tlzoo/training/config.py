@@ -67,6 +67,7 @@ class TrainConfig:
     workers: int = 0
     strict: bool = False
     cache: bool = True
+    tensorboard: bool = False
     name: str | None = None
     out_dir: str = "runs"
 
@@ -109,6 +110,10 @@ class TrainConfig:
             raise UsageError(f"--device {self.device!r} is not a device: use auto, cpu, cuda, cuda:N, N or mps")
         for part in self.augment_list():
             _choice("--augment", part, AUGMENTATIONS)
+        if self.tensorboard:
+            from .tensorboard import check_available
+
+            check_available()
 
     @property
     def uses_sklearn_head(self) -> bool:
@@ -262,7 +267,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "unfreeze": (str, int), "stage1_epochs": (int,), "epochs": (int,), "batch_size": (int,), "lr": (float, int),
     "backbone_lr_mult": (float, int), "optimizer": (str,), "momentum": (float, int), "nesterov": (bool,),
     "weight_decay": (float, int), "schedule": (str,), "patience": (int,), "augment": (str,), "seed": (int,),
-    "device": (str,), "workers": (int,), "strict": (bool,), "cache": (bool,), "name": (str, type(None)),
+    "device": (str,), "workers": (int,), "strict": (bool,), "cache": (bool,), "tensorboard": (bool,), "name": (str, type(None)),
     "out_dir": (str,),
 }  # fmt: skip
 

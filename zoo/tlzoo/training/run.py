@@ -101,12 +101,20 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
     else:
         run_dir, created = new_run_dir(Path(config.out_dir), config.name or f"{spec.name}-{config.strategy}",
                                        exist_ok=exist_ok)  # fmt: skip
+    if config.tensorboard:
+        from .tensorboard import FOLDER, TensorBoardReporter
+
+        reporter = TensorBoardReporter(reporter, run_dir / FOLDER)
     try:
         return _train_in(run_dir, resume, config, spec, size, splits, backbone, tap, engine, reporter, started, unused)
     except BaseException:
         if created:
             _discard_unstarted(run_dir, engine)
         raise
+    finally:
+        close = getattr(reporter, "close", None)
+        if close is not None:
+            close()
 
 
 def _discard_unstarted(run_dir: Path, engine: Engine) -> None:
