@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -78,9 +79,18 @@ def test_predict_and_evaluate_from_a_run_directory_and_the_model_card(small, tmp
     rows = list(csv.DictReader(out.open()))
     assert [r["path"].rsplit("/", 1)[1] for r in rows] == ["0.png", "1.png", "2.png"]
     assert set(rows[0]) == {"path", "label1", "probability1", "label2", "probability2"}
-    scored = run_tlzoo("evaluate", str(run), "--data", str(small), "--json")
+    scored = run_tlzoo("evaluate", str(run), "--data", str(small), "--json", "--batch-size", "4")
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert json.loads(scored.stdout)["n"] == 15
+    broken = tmp_path / "broken-data"
+    shutil.copytree(small, broken)
+    (broken / "red" / "zz.png").write_bytes(b"not a png")
+    table = tmp_path / "per-class.csv"
+    scored = run_tlzoo("evaluate", str(run), "--data", str(broken), "--batch-size", "4", "--out", str(table))
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    assert "skipped unreadable image" in scored.stderr and "zz.png" in scored.stderr
+    per_class = list(csv.DictReader(table.open()))
+    assert [r["class"] for r in per_class] == ["blue", "green", "red"] and sum(int(r["support"]) for r in per_class) == 15
 
     card = (run / "MODEL_CARD.md").read_text()
     assert card.startswith("# torch/resnet18 feature-extract on data")

@@ -315,7 +315,8 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> None:
     times = [float(r["train_s"]) for r in ok]
     for number, r in enumerate(ok, start=1):
         ax.scatter(r["train_s"], r["accuracy"], s=40, zorder=3, label=f"{number}  {r['backbone']} {r['strategy']}")
-        ax.annotate(str(number), (r["train_s"], r["accuracy"]), fontsize=8, textcoords="offset points", xytext=(5, 4))
+        ax.annotate(str(number), (r["train_s"], r["accuracy"]), fontsize=8, textcoords="offset points",
+                    xytext=(5, 4) if number % 2 else (5, -11))  # alternate, so neighbours do not overprint
     if max(times) > 10 * min(times):
         ax.set_xscale("log")
         ax.set_xlabel("training time (s, log scale)")
@@ -341,12 +342,13 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> None:
             if match:
                 xs.append(j + i * width)
                 ys.append(match[0]["accuracy"])
-        ax.bar(xs, ys, width=width, label=b)
+        bars = ax.bar(xs, ys, width=width, label=b)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
     ax.set_xticks([j + width * (len(backbones) - 1) / 2 for j in range(len(strategies))], strategies, rotation=20, ha="right")
     ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
-    ax.set_title("accuracy per strategy")
+    ax.set_ylim(0, 1.1)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=min(4, len(backbones)), frameon=False)
+    ax.set_title("test accuracy per strategy")
     fig.tight_layout()
-    atomic_write(out_dir / "accuracy_by_strategy.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    atomic_write(out_dir / "accuracy_by_strategy.png", lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
     plt.close(fig)

@@ -118,8 +118,11 @@ def _scan_csv(path: Path) -> list[Sample]:
 
 
 def load(samples: list[Sample], size: tuple[int, int], classes: list[str] | None = None, *, strict: bool = False,
-         progress: object | None = None) -> ImageSet:  # fmt: skip
-    """Decode and resize every image; corrupt ones are skipped and listed (or raise with ``strict``)."""
+         progress: object | None = None, whole_classes: bool = True) -> ImageSet:  # fmt: skip
+    """Decode and resize every image; corrupt ones are skipped and listed (or raise with ``strict``).
+
+    ``whole_classes``: the samples are a whole dataset, so a class whose every image is unreadable is an
+    error (a batch of a larger dataset passes False)."""
     classes = classes or sorted({s.label for s in samples})
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted({s.label for s in samples} - set(index))
@@ -141,7 +144,7 @@ def load(samples: list[Sample], size: tuple[int, int], classes: list[str] | None
     if not images:
         raise DataError("no readable images: " + _skipped_text(skipped))
     loaded = set(labels)
-    lost = [c for c in sorted({s.label for s in samples}) if index[c] not in loaded]
+    lost = [c for c in sorted({s.label for s in samples}) if index[c] not in loaded] if whole_classes else []
     if lost:
         files = [(str(s.path), "") for s in samples if s.label in lost]
         raise DataError(f"every image of class(es) {', '.join(lost)} is unreadable: {_skipped_text(files)}")

@@ -9,25 +9,30 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .common import console, escape, handle_errors, print_json
+from .common import console, err_console, escape, handle_errors, print_json
 
 
 @handle_errors
 def evaluate(
     model: Annotated[Path, typer.Argument(help="A run directory, or an exported .onnx file.")],
     data: Annotated[Path, typer.Option("--data", "-d", help="Image folder (one sub-folder per class) or CSV.")],
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
-    out: Annotated[Optional[Path], typer.Option(help="Also write the metrics to this JSON file.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images decoded and scored per batch.")] = 64,
+    strict: Annotated[bool, typer.Option(help="Stop at an unreadable image instead of skipping it.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the metrics to this .json file, or the per-class table to a .csv.")] = None,
     json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
     """Score a trained run (or an exported ONNX model) on labelled images."""
     from ..evaluation import evaluate_model
 
-    metrics = evaluate_model(model, data, batch_size=batch_size)
-    if out is not None:
-        from ..rundir import atomic_write_json
+    from ..errors import UsageError
 
-        atomic_write_json(out, metrics)
+    if out is not None and out.suffix.lower() not in (".json", ".csv"):
+        raise UsageError(f"--out {out}: write the metrics to a .json or the per-class table to a .csv file")
+    metrics = evaluate_model(model, data, batch_size=batch_size, strict=strict)
+    for item in metrics["skipped_images"]:
+        err_console.print(f"warning: skipped unreadable image {item['path']} ({item['error']})", style="yellow", markup=False)
+    if out is not None:
+        _write(out, metrics)
     if json:
         print_json(metrics)
         return
@@ -41,3 +46,20 @@ def evaluate(
     for name, row in metrics["per_class"].items():
         table.add_row(Text(name), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
     console.print(table)
+
+
+def _write(path: Path, metrics: dict) -> None:  # type: ignore[type-arg]
+    from ..rundir import atomic_write_json, atomic_write_text
+
+    if path.suffix.lower() == ".json":
+        atomic_write_json(path, metrics)
+        return
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["class", "precision", "recall", "f1", "support"])
+    for name, row in metrics["per_class"].items():
+        writer.writerow([name, f"{row['precision']:.6f}", f"{row['recall']:.6f}", f"{row['f1']:.6f}", row["support"]])
+    atomic_write_text(path, buf.getvalue())
