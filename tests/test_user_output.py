@@ -51,7 +51,7 @@ def test_piped_training_output_is_whole_records(small, tmp_path):
     assert "--freeze 4 selects --strategy fine-tune" in lines
     assert "fine-tune: units 1-4 of 20 frozen (conv1 ... layer1.1.conv1), 11,057,539 trainable parameters, 2 epochs" in lines
     epochs = [line for line in lines if line.lstrip().startswith("epoch ")]
-    assert len(epochs) == 2 and all("val_loss" in line and "images_per_second" in line for line in epochs), epochs
+    assert len(epochs) == 2 and all("val_loss" in line and line.endswith("img/s") for line in epochs), epochs
     summary = [line for line in lines if line.startswith("torch/resnet18 fine-tune, 4/20 units frozen: val accuracy")]
     assert len(summary) == 1 and "log loss" in summary[0] and "macro F1" in summary[0]
     assert "" not in lines[1:], "no blank lines left by progress bars"

@@ -9,6 +9,28 @@ from typing import Any
 from .engine import ProgressFn
 
 
+_SHORT = {"accuracy": "acc", "val_accuracy": "val_acc"}
+
+
+def format_epoch(row: dict[str, Any]) -> str:
+    """One epoch as one short line: ``  epoch 2 fine-tune  loss 0.1624  acc 1.0000  val_loss ...  0.3 s  71.3 img/s``."""
+    parts = []
+    for key, value in row.items():
+        if value is None or key == "epoch":
+            continue
+        if key == "stage":
+            parts.insert(0, f"epoch {row.get('epoch')} {value}")
+        elif key == "seconds":
+            parts.append(f"{float(value):.1f} s")
+        elif key == "images_per_second":
+            parts.append(f"{float(value):.1f} img/s")
+        elif isinstance(value, float):
+            parts.append(f"{_SHORT.get(key, key)} {value:.4f}" if key != "C" else f"C {value:g}")
+        else:
+            parts.append(f"{_SHORT.get(key, key)} {value}")
+    return "  " + "  ".join(parts)
+
+
 class Reporter:
     """Silent reporter: the Python API's default."""
 
@@ -69,8 +91,7 @@ class RichReporter(Reporter):
             self.warn(f"classes are imbalanced (largest {max(present)} vs smallest {min(present)} images)")
 
     def epoch(self, row: dict[str, Any]) -> None:
-        parts = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if v is not None]
-        self.console.print("  " + "  ".join(parts), markup=False, highlight=False)
+        self.console.print(format_epoch(row), markup=False, highlight=False)
 
     @contextmanager
     def task(self, description: str, total: int) -> Iterator[ProgressFn]:
