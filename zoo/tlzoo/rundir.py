@@ -89,6 +89,9 @@ def fault_point(name: str) -> None:
     wanted = os.environ.get("TLZOO_FAULT")
     if not wanted:
         return
+    only_rank = os.environ.get("TLZOO_FAULT_RANK")  # data-parallel jobs: fault one rank only
+    if only_rank is not None and only_rank != os.environ.get("RANK", "0"):
+        return
     import fnmatch
 
     pattern, _, nth = wanted.partition("#")

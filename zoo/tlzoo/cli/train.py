@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .common import console, err_console, escape, handle_errors, print_json, warn_plugins
+from .common import console, debug, err_console, escape, fail, handle_errors, print_json, warn_plugins
 
 STRATEGY_HELP = "feature-extract | fine-tune | two-stage | scratch"
 HEAD_HELP = "softmax | logreg-ovr | linear-svm | mlp (feature-extract)"
@@ -44,7 +44,8 @@ def train(
     val_split: Annotated[float, typer.Option(help="Share of --data held out for validation.")] = 0.2,
     test_split: Annotated[float, typer.Option(help="Share of --data held out for testing.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed for splits, initialisation and shuffling.")] = 0,
-    device: Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:1 | mps")] = "auto",
+    device: Annotated[str, typer.Option(help="auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:1 | mps | 0,1 (one process per GPU, torch)")] = "auto",
+    nproc: Annotated[int, typer.Option(help="Data-parallel training in this many processes (torch; launched with torchrun).")] = 1,
     workers: Annotated[int, typer.Option(help="Data-loading worker processes (torch).")] = 0,
     strict: Annotated[bool, typer.Option(help="Stop on an unreadable image instead of skipping it.")] = False,
     cache: Annotated[bool, typer.Option(help="Cache bottleneck features (feature-extract).")] = True,
@@ -63,7 +64,11 @@ def train(
     from ..training.reporter import RichReporter, WarningsReporter
     from ..training.run import train as run_training
 
-    warn_plugins()
+    from ..distributed import world
+
+    job = world()
+    if job.main:
+        warn_plugins()
     values: dict[str, Any] = {
         "backbone": backbone, "framework": framework, "data": data, "strategy": strategy, "freeze": freeze,
         "head": head, "tap": tap, "weights": weights, "epochs": epochs, "batch_size": batch_size, "lr": lr,
@@ -91,8 +96,27 @@ def train(
         given |= file_given
     else:
         cfg = TrainConfig(**values)
+    devices = [d for d in device.split(",") if d.strip()]
+    if nproc < 1:
+        raise UsageError(f"--nproc must be at least 1, got {nproc}")
+    if (nproc > 1 or len(devices) > 1) and not job.distributed:
+        if nproc > 1 and len(devices) > 1 and nproc != len(devices):
+            raise UsageError(f"--nproc {nproc} and --device {device} disagree: one process per listed GPU")
+        if resume is not None:
+            from ..training.run import resume_config
+
+            check = resume_config(resume, {k: v for k, v in overrides.items() if k != "device"})[0]
+        else:
+            check = TrainConfig(**{**cfg.to_dict(), "device": devices[0] if devices else "auto"})
+            check.validate()
+            check.apply_given(given)
+            check.validate()
+        check.check_data_parallel()
+        raise typer.Exit(_launch(max(nproc, len(devices))))
     reporter = WarningsReporter(err_console) if (quiet or json) else RichReporter(console, err_console)
     result = run_training(cfg, reporter, resume=resume, exist_ok=exist_ok, given=given, overrides=overrides)
+    if not job.main:
+        return
     if json:
         print_json(result.summary)
         return
@@ -109,6 +133,36 @@ def train(
         + (f"; feature cache {m['feature_cache']}" if "feature_cache" in m else "")
     )
     console.print(f"run directory: {result.run_dir}", markup=False)
+
+
+def _launch(nproc: int) -> int:
+    """Run this same command as ``nproc`` data-parallel processes under torch's elastic launcher."""
+    import subprocess
+    import sys
+
+    from ..distributed import launch_command
+
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            argv.append(arg)
+    err_console.print(f"launching {nproc} processes with torchrun (torch.distributed.run --standalone)", markup=False)
+    launcher = subprocess.Popen(launch_command(nproc, argv), stderr=subprocess.PIPE, text=True)
+    assert launcher.stderr is not None
+    hiding = False
+    for line in launcher.stderr:  # the ranks' own lines pass through; the launcher's traceback does not
+        hiding = hiding or (line.startswith("Traceback (most recent call last)") and not debug())
+        if not hiding:
+            sys.stderr.write(line)
+    code = launcher.wait()
+    if code != 0:
+        raise fail(f"one of the {nproc} training processes failed (torchrun exit code {code}); a run that finished "
+                   f"an epoch stays resumable: tlzoo train --resume RUN_DIR --nproc {nproc}", 1)  # fmt: skip
+    return 0
 
 
 def _given(ctx: typer.Context, name: str) -> bool:

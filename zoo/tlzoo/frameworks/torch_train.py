@@ -127,7 +127,14 @@ class TorchEngine(Engine):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._device = pick_device(self.device_request)
+        from ..distributed import world
+
+        devices = [d.strip() for d in self.device_request.split(",")]
+        # --device 0,1 under torchrun: each local rank takes its own GPU from the list.
+        self._device = pick_device(devices[world().local_rank % len(devices)])
+        self.world_size = 1
+        self._ddp: nn.Module | None = None
+        self._indices: list[int] = []
         torch.manual_seed(self.seed)
         self.model: TorchClassifier | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -155,14 +162,63 @@ class TorchEngine(Engine):
         else:
             head_module = make_head([dim, self.n_classes], self.dropout)
         self.model = TorchClassifier(features, head_module).to(self._device)
-        if self._device.type == "cuda":
+        if self._device.type == "cuda" or self.distributed:
+            # Weights in the layout their gradients arrive in (channels_last inputs): DDP's gradient buckets
+            # follow the weights' strides, so they match without copies or warnings.
             self.model = self.model.to(memory_format=torch.channels_last)
 
     def _parallel(self) -> nn.Module:
         assert self.model is not None
+        if not self.distributed:
+            return self.model
+        if self._ddp is None:  # built once per stage: DDP fixes the set of trainable parameters when made
+            ids = [self._device.index] if self._device.type == "cuda" else None
+            # Gradients as views of DDP's buckets: no copy, and no stride mismatch with channels_last weights.
+            self._ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, gradient_as_bucket_view=True)
+        return self._ddp
+
+    def start_distributed(self, world: Any) -> dict[str, Any]:
+        import datetime
+
+        dist = torch.distributed
+        backend = "nccl" if self._device.type == "cuda" else "gloo"
+        if self._device.type == "cuda":
+            torch.cuda.set_device(self._device)
+        if not dist.is_initialized():
+            dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=10))
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        return {"world_size": self.world_size, "backend": dist.get_backend(), "device": str(self._device)}
+
+    def broadcast(self, value: Any) -> Any:
+        if not self.distributed:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, value: Any) -> list[Any]:
+        if not self.distributed:
+            return [value]
+        out: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(out, value)
+        return out
+
+    def barrier(self) -> None:
         if self.distributed:
-            return nn.parallel.DistributedDataParallel(self.model)
-        return self.model
+            torch.distributed.barrier()
+
+    def last_epoch_indices(self) -> list[int]:
+        return list(self._indices)
+
+    def model_digest(self) -> str:
+        import hashlib
+
+        assert self.model is not None
+        h = hashlib.sha256()
+        for key, value in sorted(self.model.state_dict().items()):
+            h.update(key.encode())
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
 
     def configure(self, *, lr: float, backbone_lr_mult: float, optimizer: str, momentum: float, nesterov: bool,
                   weight_decay: float) -> None:  # fmt: skip
@@ -182,6 +238,7 @@ class TorchEngine(Engine):
         else:
             self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self._ddp = None  # the trainable parameters may have changed (two-stage): wrap again
 
     def set_lr_factor(self, factor: float) -> None:
         assert self.optimizer is not None
@@ -205,13 +262,19 @@ class TorchEngine(Engine):
         generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
         sampler: Any
         if self.distributed:
-            sampler = torch.utils.data.DistributedSampler(dataset, seed=self.seed)
+            # Each rank a disjoint shard (padded by repeating a few images so every rank takes the same number
+            # of steps, as DDP needs); the shuffle depends on the run's seed and the epoch.
+            sampler = torch.utils.data.DistributedSampler(dataset, seed=self.seed, shuffle=True, drop_last=False)
             sampler.set_epoch(epoch)
+            torch.manual_seed(self.epoch_seed(epoch) + self.rank)  # different augmentations on each shard
         else:
             sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
+        self._indices = [int(i) for i in sampler]
+        n_local = len(self._indices)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-            pin_memory=self._device.type == "cuda", drop_last=len(dataset) > batch_size and len(dataset) % batch_size == 1,
+            dataset, batch_size=batch_size, sampler=self._indices,
+            num_workers=workers, pin_memory=self._device.type == "cuda",
+            drop_last=n_local > batch_size and n_local % batch_size == 1,  # a batch of one breaks BatchNorm
         )  # fmt: skip
         model = self._parallel()
         model.train()
@@ -235,6 +298,10 @@ class TorchEngine(Engine):
             seen += len(y)
             if progress is not None:
                 progress(len(y))
+        if self.distributed:  # the whole training set's loss and accuracy, not this shard's
+            sums = torch.tensor([total, float(correct), float(seen)], dtype=torch.float64, device=self._device)
+            torch.distributed.all_reduce(sums)
+            total, correct, seen = float(sums[0]), int(sums[1]), int(sums[2])
         return total / max(seen, 1), correct / max(seen, 1)
 
     def logits(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:

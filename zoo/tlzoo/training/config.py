@@ -106,7 +106,7 @@ class TrainConfig:
             raise UsageError(f"--hidden must list positive layer sizes, got {self.hidden}")
         if self.name is not None:
             check_run_name(self.name)
-        if not re.fullmatch(r"auto|cpu|mps|gpu|cuda(:\d+)?|\d+", self.device.strip().lower()):
+        if not re.fullmatch(r"auto|cpu|mps|gpu|cuda(:\d+)?|\d+(,\d+)*", self.device.strip().lower()):
             raise UsageError(f"--device {self.device!r} is not a device: use auto, cpu, cuda, cuda:N, N or mps")
         for part in self.augment_list():
             _choice("--augment", part, AUGMENTATIONS)
@@ -114,6 +114,15 @@ class TrainConfig:
             from .tensorboard import check_available
 
             check_available()
+
+    def check_data_parallel(self) -> None:
+        """What data-parallel training (torchrun, --nproc, --device 0,1) cannot do yet is refused before launching."""
+        if self.strategy == "feature-extract":
+            raise UsageError(
+                "feature-extract across processes: feature extraction is not sharded across processes yet; run it "
+                "as one process (its features are cached, so a second run is fast) or use a strategy that trains "
+                "the backbone"
+            )
 
     @property
     def uses_sklearn_head(self) -> bool:

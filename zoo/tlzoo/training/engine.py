@@ -27,6 +27,12 @@ class Engine(ABC):
         self.seed = seed
         self.device_request = device
         self.output = "softmax"
+        self.rank = 0  # set by start_distributed
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 (or the only process): the one that prints and writes."""
+        return self.rank == 0
 
     @property
     @abstractmethod
@@ -76,6 +82,37 @@ class Engine(ABC):
     @property
     @abstractmethod
     def state_suffix(self) -> str: ...
+
+    # ------------------------------------------------ data-parallel training (one process by default)
+
+    def start_distributed(self, world: Any) -> dict[str, Any]:
+        """Join the job's process group (``world`` from :func:`tlzoo.distributed.world`); returns what the run
+        records about it. Engines that cannot train across processes refuse."""
+        from ..errors import UsageError
+
+        raise UsageError(
+            f"{self.backbone.spec.id}: data-parallel training across processes (torchrun) is available for torch "
+            f"backbones; run this one as a single process"
+        )
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank."""
+        return value
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order, on every rank."""
+        return [value]
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+
+    def model_digest(self) -> str:
+        """sha256 over the classifier's weights: equal on every rank when data-parallel training kept them in sync."""
+        return ""
+
+    def last_epoch_indices(self) -> list[int]:
+        """The training-set indices this rank saw in its last epoch."""
+        return []
 
     def set_rng(self, epoch: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, epoch])

@@ -14,7 +14,7 @@ _SHORT = {"accuracy": "acc", "val_accuracy": "val_acc"}
 
 def format_epoch(row: dict[str, Any]) -> str:
     """One epoch as one short line: ``  epoch 2 fine-tune  loss 0.1624  acc 1.0000  val_loss ...  0.3 s  71.3 img/s``."""
-    parts = []
+    parts: list[str] = []
     for key, value in row.items():
         if value is None or key == "epoch":
             continue

@@ -22,13 +22,14 @@ import numpy as np
 
 from .. import __version__
 from ..backbone import Backbone, check_input_size, get_backbone
+from ..distributed import world
 from .. import model_card
 from ..errors import TlzooError, UsageError
 from ..freeze import parse_freeze, parse_unit
 from ..specs import BackboneSpec
 from ..weights import preflight as preflight_weights
 from ..registry import get_registry
-from ..rundir import atomic_write_json, atomic_write_text, new_run_dir, package_versions, reclaim_temp_files
+from ..rundir import fault_point, atomic_write_json, atomic_write_text, new_run_dir, package_versions, reclaim_temp_files
 from . import cache as feature_cache
 from .config import TrainConfig
 from .data_prep import Splits, prepare
@@ -62,7 +63,9 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
     they decide which options are refused for a strategy they do not fit and which are reported unused.
     ``overrides`` are options given together with ``resume``: only the device and workers may change.
     """
-    reporter = reporter or Reporter()
+    job = world()
+    # Under torchrun every rank runs this function; rank 0 alone prints and writes.
+    reporter = (reporter or Reporter()) if job.main else Reporter()
     started = time.perf_counter()
     notes: list[str] = []
     if resume is not None:
@@ -78,6 +81,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
     spec = get_registry().resolve(config.backbone, config.framework)
     size = check_input_size(spec, config.image_size)
     _check_units(spec, config)  # --freeze 99 fails here, before any image is decoded
+    if job.distributed:
+        config.check_data_parallel()
     preflight_weights(spec, None if config.strategy == "scratch" else config.weights)
     for note in notes:
         reporter.info(note)
@@ -93,22 +98,26 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
         for stage in stages_for(config, len(backbone.units)):  # every --freeze checked before anything is written
             backbone.freeze(stage.freeze)
     engine = _engine(backbone, len(splits.classes), config, tap)
+    job_info = engine.start_distributed(job) if job.distributed else {}
 
     created = False
     if resume is not None:
         run_dir = Path(resume)
-        reclaim_temp_files(run_dir)  # a checkpoint write killed half-way
-    else:
+        if engine.main:
+            reclaim_temp_files(run_dir)  # a checkpoint write killed half-way
+    elif engine.main:
         run_dir, created = new_run_dir(Path(config.out_dir), config.name or f"{spec.name}-{config.strategy}",
                                        exist_ok=exist_ok)  # fmt: skip
-    if config.tensorboard:
+    run_dir = Path(engine.broadcast(str(run_dir) if engine.main else None))
+    engine.job_info = job_info  # type: ignore[attr-defined]
+    if config.tensorboard and engine.main:
         from .tensorboard import FOLDER, TensorBoardReporter
 
         reporter = TensorBoardReporter(reporter, run_dir / FOLDER)
     try:
         return _train_in(run_dir, resume, config, spec, size, splits, backbone, tap, engine, reporter, started, unused)
     except BaseException:
-        if created:
+        if created and engine.main:
             _discard_unstarted(run_dir, engine)
         raise
     finally:
@@ -148,7 +157,7 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
     resolved = TrainConfig(**{**config.to_dict(), "backbone": spec.id, "framework": spec.framework,
                               "image_size": size[0] if size[0] == size[1] else config.image_size,
                               "data": str(splits.root)})  # fmt: skip
-    if resume is None:
+    if resume is None and engine.main:
         resolved.save(run_dir / "config.yaml")
         atomic_write_json(run_dir / "labels.json", splits.classes)
         _write_split(run_dir / "split.csv", splits.rows())
@@ -167,8 +176,10 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
     else:
         history = _fit(engine, backbone, splits, config, reporter, run_dir, resume is not None)
         eval_proba = probabilities(engine.logits(splits.eval_set.images), engine.output)
-    engine.save_model(run_dir)
+    if engine.main:
+        engine.save_model(run_dir)
     train_seconds = time.perf_counter() - started
+    job = _job_record(engine, len(splits.train))  # collective: every rank takes part
 
     metrics = classification_metrics(splits.eval_set.labels, eval_proba, splits.classes)
     metrics.update(split=splits.eval_name, train_seconds=round(train_seconds, 3), peak_memory_mb=_peak_memory_mb(),
@@ -181,19 +192,21 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
         "preprocessing": spec.preprocessing.to_dict(), "weights": backbone.weights.tag if backbone.weights else None,
         "strategy": config.strategy, "model_file": "model.pt" if spec.framework == "torch" else "model.keras",
     }  # fmt: skip
-    atomic_write_json(run_dir / CLASSIFIER_FILE, meta)
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    _write_history(run_dir / "history.csv", history)
-    atomic_write_json(run_dir / "environment.json", _environment(engine, splits))
-    atomic_write_json(run_dir / "report.json", {"skipped_images": [{"path": p, "error": e} for p, e in splits.skipped]})
-    plot_history(history, run_dir / "learning_curves.png", f"{spec.id} {config.strategy}")
-    counts = {name: part.counts() for name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test))
-              if part is not None}  # fmt: skip
-    model_card.write(run_dir, config=resolved.to_dict(), spec=spec, weights=backbone.weights, metrics=metrics,
-                     counts=counts, skipped=len(splits.skipped), unused=unused)  # fmt: skip
-    plot_confusion(metrics["confusion_matrix"], splits.classes, run_dir / "confusion_matrix.png",
-                   f"{spec.id} {config.strategy} ({splits.eval_name}, acc {metrics['accuracy']:.3f})")  # fmt: skip
-    (run_dir / f"{STATE_STEM}{engine.state_suffix}").unlink(missing_ok=True)
+    if engine.main:  # under torchrun, rank 0 alone writes the run's files
+        atomic_write_json(run_dir / CLASSIFIER_FILE, meta)
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        _write_history(run_dir / "history.csv", history)
+        atomic_write_json(run_dir / "environment.json", {**_environment(engine, splits), **job})
+        atomic_write_json(run_dir / "report.json", {"skipped_images": [{"path": p, "error": e} for p, e in splits.skipped]})
+        plot_history(history, run_dir / "learning_curves.png", f"{spec.id} {config.strategy}")
+        counts = {name: part.counts() for name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+                  if part is not None}  # fmt: skip
+        model_card.write(run_dir, config=resolved.to_dict(), spec=spec, weights=backbone.weights, metrics=metrics,
+                         counts=counts, skipped=len(splits.skipped), unused=unused)  # fmt: skip
+        plot_confusion(metrics["confusion_matrix"], splits.classes, run_dir / "confusion_matrix.png",
+                       f"{spec.id} {config.strategy} ({splits.eval_name}, acc {metrics['accuracy']:.3f})")  # fmt: skip
+        (run_dir / f"{STATE_STEM}{engine.state_suffix}").unlink(missing_ok=True)
+    engine.barrier()
     summary = {
         "run_dir": str(run_dir), "backbone": spec.id, "strategy": config.strategy,
         "split": splits.eval_name, "accuracy": metrics["accuracy"], "log_loss": metrics["log_loss"],
@@ -201,6 +214,21 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
         "frozen_units": backbone.frozen_units, "units": len(backbone.units), "unused_options": unused, **extra,
     }  # fmt: skip
     return TrainResult(run_dir=run_dir, metrics=metrics, history=history, summary=summary)
+
+
+def _job_record(engine: Engine, n_train: int) -> dict[str, Any]:
+    """What a data-parallel run records: world size, backend, each rank's share of the last epoch and its weights."""
+    info = getattr(engine, "job_info", {})
+    if not info:
+        return {}
+    seen = engine.gather(engine.last_epoch_indices())
+    digests = engine.gather(engine.model_digest())
+    distinct = set().union(*map(set, seen))
+    return {"distributed": {
+        **info, "train_images": n_train, "last_epoch_images_per_rank": [len(s) for s in seen],
+        "last_epoch_distinct_images": len(distinct), "last_epoch_images_seen_twice": sum(map(len, seen)) - len(distinct),
+        "weights_sha256_per_rank": digests,
+    }}  # fmt: skip
 
 
 def _seed(framework: str, seed: int) -> None:
@@ -398,7 +426,8 @@ def _fit(engine: Engine, backbone: Backbone, splits: Splits, cfg: TrainConfig, r
                       f"{_trainable_params(engine):,} trainable parameters, {stage.epochs} epochs")  # fmt: skip
         _run_stage(engine, splits, cfg, reporter, run_dir, stage, s_index, progress, state_path)
         progress.update(stage=s_index + 1, epoch=0, waited=0)
-    engine.load_model_weights(run_dir)  # the best epoch's checkpoint
+    engine.barrier()  # rank 0 has written the best checkpoint
+    engine.load_model_weights(run_dir)  # the best epoch's checkpoint, on every rank
     kept = best_epoch(progress["history"])
     if kept is not None:
         row = next(r for r in progress["history"] if r["epoch"] == kept)
@@ -455,11 +484,14 @@ def _run_stage(engine: Engine, splits: Splits, cfg: TrainConfig, reporter: Repor
         progress["history"].append(row)
         if val_loss < progress["best"] - 1e-6:
             progress["best"], progress["waited"] = val_loss, 0
-            engine.save_model(run_dir)
+            if engine.main:
+                engine.save_model(run_dir)
         else:
             progress["waited"] += 1
         progress.update(epoch=epoch + 1, stage=s_index)
-        engine.save_state(state_path, progress)
+        if engine.main:
+            engine.save_state(state_path, progress)
+        fault_point(f"epoch:{len(progress['history'])}")
         try:
             reporter.epoch(row)
         except KeyboardInterrupt:
