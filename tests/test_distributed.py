@@ -101,9 +101,19 @@ def test_two_nodes_simulated_on_one_machine(data, tmp_path):
     assert job["world_size"] == 2 and job["weights_sha256_per_rank"][0] == job["weights_sha256_per_rank"][1]
 
 
-def test_feature_extract_under_torchrun_is_refused_in_one_line(data, tmp_path):
-    result = run_tlzoo("train", "--data", str(data), "--weights", "none", "--image-size", "32", "--nproc", "2",
-                       "--out-dir", str(tmp_path / "runs"))  # fmt: skip
-    assert result.returncode != 0
-    assert "feature extraction is not sharded across processes yet" in result.stderr
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+def test_feature_extract_shards_the_images_and_fits_the_head_once(data, tmp_path):
+    env = {"TLZOO_CACHE": str(tmp_path / "cache")}
+    common = ["train", "--backbone", "resnet18", "--weights", "none", "--image-size", "32", "--data", str(data),
+              "--out-dir", str(tmp_path / "runs"), "--json"]  # fmt: skip
+    ddp = _tlzoo(*common, "--nproc", "2", "--name", "fe2", env=env)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    job = json.loads((tmp_path / "runs" / "fe2" / "environment.json").read_text())["distributed"]
+    assert job["world_size"] == 2 and job["feature_images_per_rank"] == [24, 24]
+    first = json.loads(ddp.stdout)
+    assert first["feature_cache"] == "miss"
+    # One process reads the features the two ranks gathered into the cache, and fits the same head.
+    single = _tlzoo(*common, "--name", "fe1", env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    second = json.loads(single.stdout)
+    assert second["feature_cache"] == "hit" and second["accuracy"] == first["accuracy"]
+    assert second["log_loss"] == pytest.approx(first["log_loss"], abs=1e-9)

@@ -111,7 +111,6 @@ def train(
             check.validate()
             check.apply_given(given)
             check.validate()
-        check.check_data_parallel()
         raise typer.Exit(_launch(max(nproc, len(devices))))
     reporter = WarningsReporter(err_console) if (quiet or json) else RichReporter(console, err_console)
     result = run_training(cfg, reporter, resume=resume, exist_ok=exist_ok, given=given, overrides=overrides)

@@ -115,15 +115,6 @@ class TrainConfig:
 
             check_available()
 
-    def check_data_parallel(self) -> None:
-        """What data-parallel training (torchrun, --nproc, --device 0,1) cannot do yet is refused before launching."""
-        if self.strategy == "feature-extract":
-            raise UsageError(
-                "feature-extract across processes: feature extraction is not sharded across processes yet; run it "
-                "as one process (its features are cached, so a second run is fast) or use a strategy that trains "
-                "the backbone"
-            )
-
     @property
     def uses_sklearn_head(self) -> bool:
         return self.strategy == "feature-extract" and self.head in SKLEARN_HEADS

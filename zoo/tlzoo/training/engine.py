@@ -28,6 +28,7 @@ class Engine(ABC):
         self.device_request = device
         self.output = "softmax"
         self.rank = 0  # set by start_distributed
+        self.world_size = 1
 
     @property
     def main(self) -> bool:

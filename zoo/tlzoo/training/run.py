@@ -81,8 +81,6 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
     spec = get_registry().resolve(config.backbone, config.framework)
     size = check_input_size(spec, config.image_size)
     _check_units(spec, config)  # --freeze 99 fails here, before any image is decoded
-    if job.distributed:
-        config.check_data_parallel()
     preflight_weights(spec, None if config.strategy == "scratch" else config.weights)
     for note in notes:
         reporter.info(note)
@@ -222,13 +220,14 @@ def _job_record(engine: Engine, n_train: int) -> dict[str, Any]:
     if not info:
         return {}
     seen = engine.gather(engine.last_epoch_indices())
-    digests = engine.gather(engine.model_digest())
-    distinct = set().union(*map(set, seen))
-    return {"distributed": {
-        **info, "train_images": n_train, "last_epoch_images_per_rank": [len(s) for s in seen],
-        "last_epoch_distinct_images": len(distinct), "last_epoch_images_seen_twice": sum(map(len, seen)) - len(distinct),
-        "weights_sha256_per_rank": digests,
-    }}  # fmt: skip
+    record = {**info, "train_images": n_train, "weights_sha256_per_rank": engine.gather(engine.model_digest())}
+    if any(seen):  # strategies that train: each rank's shard of the last epoch
+        distinct = set().union(*map(set, seen))
+        record.update(last_epoch_images_per_rank=[len(s) for s in seen], last_epoch_distinct_images=len(distinct),
+                      last_epoch_images_seen_twice=sum(map(len, seen)) - len(distinct))  # fmt: skip
+    else:  # feature-extract: each rank extracted every world_size-th image
+        record["feature_images_per_rank"] = [len(range(r, n_train, engine.world_size)) for r in range(engine.world_size)]
+    return {"distributed": record}
 
 
 def _seed(framework: str, seed: int) -> None:
@@ -258,7 +257,7 @@ def _engine(backbone: Backbone, n_classes: int, cfg: TrainConfig, tap: int | Non
 
 
 def _features(backbone: Backbone, tap: int | None, images: np.ndarray, cfg: TrainConfig, reporter: Reporter,
-              what: str) -> tuple[np.ndarray, bool]:  # fmt: skip
+              what: str, engine: Engine) -> tuple[np.ndarray, bool]:  # fmt: skip
     spec = backbone.spec
     # Random initialisation differs by seed and framework version: key on the weights themselves.
     weights = (backbone.weights.tag, backbone.weights.path.stat().st_size) if backbone.weights else backbone.weights_digest()
@@ -273,14 +272,20 @@ def _features(backbone: Backbone, tap: int | None, images: np.ndarray, cfg: Trai
             reporter.info(f"feature cache hit: {what} features reused ({feature_cache.cache_root() / key}.npz)")
             return cached, True
     model = backbone.feature_model(tap)
-    out = []
-    with reporter.task(f"extracting {what} features", len(images)) as advance:
-        for start in range(0, len(images), cfg.batch_size):
-            batch = images[start : start + cfg.batch_size]
-            out.append(backbone._run(model, backbone.preprocess(batch)))
+    # Under torchrun each rank extracts every world_size-th image; the shards are gathered back in order.
+    mine = np.arange(engine.rank, len(images), engine.world_size)
+    out = [np.zeros((0, 0), np.float32)]
+    with reporter.task(f"extracting {what} features", len(mine)) as advance:
+        for start in range(0, len(mine), cfg.batch_size):
+            batch = images[mine[start : start + cfg.batch_size]]
+            out.append(backbone._run(model, backbone.preprocess(batch)).astype(np.float32))
             advance(len(batch))
-    features = np.concatenate(out).astype(np.float32)
-    if cfg.cache:
+    shards = engine.gather(np.concatenate([o for o in out if o.size]) if len(out) > 1 else out[0])
+    features = np.zeros((len(images), max(s.shape[1] for s in shards)), np.float32)
+    for rank, shard in enumerate(shards):
+        if shard.size:
+            features[rank :: engine.world_size] = shard
+    if cfg.cache and engine.main:
         try:
             feature_cache.store(key, features)
         except OSError as exc:  # the cache is an optimisation: a full or read-only disk must not stop training
@@ -297,10 +302,24 @@ def _feature_extract(engine: Engine, backbone: Backbone, splits: Splits, cfg: Tr
     t0 = time.perf_counter()
     for name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
         if part is not None:
-            feats[name], hits[name] = _features(backbone, tap, part.images, cfg, reporter, name)
+            feats[name], hits[name] = _features(backbone, tap, part.images, cfg, reporter, name, engine)
     feature_seconds = time.perf_counter() - t0
     n = len(splits.classes)
     t1 = time.perf_counter()
+    head, history = engine.broadcast(_fit_head(feats, splits, cfg, reporter, backbone, n) if engine.main else None)
+    head_seconds = time.perf_counter() - t1
+    engine.build(head)
+    eval_feats = feats["test"] if splits.test is not None else feats["val"]
+    extra = {
+        "feature_cache": "hit" if all(hits.values()) else ("partial" if any(hits.values()) else "miss"),
+        "feature_seconds": round(feature_seconds, 3), "head_seconds": round(head_seconds, 3), "head": cfg.head,
+    }  # fmt: skip
+    return history, probabilities(head.logits(eval_feats), head.output), extra
+
+
+def _fit_head(feats: dict[str, np.ndarray], splits: Splits, cfg: TrainConfig, reporter: Reporter, backbone: Backbone,
+              n: int) -> tuple[HeadParams, list[dict[str, Any]]]:  # fmt: skip
+    """The head on the cached features: once, on rank 0 under torchrun."""
     if cfg.head == "mlp":
         head = fit_mlp(
             feats["train"], splits.train.labels, feats["val"], splits.val.labels, n, hidden=cfg.hidden,
@@ -314,14 +333,7 @@ def _feature_extract(engine: Engine, backbone: Backbone, splits: Splits, cfg: Tr
         head = fit_linear(cfg.head, feats["train"], splits.train.labels, n, c=c, seed=cfg.seed)
         history = [{**_row(1, "head", head, feats, splits), "C": c}]
         reporter.epoch(history[0])
-    head_seconds = time.perf_counter() - t1
-    engine.build(head)
-    eval_feats = feats["test"] if splits.test is not None else feats["val"]
-    extra = {
-        "feature_cache": "hit" if all(hits.values()) else ("partial" if any(hits.values()) else "miss"),
-        "feature_seconds": round(feature_seconds, 3), "head_seconds": round(head_seconds, 3), "head": cfg.head,
-    }  # fmt: skip
-    return history, probabilities(head.logits(eval_feats), head.output), extra
+    return head, history
 
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
