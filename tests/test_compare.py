@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tlzoo.compare import parse_strategies, plan
+from tlzoo.comparison import parse_strategies, plan
 from tlzoo.errors import FreezeSpecError, UnknownBackboneError, UsageError
 
 from .conftest import run_tlzoo

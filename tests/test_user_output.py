@@ -102,6 +102,9 @@ def test_predict_and_evaluate_from_a_run_directory_and_the_model_card(small, tmp
 
 
 def test_python_api_train_evaluate_predict_compare(small, tmp_path):
+    import tlzoo.comparison  # noqa: F401  (a submodule import must not shadow tlzoo.compare the function)
+
+    assert callable(tlzoo.compare) and callable(tlzoo.evaluate) and callable(tlzoo.predict)
     result = tlzoo.train(backbone="torch/resnet18", data=str(small), weights="none", image_size=32,
                          out_dir=str(tmp_path / "runs"), name="api", verbose=False)  # fmt: skip
     metrics = tlzoo.evaluate(result.run_dir, small)

@@ -129,7 +129,7 @@ def compare(data: Any = None, backbones: Any = "mobilenet_v2", strategies: str =
     """Train every backbone x strategy on one split, like ``tlzoo compare``; returns the ranked leaderboard."""
     from pathlib import Path
 
-    from .compare import common_args, compare as run_compare, ranked
+    from .comparison import common_args, compare as run_compare, ranked
     from .datasets import ensure_digits
     from .training.data_prep import default_data_root
 

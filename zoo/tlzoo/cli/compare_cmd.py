@@ -30,7 +30,7 @@ def compare(
     json: Annotated[bool, typer.Option("--json", help="Print the leaderboard as JSON.")] = False,
 ) -> None:
     """Train every backbone x strategy on the same split and compare them side by side."""
-    from ..compare import COLUMNS, cell, common_args, compare as run_compare, ranked
+    from ..comparison import COLUMNS, cell, common_args, compare as run_compare, ranked
     from ..datasets import ensure_digits
     from ..training.data_prep import default_data_root
 
