@@ -116,7 +116,8 @@ def evaluate(model: Any, data: Any, *, batch_size: int = 64) -> dict[str, Any]:
 def predict(model: Any, images: Any, *, top_k: int = 5, batch_size: int = 32, strict: bool = False) -> list[Any]:
     """Top-k labels for image files, folders, uint8 arrays or PIL images, from a run directory or an exported
     file: ``tlzoo.predict("runs/demo", ["cat.jpg", "photos/"])``. Unreadable files are skipped unless ``strict``."""
-    from .inference import open_model, predict_stream
+    from .inference import predict_stream
+    from .loading import open_model
 
     sources = images if isinstance(images, list) else [images]
     return list(predict_stream(open_model(model), sources, top_k=top_k, batch_size=batch_size, strict=strict))

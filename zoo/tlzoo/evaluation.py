@@ -13,7 +13,8 @@ import numpy as np
 
 from . import data as datamod
 from .errors import DataError, UsageError
-from .inference import check_batch_options, open_model
+from .inference import check_batch_options
+from .loading import open_model
 
 
 def evaluate_model(model: Path, data: Path, *, batch_size: int = 64, strict: bool = False) -> dict[str, Any]:

@@ -23,7 +23,8 @@ def predict(
 ) -> None:
     """Classify images with a trained run or an exported model (labels and preprocessing come with it)."""
     from ..errors import UsageError
-    from ..inference import check_batch_options, open_model, predict_stream
+    from ..inference import check_batch_options, predict_stream
+    from ..loading import open_model
 
     check_batch_options(top_k, batch_size)
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
