@@ -138,3 +138,67 @@ def test_a_plugin_that_calls_sys_exit_at_import_is_reported_not_fatal(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "plugin 'exits_at_import': import failed: SystemExit: 3" in result.stderr
     assert len(json.loads(result.stdout)) == 18
+
+
+class MisspeltPlugin:
+    __name__ = "misspelt"
+
+    @tlzoo.hookimpl
+    def register_backbone(self):
+        return [make_spec("neverseen")]
+
+
+class UnmarkedPlugin:
+    __name__ = "unmarked"
+
+    def register_backbones(self):
+        return [make_spec("neverseen")]
+
+
+@pytest.mark.parametrize(("plugin", "words"), [
+    (MisspeltPlugin(), "register_backbone() is not a tlzoo hook (did you mean register_backbones?)"),
+    (UnmarkedPlugin(), "register_backbones() is not marked @tlzoo.hookimpl, so it is never called"),
+])  # fmt: skip
+def test_misspelled_and_unmarked_hooks_are_reported_not_shown_ok(plugin, words):
+    tlzoo.register_plugin(plugin, name=plugin.__name__)
+    get_registry()
+    status = get_host().statuses[plugin.__name__]
+    assert not status.ok and any(words in e for e in status.errors), status.errors
+    assert "torch/neverseen" not in {s.id for s in tlzoo.list_backbones()}
+
+
+TINY_PLUGIN = textwrap.dedent('''
+    import tlzoo
+    from tlzoo.specs import TORCHVISION_IMAGENET
+
+
+    @tlzoo.hookimpl
+    def register_backbones():
+        return [tlzoo.BackboneSpec(name="tinycnn", framework="torch", builder="tinycnn_plugin:build",
+                                   input_size=(32, 32), feature_dim=8, num_params=240,
+                                   preprocessing=TORCHVISION_IMAGENET)]
+
+
+    def build(*, spec, weights, input_size):
+        from torch import nn
+
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+''')
+
+
+def test_plugin_modules_reach_compare_runs_and_all_failing_exits_non_zero(tmp_path):
+    from .datagen import write_folder
+
+    (tmp_path / "tinycnn_plugin.py").write_text(TINY_PLUGIN)
+    data = write_folder(tmp_path / "data", per_class=6)
+    env = {"PYTHONPATH": str(tmp_path), "TLZOO_CACHE": str(tmp_path / "cache")}
+    common = ["compare", "--data", str(data), "--backbones", "tinycnn", "--image-size", "32", "--epochs", "1",
+              "--weights", "none", "--no-onnx", "--json"]  # fmt: skip
+    ok = run_tlzoo("--plugin", "tinycnn_plugin", *common, "--strategies", "feature-extract", "--out", str(tmp_path / "a"),
+                   env=env)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert [(r["backbone"], r["status"]) for r in json.loads(ok.stdout)] == [("torch/tinycnn", "ok")]
+    failing = run_tlzoo("--plugin", "tinycnn_plugin", *common, "--strategies", "scratch:lr=1e30",
+                        "--out", str(tmp_path / "b"), env=env)  # fmt: skip
+    assert failing.returncode == 1, failing.stderr[-2000:]
+    assert "every combination failed" in failing.stderr and "Traceback" not in failing.stderr

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .plugins import child_env
 from .training.config import HEADS, STRATEGIES
 
 # Parameters a strategy string may set, with the train option each maps to.
@@ -165,7 +166,8 @@ def run_combination(combo: Combination, common: list[str], out_dir: Path, timeou
     row: dict[str, Any] = {"backbone": combo.backbone, "strategy": combo.label, "run_dir": str(out_dir / "runs" / combo.run_name)}
     t0 = time.perf_counter()
     try:
-        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env={**os.environ, "COLUMNS": "120"})
+        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "COLUMNS": "120", **child_env()})  # fmt: skip
     except subprocess.TimeoutExpired:
         row.update(status="over budget", error=f"stopped after {timeout:.0f} s (the rest of --budget)")
         return row
@@ -210,7 +212,7 @@ def _n_train(run_dir: Path) -> int:
 def onnx_latency(row: dict[str, Any], runs: int = 30) -> None:
     """Export the run (checked) and time batch-1 inference with onnxruntime on the CPU."""
     done = subprocess.run([sys.executable, "-m", "tlzoo", "export", "onnx", row["run_dir"], "--json"],
-                          capture_output=True, text=True)  # fmt: skip
+                          capture_output=True, text=True, env={**os.environ, **child_env()})  # fmt: skip
     if done.returncode != 0:
         row["onnx_error"] = (done.stderr.strip().splitlines() or ["export failed"])[-1][-300:]
         return

@@ -62,6 +62,33 @@ class PluginStatus:
         }
 
 
+HOOK_NAMES = tuple(n for n in dir(hookspecs) if n.startswith("register_"))
+
+
+def contract_problems(plugin: object) -> list[str]:
+    """Hooks a plugin meant but pluggy would silently ignore: misspelled names and functions without
+    ``@tlzoo.hookimpl`` (pytest and pluggy's ``check_pending`` catch the first kind the same way)."""
+    import difflib
+
+    marker = f"{hookspecs.PROJECT_NAME}_impl"
+    problems = []
+    for attr in dir(plugin):
+        if not attr.startswith("register_"):
+            continue
+        value = getattr(plugin, attr, None)
+        if not callable(value):
+            continue
+        marked = hasattr(value, marker)
+        if attr in HOOK_NAMES:
+            if not marked:
+                problems.append(f"{attr}() is not marked @tlzoo.hookimpl, so it is never called")
+        elif marked or getattr(value, "__module__", None) == getattr(plugin, "__name__", None):
+            close = difflib.get_close_matches(attr, HOOK_NAMES, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(f"{attr}() is not a tlzoo hook{hint}; the hooks are {', '.join(HOOK_NAMES)}")
+    return problems
+
+
 class PluginHost:
     """A pluggy manager plus the load status of every plugin it tried."""
 
@@ -81,6 +108,11 @@ class PluginHost:
             self.pm.register(plugin, name=name)
         except (Exception, SystemExit) as exc:  # a malformed hookimpl is the plugin's problem, not ours
             status.errors.append(f"could not register: {_describe(exc)}")
+            return
+        status.errors += contract_problems(plugin)
+        if status.errors:  # a plugin that does not keep the contract registers nothing
+            self.pm.unregister(plugin)
+
 
     def add_failed(self, name: str, module: str, error: str, *, source: str, version: str = "") -> None:
         self.statuses[name] = PluginStatus(
@@ -132,6 +164,13 @@ def add_plugin_modules(modules: list[str]) -> None:
         if module and module not in _extra_modules:
             _extra_modules.append(module)
     reset()
+
+
+def child_env() -> dict[str, str]:
+    """Environment for tlzoo subprocesses (compare's runs): the same --plugin modules load there too."""
+    env_modules = [m.strip() for m in os.environ.get(ENV_PLUGINS, "").split(",") if m.strip()]
+    modules = list(dict.fromkeys([*env_modules, *_extra_modules]))
+    return {ENV_PLUGINS: ",".join(modules)} if modules else {}
 
 
 def reset() -> None:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .common import console, handle_errors, print_json, warn_plugins
+from .common import console, escape, fail, handle_errors, print_json, warn_plugins
 
 
 @handle_errors
@@ -51,8 +51,11 @@ def compare(
 
     rows = run_compare(Path(source), names, strategies, out_dir=out, budget_minutes=budget, common=common, onnx=onnx,
                        on_row=show, on_start=start)  # fmt: skip
+    failed_all = bool(rows) and not any(r.get("status") == "ok" for r in rows)
     if json:
         print_json(ranked(rows))
+        if failed_all:
+            raise fail(f"every combination failed; see the errors in {out / 'leaderboard.md'}", 1)
         return
     board = ranked(rows)
     table = Table(title=Text(f"leaderboard ({out / 'leaderboard.md'})"), title_justify="left")
@@ -69,6 +72,9 @@ def compare(
         for number, row in enumerate(board, start=1):
             fields = [f"{header} {cell(row, key)}" for key, header in COLUMNS[2:] if row.get(key) is not None]
             console.print(f"{number}. {row['backbone']} {row['strategy']}: " + ", ".join(fields), markup=False)
+    if failed_all:
+        first = rows[0].get("error", "")
+        raise fail(escape(f"every combination failed (the first: {first}); see {out / 'leaderboard.md'}"), 1)
     best = next((r for r in ranked(rows) if r.get("status") == "ok"), None)
     if best is not None:
         console.print(f"best: {best['backbone']} {best['strategy']} -> tlzoo export onnx {best['run_dir']}", markup=False)
