@@ -117,3 +117,26 @@ def test_feature_extract_shards_the_images_and_fits_the_head_once(data, tmp_path
     second = json.loads(single.stdout)
     assert second["feature_cache"] == "hit" and second["accuracy"] == first["accuracy"]
     assert second["log_loss"] == pytest.approx(first["log_loss"], abs=1e-9)
+
+
+def test_keras_mirrored_strategy_over_two_logical_cpus(data, tmp_path):
+    """``--device 0,1`` with a Keras backbone: one process, one replica per device (tf.distribute); the CPU is
+    split into two logical devices here, as a machine with two GPUs would have two."""
+    out = tmp_path / "runs"
+    env = {"TLZOO_KERAS_CPU_REPLICAS": "2"}
+    result = _tlzoo("train", "--backbone", "keras/mobilenet_v2", "--weights", "none", "--image-size", "32", "--data",
+                    str(data), "--freeze", "20", "--epochs", "2", "--batch-size", "8", "--device", "0,1",
+                    "--out-dir", str(out), "--name", "mirror", "--json", env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "launching" not in result.stderr, "Keras spreads one process over the devices: no torchrun"
+    job = json.loads((out / "mirror" / "environment.json").read_text())["distributed"]
+    assert job["replicas"] == 2 and job["devices"] == ["/cpu:0", "/cpu:1"] and job["world_size"] == 1
+    history = (out / "mirror" / "history.csv").read_text().splitlines()
+    assert len(history) == 3
+    scored = _tlzoo("evaluate", str(out / "mirror"), "--data", str(data), "--json")  # the mirrored model loads back
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    assert json.loads(scored.stdout)["n"] == 60
+    # Without GPUs (and without the test hook), the same request is refused in one line.
+    refused = _tlzoo("train", "--backbone", "keras/mobilenet_v2", "--weights", "none", "--image-size", "32", "--data",
+                     str(data), "--strategy", "fine-tune", "--device", "0,1", "--out-dir", str(out))  # fmt: skip
+    assert refused.returncode == 2 and "TensorFlow sees no GPU on this machine" in refused.stderr

@@ -99,6 +99,12 @@ def train(
     devices = [d for d in device.split(",") if d.strip()]
     if nproc < 1:
         raise UsageError(f"--nproc must be at least 1, got {nproc}")
+    if len(devices) > 1 and nproc == 1 and not job.distributed:
+        from ..frameworks import IN_PROCESS_MULTI_DEVICE
+        from ..registry import get_registry
+
+        if get_registry().resolve(cfg.backbone, cfg.framework).framework in IN_PROCESS_MULTI_DEVICE:
+            devices = devices[:1]  # the engine spreads this one process over the devices itself
     if (nproc > 1 or len(devices) > 1) and not job.distributed:
         if nproc > 1 and len(devices) > 1 and nproc != len(devices):
             raise UsageError(f"--nproc {nproc} and --device {device} disagree: one process per listed GPU")

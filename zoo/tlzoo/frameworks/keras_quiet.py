@@ -37,11 +37,19 @@ def native_stderr_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
+# Test hook: split the CPU into N logical devices, so that multi-device training (MirroredStrategy) can be
+# exercised on a machine without GPUs. Must happen before TensorFlow initialises its devices.
+CPU_REPLICAS_ENV = "TLZOO_KERAS_CPU_REPLICAS"
+
 with native_stderr_silenced():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
     import keras
 
+    _replicas = os.environ.get(CPU_REPLICAS_ENV, "").strip()
+    if _replicas.isdigit() and int(_replicas) > 1:
+        _cpus = tf.config.list_physical_devices("CPU")
+        tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * int(_replicas))
     tf.config.list_physical_devices("GPU")
 
 __all__ = ["keras", "native_stderr_silenced", "tf"]

@@ -55,6 +55,7 @@ class KerasEngine(Engine):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.strategy: Any = None
         self._apply_device()
         keras.utils.set_random_seed(self.seed)
         self.model: keras.Model | None = None
@@ -78,6 +79,8 @@ class KerasEngine(Engine):
                 tf.config.set_visible_devices([], "GPU")
             except RuntimeError:  # TensorFlow already initialised its devices in this process
                 pass
+        elif "," in text:
+            self._mirror([int(t) for t in text.split(",")], gpus)
         elif text != "auto":
             if text.isdigit() or text in ("gpu", "cuda") or text.startswith("cuda:"):
                 index = int(text.rpartition(":")[2]) if ":" in text else int(text) if text.isdigit() else 0
@@ -91,15 +94,46 @@ class KerasEngine(Engine):
             else:
                 raise UsageError(f"--device {self.device_request!r} is not a device for Keras: use auto, cpu, gpu or N")
 
+    def _mirror(self, indices: list[int], gpus: list[Any]) -> None:
+        """``--device 0,1``: one replica per GPU in this process (tf.distribute.MirroredStrategy)."""
+        from ..errors import UsageError
+
+        logical_cpus = tf.config.list_logical_devices("CPU")
+        if gpus:
+            if max(indices) >= len(gpus):
+                raise UsageError(f"--device {self.device_request}: TensorFlow sees {len(gpus)} GPU(s), numbered "
+                                 f"0..{len(gpus) - 1}")  # fmt: skip
+            devices = [f"/gpu:{i}" for i in indices]
+        elif len(logical_cpus) > max(indices):  # the test hook's logical CPUs (keras_quiet.CPU_REPLICAS_ENV)
+            devices = [f"/cpu:{i}" for i in indices]
+        else:
+            raise UsageError(f"--device {self.device_request}: TensorFlow sees no GPU on this machine; use one "
+                             f"device (--device cpu or auto)")  # fmt: skip
+        self.strategy = tf.distribute.MirroredStrategy(devices)
+        self.job_info = {"world_size": 1, "replicas": len(devices), "strategy": "tf.distribute.MirroredStrategy",
+                         "devices": devices}  # fmt: skip
+
+    def _scope(self) -> Any:
+        from contextlib import nullcontext
+
+        return self.strategy.scope() if self.strategy is not None else nullcontext()
+
     def build(self, head: HeadParams | None = None) -> None:
         features = self.backbone.feature_model(self.tap)
-        dim = int(features.output.shape[-1])
-        sizes = head.sizes if head is not None else [dim, self.n_classes]
-        dropout = head.dropout if head is not None else self.dropout
-        if head is not None:
-            self.output = head.output
-        logits = make_head(features.output, sizes, dropout, head)
-        self.model = keras.Model(features.input, logits, name=f"tlzoo_{self.backbone.spec.name}")
+        with self._scope():
+            if self.strategy is not None:
+                # Variables must be made in the strategy's scope to be mirrored: a copy of the (frozen as
+                # configured) backbone, with its weights.
+                source = features
+                features = keras.models.clone_model(source)
+                features.set_weights(source.get_weights())
+            dim = int(features.output.shape[-1])
+            sizes = head.sizes if head is not None else [dim, self.n_classes]
+            dropout = head.dropout if head is not None else self.dropout
+            if head is not None:
+                self.output = head.output
+            logits = make_head(features.output, sizes, dropout, head)
+            self.model = keras.Model(features.input, logits, name=f"tlzoo_{self.backbone.spec.name}")
         self.head_names = {f"head_dense_{i}" for i in range(len(sizes) - 1)}
 
     def configure(self, *, lr: float, backbone_lr_mult: float, optimizer: str, momentum: float, nesterov: bool,
@@ -111,12 +145,13 @@ class KerasEngine(Engine):
         self.body_vars = [v for v in self.model.trainable_weights if id(v) not in head_ids]
         if backbone_lr_mult <= 0:
             self.body_vars = []
-        self.optimizers = [(_optimizer(optimizer, lr, momentum, nesterov, weight_decay), self.head_vars, lr)]
-        if self.body_vars:
-            body_lr = lr * backbone_lr_mult
-            self.optimizers.append((_optimizer(optimizer, body_lr, momentum, nesterov, weight_decay), self.body_vars, body_lr))
-        for opt, variables, _ in self.optimizers:
-            opt.build(variables)
+        with self._scope():
+            self.optimizers = [(_optimizer(optimizer, lr, momentum, nesterov, weight_decay), self.head_vars, lr)]
+            if self.body_vars:
+                body_lr = lr * backbone_lr_mult
+                self.optimizers.append((_optimizer(optimizer, body_lr, momentum, nesterov, weight_decay), self.body_vars, body_lr))
+            for opt, variables, _ in self.optimizers:
+                opt.build(variables)
         self._step = None
 
     def set_lr_factor(self, factor: float) -> None:
@@ -145,6 +180,37 @@ class KerasEngine(Engine):
             layers.append(keras.layers.RandomFlip("horizontal", seed=self.seed))
         return keras.Sequential(layers) if layers else None
 
+    def _make_mirrored_step(self, augmenter: keras.Sequential | None) -> Any:
+        """The same step with one replica per device: each takes its slice of the batch, the gradients of the
+        global-batch average are summed across replicas before every update."""
+        assert self.model is not None
+        model, prep, strategy = self.model, self.backbone.spec.preprocessing, self.strategy
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
+        n_head = len(self.head_vars)
+
+        def replica(images: tf.Tensor, labels: tf.Tensor, global_batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            x = tf.cast(images, tf.float32)
+            if augmenter is not None:
+                x = augmenter(x, training=True)
+            x = normalize(x, prep)
+            with tf.GradientTape() as tape:
+                logits = model(x, training=True)
+                loss = tf.reduce_sum(loss_fn(labels, logits)) / tf.cast(global_batch, tf.float32)
+            grads = tape.gradient(loss, self.head_vars + self.body_vars)
+            self.optimizers[0][0].apply_gradients(zip(grads[:n_head], self.head_vars))
+            if self.body_vars:
+                self.optimizers[1][0].apply_gradients(zip(grads[n_head:], self.body_vars))
+            correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int64), labels), tf.int64))
+            return loss, correct
+
+        @tf.function(reduce_retracing=True)
+        def step(images: Any, labels: Any, global_batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            loss, correct = strategy.run(replica, args=(images, labels, global_batch))
+            total = tf.distribute.ReduceOp.SUM
+            return strategy.reduce(total, loss, axis=None), strategy.reduce(total, correct, axis=None)
+
+        return step
+
     def _make_step(self, augmenter: keras.Sequential | None) -> Any:
         assert self.model is not None
         model, prep = self.model, self.backbone.spec.preprocessing
@@ -172,13 +238,27 @@ class KerasEngine(Engine):
     def train_epoch(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, augment: list[str],
                     epoch: int, workers: int, progress: ProgressFn | None) -> tuple[float, float]:  # fmt: skip
         if self._step is None:
-            self._augment_model = self._augmenter(augment)
-            self._step = self._make_step(self._augment_model)
+            with self._scope():
+                self._augment_model = self._augmenter(augment)
+            make = self._make_mirrored_step if self.strategy is not None else self._make_step
+            self._step = make(self._augment_model)
         self.seed_epoch(epoch)  # see TorchEngine.train_epoch
         tf.random.set_seed(self.epoch_seed(epoch))
         self._reseed_layers(epoch)
         order = self.set_rng(epoch).permutation(len(labels))
         total, correct = 0.0, 0
+        if self.strategy is not None:
+            data = tf.data.Dataset.from_tensor_slices((images[order], labels[order].astype(np.int64))).batch(batch_size)
+            sizes = [len(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+            for n, (x, y) in zip(sizes, self.strategy.experimental_distribute_dataset(data)):
+                loss, right = self._step(x, y, tf.constant(n))
+                if not np.isfinite(float(loss)):
+                    raise TrainingDiverged(float(loss))
+                total += float(loss) * n
+                correct += int(right)
+                if progress is not None:
+                    progress(n)
+            return total / len(order), correct / len(order)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             loss, right = self._step(tf.constant(images[idx]), tf.constant(labels[idx].astype(np.int64)))

@@ -107,7 +107,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
         run_dir, created = new_run_dir(Path(config.out_dir), config.name or f"{spec.name}-{config.strategy}",
                                        exist_ok=exist_ok)  # fmt: skip
     run_dir = Path(engine.broadcast(str(run_dir) if engine.main else None))
-    engine.job_info = job_info  # type: ignore[attr-defined]
+    if job_info:
+        engine.job_info = job_info  # type: ignore[attr-defined]
     if config.tensorboard and engine.main:
         from .tensorboard import FOLDER, TensorBoardReporter
 
@@ -219,6 +220,8 @@ def _job_record(engine: Engine, n_train: int) -> dict[str, Any]:
     info = getattr(engine, "job_info", {})
     if not info:
         return {}
+    if engine.world_size == 1:  # several devices in one process (Keras' MirroredStrategy)
+        return {"distributed": {**info, "train_images": n_train}}
     seen = engine.gather(engine.last_epoch_indices())
     record = {**info, "train_images": n_train, "weights_sha256_per_rank": engine.gather(engine.model_digest())}
     if any(seen):  # strategies that train: each rank's shard of the last epoch
