@@ -72,6 +72,13 @@ def spread_floor(std: np.ndarray) -> np.ndarray:
 
 def fit_linear(kind: str, x: np.ndarray, y: np.ndarray, n_classes: int, *, c: float = 1.0, seed: int = 0) -> HeadParams:
     """``softmax``, ``logreg-ovr`` or ``linear-svm`` fitted by scikit-learn, scaler folded in."""
+    return fit_linear_path(kind, x, y, n_classes, (c,), seed=seed)[0]
+
+
+def fit_linear_path(kind: str, x: np.ndarray, y: np.ndarray, n_classes: int, cs: tuple[float, ...], *,
+                    seed: int = 0) -> list[HeadParams]:  # fmt: skip
+    """One head per regularization in ``cs`` (ascending), on one standardization. The softmax fits are
+    warm-started from the previous C's solution (the same convex optimum, reached in far fewer iterations)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
     from sklearn.preprocessing import StandardScaler
@@ -80,25 +87,38 @@ def fit_linear(kind: str, x: np.ndarray, y: np.ndarray, n_classes: int, *, c: fl
     scaler = StandardScaler().fit(x)
     scaler.scale_ = spread_floor(scaler.scale_)
     xs = scaler.transform(x)
-    output = "softmax"
-    if kind == "softmax":
-        model: Any = LogisticRegression(C=c, max_iter=3000, random_state=seed).fit(xs, y)
-        coef, intercept, classes = model.coef_, model.intercept_, model.classes_
-    elif kind == "logreg-ovr":
-        model = OneVsRestClassifier(LogisticRegression(C=c, max_iter=3000, random_state=seed)).fit(xs, y)
-        coef = np.vstack([e.coef_ for e in model.estimators_])
-        intercept = np.concatenate([e.intercept_ for e in model.estimators_])
-        classes, output = model.classes_, "ovr"
-    elif kind == "linear-svm":
-        # Probabilities are a softmax over the SVM margins: uncalibrated, but monotone in the margin.
-        model = LinearSVC(C=c, dual="auto", random_state=seed, max_iter=5000).fit(xs, y)
-        coef, intercept, classes = model.coef_, model.intercept_, model.classes_
-    else:
-        raise ValueError(f"not a linear head: {kind}")
+    heads = []
+    warm: Any = None
+    for c in cs:
+        output = "softmax"
+        if kind == "softmax":
+            if warm is None:
+                warm = LogisticRegression(C=c, max_iter=3000, random_state=seed, warm_start=True)
+            warm.set_params(C=c)
+            model: Any = warm.fit(xs, y)
+            coef, intercept, classes = model.coef_.copy(), model.intercept_.copy(), model.classes_
+        elif kind == "logreg-ovr":
+            model = OneVsRestClassifier(LogisticRegression(C=c, max_iter=3000, random_state=seed)).fit(xs, y)
+            coef = np.vstack([e.coef_ for e in model.estimators_])
+            intercept = np.concatenate([e.intercept_ for e in model.estimators_])
+            classes, output = model.classes_, "ovr"
+        elif kind == "linear-svm":
+            # Probabilities are a softmax over the SVM margins: uncalibrated, but monotone in the margin.
+            model = LinearSVC(C=c, dual="auto", random_state=seed, max_iter=5000).fit(xs, y)
+            coef, intercept, classes = model.coef_, model.intercept_, model.classes_
+        else:
+            raise ValueError(f"not a linear head: {kind}")
+        heads.append(_fold(coef, intercept, classes, scaler, x.shape[1], n_classes, output))
+    return heads
+
+
+def _fold(coef: np.ndarray, intercept: np.ndarray, classes: np.ndarray, scaler: Any, dim: int, n_classes: int,
+          output: str) -> HeadParams:  # fmt: skip
+    """The scaler folded into the weights: one dense layer on the raw features."""
     if coef.shape[0] == 1 and len(classes) == 2:  # binary problems: one row for the positive class
         coef = np.vstack([-coef, coef]) / 2
         intercept = np.array([-intercept[0], intercept[0]]) / 2
-    w = np.zeros((x.shape[1], n_classes))
+    w = np.zeros((dim, n_classes))
     b = np.full(n_classes, _ABSENT_CLASS_BIAS)
     scale = scaler.scale_
     for row, cls in enumerate(classes):

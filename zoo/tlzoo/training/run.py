@@ -34,7 +34,7 @@ from . import cache as feature_cache
 from .config import TrainConfig
 from .data_prep import Splits, prepare
 from .engine import Engine
-from .heads import HeadParams, fit_linear, fit_mlp, probabilities
+from .heads import HeadParams, fit_linear, fit_linear_path, fit_mlp, probabilities
 from .metrics import best_epoch, classification_metrics, plot_confusion, plot_history
 from .reporter import Reporter
 
@@ -332,8 +332,10 @@ def _fit_head(feats: dict[str, np.ndarray], splits: Splits, cfg: TrainConfig, re
         )  # fmt: skip
         history = head.history
     else:
-        c = cfg.c if cfg.c is not None else _choose_c(cfg.head, feats, splits, reporter, cfg.seed)
-        head = fit_linear(cfg.head, feats["train"], splits.train.labels, n, c=c, seed=cfg.seed)
+        if cfg.c is not None:
+            c, head = cfg.c, fit_linear(cfg.head, feats["train"], splits.train.labels, n, c=cfg.c, seed=cfg.seed)
+        else:
+            c, head = _choose_c(cfg.head, feats, splits, reporter, cfg.seed)
         history = [{**_row(1, "head", head, feats, splits), "C": c}]
         reporter.epoch(history[0])
     return head, history
@@ -342,17 +344,19 @@ def _fit_head(feats: dict[str, np.ndarray], splits: Splits, cfg: TrainConfig, re
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 
 
-def _choose_c(kind: str, feats: dict[str, np.ndarray], splits: Splits, reporter: Reporter, seed: int) -> float:
-    """The regularization with the best validation accuracy (then log loss), as LogisticRegressionCV would."""
+def _choose_c(kind: str, feats: dict[str, np.ndarray], splits: Splits, reporter: Reporter,
+              seed: int) -> tuple[float, HeadParams]:  # fmt: skip
+    """The regularization with the best validation accuracy (then log loss), as LogisticRegressionCV would, and
+    the head fitted with it: the path over C is warm-started and the winner is kept, not refitted."""
+    heads = fit_linear_path(kind, feats["train"], splits.train.labels, len(splits.classes), C_GRID, seed=seed)
     scores = []
-    for c in C_GRID:
-        head = fit_linear(kind, feats["train"], splits.train.labels, len(splits.classes), c=c, seed=seed)
+    for c, head in zip(C_GRID, heads):
         row = _row(1, "head", head, feats, splits)
-        scores.append((row["val_accuracy"], -row["val_loss"], -c, c))
-    best = max(scores)[-1]
+        scores.append((row["val_accuracy"], -row["val_loss"], -c, c, head))
+    best = max(scores, key=lambda t: t[:4])
     reporter.info("--C chosen on validation data: " + ", ".join(
-        f"C={c:g} acc {acc:.4f}" for acc, _, _, c in scores) + f" -> C={best:g}")  # fmt: skip
-    return best
+        f"C={c:g} acc {acc:.4f}" for acc, _, _, c, _ in scores) + f" -> C={best[3]:g}")  # fmt: skip
+    return best[3], best[4]
 
 
 def _row(epoch: int, stage: str, head: HeadParams, feats: dict[str, np.ndarray], splits: Splits) -> dict[str, Any]:

@@ -1,0 +1,89 @@
+"""Feature extraction speed: tlzoo's torch path against onnxruntime on the exported classifier of the same
+backbone, and against the NCHW path tlzoo used before, alternated in one process.
+
+    python benchmarks/feature_speed.py [--rounds 3] [--images 256]
+
+MobileNetV2 at 224 px, batch 32, RGB uint8 images in; images/s of the whole call (normalization included).
+The goal (issue 11): tlzoo's extraction >= 0.8x the images/s onnxruntime reaches on the exported classifier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+
+import numpy as np
+from _common import import_offline_weights, write
+
+
+def _rate(fn, n: int) -> float:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--images", type=int, default=256)
+    args = parser.parse_args()
+
+    import torch  # noqa: F401  (before anything else that loads LLVM)
+
+    import tlzoo
+    from tlzoo.datasets import ensure_digits
+    from tlzoo.training.data_prep import default_data_root
+
+    import_offline_weights()
+    digits = ensure_digits(default_data_root())
+    work = Path(tempfile.mkdtemp(prefix="tlzoo-bench-features-"))
+    data = work / "data"
+    for class_dir in sorted(digits.iterdir()):
+        (data / class_dir.name).mkdir(parents=True)
+        for f in sorted(class_dir.iterdir())[:10]:
+            (data / class_dir.name / f.name).symlink_to(f)
+    run = tlzoo.train(backbone="torch/mobilenet_v2", data=str(data), out_dir=str(work / "runs"), name="fe",
+                      verbose=False).run_dir  # fmt: skip
+    exported = tlzoo.export(run, out=work / "fe.onnx", check=False)
+    predictor = tlzoo.Predictor(exported["path"], provider="cpu")
+
+    backbone = tlzoo.get_backbone("torch/mobilenet_v2", pretrained=True)
+    old = tlzoo.get_backbone("torch/mobilenet_v2", pretrained=True)  # the NCHW-contiguous path, as before
+    images = np.random.default_rng(0).integers(0, 256, (args.images, 224, 224, 3), dtype=np.uint8)
+
+    def nchw() -> None:
+        import torch
+
+        with torch.inference_mode():
+            for i in range(0, len(images), 32):
+                x = torch.from_numpy(np.ascontiguousarray(old.preprocess(images[i : i + 32]).transpose(0, 3, 1, 2)))
+                old.model.eval()(x)
+
+    runners = {
+        "tlzoo torch (channels_last, inference_mode)": lambda: backbone.extract_features(images, batch_size=32),
+        "torch NCHW (tlzoo before)": nchw,
+        "onnxruntime, exported classifier": lambda: predictor.predict_proba(images, batch_size=32),
+    }
+    for fn in runners.values():  # warm-up
+        fn()
+    samples: dict[str, list[float]] = {k: [] for k in runners}
+    for r in range(args.rounds):
+        for name in list(runners) if r % 2 == 0 else list(runners)[::-1]:
+            samples[name].append(_rate(runners[name], len(images)))
+    rates = {k: round(median(v), 1) for k, v in samples.items()}
+    ours, ort = rates["tlzoo torch (channels_last, inference_mode)"], rates["onnxruntime, exported classifier"]
+    result = {
+        "what": f"MobileNetV2 (IMAGENET1K_V1) at 224 px, batch 32, {args.images} random uint8 images, median of "
+                f"{args.rounds} alternated rounds",
+        "images_per_second": rates, "tlzoo_vs_onnxruntime": round(ours / ort, 2),
+        "tlzoo_vs_before": round(ours / rates["torch NCHW (tlzoo before)"], 2), "goal": ">= 0.8x onnxruntime",
+    }  # fmt: skip
+    print(result)
+    write("feature_speed", result)
+
+
+if __name__ == "__main__":
+    main()
