@@ -180,15 +180,16 @@ class KerasEngine(Engine):
             layers.append(keras.layers.RandomFlip("horizontal", seed=self.seed))
         return keras.Sequential(layers) if layers else None
 
-    def _make_mirrored_step(self, augmenter: keras.Sequential | None) -> Any:
-        """The same step with one replica per device: each takes its slice of the batch, the gradients of the
-        global-batch average are summed across replicas before every update."""
+    def _replica_step(self, augmenter: keras.Sequential | None) -> Any:
+        """One optimisation step on a batch (or, under MirroredStrategy, on one replica's slice of it): the loss
+        is the sum over these images divided by the global batch, so replicas' gradients add up to the
+        global-batch mean."""
         assert self.model is not None
-        model, prep, strategy = self.model, self.backbone.spec.preprocessing, self.strategy
+        model, prep = self.model, self.backbone.spec.preprocessing
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
         n_head = len(self.head_vars)
 
-        def replica(images: tf.Tensor, labels: tf.Tensor, global_batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def step(images: tf.Tensor, labels: tf.Tensor, global_batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             x = tf.cast(images, tf.float32)
             if augmenter is not None:
                 x = augmenter(x, training=True)
@@ -203,6 +204,12 @@ class KerasEngine(Engine):
             correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int64), labels), tf.int64))
             return loss, correct
 
+        return step
+
+    def _make_mirrored_step(self, augmenter: keras.Sequential | None) -> Any:
+        """The step with one replica per device, losses and counts summed across replicas."""
+        replica, strategy = self._replica_step(augmenter), self.strategy
+
         @tf.function(reduce_retracing=True)
         def step(images: Any, labels: Any, global_batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             loss, correct = strategy.run(replica, args=(images, labels, global_batch))
@@ -212,26 +219,11 @@ class KerasEngine(Engine):
         return step
 
     def _make_step(self, augmenter: keras.Sequential | None) -> Any:
-        assert self.model is not None
-        model, prep = self.model, self.backbone.spec.preprocessing
-        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        n_head = len(self.head_vars)
+        replica = self._replica_step(augmenter)
 
         @tf.function(reduce_retracing=True)
         def step(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            x = tf.cast(images, tf.float32)
-            if augmenter is not None:
-                x = augmenter(x, training=True)
-            x = normalize(x, prep)
-            with tf.GradientTape() as tape:
-                logits = model(x, training=True)
-                loss = loss_fn(labels, logits)
-            grads = tape.gradient(loss, self.head_vars + self.body_vars)
-            self.optimizers[0][0].apply_gradients(zip(grads[:n_head], self.head_vars))
-            if self.body_vars:
-                self.optimizers[1][0].apply_gradients(zip(grads[n_head:], self.body_vars))
-            correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int64), labels), tf.int64))
-            return loss, correct
+            return replica(images, labels, tf.shape(labels)[0])
 
         return step
 
