@@ -60,6 +60,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("optimizer-unknown", ["train", "-s", "fine-tune", "--optimizer", "rmsprop", "--data", "{w}/data"], 2, "--optimizer 'rmsprop' is not known"),
     ("device-unknown", ["train", "--device", "banana", "--data", "{w}/data"], 2, "--device 'banana' is not a device"),
     ("device-cuda-without-gpu", ["train", "-b", "resnet18", "--weights", "none", "--image-size", "32", "--device", "cuda", "--data", "{w}/data"], 2, "sees no CUDA GPU"),
+    ("nproc-with-keras", ["train", "-b", "keras/vgg16", "-s", "fine-tune", "--nproc", "2", "--data", "{w}/data"], 2, "keras/vgg16 does not train across processes"),
+    ("nproc-zero", ["train", "-s", "fine-tune", "--nproc", "0", "--data", "{w}/data"], 2, "--nproc must be at least 1"),
     ("backbone-unknown", ["train", "-b", "resnet5", "--data", "{w}/data"], 2, "unknown backbone 'resnet5'"),
     ("framework-unknown", ["train", "--framework", "jax", "--data", "{w}/data"], 2, "unknown framework 'jax'"),
     ("list-framework-unknown", ["list-backbones", "--framework", "jax"], 2, "unknown framework 'jax'"),

@@ -99,11 +99,15 @@ def train(
     devices = [d for d in device.split(",") if d.strip()]
     if nproc < 1:
         raise UsageError(f"--nproc must be at least 1, got {nproc}")
-    if len(devices) > 1 and nproc == 1 and not job.distributed:
+    if (len(devices) > 1 or nproc > 1) and not job.distributed and resume is None:
         from ..frameworks import IN_PROCESS_MULTI_DEVICE
         from ..registry import get_registry
 
-        if get_registry().resolve(cfg.backbone, cfg.framework).framework in IN_PROCESS_MULTI_DEVICE:
+        spec = get_registry().resolve(cfg.backbone, cfg.framework)
+        if spec.framework in IN_PROCESS_MULTI_DEVICE:
+            if nproc > 1:
+                raise UsageError(f"--nproc {nproc}: {spec.id} does not train across processes; give its devices "
+                                 f"with --device 0,1 (one process, one replica per GPU), or use a torch backbone")  # fmt: skip
             devices = devices[:1]  # the engine spreads this one process over the devices itself
     if (nproc > 1 or len(devices) > 1) and not job.distributed:
         if nproc > 1 and len(devices) > 1 and nproc != len(devices):
