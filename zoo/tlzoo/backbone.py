@@ -119,12 +119,17 @@ class Backbone(ABC):
 
         return normalize(images, self.spec.preprocessing)
 
-    def extract_features(self, images: np.ndarray, *, tap: int | None = None, batch_size: int = 32) -> np.ndarray:
-        """Pooled features ``(N, D)`` of RGB uint8 images at input size, in inference mode."""
+    def extract_features(self, images: np.ndarray, *, tap: int | None = None, batch_size: int = 32,
+                         progress: Any = None) -> np.ndarray:  # fmt: skip
+        """Pooled float32 features ``(N, D)`` of RGB uint8 images at input size, in inference mode;
+        ``progress(n)`` is called after each batch."""
         model = self.feature_model(tap)
         out = []
         for start in range(0, len(images), batch_size):
-            out.append(self._run(model, self.preprocess(images[start : start + batch_size])))
+            batch = images[start : start + batch_size]
+            out.append(self._run(model, self.preprocess(batch)).astype(np.float32, copy=False))
+            if progress is not None:
+                progress(len(batch))
         if not out:
             raise UsageError("no images to extract features from")
         return np.concatenate(out, axis=0)

@@ -90,9 +90,8 @@ def train(
         overrides = {k: values[k] for k in given}
         cfg = TrainConfig()
     elif config is not None:
-        base = TrainConfig.load(config).to_dict()
-        file_given = TrainConfig.file_given(config)
-        cfg = TrainConfig(**{**base, **{k: values[k] for k in given}})
+        loaded, file_given = TrainConfig.load_given(config)
+        cfg = TrainConfig(**{**loaded.to_dict(), **{k: values[k] for k in given}})
         given |= file_given
     else:
         cfg = TrainConfig(**values)
@@ -115,12 +114,9 @@ def train(
         if resume is not None:
             from ..training.run import resume_config
 
-            check = resume_config(resume, {k: v for k, v in overrides.items() if k != "device"})[0]
+            resume_config(resume, {k: v for k, v in overrides.items() if k != "device"})
         else:
-            check = TrainConfig(**{**cfg.to_dict(), "device": devices[0] if devices else "auto"})
-            check.validate()
-            check.apply_given(given)
-            check.validate()
+            TrainConfig(**{**cfg.to_dict(), "device": devices[0] if devices else "auto"}).checked(given)
         raise typer.Exit(_launch(max(nproc, len(devices))))
     reporter = WarningsReporter(err_console) if (quiet or json) else RichReporter(console, err_console)
     result = run_training(cfg, reporter, resume=resume, exist_ok=exist_ok, given=given, overrides=overrides)

@@ -177,7 +177,7 @@ class TorchEngine(Engine):
             self._ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, gradient_as_bucket_view=True)
         return self._ddp
 
-    def start_distributed(self, world: Any) -> dict[str, Any]:
+    def start_distributed(self, world: Any) -> None:
         import datetime
 
         dist = torch.distributed
@@ -187,7 +187,7 @@ class TorchEngine(Engine):
         if not dist.is_initialized():
             dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=10))
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        return {"world_size": self.world_size, "backend": dist.get_backend(), "device": str(self._device)}
+        self.job_info = {"world_size": self.world_size, "backend": dist.get_backend(), "device": str(self._device)}
 
     def broadcast(self, value: Any) -> Any:
         if not self.distributed:

@@ -148,6 +148,15 @@ class TrainConfig:
             )
         return notes
 
+    def checked(self, given: Collection[str]) -> tuple[TrainConfig, list[str]]:
+        """A validated copy with the given-options rule applied (the caller's object is left as it was), and
+        the notes for the run's log: what ``tlzoo train`` checks before any data is read."""
+        cfg = TrainConfig(**self.to_dict())
+        cfg.validate()  # first, so that an unknown strategy is named as such rather than as a misfit
+        notes = cfg.apply_given(given)
+        cfg.validate()
+        return cfg, notes
+
     def unused(self, given: Collection[str]) -> list[str]:
         """The generic options given that this strategy and head do not use (accepted, and said)."""
         return [GENERIC[key][0] for key in sorted(given) if key in GENERIC and not GENERIC[key][1](self)]
@@ -180,6 +189,12 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
+        return cls.load_given(path)[0]
+
+    @classmethod
+    def load_given(cls, path: Path) -> tuple[TrainConfig, set[str]]:
+        """A config file's settings, and what it sets: its non-default values, and its strategy whenever it
+        names one (a saved run's config.yaml names every setting)."""
         import yaml
 
         try:
@@ -198,18 +213,10 @@ class TrainConfig:
             raise UsageError(f"{path}: unknown setting(s) {', '.join(unknown)}")
         cfg = cls(**data)
         _check_types(cfg, source=str(path))
-        return cfg
-
-    @staticmethod
-    def file_given(path: Path) -> set[str]:
-        """What a config file sets: its non-default values, and its strategy whenever it names one."""
-        cfg = TrainConfig.load(path)
         given = cfg.given_by_default()
-        import yaml
-
-        if "strategy" in (yaml.safe_load(Path(path).read_text()) or {}):
+        if "strategy" in data:
             given.add("strategy")
-        return given
+        return cfg, given
 
 
 def check_run_name(name: str) -> None:

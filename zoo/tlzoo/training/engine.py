@@ -29,6 +29,7 @@ class Engine(ABC):
         self.output = "softmax"
         self.rank = 0  # set by start_distributed
         self.world_size = 1
+        self.job_info: dict[str, Any] = {}  # what the run records about its ranks or replicas
 
     @property
     def main(self) -> bool:
@@ -86,9 +87,9 @@ class Engine(ABC):
 
     # ------------------------------------------------ data-parallel training (one process by default)
 
-    def start_distributed(self, world: Any) -> dict[str, Any]:
-        """Join the job's process group (``world`` from :func:`tlzoo.distributed.world`); returns what the run
-        records about it. Engines that cannot train across processes refuse."""
+    def start_distributed(self, world: Any) -> None:
+        """Join the job's process group (``world`` from :func:`tlzoo.distributed.world`) and fill ``job_info``.
+        Engines that cannot train across processes refuse."""
         from ..errors import UsageError
 
         raise UsageError(

@@ -71,12 +71,10 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
     if resume is not None:
         config, notes = resume_config(Path(resume), overrides or {})
         given = config.given_by_default()
-    else:
-        config = TrainConfig(**config.to_dict())  # the caller's object is left as it was
-        given = set(given) if given is not None else config.given_by_default()
         config.validate()
-        notes = config.apply_given(given)
-    config.validate()
+    else:
+        given = set(given) if given is not None else config.given_by_default()
+        config, notes = config.checked(given)
     unused = config.unused(given)
     spec = get_registry().resolve(config.backbone, config.framework)
     size = check_input_size(spec, config.image_size)
@@ -96,7 +94,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
         for stage in stages_for(config, len(backbone.units)):  # every --freeze checked before anything is written
             backbone.freeze(stage.freeze)
     engine = _engine(backbone, len(splits.classes), config, tap)
-    job_info = engine.start_distributed(job) if job.distributed else {}
+    if job.distributed:
+        engine.start_distributed(job)
 
     created = False
     if resume is not None:
@@ -107,8 +106,6 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
         run_dir, created = new_run_dir(Path(config.out_dir), config.name or f"{spec.name}-{config.strategy}",
                                        exist_ok=exist_ok)  # fmt: skip
     run_dir = Path(engine.broadcast(str(run_dir) if engine.main else None))
-    if job_info:
-        engine.job_info = job_info  # type: ignore[attr-defined]
     if config.tensorboard and engine.main:
         from .tensorboard import FOLDER, TensorBoardReporter
 
@@ -217,7 +214,7 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
 
 def _job_record(engine: Engine, n_train: int) -> dict[str, Any]:
     """What a data-parallel run records: world size, backend, each rank's share of the last epoch and its weights."""
-    info = getattr(engine, "job_info", {})
+    info = engine.job_info
     if not info:
         return {}
     if engine.world_size == 1:  # several devices in one process (Keras' MirroredStrategy)
@@ -274,20 +271,15 @@ def _features(backbone: Backbone, tap: int | None, images: np.ndarray, cfg: Trai
         if cached is not None and len(cached) == len(images):
             reporter.info(f"feature cache hit: {what} features reused ({feature_cache.cache_root() / key}.npz)")
             return cached, True
-    model = backbone.feature_model(tap)
     # Under torchrun each rank extracts every world_size-th image; the shards are gathered back in order.
-    mine = np.arange(engine.rank, len(images), engine.world_size)
-    out = [np.zeros((0, 0), np.float32)]
+    mine = images[engine.rank :: engine.world_size]
     with reporter.task(f"extracting {what} features", len(mine)) as advance:
-        for start in range(0, len(mine), cfg.batch_size):
-            batch = images[mine[start : start + cfg.batch_size]]
-            out.append(backbone._run(model, backbone.preprocess(batch)).astype(np.float32))
-            advance(len(batch))
-    shards = engine.gather(np.concatenate([o for o in out if o.size]) if len(out) > 1 else out[0])
-    features = np.zeros((len(images), max(s.shape[1] for s in shards)), np.float32)
-    for rank, shard in enumerate(shards):
-        if shard.size:
-            features[rank :: engine.world_size] = shard
+        shard = backbone.extract_features(mine, tap=tap, batch_size=cfg.batch_size, progress=advance) if len(mine) else None
+    shards = engine.gather(shard)
+    features = np.zeros((len(images), next(s.shape[1] for s in shards if s is not None)), np.float32)
+    for rank, part in enumerate(shards):
+        if part is not None:
+            features[rank :: engine.world_size] = part
     if cfg.cache and engine.main:
         try:
             feature_cache.store(key, features)
