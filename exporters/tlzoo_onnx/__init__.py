@@ -1,14 +1,36 @@
-"""tlzoo's built-in ONNX exporter (``tlzoo export onnx RUN``).
+"""tlzoo's built-in ONNX exporter (``tlzoo export onnx RUN``) and its runtime (onnxruntime).
 
-Registered through the ``tlzoo`` entry-point group like any plugin; torch,
-TensorFlow, onnx and onnxruntime are imported only when an export runs.
+Registered through the ``tlzoo`` entry-point group like any plugin. The
+exporter declares its own options (the CLI makes ``tlzoo export onnx`` options
+of them), writes its own metadata (:mod:`tlzoo_onnx.metadata`) and provides
+the runtime that opens ``.onnx`` files for ``tlzoo predict`` and
+``tlzoo evaluate`` (:class:`tlzoo_onnx.predictor.Predictor`). torch,
+TensorFlow, onnx and onnxruntime are imported only when an export or a
+prediction runs.
 """
 
 from __future__ import annotations
 
 from tlzoo import ExporterSpec, hookimpl
+from tlzoo.settings import Setting
 
 __version__ = "0.1.0"
+
+DEFAULT_OPSET = 18
+MIN_OPSET, MAX_OPSET = 13, 23
+
+OPTIONS = (
+    Setting("opset", "int", DEFAULT_OPSET, f"ONNX opset ({MIN_OPSET}..{MAX_OPSET})."),
+    Setting("batch", "str", "dynamic", "'dynamic' or a fixed batch size."),
+    Setting("fp16", "bool", False, "Half-precision weights (inputs and outputs stay float32)."),
+    Setting("int8", "bool", False, "Static int8 quantization (QDQ), calibrated on --calibration."),
+    Setting("calibration", "path", None, "Images for int8 calibration (default: the run's training images)."),
+    Setting("raw_input", "bool", False, "Take uint8 NHWC images; resize and normalize in the graph."),
+    Setting("check", "bool", True, "Compare with the source model on the run's validation images."),
+    Setting("atol", "float", 1e-4, "fp32 check: largest allowed probability difference.", min=0.0),
+    Setting("max_drop", "float", None,
+            "fp16/int8: fail (and write nothing) if accuracy drops more than this many points vs fp32."),
+)
 
 
 @hookimpl
@@ -20,5 +42,8 @@ def register_exporters() -> list[ExporterSpec]:
             file_suffix=".onnx",
             description="ONNX for onnxruntime (CPU, CUDA, TensorRT): checked against the source model, "
             "fp32 / fp16 / int8, optional raw uint8 input with preprocessing inside the graph",
+            options=OPTIONS,
+            runtime="tlzoo_onnx.predictor:Predictor",
+            default_file="model.onnx",
         )
     ]

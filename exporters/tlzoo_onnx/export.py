@@ -1,9 +1,10 @@
 """Export a trained run (backbone + head) to one ONNX file, then check it against the source model.
 
-torch: ``torch.onnx.export(dynamo=True)`` (the TorchScript exporter fails on VGG's adaptive pooling
-at non-224 sizes). Keras: tf2onnx from a ``tf.function`` with an explicit input signature (its
-Keras path is fragile with Keras 3). The graph ends in probabilities; with ``raw_input`` it starts
-from uint8 NHWC images and resizes and normalizes them itself.
+The run's framework adapter converts its classifier (``adapter.converter("onnx")``: torch.onnx for
+torch, tf2onnx for Keras); this module owns everything after that: the IR version, the metadata
+(:mod:`tlzoo_onnx.metadata`), fp16 and int8 variants, and the check against the source model. The
+graph ends in probabilities; with ``raw_input`` it starts from uint8 NHWC images and resizes and
+normalizes them itself.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ from tlzoo.errors import TlzooError, UsageError
 from tlzoo.rundir import fault_point, reclaim_temp_files, temp_prefix
 from tlzoo.trained import TrainedRun, load_run
 
-DEFAULT_OPSET = 18
-MIN_OPSET, MAX_OPSET = 13, 23
+from . import MAX_OPSET, MIN_OPSET
 
 
 class ExportCheckFailed(TlzooError):
@@ -30,9 +30,13 @@ class ExportCheckFailed(TlzooError):
 
 
 def export(run: TrainedRun | Path | str, out: Path | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Export, check and (only when the check passes) write ``out``. Returns the check report."""
-    opts = {"opset": DEFAULT_OPSET, "batch": "dynamic", "fp16": False, "int8": False, "calibration": None,
-            "raw_input": False, "check": True, "atol": 1e-4, "max_drop": None, **(options or {})}  # fmt: skip
+    """Export, check and (only when the check passes) write ``out``. Returns the check report, with
+    ``summary`` and ``warnings`` lines for people."""
+    from tlzoo.settings import resolve
+
+    from . import OPTIONS
+
+    opts = resolve(OPTIONS, {k: v for k, v in (options or {}).items() if v is not None})
     if not isinstance(run, TrainedRun):
         run = load_run(Path(run))
     opset = int(opts["opset"])
@@ -50,10 +54,7 @@ def export(run: TrainedRun | Path | str, out: Path | None = None, options: dict[
     reclaim_temp_files(out.parent)  # what an export killed earlier left behind
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f"{temp_prefix()}export-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        if run.framework == "torch":
-            _export_torch(run, fp32, opset, batch, opts["raw_input"])
-        else:
-            _export_keras(run, fp32, opset, batch, opts["raw_input"])
+        _convert(run, fp32, opset, batch, opts["raw_input"])
         _finish(fp32, run, opts["raw_input"], variant="fp32")
         final = fp32
         if variant == "fp16":
@@ -73,7 +74,34 @@ def export(run: TrainedRun | Path | str, out: Path | None = None, options: dict[
     from tlzoo.model_card import append_export
 
     append_export(run.run_dir, report)
+    report["summary"], report["warnings"] = _summary(report, opts["max_drop"])
     return report
+
+
+def _summary(report: dict[str, Any], max_drop: float | None) -> tuple[list[str], list[str]]:
+    lines, warnings = [f"wrote {report['path']} ({report['variant']})"], []
+    if "max_abs_diff" in report:
+        lines.append(
+            f"checked on {report['check_images']} validation images: max |p - p_source| {report['max_abs_diff']:.2e}, "
+            f"top-1 agreement {report['top1_agreement']:.2%}, accuracy {report['onnx_accuracy']:.4f} "
+            f"(source {report['source_accuracy']:.4f})"
+            + (f", change vs fp32 {report['accuracy_change_vs_fp32']:+.4f}" if "accuracy_change_vs_fp32" in report else "")
+        )
+    measured = report.get("check_images")
+    if "accuracy_change_vs_fp32" in report and measured is not None and measured < 100:
+        warnings.append(
+            f"the accuracy change was measured on only {measured} validation images, where one image is "
+            f"{100 / measured:.1f} points: it cannot show a change of a point"
+            + (f" (--max-drop {max_drop:g})" if max_drop is not None else "")
+            + "; check on more data with tlzoo evaluate MODEL.onnx --data DIR"
+        )  # fmt: skip
+    drop = -100 * report.get("accuracy_change_vs_fp32", 0.0)
+    if drop > 1.0 and max_drop is None:
+        warnings.append(
+            f"the {report['variant']} model loses {drop:.1f} accuracy points against fp32 on the validation "
+            f"images; keep the fp32 model (or --fp16) where that matters, or gate the export with --max-drop"
+        )
+    return lines, warnings
 
 
 def _batch(value: Any) -> int | None:
@@ -88,108 +116,20 @@ def _batch(value: Any) -> int | None:
     return n
 
 
-# ------------------------------------------------------------------ torch
+def _convert(run: TrainedRun, path: Path, opset: int, batch: int | None, raw: bool) -> None:
+    from tlzoo.errors import PluginError
 
-
-def _export_torch(run: TrainedRun, path: Path, opset: int, batch: int | None, raw: bool) -> None:
-    import torch
-    from torch import nn
-
-    from tlzoo.frameworks.torch_train import normalize
-
-    h, w = run.input_size
-    prep, output = run.preprocessing, run.meta["output"]
-
-    class Exported(nn.Module):
-        def __init__(self, classifier: nn.Module) -> None:
-            super().__init__()
-            self.classifier = classifier
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if raw:  # uint8 NHWC of any size -> the backbone's input
-                x = normalize(x, prep)
-                x = nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
-            logits = self.classifier(x)
-            if output == "ovr":
-                p = torch.sigmoid(logits)
-                return p / p.sum(dim=1, keepdim=True)
-            return torch.softmax(logits, dim=1)
-
-    model = Exported(run.model).eval()
-    n = batch or 2
-    example = torch.zeros(n, h, w, 3, dtype=torch.uint8) if raw else torch.zeros(n, 3, h, w)
-    dims: dict[int, Any] = {}
-    if batch is None:
-        dims[0] = torch.export.Dim("batch", min=1, max=4096)
-    if raw:
-        dims[1] = torch.export.Dim("height", min=16, max=4096)
-        dims[2] = torch.export.Dim("width", min=16, max=4096)
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            model, (example,), dynamo=True, opset_version=opset, input_names=["images"],
-            output_names=["probabilities"], dynamic_shapes=({**dims},) if dims else None, verbose=False,
-        )  # fmt: skip
-    program.save(str(path), external_data=False)
-
-
-# ------------------------------------------------------------------ keras
-
-
-def _export_keras(run: TrainedRun, path: Path, opset: int, batch: int | None, raw: bool) -> None:
-    import warnings
-
-    from tlzoo.frameworks.keras_quiet import tf
-    from tlzoo.frameworks.keras_train import normalize
-
-    with warnings.catch_warnings():  # tf2onnx's own deprecation warnings say nothing a user can act on
-        warnings.simplefilter("ignore")
-        import tf2onnx
-
-    h, w = run.input_size
-    prep, output, model = run.preprocessing, run.meta["output"], run.model
-    if raw:
-        signature = [tf.TensorSpec((batch, None, None, 3), tf.uint8, name="images")]
-    else:
-        signature = [tf.TensorSpec((batch, h, w, 3), tf.float32, name="images")]
-
-    @tf.function(input_signature=signature)
-    def serve(images: tf.Tensor) -> tf.Tensor:
-        x = images
-        if raw:
-            x = normalize(tf.image.resize(tf.cast(x, tf.float32), (h, w), method="bilinear"), prep)
-        logits = model(x, training=False)
-        if output == "ovr":
-            p = tf.sigmoid(logits)
-            return tf.identity(p / tf.reduce_sum(p, axis=1, keepdims=True), name="probabilities")
-        return tf.identity(tf.nn.softmax(logits, axis=1), name="probabilities")
-
-    # Freeze everything the function captures (variables, and the constant tensors some Keras 3 layers
-    # such as EfficientNet's Normalization keep), or tf2onnx leaves them as extra graph inputs.
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        proto, _ = tf2onnx.convert.from_graph_def(
-            frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
-            output_names=[t.name for t in frozen.outputs], opset=opset,
-        )  # fmt: skip
-    import onnx
-
-    graph = proto.graph
-    graph.input[0].name, graph.output[0].name = _rename_io(graph, "images", "probabilities")
-    onnx.save(proto, str(path))
-
-
-def _rename_io(graph: Any, new_in: str, new_out: str) -> tuple[str, str]:
-    old_in, old_out = graph.input[0].name, graph.output[0].name
-    for node in graph.node:
-        node.input[:] = [new_in if name == old_in else name for name in node.input]
-        node.output[:] = [new_out if name == old_out else name for name in node.output]
-    return new_in, new_out
+    convert = run.adapter.converter("onnx")
+    if convert is None:
+        raise UsageError(f"{run.meta.backbone}: the {run.framework} framework plugin cannot convert models to ONNX")
+    try:
+        convert(run.model, path, input_size=run.input_size, preprocessing=run.preprocessing, output=run.meta.output,
+                opset=opset, batch=batch, raw_input=raw)  # fmt: skip
+    except (TlzooError, MemoryError, OSError):
+        raise
+    except Exception as exc:
+        raise PluginError(f"the {run.framework} framework's ONNX conversion of {run.meta.backbone} failed: "
+                          f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc  # fmt: skip
 
 
 # ------------------------------------------------------------------ file finishing and variants
@@ -204,24 +144,13 @@ def _finish(path: Path, run: TrainedRun, raw: bool, variant: str) -> None:
     # onnx writes its newest IR version; onnxruntime reads older ones only. The lowest IR version
     # that carries the model's opsets is the most widely loadable.
     model.ir_version = helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
-    h, w = run.input_size
-    layout = "NHWC uint8 RGB 0..255, any size (resized and normalized in the graph)" if raw else (
-        "NHWC float32, normalized" if run.framework == "keras" else "NCHW float32, normalized"
-    )
-    meta = {
-        "tlzoo.version": __version__,
-        "tlzoo.labels": json.dumps(run.classes),
-        "tlzoo.backbone": run.meta["backbone"],
-        "tlzoo.framework": run.framework,
-        "tlzoo.strategy": run.meta.get("strategy", ""),
-        "tlzoo.input_size": json.dumps([h, w]),
-        "tlzoo.layout": "NHWC" if raw or run.framework == "keras" else "NCHW",
-        "tlzoo.input": layout,
-        "tlzoo.raw_input": json.dumps(bool(raw)),
-        "tlzoo.preprocessing": json.dumps(run.preprocessing.to_dict()),
-        "tlzoo.output": "probabilities",
-        "tlzoo.variant": variant,
-    }
+    from . import metadata
+
+    meta = metadata.build(
+        version=__version__, labels=run.classes, backbone=run.meta.backbone, framework=run.framework,
+        strategy=run.meta.strategy, input_size=run.input_size, layout=_layout(run), raw_input=raw,
+        preprocessing=run.preprocessing, variant=variant,
+    )  # fmt: skip
     del model.metadata_props[:]
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=value)
@@ -296,25 +225,14 @@ def _split_images(run: TrainedRun, subset: str, limit: int | None = None) -> np.
 
 def split_set(run: TrainedRun, subset: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The run's own images of one subset (from split.csv), decoded at the input size, and their labels."""
-    import csv
-
     from tlzoo.preprocess import load_image
+    from tlzoo.runfiles import SPLIT
 
-    split = run.run_dir / "split.csv"
-    if not split.is_file():
-        raise UsageError(f"{run.run_dir} has no split.csv to check the export against; use --no-check")
+    split = run.files / SPLIT
     try:
-        with open(split, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not {"path", "label", "subset"} <= set(reader.fieldnames or []):
-                raise ValueError(f"columns {reader.fieldnames}, expected path,label,subset")
-            rows = [r for r in reader if r["subset"] == subset]
-        unknown = sorted({r["label"] for r in rows} - set(run.classes))
-        if unknown or any(not r["path"] for r in rows):
-            raise ValueError(f"labels {unknown} are not the run's classes" if unknown else "empty paths")
-    except (ValueError, UnicodeDecodeError, csv.Error) as exc:
-        raise UsageError(f"{split} is damaged ({exc}); the run's files were edited or are corrupt "
-                         f"(export with --no-check, or train again)") from None  # fmt: skip
+        rows = run.files.read_split(subset, run.classes)
+    except UsageError as exc:
+        raise UsageError(f"{exc} (export with --no-check, or train again)") from None
     if not rows and subset == "val":
         raise UsageError(f"{run.run_dir} has no validation images to check the export against; use --no-check")
     if limit and len(rows) > limit:
@@ -341,7 +259,14 @@ def _model_inputs(run: TrainedRun, images: np.ndarray, raw: bool) -> np.ndarray:
     if raw:
         return images
     x = normalize(images, run.preprocessing)
-    return x if run.framework == "keras" else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if _layout(run) == "NCHW" else x
+
+
+def _layout(run: TrainedRun) -> str:
+    """The classifier's input layout, as its framework plugin declares it."""
+    from tlzoo.registry import get_registry
+
+    return get_registry().framework(run.framework).input_layout
 
 
 # ------------------------------------------------------------------ check

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tlzoo.frameworks.keras_quiet import keras  # noqa: E402  (TensorFlow without its start-up noise)
+from .quiet import keras  # noqa: E402  (TensorFlow without its start-up noise)
 
 CONSTRUCTORS = {
     "vgg16": "VGG16",

@@ -17,21 +17,23 @@ from typing import TYPE_CHECKING, Any
 from .errors import TlzooError
 from .hookspecs import hookimpl
 from .plugins import register_plugin, unregister_plugin
-from .specs import BackboneSpec, ExporterSpec, Preprocessing, UnitSpec, WeightsSpec
+from .specs import BackboneSpec, ExporterSpec, FrameworkSpec, Preprocessing, UnitSpec, WeightsSpec
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .adapters import FrameworkAdapter
     from .backbone import Backbone, get_backbone
-    from .predictor import Predictor
+    from .loading import Predictor
     from .trained import load_run
     from .training.config import TrainConfig
 
 # Public names whose modules import numpy or frameworks: loaded on first use.
 _LAZY = {
     "Backbone": ".backbone",
+    "FrameworkAdapter": ".adapters",
     "get_backbone": ".backbone",
-    "Predictor": ".predictor",
+    "Predictor": ".loading",
     "TrainConfig": ".training.config",
     "load_run": ".trained",
 }
@@ -40,6 +42,8 @@ __all__ = [
     "Backbone",
     "BackboneSpec",
     "ExporterSpec",
+    "FrameworkAdapter",
+    "FrameworkSpec",
     "Predictor",
     "Preprocessing",
     "TlzooError",

@@ -1,13 +1,13 @@
-"""One interface over torch and Keras backbones.
+"""One interface over the backbones of every framework.
 
 ``get_backbone()`` resolves a name, checks the weights, imports the plugin's
-builder and wraps the framework model in a :class:`Backbone`. Framework code
-lives in ``tlzoo.frameworks``; it is imported here only when a model is built.
+builder and has the framework's adapter (:mod:`tlzoo.adapters`) wrap the model
+in a :class:`Backbone`. Framework code lives in the framework plugins
+(``tlzoo_torch``, ``tlzoo_keras``); it is imported only when a model is built.
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +16,7 @@ import numpy as np
 
 from . import freeze as freeze_mod
 from .errors import PluginError, TlzooError, UsageError, WeightsError
+from .plugins import load_object
 from .registry import get_registry
 from .specs import BackboneSpec
 from .weights import ResolvedWeights, resolve
@@ -147,23 +148,14 @@ def check_input_size(spec: BackboneSpec, size: int | tuple[int, int] | None) -> 
     return hw
 
 
-def import_object(path: str, what: str) -> Any:
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-        return getattr(module, attr)
-    except (ImportError, AttributeError) as exc:
-        raise PluginError(f"{what} {path!r} cannot be imported: {type(exc).__name__}: {exc}") from exc
+import_object = load_object  # the name plugins and tests used before tlzoo.plugins.load_object
 
 
 def wrap(spec: BackboneSpec, model: Any, input_size: tuple[int, int], weights: ResolvedWeights | None) -> Backbone:
-    if spec.framework == "torch":
-        from .frameworks.torch_backend import TorchBackbone
+    """The framework's model as a :class:`Backbone`, by the framework's adapter."""
+    from .adapters import adapter_for
 
-        return TorchBackbone(spec, model, input_size, weights)
-    from .frameworks.keras_backend import KerasBackbone
-
-    return KerasBackbone(spec, model, input_size, weights)
+    return adapter_for(spec.framework).wrap(spec, model, input_size, weights)
 
 
 def get_backbone(
@@ -172,18 +164,25 @@ def get_backbone(
     pretrained: bool | str = False,
     framework: str | None = None,
     input_size: int | tuple[int, int] | None = None,
+    seed: int | None = None,
 ) -> Backbone:
     """Build a backbone by name, like ``timm.create_model``.
 
     ``pretrained``: False for random initialisation, True (or ``"auto"``) for
     its ImageNet weights (preferring a file already on disk), a weights tag
     such as ``"IMAGENET1K_V1"``, or the path of a local weights file.
+    ``seed`` seeds the framework first, so a random initialisation is reproducible.
     """
     spec = name if isinstance(name, BackboneSpec) else get_registry().resolve(name, framework)
     size = check_input_size(spec, input_size)
     weights_arg = ("auto" if pretrained else None) if isinstance(pretrained, bool) else pretrained
     resolved = resolve(spec, weights_arg)
-    builder = import_object(spec.builder, f"builder of {spec.id}")
+    from .adapters import adapter_for
+
+    adapter = adapter_for(spec.framework)
+    if seed is not None:
+        adapter.seed(seed)
+    builder = load_object(spec.builder, f"builder of {spec.id}")
     try:
         model = builder(spec=spec, weights=str(resolved.path) if resolved else None, input_size=size)
     except TlzooError:
@@ -193,7 +192,7 @@ def get_backbone(
             raise PluginError(f"the builder of {spec.id} ({spec.builder}) failed: {type(exc).__name__}: "
                               f"{' '.join(str(exc).split())[:300]}") from exc  # fmt: skip
         raise WeightsError(weights_failure(resolved.path, spec, exc)) from exc
-    return wrap(spec, model, size, resolved)
+    return adapter.wrap(spec, model, size, resolved)
 
 
 def weights_failure(path: Any, spec: BackboneSpec, exc: BaseException) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 from .errors import UsageError
 from .plugins import child_env
+from .runfiles import ENVIRONMENT, METRICS, RunFiles
 from .training.config import HEADS, STRATEGIES
 
 # Parameters a strategy string may set, with the train option each maps to.
@@ -177,7 +178,7 @@ def run_combination(combo: Combination, common: list[str], out_dir: Path, timeou
         row.update(status="failed", error=" ".join(lines[-3:])[-500:] or f"exit code {done.returncode}")
         return row
     summary = json.loads(done.stdout)
-    metrics = json.loads((Path(summary["run_dir"]) / "metrics.json").read_text())
+    metrics = RunFiles(summary["run_dir"]).read_json(METRICS)
     history = _history(Path(summary["run_dir"]))
     speeds = [float(r["images_per_second"]) for r in history if r.get("images_per_second")]
     n_train = _n_train(Path(summary["run_dir"]))
@@ -198,42 +199,38 @@ def run_combination(combo: Combination, common: list[str], out_dir: Path, timeou
 
 
 def _history(run_dir: Path) -> list[dict[str, str]]:
-    import csv
-
-    with open(run_dir / "history.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    return RunFiles(run_dir).read_history()
 
 
 def _n_train(run_dir: Path) -> int:
-    env = json.loads((run_dir / "environment.json").read_text())
+    env = RunFiles(run_dir).read_json(ENVIRONMENT)
     return int(env["data"]["train"])
 
 
-def onnx_latency(row: dict[str, Any], runs: int = 30) -> None:
-    """Export the run (checked) and time batch-1 inference with onnxruntime on the CPU."""
-    done = subprocess.run([sys.executable, "-m", "tlzoo", "export", "onnx", row["run_dir"], "--json"],
+def onnx_latency(row: dict[str, Any], runs: int = 30, fmt: str = "onnx") -> None:
+    """Export the run (checked) and time batch-1 inference with the format's runtime on the CPU."""
+    done = subprocess.run([sys.executable, "-m", "tlzoo", "export", fmt, row["run_dir"], "--json"],
                           capture_output=True, text=True, env={**os.environ, **child_env()})  # fmt: skip
     if done.returncode != 0:
-        row["onnx_error"] = (done.stderr.strip().splitlines() or ["export failed"])[-1][-300:]
+        row[f"{fmt}_error"] = (done.stderr.strip().splitlines() or ["export failed"])[-1][-300:]
         return
     import numpy as np
 
-    from .predictor import Predictor
+    from .loading import open_model
 
     report = json.loads(done.stdout)
-    predictor = Predictor(report["path"], provider="cpu")
-    h, w = predictor.input_size
+    model = open_model(report["path"], provider="cpu")
+    h, w = model.input_size
     image = np.zeros((1, h, w, 3), np.uint8)
-    x = predictor._inputs(image)
     for _ in range(3):
-        predictor._run_batch(x)
+        model.predict_proba(image, batch_size=1)
     samples = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        predictor._run_batch(x)
+        model.predict_proba(image, batch_size=1)
         samples.append(time.perf_counter() - t0)
-    row["onnx_path"] = report["path"]
-    row["onnx_latency_ms"] = 1000 * sorted(samples)[len(samples) // 2]
+    row[f"{fmt}_path"] = report["path"]
+    row[f"{fmt}_latency_ms"] = 1000 * sorted(samples)[len(samples) // 2]
 
 
 def compare(data: Path, backbones: list[str], strategies: str, *, out_dir: Path, budget_minutes: float | None,

@@ -27,6 +27,21 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 @hookspec
+def register_frameworks() -> list[Any]:
+    """Return the plugin's frameworks as a list of :class:`tlzoo.FrameworkSpec`.
+
+    A framework is what backbones are written in: torch and Keras are
+    registered this way by tlzoo's own ``tlzoo_torch`` and ``tlzoo_keras``
+    plugins, and a third one (Keras on JAX, Flax, plain numpy) is added the same
+    way without touching tlzoo. The spec is plain data; its ``adapter``
+    ("module:attribute", a :class:`tlzoo.adapters.FrameworkAdapter`) owns
+    everything framework-specific and is imported only when a model is built,
+    trained, loaded or exported. Two plugins registering the same framework
+    name is an error reported for the second; the first keeps it.
+    """
+
+
+@hookspec
 def register_backbones() -> list[Any]:
     """Return the plugin's backbones as a list of :class:`tlzoo.BackboneSpec`.
 
@@ -36,9 +51,13 @@ def register_backbones() -> list[Any]:
     is imported only when the backbone is built.
 
     Each backbone is known by its framework-qualified id ``framework/name``
-    (``torch/vgg16``); its short name (``vgg16``) resolves to the torch
-    backbone when both frameworks have one. Two plugins registering the same id
-    is an error reported for the second plugin; the first keeps the id.
+    (``torch/vgg16``); its ``framework`` must be registered by some plugin
+    (``register_frameworks``). A short name (``vgg16``) means the backbone
+    that first claimed it: tlzoo's built-ins before third-party plugins, and
+    among the built-ins the first framework registered (torch). A plugin
+    backbone whose short name is taken stays reachable by its id, and
+    ``tlzoo plugins`` says so. Two plugins registering the same id is an
+    error reported for the second plugin; the first keeps the id.
     """
 
 
@@ -51,7 +70,14 @@ def register_exporters() -> list[Any]:
     ("module:function") is imported only when the export runs, and is called as
     ``exporter(run, out, options) -> dict``: ``run`` a :class:`tlzoo.trained.TrainedRun`,
     ``out`` the file to write (or None for the exporter's default in the run
-    directory), ``options`` the format's settings. It returns a report with at
+    directory), ``options`` the format's settings, one per
+    :class:`tlzoo.settings.Setting` the spec declares in ``options`` (the CLI
+    makes ``tlzoo export FORMAT`` options of them). It returns a report with at
     least ``path``. It must write nothing at ``out`` unless the export
-    succeeded.
+    succeeded. The framework's model is converted by asking the run's
+    framework adapter: ``adapter.converter(FORMAT)``.
+
+    ``runtime`` ("module:attribute") opens the files the exporter writes (found
+    by ``file_suffix``) for ``tlzoo predict`` and ``tlzoo evaluate``: called as
+    ``runtime(path, provider=...)``, it returns a :class:`tlzoo.inference.Classifier`.
     """

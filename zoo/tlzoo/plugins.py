@@ -30,7 +30,7 @@ ENV_PLUGINS = "TLZOO_PLUGINS"
 ENV_DISABLE_AUTOLOAD = "TLZOO_DISABLE_PLUGIN_AUTOLOAD"
 # Used only when tlzoo's own distribution metadata is missing (running from a
 # bare checkout): the same modules its entry points name.
-BUILTIN_MODULES = {"torchvision": "tlzoo_torchvision", "keras": "tlzoo_keras", "onnx": "tlzoo_onnx"}
+BUILTIN_MODULES = {"torch": "tlzoo_torch", "torchvision": "tlzoo_torchvision", "keras": "tlzoo_keras", "onnx": "tlzoo_onnx"}
 
 
 @dataclass
@@ -41,9 +41,13 @@ class PluginStatus:
     module: str
     version: str = ""
     source: str = "entry point"
+    distribution: str = ""  # the installed package that provides it, when it came from an entry point
+    frameworks: list[str] = field(default_factory=list)
     backbones: list[str] = field(default_factory=list)
     exporters: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # not errors: shadowed short names, framework imports
+    tracebacks: list[str] = field(default_factory=list)  # shown with TLZOO_DEBUG=1
 
     @property
     def ok(self) -> bool:
@@ -55,10 +59,13 @@ class PluginStatus:
             "module": self.module,
             "version": self.version,
             "source": self.source,
+            "distribution": self.distribution,
             "status": "ok" if self.ok else "error",
+            "frameworks": self.frameworks,
             "backbones": self.backbones,
             "exporters": self.exporters,
             "errors": self.errors,
+            "notes": self.notes,
         }
 
 
@@ -101,8 +108,9 @@ class PluginHost:
         name = self.pm.get_name(plugin) or repr(plugin)
         return self.statuses.setdefault(name, PluginStatus(name=name, module=_module_name(plugin)))
 
-    def add(self, plugin: object, name: str, *, source: str, version: str = "") -> None:
-        status = PluginStatus(name=name, module=_module_name(plugin), version=version, source=source)
+    def add(self, plugin: object, name: str, *, source: str, version: str = "", distribution: str = "") -> None:
+        status = PluginStatus(name=name, module=_module_name(plugin), version=version, source=source,
+                              distribution=distribution)  # fmt: skip
         self.statuses[name] = status
         try:
             self.pm.register(plugin, name=name)
@@ -114,10 +122,12 @@ class PluginHost:
             self.pm.unregister(plugin)
 
 
-    def add_failed(self, name: str, module: str, error: str, *, source: str, version: str = "") -> None:
+    def add_failed(self, name: str, module: str, error: str, *, source: str, version: str = "",
+                   distribution: str = "", traceback: str = "") -> None:  # fmt: skip
         self.statuses[name] = PluginStatus(
-            name=name, module=module, version=version, source=source, errors=[error]
-        )
+            name=name, module=module, version=version, source=source, distribution=distribution, errors=[error],
+            tracebacks=[traceback] if traceback else [],
+        )  # fmt: skip
 
     def call_each(self, hook_name: str) -> list[tuple[PluginStatus, list[Any]]]:
         """Call one hook on each plugin separately, so one failure stays local."""
@@ -129,6 +139,7 @@ class PluginHost:
                 returned = impl.function()
             except (Exception, SystemExit) as exc:  # sys.exit() in a plugin is a broken plugin too
                 status.errors.append(f"{hook_name}() raised {_describe(exc)}")
+                status.tracebacks.append(_traceback(exc))
                 continue
             if returned is None:
                 continue
@@ -174,12 +185,9 @@ def child_env() -> dict[str, str]:
 
 
 def reset() -> None:
-    """Forget loaded plugins and the registry built from them."""
+    """Forget loaded plugins (the registry, built from a host, is rebuilt with the next one)."""
     global _host
     _host = None
-    from . import registry
-
-    registry.reset()
 
 
 def get_host() -> PluginHost:
@@ -218,9 +226,10 @@ def _load_entry_points(host: PluginHost) -> None:
         try:
             plugin = ep.load()
         except (Exception, SystemExit) as exc:  # sys.exit() at import is a broken plugin too
-            host.add_failed(ep.name, ep.value, f"import failed: {_describe(exc)}", source=source, version=version)
+            host.add_failed(ep.name, ep.value, f"import failed: {_describe(exc)}", source=source, version=version,
+                            distribution=dist_name, traceback=_traceback(exc))  # fmt: skip
             continue
-        host.add(plugin, ep.name, source=source, version=version)
+        host.add(plugin, ep.name, source=source, version=version, distribution=dist_name)
     if not seen_builtin:
         for name, module in BUILTIN_MODULES.items():
             _load_module(host, module, source="built-in", name=name)
@@ -231,22 +240,31 @@ def _load_module(host: PluginHost, module: str, *, source: str, name: str | None
     try:
         plugin = importlib.import_module(module)
     except (Exception, SystemExit) as exc:
-        host.add_failed(name, module, f"import failed: {_describe(exc)}", source=source)
+        host.add_failed(name, module, f"import failed: {_describe(exc)}", source=source, traceback=_traceback(exc))
         return
-    host.add(plugin, name, source=source, version=str(getattr(plugin, "__version__", "")))
+    host.add(plugin, name, source=source, version=str(getattr(plugin, "__version__", "")),
+             distribution=DISTRIBUTION if source == "built-in" else "")  # fmt: skip
 
 
 def warn_broken_plugins(echo: Callable[[str], None] | None = None) -> None:
     """One line on stderr per broken plugin; details in ``tlzoo plugins``."""
     echo = echo or (lambda line: print(line, file=sys.stderr))
+    debug = os.environ.get("TLZOO_DEBUG", "").strip() not in ("", "0")
     for status in get_host().statuses.values():
         for error in status.errors:
             echo(f"tlzoo: warning: plugin {status.name!r}: {error} (see `tlzoo plugins`)")
+        if debug:
+            for text in status.tracebacks:
+                echo(text.rstrip())
 
 
-def _builtin_first(ep: metadata.EntryPoint) -> tuple[int, str]:
+def _builtin_first(ep: metadata.EntryPoint) -> tuple[int, int, str]:
+    """tlzoo's own plugins first, in BUILTIN_MODULES order (torch's framework first: its backbones own the
+    short names both frameworks have), then third-party plugins by name."""
     dist_name = ep.dist.name if ep.dist is not None else ""
-    return (0 if _normalize(dist_name) == DISTRIBUTION else 1, ep.name)
+    builtin = _normalize(dist_name) == DISTRIBUTION
+    order = list(BUILTIN_MODULES)
+    return (0 if builtin else 1, order.index(ep.name) if builtin and ep.name in order else len(order), ep.name)
 
 
 def _normalize(name: str) -> str:
@@ -255,6 +273,24 @@ def _normalize(name: str) -> str:
 
 def _module_name(plugin: object) -> str:
     return str(getattr(plugin, "__name__", None) or type(plugin).__module__)
+
+
+def load_object(path: str, what: str) -> Any:
+    """Import ``"module:attribute"`` named by a spec; a failure is the plugin's, reported as such."""
+    from .errors import PluginError
+
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise PluginError(f"{what} {path!r} cannot be imported: {type(exc).__name__}: {exc}") from exc
+
+
+def _traceback(exc: BaseException) -> str:
+    import traceback
+
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,8 +1,11 @@
-"""The backbone and exporter registry: every spec the plugins registered, by id.
+"""The registry: every framework, backbone and exporter the plugins registered, by name.
 
-Names resolve like this: ``torch/vgg16`` and ``keras/vgg16`` are exact;
-a short name (``vgg16``) means the torch backbone when both frameworks have
-one (``framework=`` picks the other), or the only one there is.
+Names resolve like this: ``torch/vgg16`` and ``keras/vgg16`` are exact; a
+short name (``vgg16``) means the backbone that claimed it first: tlzoo's
+built-ins before third-party plugins, and among backbones of one plugin order,
+the framework registered first (torch before Keras). ``framework=`` picks
+another. A plugin backbone whose short name was already taken is reachable by
+its id and listed in :attr:`Registry.shadowed`.
 """
 
 from __future__ import annotations
@@ -15,20 +18,25 @@ from typing import Any
 
 from .errors import UnknownBackboneError, UsageError
 from .plugins import PluginStatus, get_host
-from .specs import BackboneSpec, ExporterSpec
-
-DEFAULT_FRAMEWORK = "torch"
+from .specs import BackboneSpec, ExporterSpec, FrameworkSpec
 
 
 @dataclass
 class Registry:
+    frameworks_by_name: dict[str, FrameworkSpec] = field(default_factory=dict)
     backbones: dict[str, BackboneSpec] = field(default_factory=dict)
     exporters: dict[str, ExporterSpec] = field(default_factory=dict)
     owners: dict[str, str] = field(default_factory=dict)
+    short_names: dict[str, str] = field(default_factory=dict)  # short name -> the id it means
+    shadowed: dict[str, str] = field(default_factory=dict)  # id whose short name another backbone holds -> that id
+
+    def _order(self, spec: BackboneSpec) -> tuple[str, int, str]:
+        rank = builtins.list(self.frameworks_by_name).index(spec.framework) if spec.framework in self.frameworks_by_name else 99
+        return (spec.name, rank, spec.framework)
 
     def list(self, framework: str | None = None, pattern: str | None = None) -> builtins.list[BackboneSpec]:
         """Backbones sorted by name then framework, filtered like timm's ``list_models``."""
-        specs = sorted(self.backbones.values(), key=lambda s: (s.name, s.framework != DEFAULT_FRAMEWORK, s.framework))
+        specs = sorted(self.backbones.values(), key=self._order)
         if framework:
             self.check_framework(framework)
             specs = [s for s in specs if s.framework == framework]
@@ -47,21 +55,36 @@ class Registry:
             if framework and prefix != framework:
                 raise UsageError(f"{name!r} is a {prefix} backbone but --framework is {framework}")
             framework, key = prefix, short
-        candidates = [s for s in self.backbones.values() if s.name == key]
         if framework:
-            candidates = [s for s in candidates if s.framework == framework]
-        if candidates:
-            candidates.sort(key=lambda s: s.framework != DEFAULT_FRAMEWORK)
-            return candidates[0]
+            spec = self.backbones.get(f"{framework}/{key}")
+            if spec is not None:
+                return spec
+        elif key in self.short_names:
+            return self.backbones[self.short_names[key]]
         raise UnknownBackboneError(name, self.suggest(name))
 
     def frameworks(self) -> builtins.list[str]:
-        """The frameworks of the registered backbones (plugins bring them; core keeps no list)."""
-        return sorted({s.framework for s in self.backbones.values()}, key=lambda f: (f != DEFAULT_FRAMEWORK, f))
+        """The registered frameworks, in registration order (plugins bring them; core keeps no list)."""
+        return builtins.list(self.frameworks_by_name)
+
+    def framework(self, name: str) -> FrameworkSpec:
+        spec = self.frameworks_by_name.get(name)
+        if spec is None:
+            known = ", ".join(self.frameworks()) or "none installed"
+            raise UsageError(f"unknown framework {name!r}; the installed plugins provide: {known}")
+        return spec
 
     def check_framework(self, framework: str) -> None:
-        if framework not in self.frameworks():
-            raise UsageError(f"unknown framework {framework!r}; the installed backbones are of: {', '.join(self.frameworks())}")
+        self.framework(framework)
+
+    def provider(self, backbone_id: str) -> dict[str, str]:
+        """The plugin that registered a backbone: its name, distribution and version (what a run records)."""
+        owner = self.owners.get(f"backbone {backbone_id}", "")
+        status = get_host().statuses.get(owner)
+        if status is None:
+            return {"name": owner}
+        return {"name": status.name, "module": status.module, "distribution": status.distribution,
+                "version": status.version}  # fmt: skip
 
     def suggest(self, name: str) -> builtins.list[str]:
         words = sorted({s.name for s in self.backbones.values()} | set(self.backbones))
@@ -77,12 +100,15 @@ class Registry:
 
 
 _registry: Registry | None = None
+_built_from: object = None
 
 
 def get_registry() -> Registry:
-    global _registry
-    if _registry is None:
-        _registry = _build()
+    """The registry of the current plugin host (rebuilt whenever the plugins are reloaded)."""
+    global _registry, _built_from
+    host = get_host()
+    if _registry is None or _built_from is not host:
+        _registry, _built_from = _build(host), host
     return _registry
 
 
@@ -91,21 +117,58 @@ def reset() -> None:
     _registry = None
 
 
-def _build() -> Registry:
-    host = get_host()
+def _build(host: Any) -> Registry:
     reg = Registry()
-    _collect(host.call_each("register_backbones"), BackboneSpec, "backbone", reg.backbones, reg.owners)
+    _collect(host.call_each("register_frameworks"), FrameworkSpec, "framework", reg.frameworks_by_name, reg.owners)
+    _collect(host.call_each("register_backbones"), BackboneSpec, "backbone", reg.backbones, reg.owners,
+             accept=lambda spec: _known_framework(reg, spec))  # fmt: skip
     _collect(host.call_each("register_exporters"), ExporterSpec, "exporter", reg.exporters, reg.owners)
+    _claim_short_names(reg, host)
     return reg
 
 
+def _known_framework(reg: Registry, spec: BackboneSpec) -> str | None:
+    if spec.framework in reg.frameworks_by_name:
+        return None
+    known = ", ".join(reg.frameworks()) or "none"
+    return f"backbone {spec.id}: framework {spec.framework!r} is not provided by any installed plugin (installed: {known})"
+
+
+def _claim_short_names(reg: Registry, host: Any) -> None:
+    """Built-ins first, then plugins in load order; within one plugin, frameworks in registration order."""
+    builtin = {name for name, status in host.statuses.items() if status.source == "built-in"}
+    load_order = builtins.list(host.statuses)
+
+    def order(spec: BackboneSpec) -> tuple[int, int, int]:
+        owner = reg.owners.get(f"backbone {spec.id}", "")
+        position = load_order.index(owner) if owner in load_order else len(load_order)
+        return (0 if owner in builtin else 1, reg._order(spec)[1], position)
+
+    for spec in sorted(reg.backbones.values(), key=order):
+        holder = reg.short_names.get(spec.name)
+        if holder is None:
+            reg.short_names[spec.name] = spec.id
+            continue
+        owner, holder_owner = reg.owners.get(f"backbone {spec.id}", ""), reg.owners.get(f"backbone {holder}", "")
+        if owner not in builtin:  # tlzoo's own torch and Keras twins share short names by design (torch first)
+            reg.shadowed[spec.id] = holder
+            status = host.statuses.get(owner)
+            if status is not None:
+                status.notes.append(f"{spec.id}: the short name {spec.name!r} means {holder} (plugin {holder_owner!r}); "
+                                    f"use the full id {spec.id}")  # fmt: skip
+
+
 def _collect(results: list[tuple[PluginStatus, list[Any]]], cls: type, kind: str, into: dict[str, Any],
-             owners: dict[str, str]) -> None:  # fmt: skip
+             owners: dict[str, str], accept: Any = None) -> None:  # fmt: skip
     """Keep each plugin's well-formed specs; record everything else as that plugin's error."""
     for status, specs in results:
         for spec in specs:
             if not isinstance(spec, cls):
                 status.errors.append(f"register_{kind}s() returned {type(spec).__name__}, not {cls.__name__}")
+                continue
+            problem = accept(spec) if accept is not None else None
+            if problem:
+                status.errors.append(problem)
                 continue
             key = spec.id if isinstance(spec, BackboneSpec) else str(getattr(spec, "name"))
             if _claim(owners, f"{kind} {key}", status):

@@ -14,9 +14,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Framework = Literal["torch", "keras"]
-FRAMEWORKS: tuple[str, ...] = ("torch", "keras")
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -108,7 +105,7 @@ class BackboneSpec:
     """
 
     name: str
-    framework: Framework
+    framework: str
     builder: str
     input_size: tuple[int, int]
     feature_dim: int
@@ -163,12 +160,44 @@ class BackboneSpec:
         )
 
     def __post_init__(self) -> None:
-        if self.framework not in FRAMEWORKS:
-            raise ValueError(f"{self.name}: framework must be one of {FRAMEWORKS}, not {self.framework!r}")
+        if not self.framework or "/" in self.framework:
+            raise ValueError(f"{self.name}: framework must be a framework's name (as a plugin registers it), not {self.framework!r}")
         if ":" not in self.builder:
             raise ValueError(f"{self.name}: builder must be 'module:function', not {self.builder!r}")
         if "/" in self.name or not self.name:
             raise ValueError(f"backbone name {self.name!r} must be non-empty and contain no '/'")
+
+
+@dataclass(frozen=True)
+class FrameworkSpec:
+    """A deep-learning framework backbones can be written in (``register_frameworks``).
+
+    Plain data, like every spec: ``adapter`` is ``"module:attribute"`` naming a
+    :class:`tlzoo.adapters.FrameworkAdapter` (class or instance) and is imported
+    only when a model is built, trained, loaded or exported. ``weights_cache``
+    is ``"module:function"`` returning the folder where the framework caches
+    pretrained weights; it must compute the path without importing the
+    framework (``tlzoo list-backbones`` shows which weights are on disk).
+    ``in_process_multi_device`` says the framework's engine spreads one process
+    over several devices itself (``--device 0,1``) instead of one process per
+    device under torchrun. ``input_layout`` is the layout of the classifier's
+    input tensor (``NCHW`` or ``NHWC``), as exported files record it.
+    """
+
+    name: str
+    adapter: str
+    weights_cache: str = ""
+    input_layout: str = "NHWC"
+    in_process_multi_device: bool = False
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"framework name {self.name!r} must be non-empty and contain no '/'")
+        if ":" not in self.adapter:
+            raise ValueError(f"framework {self.name}: adapter must be 'module:attribute', not {self.adapter!r}")
+        if self.input_layout not in ("NCHW", "NHWC"):
+            raise ValueError(f"framework {self.name}: input_layout must be NCHW or NHWC, not {self.input_layout!r}")
 
 
 @dataclass(frozen=True)
@@ -179,10 +208,23 @@ class ExporterSpec:
     ``exporter(run, out, options) -> dict`` (see :func:`tlzoo.hookspecs.register_exporters`).
     """
 
+    def __post_init__(self) -> None:
+        from .settings import Setting
+
+        if ":" not in self.exporter:
+            raise ValueError(f"exporter {self.name}: exporter must be 'module:function', not {self.exporter!r}")
+        if self.runtime and ":" not in self.runtime:
+            raise ValueError(f"exporter {self.name}: runtime must be 'module:attribute', not {self.runtime!r}")
+        if not all(isinstance(o, Setting) for o in self.options):
+            raise ValueError(f"exporter {self.name}: options must be tlzoo.settings.Setting objects")
+
     name: str
     exporter: str
     file_suffix: str
     description: str = ""
+    options: tuple[Any, ...] = ()  # tlzoo.settings.Setting: the format's options, made CLI options by tlzoo export
+    runtime: str = ""  # "module:attribute" opening an exported file for predict/evaluate (see register_exporters)
+    default_file: str = ""  # the file written in the run directory when no --out is given
 
 
 def units_from_rows(rows: list[list[Any]]) -> tuple[UnitSpec, ...]:

@@ -9,51 +9,57 @@ from typing import Any
 import numpy as np
 
 from .errors import UsageError
+from .runfiles import CLASSIFIER, ClassifierMeta, RunFiles
 from .specs import Preprocessing
 
 
 @dataclass
 class TrainedRun:
     run_dir: Path
-    meta: dict[str, Any]
-    model: Any
+    meta: ClassifierMeta
+    model: Any  # the framework's own classifier, as its adapter loaded it
 
     @property
     def framework(self) -> str:
-        return str(self.meta["framework"])
+        return self.meta.framework
+
+    @property
+    def files(self) -> RunFiles:
+        return RunFiles(self.run_dir)
 
     @property
     def classes(self) -> list[str]:
-        return list(self.meta["classes"])
+        return list(self.meta.classes)
 
     @property
     def input_size(self) -> tuple[int, int]:
-        return int(self.meta["input_size"][0]), int(self.meta["input_size"][1])
+        return self.meta.input_size
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing.from_dict(self.meta["preprocessing"])
+        return self.meta.preprocessing
+
+    @property
+    def adapter(self) -> Any:
+        from .adapters import adapter_for
+
+        return adapter_for(self.framework)
 
     def logits(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Logits for RGB uint8 images (N, H, W, 3) at the input size."""
         from .preprocess import normalize
 
+        adapter = self.adapter
         out = []
         for start in range(0, len(images), batch_size):
             x = normalize(images[start : start + batch_size], self.preprocessing)
-            if self.framework == "torch":
-                import torch
-
-                with torch.inference_mode():
-                    out.append(self.model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy())
-            else:
-                out.append(np.asarray(self.model(x, training=False)))
+            out.append(np.asarray(adapter.classifier_logits(self.model, x)))
         return np.concatenate(out)
 
     def predict_proba(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         from .training.heads import probabilities
 
-        return probabilities(self.logits(images, batch_size), self.meta["output"])
+        return probabilities(self.logits(images, batch_size), self.meta.output)
 
     def predict(self, images: Any, *, top_k: int = 5, batch_size: int = 32, strict: bool = False) -> list[Any]:
         """Top-k labels for image files, folders, uint8 arrays or PIL images (unreadable files skipped)."""
@@ -64,24 +70,19 @@ class TrainedRun:
 
 
 def load_run(run_dir: Path | str) -> TrainedRun:
-    from .training.run import load_meta
+    """A finished run directory, its classifier loaded by its framework's adapter (no code from its files)."""
+    from .adapters import adapter_for
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir} is not a run directory")
-    meta = load_meta(run_dir)
-    model_file = run_dir / meta["model_file"]
+    meta = RunFiles(run_dir).read_meta()
+    model_file = run_dir / meta.model_file
     if not model_file.is_file():
-        raise UsageError(f"{run_dir} has no checkpoint ({meta['model_file']})")
+        raise UsageError(f"{run_dir} has no checkpoint ({meta.model_file})")
+    adapter = adapter_for(meta.framework)
     try:
-        if meta["framework"] == "torch":
-            from .frameworks.torch_train import load_classifier
-
-            model = load_classifier(run_dir, meta)
-        else:
-            from .frameworks.keras_train import load_classifier as load_keras
-
-            model = load_keras(run_dir)
+        model = adapter.load_classifier(run_dir, meta)
     except UsageError:
         raise
     except Exception as exc:  # a checkpoint or classifier.json that was edited, truncated or swapped
@@ -95,6 +96,3 @@ def load_run(run_dir: Path | str) -> TrainedRun:
         raise UsageError(f"{run_dir}: the model has {outputs} outputs but {CLASSIFIER} names {len(run.classes)} classes; "
                          f"the run's files were edited or mixed up")  # fmt: skip
     return run
-
-
-CLASSIFIER = "classifier.json"

@@ -1,14 +1,12 @@
 """Pretrained weights: where the frameworks cache them, hash checks, offline errors.
 
 tlzoo uses the frameworks' own caches, so a file torchvision or Keras already
-downloaded is found, and a file tlzoo puts there is found by them:
-
-* torch: ``$TORCH_HOME/hub/checkpoints`` (default ``~/.cache/torch``), as ``torch.hub.get_dir()``;
-* keras: ``$KERAS_HOME/models`` (default ``~/.keras``), as ``keras.utils.get_file``.
-
-These paths are computed here without importing either framework, so
-``tlzoo list-backbones`` can say which weights are on disk and stay fast.
-Every file is hash-checked before it is loaded.
+downloaded is found, and a file tlzoo puts there is found by them. Each
+framework plugin says where its cache is (``FrameworkSpec.weights_cache``,
+e.g. ``$TORCH_HOME/hub/checkpoints`` or ``$KERAS_HOME/models``) without
+importing the framework, so ``tlzoo list-backbones`` can say which weights are
+on disk and stay fast. Downloads go through the framework's adapter. Every
+file is hash-checked before it is loaded.
 """
 
 from __future__ import annotations
@@ -26,17 +24,10 @@ ENV_OFFLINE = "TLZOO_OFFLINE"
 
 
 def cache_dir(framework: str) -> Path:
-    if framework == "torch":
-        if os.environ.get("TORCH_HOME"):
-            base = Path(os.environ["TORCH_HOME"])
-        else:
-            xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-            base = Path(xdg).expanduser() / "torch"
-        return base / "hub" / "checkpoints"
-    if framework == "keras":
-        base = Path(os.environ.get("KERAS_HOME") or Path("~", ".keras")).expanduser()
-        return base / "models"
-    raise ValueError(f"no weights cache for framework {framework!r}")
+    """The folder where ``framework`` caches pretrained weights."""
+    from .adapters import weights_cache_dir
+
+    return weights_cache_dir(framework)
 
 
 def cached_path(spec: BackboneSpec, weights: WeightsSpec) -> Path:
@@ -180,20 +171,11 @@ def preflight(spec: BackboneSpec, weights: str | None) -> None:
 
 
 def _fetch(framework: str, weights: WeightsSpec, dest: Path) -> None:
-    """Download with the framework's own function, into its own cache, checking the hash."""
+    """Download with the framework's own function (its adapter's), into its own cache, checking the hash."""
+    from .adapters import adapter_for
+
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if framework == "torch":
-        import torch.hub
-
-        prefix = weights.file_hash if weights.hash_algorithm == "sha256" else None
-        torch.hub.download_url_to_file(weights.url, str(dest), hash_prefix=prefix, progress=True)
-    else:
-        from .frameworks.keras_quiet import keras
-
-        keras.utils.get_file(
-            weights.file_name, weights.url, file_hash=weights.file_hash,
-            cache_dir=str(dest.parent.parent), cache_subdir=dest.parent.name,
-        )
+    adapter_for(framework).download(weights, dest)
     verify(dest, weights)
 
 

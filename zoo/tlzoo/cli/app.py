@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -51,7 +51,6 @@ app.command("describe")(describe.describe)
 app.command("plugins")(plugins_cmd.plugins)
 app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
-app.command("export")(export.export)
 app.command("predict")(predict.predict)
 app.command("compare")(compare_cmd.compare)
 app.command("datasets")(datasets_cmd.datasets)
@@ -69,4 +68,14 @@ def main() -> None:
         # a tlzoo user can act on; TLZOO_VERBOSE=1 shows them.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
-    app(prog_name="tlzoo")
+    cli().main(prog_name="tlzoo")
+
+
+def cli() -> Any:
+    """The click command behind ``tlzoo``: the Typer app plus ``export``, whose subcommands come from the
+    exporter plugins."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    group.add_command(export.command())  # type: ignore[attr-defined]
+    return group

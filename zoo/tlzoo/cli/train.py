@@ -99,14 +99,15 @@ def train(
     if nproc < 1:
         raise UsageError(f"--nproc must be at least 1, got {nproc}")
     if (len(devices) > 1 or nproc > 1) and not job.distributed and resume is None:
-        from ..frameworks import IN_PROCESS_MULTI_DEVICE
         from ..registry import get_registry
 
-        spec = get_registry().resolve(cfg.backbone, cfg.framework)
-        if spec.framework in IN_PROCESS_MULTI_DEVICE:
+        registry = get_registry()
+        spec = registry.resolve(cfg.backbone, cfg.framework)
+        if registry.framework(spec.framework).in_process_multi_device:
             if nproc > 1:
                 raise UsageError(f"--nproc {nproc}: {spec.id} does not train across processes; give its devices "
-                                 f"with --device 0,1 (one process, one replica per GPU), or use a torch backbone")  # fmt: skip
+                                 f"with --device 0,1 (one process, one replica per GPU), or use a backbone "
+                                 f"whose framework trains one process per device")  # fmt: skip
             devices = devices[:1]  # the engine spreads this one process over the devices itself
     if (nproc > 1 or len(devices) > 1) and not job.distributed:
         if nproc > 1 and len(devices) > 1 and nproc != len(devices):

@@ -85,6 +85,15 @@ class Engine(ABC):
     @abstractmethod
     def state_suffix(self) -> str: ...
 
+    @abstractmethod
+    def trainable_params(self) -> int:
+        """How many of the classifier's parameters the optimizer updates now."""
+
+    def head_meta(self) -> dict[str, Any]:
+        """The head's shape as the run directory records it: ``sizes`` (None when the framework's checkpoint
+        holds the whole model) and ``dropout``."""
+        return {"sizes": None, "dropout": self.dropout}
+
     # ------------------------------------------------ data-parallel training (one process by default)
 
     def start_distributed(self, world: Any) -> None:

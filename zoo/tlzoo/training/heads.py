@@ -2,7 +2,7 @@
 
 Linear heads are fitted by scikit-learn on standardized features; the scaler is
 then folded into the weights, so every head is a plain stack of dense layers
-(:class:`HeadParams`) that becomes a torch or Keras layer stack and is
+(:class:`HeadParams`) that each framework adapter turns into its own layers,
 exported in the same graph as the backbone.
 """
 
@@ -130,18 +130,18 @@ def _fold(coef: np.ndarray, intercept: np.ndarray, classes: np.ndarray, scaler: 
 def fit_mlp(
     x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int, *,
     hidden: list[int], dropout: float, epochs: int, lr: float, weight_decay: float, patience: int,
-    batch_size: int, seed: int, framework: str = "torch", on_epoch: Any = None,
+    batch_size: int, seed: int, trainer: Any, on_epoch: Any = None,
 ) -> HeadParams:  # fmt: skip
     """Dense layers with dropout trained on cached features, early-stopped on validation loss.
 
-    Trained with the backbone's own framework: loading the other one into the same process
-    is slow, and torch's optimizers after TensorFlow has run abort on conflicting LLVM copies.
+    ``trainer`` is the backbone's framework adapter's ``train_mlp``: loading another framework into
+    the same process is slow, and torch's optimizers after TensorFlow has run abort on conflicting
+    LLVM copies.
     """
     mean, std = x.mean(axis=0), spread_floor(x.std(axis=0))
     xs, xv = ((x - mean) / std).astype(np.float32), ((x_val - mean) / std).astype(np.float32)
     sizes = [x.shape[1], *hidden, n_classes]
-    train = _train_mlp_torch if framework == "torch" else _train_mlp_keras
-    weights, biases, history = train(
+    weights, biases, history = trainer(
         xs, y.astype(np.int64), xv, y_val.astype(np.int64), sizes, dropout=dropout, epochs=epochs, lr=lr,
         weight_decay=weight_decay, patience=patience, batch_size=batch_size, seed=seed, on_epoch=on_epoch,
     )  # fmt: skip
@@ -154,85 +154,3 @@ def fit_mlp(
         weights=[w.astype(np.float32) for w in weights], biases=[b.astype(np.float32) for b in biases],
         output="softmax", dropout=dropout, history=history,
     )  # fmt: skip
-
-
-def _train_mlp_torch(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, sizes: list[int], *,
-                     dropout: float, epochs: int, lr: float, weight_decay: float, patience: int, batch_size: int,
-                     seed: int, on_epoch: Any) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:  # fmt: skip
-    import torch
-    from torch import nn
-
-    from ..frameworks.torch_train import make_head
-
-    torch.manual_seed(seed)
-    net = make_head(sizes, dropout)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    xt, yt, xvt, yvt = (torch.from_numpy(a) for a in (x, y, xv, yv))
-    loss_fn = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(seed)
-    best, best_state, waited, history = float("inf"), None, 0, []
-    for epoch in range(1, epochs + 1):
-        net.train()
-        order = torch.randperm(len(xt), generator=generator)
-        total, correct = 0.0, 0
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            opt.zero_grad()
-            out = net(xt[idx])
-            loss = loss_fn(out, yt[idx])
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            correct += int((out.argmax(1) == yt[idx]).sum())
-        net.eval()
-        with torch.no_grad():
-            out = net(xvt)
-            val_loss = float(loss_fn(out, yvt))
-            val_acc = float((out.argmax(1) == yvt).float().mean())
-        row = {"epoch": epoch, "stage": "head", "loss": total / len(xt), "accuracy": correct / len(xt),
-               "val_loss": val_loss, "val_accuracy": val_acc}  # fmt: skip
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
-        if val_loss < best - 1e-6:
-            best, waited = val_loss, 0
-            best_state = {k: v.clone() for k, v in net.state_dict().items()}
-        else:
-            waited += 1
-            if patience and waited >= patience:
-                break
-    if best_state is not None:
-        net.load_state_dict(best_state)
-    linears = [m for m in net if isinstance(m, nn.Linear)]
-    return [m.weight.detach().numpy().T for m in linears], [m.bias.detach().numpy() for m in linears], history
-
-
-def _train_mlp_keras(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, sizes: list[int], *,
-                     dropout: float, epochs: int, lr: float, weight_decay: float, patience: int, batch_size: int,
-                     seed: int, on_epoch: Any) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:  # fmt: skip
-    from ..frameworks.keras_quiet import keras
-
-    from ..frameworks.keras_train import make_head
-
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((sizes[0],))
-    net = keras.Model(inputs, make_head(inputs, sizes, dropout))
-    net.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
-    )  # fmt: skip
-    history: list[dict[str, Any]] = []
-
-    def record(epoch: int, logs: dict[str, float]) -> None:
-        row = {"epoch": epoch + 1, "stage": "head", "loss": float(logs["loss"]), "accuracy": float(logs["accuracy"]),
-               "val_loss": float(logs["val_loss"]), "val_accuracy": float(logs["val_accuracy"])}  # fmt: skip
-        history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
-
-    callbacks: list[Any] = [keras.callbacks.LambdaCallback(on_epoch_end=record)]
-    if patience:
-        callbacks.append(keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True))
-    net.fit(x, y, validation_data=(xv, yv), epochs=epochs, batch_size=batch_size, callbacks=callbacks, verbose=0)
-    dense = [layer for layer in net.layers if isinstance(layer, keras.layers.Dense)]
-    return [layer.get_weights()[0] for layer in dense], [layer.get_weights()[1] for layer in dense], history

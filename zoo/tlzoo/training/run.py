@@ -5,10 +5,7 @@ data -> backbone -> (cached features -> head) or (fine-tuning loop) -> run direc
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
 import math
 import platform
 import sys
@@ -21,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..adapters import adapter_for
 from ..backbone import Backbone, check_input_size, get_backbone
 from ..distributed import world
 from .. import model_card
@@ -29,7 +27,8 @@ from ..freeze import parse_freeze, parse_unit
 from ..specs import BackboneSpec
 from ..weights import preflight as preflight_weights
 from ..registry import get_registry
-from ..rundir import fault_point, atomic_write_json, atomic_write_text, new_run_dir, package_versions, reclaim_temp_files
+from ..rundir import fault_point, new_run_dir, package_versions, reclaim_temp_files
+from ..runfiles import CONFUSION_MATRIX, ENVIRONMENT, LEARNING_CURVES, METRICS, REPORT, ClassifierMeta, RunFiles
 from . import cache as feature_cache
 from .config import TrainConfig
 from .data_prep import Splits, prepare
@@ -37,9 +36,6 @@ from .engine import Engine
 from .heads import HeadParams, fit_linear, fit_linear_path, fit_mlp, probabilities
 from .metrics import best_epoch, classification_metrics, plot_confusion, plot_history
 from .reporter import Reporter
-
-CLASSIFIER_FILE = "classifier.json"
-STATE_STEM = "last_state"
 
 
 class TrainingInterrupted(TlzooError):
@@ -87,8 +83,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
     splits = prepare(config, size, reporter)
 
     weights = None if config.strategy == "scratch" else config.weights
-    _seed(spec.framework, config.seed)
-    backbone = get_backbone(spec, pretrained=weights if weights else False, input_size=size)
+    backbone = get_backbone(spec, pretrained=weights if weights else False, input_size=size, seed=config.seed)
     tap = backbone.resolve_tap(config.tap)
     if config.strategy != "feature-extract":
         for stage in stages_for(config, len(backbone.units)):  # every --freeze checked before anything is written
@@ -126,7 +121,7 @@ def _discard_unstarted(run_dir: Path, engine: Engine) -> None:
     """A run that failed before its first checkpoint leaves nothing that looks like a result."""
     import shutil
 
-    if (run_dir / f"{STATE_STEM}{engine.state_suffix}").exists():
+    if RunFiles(run_dir).state(engine.state_suffix).exists():
         return  # resumable: keep it
     shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -153,10 +148,11 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
     resolved = TrainConfig(**{**config.to_dict(), "backbone": spec.id, "framework": spec.framework,
                               "image_size": size[0] if size[0] == size[1] else config.image_size,
                               "data": str(splits.root)})  # fmt: skip
+    files = RunFiles(run_dir)
     if resume is None and engine.main:
-        resolved.save(run_dir / "config.yaml")
-        atomic_write_json(run_dir / "labels.json", splits.classes)
-        _write_split(run_dir / "split.csv", splits.rows())
+        resolved.save(files.config)
+        files.write_labels(splits.classes)
+        files.write_split(splits.rows())
     reporter.info(f"run directory: {run_dir}")
     if backbone.weights is not None and not backbone.weights.verified:
         reporter.warn(f"{backbone.weights.path} has no published hash to check it against")
@@ -179,29 +175,30 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
 
     metrics = classification_metrics(splits.eval_set.labels, eval_proba, splits.classes)
     metrics.update(split=splits.eval_name, train_seconds=round(train_seconds, 3), peak_memory_mb=_peak_memory_mb(),
-                   trainable_params=_trainable_params(engine), frozen_units=backbone.frozen_units,
+                   trainable_params=engine.trainable_params(), frozen_units=backbone.frozen_units,
                    units=len(backbone.units), best_epoch=best_epoch(history) if len(history) > 1 else None,
                    **extra)  # fmt: skip
-    meta = {
-        "framework": spec.framework, "backbone": spec.id, "input_size": list(size), "tap": tap,
-        "head": _head_meta(engine, config), "output": engine.output, "classes": splits.classes,
-        "preprocessing": spec.preprocessing.to_dict(), "weights": backbone.weights.tag if backbone.weights else None,
-        "strategy": config.strategy, "model_file": "model.pt" if spec.framework == "torch" else "model.keras",
-    }  # fmt: skip
+    meta = ClassifierMeta(
+        framework=spec.framework, backbone=spec.id, input_size=size, tap=tap, head=engine.head_meta(),
+        output=engine.output, classes=splits.classes, preprocessing=spec.preprocessing,
+        weights=backbone.weights.tag if backbone.weights else None, strategy=config.strategy,
+        model_file=adapter_for(spec.framework).model_file, plugin=get_registry().provider(spec.id),
+        tlzoo_version=__version__,
+    )  # fmt: skip
     if engine.main:  # under torchrun, rank 0 alone writes the run's files
-        atomic_write_json(run_dir / CLASSIFIER_FILE, meta)
-        atomic_write_json(run_dir / "metrics.json", metrics)
-        _write_history(run_dir / "history.csv", history)
-        atomic_write_json(run_dir / "environment.json", {**_environment(engine, splits), **job})
-        atomic_write_json(run_dir / "report.json", {"skipped_images": [{"path": p, "error": e} for p, e in splits.skipped]})
-        plot_history(history, run_dir / "learning_curves.png", f"{spec.id} {config.strategy}")
+        files.write_meta(meta)
+        files.write_json(METRICS, metrics)
+        files.write_history(history)
+        files.write_json(ENVIRONMENT, {**_environment(engine, splits), **job})
+        files.write_json(REPORT, {"skipped_images": [{"path": p, "error": e} for p, e in splits.skipped]})
+        plot_history(history, files / LEARNING_CURVES, f"{spec.id} {config.strategy}")
         counts = {name: part.counts() for name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test))
                   if part is not None}  # fmt: skip
         model_card.write(run_dir, config=resolved.to_dict(), spec=spec, weights=backbone.weights, metrics=metrics,
                          counts=counts, skipped=len(splits.skipped), unused=unused)  # fmt: skip
-        plot_confusion(metrics["confusion_matrix"], splits.classes, run_dir / "confusion_matrix.png",
+        plot_confusion(metrics["confusion_matrix"], splits.classes, files / CONFUSION_MATRIX,
                        f"{spec.id} {config.strategy} ({splits.eval_name}, acc {metrics['accuracy']:.3f})")  # fmt: skip
-        (run_dir / f"{STATE_STEM}{engine.state_suffix}").unlink(missing_ok=True)
+        files.state(engine.state_suffix).unlink(missing_ok=True)
     engine.barrier()
     summary = {
         "run_dir": str(run_dir), "backbone": spec.id, "strategy": config.strategy,
@@ -230,27 +227,9 @@ def _job_record(engine: Engine, n_train: int) -> dict[str, Any]:
     return {"distributed": record}
 
 
-def _seed(framework: str, seed: int) -> None:
-    """Seed the framework before the backbone is built, so random initialisation is reproducible."""
-    if framework == "torch":
-        import torch
-
-        torch.manual_seed(seed)
-    else:
-        from ..frameworks.keras_quiet import keras
-
-        keras.utils.set_random_seed(seed)
-
-
 def _engine(backbone: Backbone, n_classes: int, cfg: TrainConfig, tap: int | None) -> Engine:
-    kwargs = {"tap": tap, "dropout": cfg.dropout, "seed": cfg.seed, "device": cfg.device}
-    if backbone.framework == "torch":
-        from ..frameworks.torch_train import TorchEngine
-
-        return TorchEngine(backbone, n_classes, **kwargs)  # type: ignore[arg-type]
-    from ..frameworks.keras_train import KerasEngine
-
-    return KerasEngine(backbone, n_classes, **kwargs)  # type: ignore[arg-type]
+    return adapter_for(backbone.spec.framework).engine(backbone, n_classes, tap=tap, dropout=cfg.dropout,
+                                                       seed=cfg.seed, device=cfg.device)  # fmt: skip
 
 
 # ---------------------------------------------------------------- feature extraction
@@ -319,7 +298,8 @@ def _fit_head(feats: dict[str, np.ndarray], splits: Splits, cfg: TrainConfig, re
         head = fit_mlp(
             feats["train"], splits.train.labels, feats["val"], splits.val.labels, n, hidden=cfg.hidden,
             dropout=cfg.dropout, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-            patience=cfg.patience, batch_size=cfg.batch_size, seed=cfg.seed, framework=backbone.framework,
+            patience=cfg.patience, batch_size=cfg.batch_size, seed=cfg.seed,
+            trainer=adapter_for(backbone.spec.framework).train_mlp,
             on_epoch=reporter.epoch,
         )  # fmt: skip
         history = head.history
@@ -417,7 +397,7 @@ def _fit(engine: Engine, backbone: Backbone, splits: Splits, cfg: TrainConfig, r
          resuming: bool) -> list[dict[str, Any]]:  # fmt: skip
     stages = stages_for(cfg, len(backbone.units))
     engine.build()
-    state_path = run_dir / f"{STATE_STEM}{engine.state_suffix}"
+    state_path = RunFiles(run_dir).state(engine.state_suffix)
     progress: dict[str, Any] = {"stage": 0, "epoch": 0, "history": [], "best": float("inf"), "waited": 0}
     if resuming:
         if not state_path.is_file():
@@ -434,7 +414,7 @@ def _fit(engine: Engine, backbone: Backbone, splits: Splits, cfg: TrainConfig, r
             resuming = False
             reporter.info(f"resuming {run_dir} at {stage.name} epoch {progress['epoch'] + 1}")
         reporter.info(f"{stage.name}: {frozen_text(frozen, backbone.unit_names())}, "
-                      f"{_trainable_params(engine):,} trainable parameters, {stage.epochs} epochs")  # fmt: skip
+                      f"{engine.trainable_params():,} trainable parameters, {stage.epochs} epochs")  # fmt: skip
         _run_stage(engine, splits, cfg, reporter, run_dir, stage, s_index, progress, state_path)
         progress.update(stage=s_index + 1, epoch=0, waited=0)
     engine.barrier()  # rank 0 has written the best checkpoint
@@ -527,44 +507,6 @@ def _peak_memory_mb() -> float | None:
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 
 
-def _trainable_params(engine: Engine) -> int:
-    model = engine.model  # type: ignore[attr-defined]
-    if engine.backbone.framework == "torch":
-        return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
-    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
-
-
-def _head_meta(engine: Engine, cfg: TrainConfig) -> dict[str, Any]:
-    model = engine.model  # type: ignore[attr-defined]
-    if engine.backbone.framework == "torch":
-        from torch import nn
-
-        linears = [m for m in model.head if isinstance(m, nn.Linear)]
-        sizes = [linears[0].in_features, *(m.out_features for m in linears)]
-        dropout = next((m.p for m in model.head if isinstance(m, nn.Dropout)), 0.0)
-        return {"sizes": sizes, "dropout": dropout}
-    return {"sizes": None, "dropout": cfg.dropout}
-
-
-def _write_split(path: Path, rows: list[tuple[str, str, str]]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["path", "label", "subset"])
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
-def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
-    keys: list[str] = []
-    for row in history:
-        keys += [k for k in row if k not in keys]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_text(path, buf.getvalue())
-
-
 def _environment(engine: Engine, splits: Splits) -> dict[str, Any]:
     from .data_prep import fingerprint
 
@@ -583,10 +525,11 @@ RESUME_MAY_CHANGE = ("device", "workers")
 
 def resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
     """The run's own config.yaml; ``overrides`` (options given with --resume) may only repeat it."""
-    path = run_dir / "config.yaml"
+    files = RunFiles(run_dir)
+    path = files.config
     if not path.is_file():
-        raise UsageError(f"{run_dir} is not a tlzoo run directory (no config.yaml)")
-    if (run_dir / "metrics.json").is_file() or (run_dir / CLASSIFIER_FILE).is_file():
+        raise UsageError(f"{run_dir} is not a tlzoo run directory (no {path.name})")
+    if files.finished():
         raise UsageError(f"{run_dir} has finished training; --resume continues interrupted runs only "
                          f"(start a new run, or export this one: tlzoo export onnx {run_dir})")  # fmt: skip
     cfg = TrainConfig.load(path)
@@ -607,28 +550,3 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[TrainConfig
             f"{'; '.join(differing)}. Leave them out, or start a new run"
         )
     return cfg, notes
-
-
-def load_meta(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / CLASSIFIER_FILE
-    if not path.is_file():
-        raise UsageError(f"{run_dir} has no trained classifier ({CLASSIFIER_FILE}); train it first or finish it with --resume")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path} is not valid JSON ({exc}); the run's files were edited or are corrupt") from None
-    required = {"framework": str, "backbone": str, "input_size": list, "classes": list, "output": str,
-                "preprocessing": dict, "model_file": str, "head": dict}  # fmt: skip
-    if not isinstance(meta, dict):
-        raise UsageError(f"{path} must be a JSON object; the run's files were edited or are corrupt")
-    for key, kind in required.items():
-        if not isinstance(meta.get(key), kind):
-            raise UsageError(f"{path}: {key} is missing or not a {kind.__name__}; the run's files were edited or are corrupt")
-    size = meta["input_size"]
-    if len(size) != 2 or not all(isinstance(v, int) and 1 <= v <= 4096 for v in size):
-        raise UsageError(f"{path}: input_size must be two sides of 1..4096 pixels, got {size}")
-    if not meta["classes"] or not all(isinstance(c, str) for c in meta["classes"]):
-        raise UsageError(f"{path}: classes must be a non-empty list of names")
-    if "/" in meta["model_file"] or meta["model_file"].startswith("."):
-        raise UsageError(f"{path}: model_file must be a file name inside the run directory")
-    return dict(meta)

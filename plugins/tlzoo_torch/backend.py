@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from ..allocator import tune as _tune_allocator
+from tlzoo.allocator import tune as _tune_allocator
 
 _tune_allocator()  # before torch allocates its first buffers (see tlzoo.allocator)
 import torch  # noqa: E402
 from torch import nn
 
-from ..backbone import Backbone, Unit
-from ..errors import UsageError
+from tlzoo.backbone import Backbone, Unit
+from tlzoo.errors import UsageError
 
 WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
 NORM_LAYERS = (

@@ -9,24 +9,24 @@ from typing import Any
 
 import numpy as np
 
-from ..allocator import tune as _tune_allocator
+from tlzoo.allocator import tune as _tune_allocator
 
 _tune_allocator()  # before torch allocates its first buffers (see tlzoo.allocator)
 import torch  # noqa: E402
 from torch import nn
 
-from ..errors import TrainingDiverged
-from ..rundir import atomic_write
-from ..specs import Preprocessing
-from ..training.engine import Engine, ProgressFn
-from ..training.heads import HeadParams
+from tlzoo.errors import TrainingDiverged
+from tlzoo.rundir import atomic_write
+from tlzoo.specs import Preprocessing
+from tlzoo.training.engine import Engine, ProgressFn
+from tlzoo.training.heads import HeadParams
 
 MODEL_FILE = "model.pt"
 
 
 def pick_device(request: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then MPS, then the CPU; a device asked for by name must exist."""
-    from ..errors import UsageError
+    from tlzoo.errors import UsageError
 
     text = request.strip().lower()
     if text != "auto":
@@ -127,7 +127,7 @@ class TorchEngine(Engine):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        from ..distributed import world
+        from tlzoo.distributed import world
 
         devices = [d.strip() for d in self.device_request.split(",")]
         # --device 0,1 under torchrun: each local rank takes its own GPU from the list.
@@ -341,18 +341,77 @@ class TorchEngine(Engine):
     def peek_state(self, path: Path) -> dict[str, Any]:
         return dict(torch.load(path, map_location="cpu", weights_only=True)["extra"])
 
+    def trainable_params(self) -> int:
+        assert self.model is not None
+        return int(sum(p.numel() for p in self.model.parameters() if p.requires_grad))
+
+    def head_meta(self) -> dict[str, Any]:
+        assert self.model is not None
+        linears = [m for m in self.model.head if isinstance(m, nn.Linear)]
+        sizes = [linears[0].in_features, *(m.out_features for m in linears)]
+        dropout = next((m.p for m in self.model.head if isinstance(m, nn.Dropout)), 0.0)
+        return {"sizes": sizes, "dropout": dropout}
+
     def load_model_weights(self, run_dir: Path) -> None:
         assert self.model is not None
         self.model.load_state_dict(torch.load(Path(run_dir) / MODEL_FILE, map_location=self._device, weights_only=True))
 
 
-def load_classifier(run_dir: Path, meta: dict[str, Any]) -> TorchClassifier:
-    """Rebuild a trained classifier from its run directory (no pickle: weights_only)."""
-    from ..backbone import get_backbone
+def load_classifier(run_dir: Path, meta: Any) -> TorchClassifier:
+    """Rebuild a trained classifier from its run directory (no pickle: weights_only).
+    ``meta`` is the run's :class:`tlzoo.runfiles.ClassifierMeta`."""
+    from tlzoo.backbone import get_backbone
 
-    backbone = get_backbone(meta["backbone"], pretrained=False, input_size=tuple(meta["input_size"]))
-    features = backbone.feature_model(meta.get("tap"))
-    model = TorchClassifier(features, make_head(meta["head"]["sizes"], meta["head"]["dropout"]))
-    state = torch.load(Path(run_dir) / MODEL_FILE, map_location="cpu", weights_only=True)
+    backbone = get_backbone(meta.backbone, pretrained=False, input_size=meta.input_size)
+    features = backbone.feature_model(meta.tap)
+    model = TorchClassifier(features, make_head(meta.head["sizes"], meta.head["dropout"]))
+    state = torch.load(Path(run_dir) / meta.model_file, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.eval()
+
+
+def train_mlp(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, sizes: list[int], *,
+              dropout: float, epochs: int, lr: float, weight_decay: float, patience: int, batch_size: int,
+              seed: int, on_epoch: Any) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:  # fmt: skip
+    """Dense layers on standardized features (see :meth:`tlzoo.adapters.FrameworkAdapter.train_mlp`)."""
+    torch.manual_seed(seed)
+    net = make_head(sizes, dropout)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    xt, yt, xvt, yvt = (torch.from_numpy(a) for a in (x, y, xv, yv))
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(seed)
+    best, best_state, waited, history = float("inf"), None, 0, []
+    for epoch in range(1, epochs + 1):
+        net.train()
+        order = torch.randperm(len(xt), generator=generator)
+        total, correct = 0.0, 0
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            opt.zero_grad()
+            out = net(xt[idx])
+            loss = loss_fn(out, yt[idx])
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            correct += int((out.argmax(1) == yt[idx]).sum())
+        net.eval()
+        with torch.no_grad():
+            out = net(xvt)
+            val_loss = float(loss_fn(out, yvt))
+            val_acc = float((out.argmax(1) == yvt).float().mean())
+        row = {"epoch": epoch, "stage": "head", "loss": total / len(xt), "accuracy": correct / len(xt),
+               "val_loss": val_loss, "val_accuracy": val_acc}  # fmt: skip
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if val_loss < best - 1e-6:
+            best, waited = val_loss, 0
+            best_state = {k: v.clone() for k, v in net.state_dict().items()}
+        else:
+            waited += 1
+            if patience and waited >= patience:
+                break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    return [m.weight.detach().numpy().T for m in linears], [m.bias.detach().numpy() for m in linears], history

@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np  # noqa: E402
 
-from .keras_quiet import keras, tf  # noqa: E402  (TensorFlow without its start-up noise)
+from .quiet import keras, tf  # noqa: E402  (TensorFlow without its start-up noise)
 
-from ..errors import TrainingDiverged
-from ..rundir import atomic_write  # noqa: E402
-from ..specs import Preprocessing  # noqa: E402
-from ..training.engine import Engine, ProgressFn  # noqa: E402
-from ..training.heads import HeadParams  # noqa: E402
+from tlzoo.errors import TrainingDiverged
+from tlzoo.rundir import atomic_write  # noqa: E402
+from tlzoo.specs import Preprocessing  # noqa: E402
+from tlzoo.training.engine import Engine, ProgressFn  # noqa: E402
+from tlzoo.training.heads import HeadParams  # noqa: E402
 
 MODEL_FILE = "model.keras"
 
@@ -70,7 +70,7 @@ class KerasEngine(Engine):
 
     def _apply_device(self) -> None:
         """Keras places work itself: ``cpu`` hides the GPUs; a GPU asked for by name must exist."""
-        from ..errors import UsageError
+        from tlzoo.errors import UsageError
 
         text = self.device_request.strip().lower()
         gpus = tf.config.list_physical_devices("GPU")
@@ -96,7 +96,7 @@ class KerasEngine(Engine):
 
     def _mirror(self, indices: list[int], gpus: list[Any]) -> None:
         """``--device 0,1``: one replica per GPU in this process (tf.distribute.MirroredStrategy)."""
-        from ..errors import UsageError
+        from tlzoo.errors import UsageError
 
         logical_cpus = tf.config.list_logical_devices("CPU")
         if gpus:
@@ -310,6 +310,10 @@ class KerasEngine(Engine):
         with np.load(path, allow_pickle=False) as data:
             return dict(json.loads(bytes(data["extra"]).decode()))
 
+    def trainable_params(self) -> int:
+        assert self.model is not None
+        return int(sum(np.prod(w.shape) for w in self.model.trainable_weights))
+
     def load_model_weights(self, run_dir: Path) -> None:
         assert self.model is not None
         self.model.load_weights(Path(run_dir) / MODEL_FILE)
@@ -318,3 +322,31 @@ class KerasEngine(Engine):
 def load_classifier(run_dir: Path) -> keras.Model:
     """The trained classifier, loaded in Keras' safe mode (no arbitrary code from the file)."""
     return keras.models.load_model(Path(run_dir) / MODEL_FILE, safe_mode=True, compile=False)
+
+
+def train_mlp(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, sizes: list[int], *,
+              dropout: float, epochs: int, lr: float, weight_decay: float, patience: int, batch_size: int,
+              seed: int, on_epoch: Any) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:  # fmt: skip
+    """Dense layers on standardized features (see :meth:`tlzoo.adapters.FrameworkAdapter.train_mlp`)."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((sizes[0],))
+    net = keras.Model(inputs, make_head(inputs, sizes, dropout))
+    net.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
+    )  # fmt: skip
+    history: list[dict[str, Any]] = []
+
+    def record(epoch: int, logs: dict[str, float]) -> None:
+        row = {"epoch": epoch + 1, "stage": "head", "loss": float(logs["loss"]), "accuracy": float(logs["accuracy"]),
+               "val_loss": float(logs["val_loss"]), "val_accuracy": float(logs["val_accuracy"])}  # fmt: skip
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+
+    callbacks: list[Any] = [keras.callbacks.LambdaCallback(on_epoch_end=record)]
+    if patience:
+        callbacks.append(keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True))
+    net.fit(x, y, validation_data=(xv, yv), epochs=epochs, batch_size=batch_size, callbacks=callbacks, verbose=0)
+    dense = [layer for layer in net.layers if isinstance(layer, keras.layers.Dense)]
+    return [layer.get_weights()[0] for layer in dense], [layer.get_weights()[1] for layer in dense], history

@@ -8,20 +8,17 @@ On GPU, inputs are bound once per batch with IOBinding.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import UsageError
-from .inference import Prediction, predict_stream
-from .specs import Preprocessing
+from tlzoo.errors import UsageError
+from tlzoo.inference import Prediction, predict_stream
+
+from . import metadata as md
 
 __all__ = ["PROVIDERS", "Prediction", "Predictor", "provider_chain"]
-# Exported files larger than this on a side are refused before anything is allocated.
-MAX_INPUT_SIDE = 4096
-
 PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -93,9 +90,16 @@ class Predictor:
         except Exception as exc:
             raise UsageError(f"{self.path} is not a model onnxruntime can load: {type(exc).__name__}: {exc}") from None
         meta = self.session.get_modelmeta().custom_metadata_map
-        if "tlzoo.labels" not in meta:
-            raise UsageError(f"{self.path} is an ONNX model but not one tlzoo exported (no tlzoo.labels metadata)")
-        self._read_metadata(meta)
+        read = md.read(meta, self.path)
+        outputs = self.session.get_outputs()[0].shape
+        if len(outputs) == 2 and isinstance(outputs[1], int) and outputs[1] != len(read.labels):
+            raise UsageError(f"{self.path}: the model has {outputs[1]} outputs but its metadata names {len(read.labels)} "
+                             f"labels; the file was edited or is not a tlzoo export")  # fmt: skip
+        self.classes: list[str] = read.labels
+        self.input_size: tuple[int, int] = read.input_size
+        self.raw_input: bool = read.raw_input
+        self.layout: str = read.layout
+        self.preprocessing = read.preprocessing
         self.metadata = dict(meta)
         self.providers = self.session.get_providers()
         if provider in ("cuda", "tensorrt") and self.providers[0] != PROVIDERS[provider]:
@@ -104,51 +108,6 @@ class Predictor:
         fixed = self._input.shape[0]
         self.fixed_batch: int | None = fixed if isinstance(fixed, int) else None
 
-    def _read_metadata(self, meta: dict[str, str]) -> None:
-        """Metadata decides how inputs are built: every value is checked (type, bounds) before it is used."""
-
-        def bad(key: str, why: str) -> UsageError:
-            return UsageError(f"{self.path}: metadata {key} {why}; re-export the model with tlzoo export")
-
-        def value(key: str) -> Any:
-            if key not in meta:
-                raise bad(key, "is missing")
-            try:
-                return json.loads(meta[key])
-            except ValueError:
-                if key == "tlzoo.layout":
-                    return meta[key]
-                raise bad(key, "is not valid JSON") from None
-
-        labels = value("tlzoo.labels")
-        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-            raise bad("tlzoo.labels", "must be a non-empty list of strings")
-        size = value("tlzoo.input_size")
-        if (not isinstance(size, list) or len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)
-                or not all(1 <= v <= MAX_INPUT_SIDE for v in size)):  # fmt: skip
-            raise bad("tlzoo.input_size", f"must be [height, width] with sides 1..{MAX_INPUT_SIDE}, got {meta['tlzoo.input_size'][:60]}")
-        raw = value("tlzoo.raw_input")
-        if not isinstance(raw, bool):
-            raise bad("tlzoo.raw_input", "must be true or false")
-        layout = value("tlzoo.layout")
-        if layout not in ("NCHW", "NHWC"):
-            raise bad("tlzoo.layout", "must be NCHW or NHWC")
-        try:
-            prep = Preprocessing.from_dict(value("tlzoo.preprocessing"))
-            if len(prep.mean) != 3 or len(prep.std) != 3 or not all(float(v) != 0 for v in prep.std):
-                raise ValueError
-        except (KeyError, TypeError, ValueError):
-            raise bad("tlzoo.preprocessing", "is not a preprocessing description") from None
-        outputs = self.session.get_outputs()[0].shape
-        if len(outputs) == 2 and isinstance(outputs[1], int) and outputs[1] != len(labels):
-            raise UsageError(f"{self.path}: the model has {outputs[1]} outputs but its metadata names {len(labels)} "
-                             f"labels; the file was edited or is not a tlzoo export")  # fmt: skip
-        self.classes: list[str] = labels
-        self.input_size: tuple[int, int] = (size[0], size[1])
-        self.raw_input: bool = raw
-        self.layout: str = layout
-        self.preprocessing = prep
-
     @property
     def provider(self) -> str:
         return str(self.providers[0])
@@ -156,7 +115,7 @@ class Predictor:
     def _inputs(self, images: np.ndarray) -> np.ndarray:
         if self.raw_input:
             return np.ascontiguousarray(images)
-        from .preprocess import normalize
+        from tlzoo.preprocess import normalize
 
         x = normalize(images, self.preprocessing)
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if self.layout == "NCHW" else x

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np  # noqa: E402
 
-from .keras_quiet import keras  # noqa: E402  (TensorFlow without its start-up noise)
+from .quiet import keras  # noqa: E402  (TensorFlow without its start-up noise)
 
-from ..backbone import Backbone, Unit  # noqa: E402
-from ..errors import UsageError  # noqa: E402
+from tlzoo.backbone import Backbone, Unit  # noqa: E402
+from tlzoo.errors import UsageError  # noqa: E402
 
 WEIGHT_LAYERS = (
     keras.layers.Conv1D,

@@ -1,0 +1,58 @@
+"""The torch framework adapter (see :class:`tlzoo.adapters.FrameworkAdapter`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from tlzoo.adapters import FrameworkAdapter, MLPResult
+
+from . import train as torch_train
+from .backend import TorchBackbone
+
+
+class TorchAdapter(FrameworkAdapter):
+    model_file = torch_train.MODEL_FILE
+
+    def seed(self, seed: int) -> None:
+        import torch
+
+        torch.manual_seed(seed)
+
+    def wrap(self, spec: Any, model: Any, input_size: tuple[int, int], weights: Any) -> TorchBackbone:
+        return TorchBackbone(spec, model, input_size, weights)
+
+    def engine(self, backbone: Any, n_classes: int, *, tap: int | None, dropout: float, seed: int,
+               device: str) -> torch_train.TorchEngine:  # fmt: skip
+        return torch_train.TorchEngine(backbone, n_classes, tap=tap, dropout=dropout, seed=seed, device=device)
+
+    def train_mlp(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, sizes: list[int], *,
+                  dropout: float, epochs: int, lr: float, weight_decay: float, patience: int, batch_size: int,
+                  seed: int, on_epoch: Callable[[dict[str, Any]], None] | None) -> MLPResult:  # fmt: skip
+        return torch_train.train_mlp(x, y, x_val, y_val, sizes, dropout=dropout, epochs=epochs, lr=lr,
+                                     weight_decay=weight_decay, patience=patience, batch_size=batch_size,
+                                     seed=seed, on_epoch=on_epoch)  # fmt: skip
+
+    def load_classifier(self, run_dir: Path, meta: Any) -> Any:
+        return torch_train.load_classifier(run_dir, meta)
+
+    def classifier_logits(self, model: Any, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return model(torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))).numpy()
+
+    def download(self, weights: Any, dest: Path) -> None:
+        import torch.hub
+
+        prefix = weights.file_hash if weights.hash_algorithm == "sha256" else None
+        torch.hub.download_url_to_file(weights.url, str(dest), hash_prefix=prefix, progress=True)
+
+    def converter(self, format: str) -> Callable[..., None] | None:
+        if format == "onnx":
+            from .onnx_export import convert
+
+            return convert
+        return None

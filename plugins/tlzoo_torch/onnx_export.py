@@ -1,0 +1,56 @@
+"""A trained torch classifier as ONNX, for tlzoo's ONNX exporter (``adapter.converter("onnx")``).
+
+``torch.onnx.export(dynamo=True)``: the TorchScript exporter fails on VGG's adaptive pooling at
+non-224 sizes. The graph ends in probabilities; with ``raw_input`` it starts from uint8 NHWC images
+of any size and resizes and normalizes them itself.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tlzoo.specs import Preprocessing
+
+from .train import normalize
+
+
+def convert(model: nn.Module, path: Path, *, input_size: tuple[int, int], preprocessing: Preprocessing, output: str,
+            opset: int, batch: int | None, raw_input: bool) -> None:  # fmt: skip
+    h, w = input_size
+
+    class Exported(nn.Module):
+        def __init__(self, classifier: nn.Module) -> None:
+            super().__init__()
+            self.classifier = classifier
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if raw_input:  # uint8 NHWC of any size -> the backbone's input
+                x = normalize(x, preprocessing)
+                x = nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+            logits = self.classifier(x)
+            if output == "ovr":
+                p = torch.sigmoid(logits)
+                return p / p.sum(dim=1, keepdim=True)
+            return torch.softmax(logits, dim=1)
+
+    exported = Exported(model).eval()
+    n = batch or 2
+    example = torch.zeros(n, h, w, 3, dtype=torch.uint8) if raw_input else torch.zeros(n, 3, h, w)
+    dims: dict[int, Any] = {}
+    if batch is None:
+        dims[0] = torch.export.Dim("batch", min=1, max=4096)
+    if raw_input:
+        dims[1] = torch.export.Dim("height", min=16, max=4096)
+        dims[2] = torch.export.Dim("width", min=16, max=4096)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            exported, (example,), dynamo=True, opset_version=opset, input_names=["images"],
+            output_names=["probabilities"], dynamic_shapes=({**dims},) if dims else None, verbose=False,
+        )  # fmt: skip
+    program.save(str(path), external_data=False)

@@ -1,0 +1,137 @@
+"""The framework adapter contract: everything framework-specific, behind one interface.
+
+A framework plugin registers a :class:`tlzoo.FrameworkSpec` (``register_frameworks``)
+whose ``adapter`` names a :class:`FrameworkAdapter`. Core never asks which
+framework a backbone is written in; it asks the backbone's adapter::
+
+    adapter = adapter_for(spec.framework)
+    backbone = adapter.wrap(spec, model, input_size, weights)
+
+tlzoo's torch and Keras support are ordinary plugins of this kind
+(``tlzoo_torch``, ``tlzoo_keras``); ``tests/numpy_framework.py`` is a complete
+third one in a hundred lines.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import PluginError, UsageError
+from .plugins import load_object
+from .specs import BackboneSpec, FrameworkSpec, WeightsSpec
+
+# The types below live in modules that use adapters (tlzoo.backbone, tlzoo.training.engine,
+# tlzoo.weights); naming them here as Any keeps the module graph free of cycles.
+Backbone = Any  # tlzoo.backbone.Backbone
+Engine = Any  # tlzoo.training.engine.Engine
+ResolvedWeights = Any  # tlzoo.weights.ResolvedWeights
+
+# What a head trainer returns: the dense layers' weights (in, out) and biases, and one history row per epoch.
+MLPResult = tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]
+
+
+class FrameworkAdapter(ABC):
+    """One framework's side of tlzoo. Subclass it in the framework's plugin.
+
+    Methods may import the framework; the adapter object itself is created only
+    when a model of this framework is built, trained, loaded or exported.
+    """
+
+    #: The checkpoint file a trained classifier is saved to, in the framework's safe format
+    #: (loadable without executing code: torch state dicts with ``weights_only``, ``.keras`` in safe mode).
+    model_file: str = "model.bin"
+
+    @abstractmethod
+    def seed(self, seed: int) -> None:
+        """Seed the framework's generators, before a backbone is built (reproducible random init)."""
+
+    @abstractmethod
+    def wrap(self, spec: BackboneSpec, model: Any, input_size: tuple[int, int],
+             weights: ResolvedWeights | None) -> Backbone:  # fmt: skip
+        """Wrap the model a builder returned in a :class:`tlzoo.backbone.Backbone` (units, freezing, taps,
+        feature extraction). Raise :class:`tlzoo.errors.UsageError` when it is not this framework's model."""
+
+    @abstractmethod
+    def engine(self, backbone: Backbone, n_classes: int, *, tap: int | None, dropout: float, seed: int,
+               device: str) -> Engine:  # fmt: skip
+        """The training engine (:class:`tlzoo.training.engine.Engine`) for a classifier on ``backbone``."""
+
+    @abstractmethod
+    def train_mlp(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, sizes: list[int], *,
+                  dropout: float, epochs: int, lr: float, weight_decay: float, patience: int, batch_size: int,
+                  seed: int, on_epoch: Callable[[dict[str, Any]], None] | None) -> MLPResult:  # fmt: skip
+        """Train dense layers ``sizes`` (ReLU between, dropout before each) on standardized features with
+        AdamW, early-stopped on validation loss (best epoch kept). Used for ``--head mlp``."""
+
+    @abstractmethod
+    def load_classifier(self, run_dir: Path, meta: Any) -> Any:
+        """The classifier a finished run saved (``meta``: its :class:`tlzoo.runfiles.ClassifierMeta`),
+        loaded without executing code from the file."""
+
+    @abstractmethod
+    def classifier_logits(self, model: Any, batch: np.ndarray) -> np.ndarray:
+        """Logits of a loaded classifier for a preprocessed float32 NHWC batch."""
+
+    def download(self, weights: WeightsSpec, dest: Path) -> None:
+        """Fetch ``weights.url`` to ``dest`` (its hash is checked afterwards by tlzoo)."""
+        import urllib.request
+
+        from .rundir import atomic_write
+
+        def fetch(tmp: Path) -> None:
+            with urllib.request.urlopen(weights.url) as response, open(tmp, "wb") as f:  # noqa: S310 (https URLs from specs)
+                while block := response.read(1 << 20):
+                    f.write(block)
+
+        atomic_write(dest, fetch)
+
+    def converter(self, format: str) -> Callable[..., None] | None:
+        """The function that converts a loaded classifier to an export format (``onnx``), or None.
+
+        Exporters call it as ``convert(model, path, *, input_size, preprocessing, output, opset, batch,
+        raw_input)``; what each keyword means is the exporter's documented contract.
+        """
+        return None
+
+
+_adapters: dict[str, FrameworkAdapter] = {}
+
+
+def adapter_for(framework: str) -> FrameworkAdapter:
+    """The adapter of a registered framework, imported and created on first use."""
+    from .registry import get_registry
+
+    spec = get_registry().framework(framework)
+    cached = _adapters.get(spec.name)
+    if cached is not None and getattr(cached, "_tlzoo_spec", None) is spec:
+        return cached
+    target = load_object(spec.adapter, f"adapter of framework {spec.name}")
+    try:
+        adapter = target() if isinstance(target, type) else target
+    except Exception as exc:
+        raise PluginError(f"the adapter of framework {spec.name} ({spec.adapter}) failed to start: "
+                          f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
+    if not isinstance(adapter, FrameworkAdapter):
+        raise PluginError(f"the adapter of framework {spec.name} ({spec.adapter}) is a {type(adapter).__name__}, "
+                          f"not a tlzoo.adapters.FrameworkAdapter")  # fmt: skip
+    adapter._tlzoo_spec = spec  # type: ignore[attr-defined]
+    _adapters[spec.name] = adapter
+    return adapter
+
+
+def framework_spec(framework: str) -> FrameworkSpec:
+    from .registry import get_registry
+
+    return get_registry().framework(framework)
+
+
+def weights_cache_dir(framework: str) -> Path:
+    """Where a framework caches pretrained weights (computed without importing the framework)."""
+    spec = framework_spec(framework)
+    if not spec.weights_cache:
+        raise UsageError(f"framework {framework} keeps no weights cache")
+    return Path(load_object(spec.weights_cache, f"weights cache of framework {framework}")())

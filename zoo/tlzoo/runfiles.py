@@ -1,0 +1,228 @@
+"""The run directory's format: its file names, its typed metadata schema, its writer and its reader.
+
+A run directory is what ``tlzoo train`` leaves and what evaluate, export,
+predict and compare read. This module is the only one that knows its layout::
+
+    config.yaml          the resolved settings (TrainConfig)       labels.json   class names, in output order
+    split.csv            path,label,subset of every image          classifier.json  ClassifierMeta (below)
+    metrics.json         scores on the test (or val) split         history.csv   one row per epoch
+    environment.json     versions, device, data fingerprint        report.json   skipped images
+    MODEL_CARD.md        the model card                            model.pt / model.keras  the checkpoint
+    learning_curves.png, confusion_matrix.png                      last_state.*  resumable state (unfinished runs)
+
+``classifier.json`` carries ``format_version``. Version 1 (tlzoo 0.1 before the
+field existed) has the same keys and loads; a version newer than this tlzoo
+reads is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+from .specs import Preprocessing
+
+FORMAT_VERSION = 2
+CONFIG = "config.yaml"
+LABELS = "labels.json"
+SPLIT = "split.csv"
+CLASSIFIER = "classifier.json"
+METRICS = "metrics.json"
+HISTORY = "history.csv"
+ENVIRONMENT = "environment.json"
+REPORT = "report.json"
+LEARNING_CURVES = "learning_curves.png"
+CONFUSION_MATRIX = "confusion_matrix.png"
+STATE_STEM = "last_state"
+MAX_INPUT_SIDE = 4096
+
+
+def _damaged(path: Path, why: str) -> UsageError:
+    return UsageError(f"{path}: {why}; the run's files were edited or are corrupt")
+
+
+@dataclass(frozen=True)
+class ClassifierMeta:
+    """What a trained classifier is: enough to rebuild, run and describe it (``classifier.json``)."""
+
+    framework: str
+    backbone: str
+    input_size: tuple[int, int]
+    classes: list[str]
+    output: str  # softmax | ovr: how logits become probabilities
+    preprocessing: Preprocessing
+    model_file: str
+    head: dict[str, Any]
+    tap: int | None = None
+    weights: str | None = None
+    strategy: str = ""
+    plugin: dict[str, str] = field(default_factory=dict)  # the plugin that built the backbone: name, distribution, version
+    tlzoo_version: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["input_size"] = list(self.input_size)
+        data["preprocessing"] = self.preprocessing.to_dict()
+        return data
+
+    # Read-only mapping access, for code written when the metadata was a plain dict (``run.meta["backbone"]``).
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_dict().get(key, default)
+
+    @classmethod
+    def from_dict(cls, data: Any, path: Path) -> ClassifierMeta:
+        if not isinstance(data, dict):
+            raise _damaged(path, "must be a JSON object")
+        version = data.get("format_version", 1)
+        if not isinstance(version, int) or version < 1:
+            raise _damaged(path, f"format_version must be a positive number, got {version!r}")
+        if version > FORMAT_VERSION:
+            raise UsageError(f"{path} was written by a newer tlzoo (run format {version}; this tlzoo reads formats "
+                             f"1..{FORMAT_VERSION}): upgrade tlzoo to use this run")  # fmt: skip
+        required = {"framework": str, "backbone": str, "input_size": list, "classes": list, "output": str,
+                    "preprocessing": dict, "model_file": str, "head": dict}  # fmt: skip
+        for key, kind in required.items():
+            if not isinstance(data.get(key), kind):
+                raise _damaged(path, f"{key} is missing or not a {kind.__name__}")
+        size = data["input_size"]
+        if len(size) != 2 or not all(isinstance(v, int) and 1 <= v <= MAX_INPUT_SIDE for v in size):
+            raise UsageError(f"{path}: input_size must be two sides of 1..{MAX_INPUT_SIDE} pixels, got {size}")
+        if not data["classes"] or not all(isinstance(c, str) for c in data["classes"]):
+            raise UsageError(f"{path}: classes must be a non-empty list of names")
+        if "/" in data["model_file"] or "\\" in data["model_file"] or data["model_file"].startswith("."):
+            raise UsageError(f"{path}: model_file must be a file name inside the run directory")
+        if data["output"] not in ("softmax", "ovr"):
+            raise _damaged(path, f"output must be softmax or ovr, got {data['output']!r}")
+        tap = data.get("tap")
+        if tap is not None and (not isinstance(tap, int) or tap < 0):
+            raise _damaged(path, f"tap must be a unit index, got {tap!r}")
+        try:
+            prep = Preprocessing.from_dict(data["preprocessing"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _damaged(path, f"preprocessing is malformed ({exc})") from None
+        plugin = data.get("plugin") or {}
+        return cls(
+            framework=data["framework"], backbone=data["backbone"], input_size=(size[0], size[1]),
+            classes=list(data["classes"]), output=data["output"], preprocessing=prep, model_file=data["model_file"],
+            head=dict(data["head"]), tap=tap, weights=data.get("weights"), strategy=str(data.get("strategy", "")),
+            plugin={str(k): str(v) for k, v in plugin.items()} if isinstance(plugin, dict) else {},
+            tlzoo_version=str(data.get("tlzoo_version", "")), format_version=FORMAT_VERSION,
+        )  # fmt: skip
+
+
+class RunFiles:
+    """The files of one run directory: where each is, and how it is written and read."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def classifier(self) -> Path:
+        return self.path / CLASSIFIER
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
+    def state(self, suffix: str) -> Path:
+        return self.path / f"{STATE_STEM}{suffix}"
+
+    def finished(self) -> bool:
+        return self.metrics.is_file() or self.classifier.is_file()
+
+    # ------------------------------------------------------------ writing (rank 0 of a training)
+
+    def write_meta(self, meta: ClassifierMeta) -> None:
+        from .rundir import atomic_write_json
+
+        atomic_write_json(self.classifier, meta.to_dict())
+
+    def write_json(self, name: str, value: Any) -> None:
+        from .rundir import atomic_write_json
+
+        atomic_write_json(self.path / name, value)
+
+    def write_labels(self, classes: list[str]) -> None:
+        self.write_json(LABELS, classes)
+
+    def write_split(self, rows: list[tuple[str, str, str]]) -> None:
+        from .rundir import atomic_write_text
+
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["path", "label", "subset"])
+        writer.writerows(rows)
+        atomic_write_text(self.path / SPLIT, buf.getvalue())
+
+    def write_history(self, history: list[dict[str, Any]]) -> None:
+        from .rundir import atomic_write_text
+
+        keys: list[str] = []
+        for row in history:
+            keys += [k for k in row if k not in keys]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+        atomic_write_text(self.path / HISTORY, buf.getvalue())
+
+    # ------------------------------------------------------------ reading
+
+    def read_meta(self) -> ClassifierMeta:
+        if not self.classifier.is_file():
+            raise UsageError(f"{self.path} has no trained classifier ({CLASSIFIER}); train it first or finish it with --resume")
+        try:
+            data = json.loads(self.classifier.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _damaged(self.classifier, f"not valid JSON ({exc})") from None
+        return ClassifierMeta.from_dict(data, self.classifier)
+
+    def read_json(self, name: str) -> Any:
+        path = self.path / name
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UsageError(f"{self.path} has no {name}; the run did not finish") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _damaged(path, f"not valid JSON ({exc})") from None
+
+    def read_history(self) -> list[dict[str, str]]:
+        path = self.path / HISTORY
+        if not path.is_file():
+            return []
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+
+    def read_split(self, subset: str, classes: list[str]) -> list[dict[str, str]]:
+        """The rows of one subset of ``split.csv``, checked against the run's classes."""
+        path = self.path / SPLIT
+        if not path.is_file():
+            raise UsageError(f"{self.path} has no {SPLIT} to check against")
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                if not {"path", "label", "subset"} <= set(reader.fieldnames or []):
+                    raise ValueError(f"columns {reader.fieldnames}, expected path,label,subset")
+                rows = [r for r in reader if r["subset"] == subset]
+            unknown = sorted({r["label"] for r in rows} - set(classes))
+            if unknown or any(not r["path"] for r in rows):
+                raise ValueError(f"labels {unknown} are not the run's classes" if unknown else "empty paths")
+        except (ValueError, UnicodeDecodeError, csv.Error) as exc:
+            raise UsageError(f"{path} is damaged ({exc}); the run's files were edited or are corrupt") from None
+        return rows
