@@ -91,7 +91,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     # evaluate
     ("evaluate-missing-model", ["evaluate", "{w}/nothing.onnx", "--data", "{w}/data"], 2, "does not exist"),
     ("evaluate-batch-size-zero", ["evaluate", "{w}/run", "--data", "{w}/data", "--batch-size", "0"], 2, "--batch-size must be at least 1"),
-    ("evaluate-not-a-model", ["evaluate", "{w}/notes.txt", "--data", "{w}/data"], 2, "neither a run directory nor an exported .onnx"),
+    ("evaluate-not-a-model", ["evaluate", "{w}/notes.txt", "--data", "{w}/data"], 2, "neither a run directory nor an exported model file"),
     ("evaluate-unknown-classes", ["evaluate", "{w}/run", "--data", "{w}/otherclasses"], 2, "has classes the model does not know"),
     ("evaluate-run-without-classifier", ["evaluate", "{w}/empty", "--data", "{w}/data"], 2, "has no trained classifier"),
     ("classifier-json-corrupt", ["evaluate", "{w}/corrupt-json", "--data", "{w}/data"], 2, "classifier.json is not valid JSON"),
@@ -113,7 +113,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("onnx-labels-mismatch", ["predict", "{w}/fivelabels.onnx", "{w}/data"], 2, "the model has 3 outputs but its metadata names 5 labels"),
     ("onnx-without-tlzoo-metadata", ["predict", "{w}/foreign.onnx", "{w}/data"], 2, "not one tlzoo exported"),
     ("onnx-metadata-not-json", ["predict", "{w}/notjson.onnx", "{w}/data"], 2, "metadata tlzoo.raw_input is not valid JSON"),
-    ("predict-run-with-provider", ["predict", "{w}/run", "{w}/data", "--provider", "cuda"], 2, "--provider cuda is for exported .onnx files"),
+    ("predict-run-with-provider", ["predict", "{w}/run", "{w}/data", "--provider", "cuda"], 2, "--provider cuda is for exported model files"),
     ("predict-only-unreadable", ["predict", "{w}/model.onnx", "{w}/brokenclass/broken"], 1, "none of the 2 image(s) given could be read"),
     ("predict-strict", ["predict", "{w}/model.onnx", "{w}/brokenclass/broken", "--strict"], 2, "is not an image tlzoo can read"),
     # compare

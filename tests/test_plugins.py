@@ -202,3 +202,77 @@ def test_plugin_modules_reach_compare_runs_and_all_failing_exits_non_zero(tmp_pa
                         "--out", str(tmp_path / "b"), env=env)  # fmt: skip
     assert failing.returncode == 1, failing.stderr[-2000:]
     assert "every combination failed" in failing.stderr and "Traceback" not in failing.stderr
+
+
+class ShadowingPlugin:
+    __name__ = "shadowing"
+
+    @tlzoo.hookimpl
+    def register_backbones(self):
+        return [make_spec("xception", framework="torch"), make_spec("resnet18", framework="keras")]
+
+
+def test_builtin_short_names_keep_their_meaning_and_plugins_say_so():
+    tlzoo.register_plugin(ShadowingPlugin(), name="shadowing")
+    registry = get_registry()
+    assert registry.resolve("xception").id == "keras/xception"  # the built-in keeps its short name
+    assert registry.resolve("resnet18").id == "torch/resnet18"
+    assert registry.resolve("torch/xception").id == "torch/xception"  # the plugin's: by its full id
+    assert registry.resolve("xception", framework="torch").id == "torch/xception"
+    assert registry.shadowed == {"torch/xception": "keras/xception", "keras/resnet18": "torch/resnet18"}
+    notes = get_host().statuses["shadowing"].notes
+    assert sorted(notes) == [
+        "keras/resnet18: the short name 'resnet18' means torch/resnet18 (plugin 'torchvision'); use the full id keras/resnet18",
+        "torch/xception: the short name 'xception' means keras/xception (plugin 'keras'); use the full id torch/xception",
+    ]
+    assert get_host().statuses["shadowing"].ok  # a note, not an error
+
+
+def test_backbone_of_a_framework_no_plugin_provides_is_reported():
+    class JaxPlugin:
+        __name__ = "jaxish"
+
+        @tlzoo.hookimpl
+        def register_backbones(self):
+            return [make_spec("flaxnet", framework="jax")]
+
+    tlzoo.register_plugin(JaxPlugin(), name="jaxish")
+    assert "jax/flaxnet" not in get_registry().backbones
+    assert get_host().statuses["jaxish"].errors == [
+        "backbone jax/flaxnet: framework 'jax' is not provided by any installed plugin (installed: torch, keras)"
+    ]
+
+
+def test_list_backbones_and_runs_name_the_plugin():
+    listing = run_tlzoo("list-backbones", "--json", "--filter", "vgg16")
+    rows = {r["id"]: r for r in json.loads(listing.stdout)}
+    assert rows["torch/vgg16"]["plugin"] == "torchvision" and rows["keras/vgg16"]["plugin"] == "keras"
+    assert get_registry().provider("torch/vgg16") == {
+        "name": "torchvision", "module": "tlzoo_torchvision", "distribution": "tlzoo", "version": tlzoo.__version__,
+    }  # fmt: skip
+
+
+def test_heavy_imports_reserved_names_and_debug_tracebacks(tmp_path):
+    (tmp_path / "heavy_plugin.py").write_text("import onnx\n")
+    (tmp_path / "raising_plugin.py").write_text("raise RuntimeError('plugin exploded')\n")
+    # An installed distribution whose entry point takes a built-in plugin's name.
+    dist = tmp_path / "evil_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: evil-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[tlzoo]\nkeras = heavy_plugin\n")
+    env = {"PYTHONPATH": str(tmp_path), "TLZOO_PLUGINS": "heavy_plugin,raising_plugin"}
+    rows = {r["name"]: r for r in json.loads(run_tlzoo("plugins", "--json", env=env).stdout)}
+    assert rows["heavy_plugin"]["notes"] == [
+        "imports onnx when loaded, so every tlzoo command (even --help) pays for it; import frameworks inside "
+        "the builder instead"
+    ]
+    assert rows["keras (evil-plugin)"]["errors"] == [
+        "entry point name 'keras' is already taken by plugin 'tlzoo_keras'; rename the entry point in "
+        "evil-plugin's pyproject.toml"
+    ]
+    assert rows["keras"]["status"] == "ok" and rows["keras"]["module"] == "tlzoo_keras"
+    quiet = run_tlzoo("list-backbones", env=env)
+    assert "Traceback" not in quiet.stderr and "plugin exploded" in quiet.stderr
+    loud = run_tlzoo("list-backbones", env={**env, "TLZOO_DEBUG": "1"})
+    assert loud.returncode == 0
+    assert "Traceback (most recent call last)" in loud.stderr and "raising_plugin.py" in loud.stderr

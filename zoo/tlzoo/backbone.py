@@ -192,7 +192,40 @@ def get_backbone(
             raise PluginError(f"the builder of {spec.id} ({spec.builder}) failed: {type(exc).__name__}: "
                               f"{' '.join(str(exc).split())[:300]}") from exc  # fmt: skip
         raise WeightsError(weights_failure(resolved.path, spec, exc)) from exc
-    return adapter.wrap(spec, model, size, resolved)
+    backbone = adapter.wrap(spec, model, size, resolved)
+    if spec.id not in _checked:
+        problems = spec_mismatches(spec, backbone)
+        if problems:
+            owner = get_registry().provider(spec.id).get("name", "?")
+            raise PluginError(f"plugin {owner!r}: the spec of {spec.id} does not match the model its builder makes: "
+                              f"{'; '.join(problems)}")  # fmt: skip
+        _checked.add(spec.id)
+    return backbone
+
+
+_checked: set[str] = set()  # specs already checked against their model in this process
+
+
+def spec_mismatches(spec: BackboneSpec, backbone: Backbone) -> list[str]:
+    """Where a spec's static metadata disagrees with the built model: feature_dim, num_params, units."""
+    problems = []
+    h, w = backbone.input_size
+    dim = int(backbone.extract_features(np.zeros((1, h, w, 3), np.uint8)).shape[1])
+    if dim != spec.feature_dim:
+        problems.append(f"feature_dim is {spec.feature_dim} but the model's pooled features have {dim}")
+    if backbone.num_params != spec.num_params:
+        problems.append(f"num_params is {spec.num_params:,} but the model has {backbone.num_params:,}")
+    if spec.units:
+        built = backbone.units
+        if len(built) != len(spec.units):
+            problems.append(f"units lists {len(spec.units)} but the model has {len(built)} freeze units")
+        else:
+            for declared, real in zip(spec.units, built):
+                if (declared.name, declared.params) != (real.name, real.params):
+                    problems.append(f"unit {real.index} is {declared.name} ({declared.params:,} parameters) in the "
+                                    f"spec but {real.name} ({real.params:,}) in the model")  # fmt: skip
+                    break
+    return problems
 
 
 def weights_failure(path: Any, spec: BackboneSpec, exc: BaseException) -> str:

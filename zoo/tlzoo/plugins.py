@@ -219,10 +219,15 @@ def _load_entry_points(host: PluginHost) -> None:
         seen_builtin = seen_builtin or builtin
         if not builtin and not autoload:
             continue
-        if ep.name in host.statuses:
-            continue
         version = ep.dist.version if ep.dist is not None else ""
         source = "built-in" if builtin else f"entry point ({dist_name})"
+        if ep.name in host.statuses:
+            if not builtin:  # a third party may not replace or shadow a plugin by taking its name
+                host.add_failed(f"{ep.name} ({dist_name})", ep.value, f"entry point name {ep.name!r} is already taken "
+                                f"by plugin {host.statuses[ep.name].module!r}; rename the entry point in {dist_name}'s "
+                                f"pyproject.toml", source=source, version=version, distribution=dist_name)  # fmt: skip
+            continue
+        before = set(sys.modules)
         try:
             plugin = ep.load()
         except (Exception, SystemExit) as exc:  # sys.exit() at import is a broken plugin too
@@ -230,6 +235,7 @@ def _load_entry_points(host: PluginHost) -> None:
                             distribution=dist_name, traceback=_traceback(exc))  # fmt: skip
             continue
         host.add(plugin, ep.name, source=source, version=version, distribution=dist_name)
+        _note_heavy_imports(host, ep.name, before)
     if not seen_builtin:
         for name, module in BUILTIN_MODULES.items():
             _load_module(host, module, source="built-in", name=name)
@@ -237,6 +243,7 @@ def _load_entry_points(host: PluginHost) -> None:
 
 def _load_module(host: PluginHost, module: str, *, source: str, name: str | None = None) -> None:
     name = name or module
+    before = set(sys.modules)
     try:
         plugin = importlib.import_module(module)
     except (Exception, SystemExit) as exc:
@@ -244,6 +251,20 @@ def _load_module(host: PluginHost, module: str, *, source: str, name: str | None
         return
     host.add(plugin, name, source=source, version=str(getattr(plugin, "__version__", "")),
              distribution=DISTRIBUTION if source == "built-in" else "")  # fmt: skip
+    _note_heavy_imports(host, name, before)
+
+
+# Importing one of these costs seconds: a plugin's module must leave them to the code its specs name.
+HEAVY_MODULES = ("torch", "tensorflow", "keras", "jax", "onnxruntime", "onnx", "torchvision")
+
+
+def _note_heavy_imports(host: PluginHost, name: str, before: set[str]) -> None:
+    heavy = [m for m in HEAVY_MODULES if m in sys.modules and m not in before]
+    if heavy and name in host.statuses:
+        host.statuses[name].notes.append(
+            f"imports {', '.join(heavy)} when loaded, so every tlzoo command (even --help) pays for it; import "
+            f"frameworks inside the builder instead"
+        )
 
 
 def warn_broken_plugins(echo: Callable[[str], None] | None = None) -> None:

@@ -190,7 +190,7 @@ class RunFiles:
         try:
             data = json.loads(self.classifier.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
-            raise _damaged(self.classifier, f"not valid JSON ({exc})") from None
+            raise UsageError(f"{self.classifier} is not valid JSON ({exc}); the run's files were edited or are corrupt") from None
         return ClassifierMeta.from_dict(data, self.classifier)
 
     def read_json(self, name: str) -> Any:
@@ -200,7 +200,7 @@ class RunFiles:
         except FileNotFoundError:
             raise UsageError(f"{self.path} has no {name}; the run did not finish") from None
         except (ValueError, UnicodeDecodeError) as exc:
-            raise _damaged(path, f"not valid JSON ({exc})") from None
+            raise UsageError(f"{path} is not valid JSON ({exc}); the run's files were edited or are corrupt") from None
 
     def read_history(self) -> list[dict[str, str]]:
         path = self.path / HISTORY

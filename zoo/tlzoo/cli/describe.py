@@ -16,22 +16,27 @@ from .common import console, escape, handle_errors, human, print_json, warn_plug
 @handle_errors
 def describe(
     name: Annotated[str, typer.Argument(help="Backbone name or id, e.g. vgg16 or keras/vgg16.")],
-    framework: Annotated[Optional[str], typer.Option(help="'torch' or 'keras' when the short name is in both.")] = None,
-    build: Annotated[bool, typer.Option("--build", help="Build the model and read the units off it.")] = False,
+    framework: Annotated[Optional[str], typer.Option(help="The framework, when the short name is in several (torch, keras).")] = None,
+    build: Annotated[bool, typer.Option("--build", help="Build the model, read the units off it and check the spec against it.")] = False,
     json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show a backbone's numbered freeze units, preprocessing and weights."""
     warn_plugins()
     spec = get_registry().resolve(name, framework)
     units = list(spec.units)
+    checked: dict[str, int] = {}
     if build or not units:
         from ..backbone import get_backbone
 
-        built = get_backbone(spec, pretrained=False)
+        built = get_backbone(spec, pretrained=False)  # checks the spec against the model it builds
         units = [UnitSpec(u.name, u.kind, u.params) for u in built.units]
+        checked = {"units": len(units), "num_params": built.num_params, "feature_dim": spec.feature_dim}
     if json:
         data = spec.to_dict()
         data["id"] = spec.id
+        data["plugin"] = get_registry().provider(spec.id)
+        if checked:
+            data["built"] = checked
         data["units"] = [{"index": i, "name": u.name, "kind": u.kind, "params": u.params} for i, u in enumerate(units, 1)]
         print_json(data)
         return
