@@ -48,7 +48,7 @@ def test_list_backbones_json_lists_18_over_both_frameworks():
     vgg = next(r for r in rows if r["id"] == "torch/vgg16")
     assert vgg == {
         "id": "torch/vgg16", "name": "vgg16", "framework": "torch", "input_size": [224, 224], "feature_dim": 512,
-        "num_params": 14714688, "units": 13, "weights": [{"tag": "IMAGENET1K_V1", "on_disk": False}],
+        "num_params": 14714688, "units": 13, "weights": [{"tag": "IMAGENET1K_V1", "on_disk": False}], "plugin": "torchvision", "short_name_taken_by": None,
     }  # fmt: skip
 
 

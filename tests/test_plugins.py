@@ -253,7 +253,7 @@ def test_list_backbones_and_runs_name_the_plugin():
 
 
 def test_heavy_imports_reserved_names_and_debug_tracebacks(tmp_path):
-    (tmp_path / "heavy_plugin.py").write_text("import onnx\n")
+    (tmp_path / "heavy_plugin.py").write_text("import torch\n")
     (tmp_path / "raising_plugin.py").write_text("raise RuntimeError('plugin exploded')\n")
     # An installed distribution whose entry point takes a built-in plugin's name.
     dist = tmp_path / "evil_plugin-1.0.dist-info"
@@ -263,7 +263,7 @@ def test_heavy_imports_reserved_names_and_debug_tracebacks(tmp_path):
     env = {"PYTHONPATH": str(tmp_path), "TLZOO_PLUGINS": "heavy_plugin,raising_plugin"}
     rows = {r["name"]: r for r in json.loads(run_tlzoo("plugins", "--json", env=env).stdout)}
     assert rows["heavy_plugin"]["notes"] == [
-        "imports onnx when loaded, so every tlzoo command (even --help) pays for it; import frameworks inside "
+        "imports torch when loaded, so every tlzoo command (even --help) pays for it; import frameworks inside "
         "the builder instead"
     ]
     assert rows["keras (evil-plugin)"]["errors"] == [

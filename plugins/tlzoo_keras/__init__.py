@@ -39,6 +39,7 @@ def weights_cache() -> Path:
 def register_frameworks() -> list[FrameworkSpec]:
     return [
         FrameworkSpec(
+            modules=("tensorflow", "keras"),
             name="keras",
             adapter="tlzoo_keras.adapter:KerasAdapter",
             weights_cache="tlzoo_keras:weights_cache",

@@ -31,6 +31,7 @@ def weights_cache() -> Path:
 def register_frameworks() -> list[FrameworkSpec]:
     return [
         FrameworkSpec(
+            modules=("torch", "torchvision"),
             name="torch",
             adapter="tlzoo_torch.adapter:TorchAdapter",
             weights_cache="tlzoo_torch:weights_cache",

@@ -48,6 +48,7 @@ class PluginStatus:
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # not errors: shadowed short names, framework imports
     tracebacks: list[str] = field(default_factory=list)  # shown with TLZOO_DEBUG=1
+    imported: list[str] = field(default_factory=list)  # top-level modules that loading the plugin imported
 
     @property
     def ok(self) -> bool:
@@ -254,17 +255,12 @@ def _load_module(host: PluginHost, module: str, *, source: str, name: str | None
     _note_heavy_imports(host, name, before)
 
 
-# Importing one of these costs seconds: a plugin's module must leave them to the code its specs name.
-HEAVY_MODULES = ("torch", "tensorflow", "keras", "jax", "onnxruntime", "onnx", "torchvision")
-
-
 def _note_heavy_imports(host: PluginHost, name: str, before: set[str]) -> None:
-    heavy = [m for m in HEAVY_MODULES if m in sys.modules and m not in before]
-    if heavy and name in host.statuses:
-        host.statuses[name].notes.append(
-            f"imports {', '.join(heavy)} when loaded, so every tlzoo command (even --help) pays for it; import "
-            f"frameworks inside the builder instead"
-        )
+    """Remember which top-level modules loading the plugin imported (the registry names the costly ones:
+    the modules of the registered frameworks)."""
+    status = host.statuses.get(name)
+    if status is not None:
+        status.imported = sorted({m.partition(".")[0] for m in set(sys.modules) - before})
 
 
 def warn_broken_plugins(echo: Callable[[str], None] | None = None) -> None:

@@ -124,7 +124,17 @@ def _build(host: Any) -> Registry:
              accept=lambda spec: _known_framework(reg, spec))  # fmt: skip
     _collect(host.call_each("register_exporters"), ExporterSpec, "exporter", reg.exporters, reg.owners)
     _claim_short_names(reg, host)
+    _note_framework_imports(reg, host)
     return reg
+
+
+def _note_framework_imports(reg: Registry, host: Any) -> None:
+    heavy = {m for f in reg.frameworks_by_name.values() for m in f.modules}
+    for status in host.statuses.values():
+        found = [m for m in status.imported if m in heavy]
+        if found and status.source != "built-in":
+            status.notes.append(f"imports {', '.join(found)} when loaded, so every tlzoo command (even --help) pays "
+                                f"for it; import frameworks inside the builder instead")  # fmt: skip
 
 
 def _known_framework(reg: Registry, spec: BackboneSpec) -> str | None:

@@ -190,6 +190,7 @@ class FrameworkSpec:
     input_layout: str = "NHWC"
     in_process_multi_device: bool = False
     description: str = ""
+    modules: tuple[str, ...] = ()  # the framework's top-level modules: a plugin importing them at load is reported
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
