@@ -33,7 +33,7 @@ def main() -> None:
     import onnxruntime as ort
 
     from tlzoo.datasets import ensure_digits
-    from tlzoo.predictor import Predictor
+    from tlzoo_onnx.predictor import Predictor
     from tlzoo.trained import load_run
     from tlzoo.training.config import TrainConfig
     from tlzoo.training.data_prep import default_data_root

@@ -52,7 +52,7 @@ def int8_precision_split(trained: Any, fp32_path: str, images: np.ndarray, label
     W8A8 is what ``tlzoo export --int8`` writes; W16A8 keeps 8-bit activations with 16-bit weights,
     W8A16 the reverse (both run as fp32 kernels in onnxruntime: a diagnosis, not a deployment).
     """
-    from tlzoo.predictor import Predictor
+    from tlzoo_onnx.predictor import Predictor
     from tlzoo_onnx.export import _to_int8
 
     out: dict[str, float] = {}
@@ -77,7 +77,7 @@ def main() -> None:
     import torch
 
     from tlzoo.datasets import ensure_digits
-    from tlzoo.predictor import Predictor
+    from tlzoo_onnx.predictor import Predictor
     from tlzoo.registry import get_registry
     from tlzoo.trained import load_run
     from tlzoo.training.config import TrainConfig

@@ -68,7 +68,7 @@ def throughput_comparison(backbone: str, image_size: int, freeze: int, batch_siz
 
     from tlzoo import data as datamod
     from tlzoo.backbone import get_backbone
-    from tlzoo.frameworks.torch_train import TorchEngine
+    from tlzoo_torch.train import TorchEngine
     from tlzoo.training.config import TrainConfig
 
     cfg = TrainConfig()

@@ -17,7 +17,7 @@ from typing import Any
 
 import keras
 
-from tlzoo.frameworks.keras_backend import keras_units
+from tlzoo_keras.backend import keras_units
 from tlzoo.specs import KERAS_CAFFE, KERAS_RAW, KERAS_TF, KERAS_TORCH, BackboneSpec, UnitSpec, WeightsSpec
 
 from .build import CONSTRUCTORS, build, constructor

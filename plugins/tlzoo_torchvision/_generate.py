@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torchvision
 
-from tlzoo.frameworks.torch_backend import trace_units
+from tlzoo_torch.backend import trace_units
 from tlzoo.specs import TORCHVISION_IMAGENET, BackboneSpec, UnitSpec, WeightsSpec
 
 from .build import build
