@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tlzoo.adapters import FrameworkAdapter, MLPResult
+from tlzoo.adapters import FrameworkAdapter
 
 from . import train as keras_train
 from .backend import KerasBackbone
@@ -16,23 +16,14 @@ from .quiet import keras
 
 class KerasAdapter(FrameworkAdapter):
     model_file = keras_train.MODEL_FILE
+    engine_class = keras_train.KerasEngine
+    train_mlp = staticmethod(keras_train.train_mlp)
 
     def seed(self, seed: int) -> None:
         keras.utils.set_random_seed(seed)
 
     def wrap(self, spec: Any, model: Any, input_size: tuple[int, int], weights: Any) -> KerasBackbone:
         return KerasBackbone(spec, model, input_size, weights)
-
-    def engine(self, backbone: Any, n_classes: int, *, tap: int | None, dropout: float, seed: int,
-               device: str) -> keras_train.KerasEngine:  # fmt: skip
-        return keras_train.KerasEngine(backbone, n_classes, tap=tap, dropout=dropout, seed=seed, device=device)
-
-    def train_mlp(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, sizes: list[int], *,
-                  dropout: float, epochs: int, lr: float, weight_decay: float, patience: int, batch_size: int,
-                  seed: int, on_epoch: Callable[[dict[str, Any]], None] | None) -> MLPResult:  # fmt: skip
-        return keras_train.train_mlp(x, y, x_val, y_val, sizes, dropout=dropout, epochs=epochs, lr=lr,
-                                     weight_decay=weight_decay, patience=patience, batch_size=batch_size,
-                                     seed=seed, on_epoch=on_epoch)  # fmt: skip
 
     def load_classifier(self, run_dir: Path, meta: Any) -> Any:
         return keras_train.load_classifier(run_dir)

@@ -4,7 +4,7 @@ can learn at a fraction of the head's learning rate (Keras has no per-layer rate
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np  # noqa: E402
 
@@ -324,9 +324,9 @@ def load_classifier(run_dir: Path) -> keras.Model:
     return keras.models.load_model(Path(run_dir) / MODEL_FILE, safe_mode=True, compile=False)
 
 
-def train_mlp(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, sizes: list[int], *,
+def train_mlp(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, sizes: list[int], *,
               dropout: float, epochs: int, lr: float, weight_decay: float, patience: int, batch_size: int,
-              seed: int, on_epoch: Any) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:  # fmt: skip
+              seed: int, on_epoch: Callable[[dict[str, Any]], None] | None) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:  # fmt: skip
     """Dense layers on standardized features (see :meth:`tlzoo.adapters.FrameworkAdapter.train_mlp`)."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((sizes[0],))
@@ -347,6 +347,6 @@ def train_mlp(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, size
     callbacks: list[Any] = [keras.callbacks.LambdaCallback(on_epoch_end=record)]
     if patience:
         callbacks.append(keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True))
-    net.fit(x, y, validation_data=(xv, yv), epochs=epochs, batch_size=batch_size, callbacks=callbacks, verbose=0)
+    net.fit(x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=batch_size, callbacks=callbacks, verbose=0)
     dense = [layer for layer in net.layers if isinstance(layer, keras.layers.Dense)]
     return [layer.get_weights()[0] for layer in dense], [layer.get_weights()[1] for layer in dense], history

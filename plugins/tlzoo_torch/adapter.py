@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tlzoo.adapters import FrameworkAdapter, MLPResult
+from tlzoo.adapters import FrameworkAdapter
 
 from . import train as torch_train
 from .backend import TorchBackbone
@@ -15,6 +15,8 @@ from .backend import TorchBackbone
 
 class TorchAdapter(FrameworkAdapter):
     model_file = torch_train.MODEL_FILE
+    engine_class = torch_train.TorchEngine
+    train_mlp = staticmethod(torch_train.train_mlp)
 
     def seed(self, seed: int) -> None:
         import torch
@@ -23,17 +25,6 @@ class TorchAdapter(FrameworkAdapter):
 
     def wrap(self, spec: Any, model: Any, input_size: tuple[int, int], weights: Any) -> TorchBackbone:
         return TorchBackbone(spec, model, input_size, weights)
-
-    def engine(self, backbone: Any, n_classes: int, *, tap: int | None, dropout: float, seed: int,
-               device: str) -> torch_train.TorchEngine:  # fmt: skip
-        return torch_train.TorchEngine(backbone, n_classes, tap=tap, dropout=dropout, seed=seed, device=device)
-
-    def train_mlp(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, sizes: list[int], *,
-                  dropout: float, epochs: int, lr: float, weight_decay: float, patience: int, batch_size: int,
-                  seed: int, on_epoch: Callable[[dict[str, Any]], None] | None) -> MLPResult:  # fmt: skip
-        return torch_train.train_mlp(x, y, x_val, y_val, sizes, dropout=dropout, epochs=epochs, lr=lr,
-                                     weight_decay=weight_decay, patience=patience, batch_size=batch_size,
-                                     seed=seed, on_epoch=on_epoch)  # fmt: skip
 
     def load_classifier(self, run_dir: Path, meta: Any) -> Any:
         return torch_train.load_classifier(run_dir, meta)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -370,14 +370,14 @@ def load_classifier(run_dir: Path, meta: Any) -> TorchClassifier:
     return model.eval()
 
 
-def train_mlp(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, sizes: list[int], *,
+def train_mlp(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, sizes: list[int], *,
               dropout: float, epochs: int, lr: float, weight_decay: float, patience: int, batch_size: int,
-              seed: int, on_epoch: Any) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:  # fmt: skip
+              seed: int, on_epoch: Callable[[dict[str, Any]], None] | None) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:  # fmt: skip
     """Dense layers on standardized features (see :meth:`tlzoo.adapters.FrameworkAdapter.train_mlp`)."""
     torch.manual_seed(seed)
     net = make_head(sizes, dropout)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    xt, yt, xvt, yvt = (torch.from_numpy(a) for a in (x, y, xv, yv))
+    xt, yt, xvt, yvt = (torch.from_numpy(a) for a in (x, y, x_val, y_val))
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(seed)
     best, best_state, waited, history = float("inf"), None, 0, []

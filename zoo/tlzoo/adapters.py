@@ -55,17 +55,23 @@ class FrameworkAdapter(ABC):
         """Wrap the model a builder returned in a :class:`tlzoo.backbone.Backbone` (units, freezing, taps,
         feature extraction). Raise :class:`tlzoo.errors.UsageError` when it is not this framework's model."""
 
-    @abstractmethod
+    #: The training engine class (a :class:`tlzoo.training.engine.Engine`); :meth:`engine` makes one.
+    engine_class: type | None = None
+
     def engine(self, backbone: Backbone, n_classes: int, *, tap: int | None, dropout: float, seed: int,
                device: str) -> Engine:  # fmt: skip
-        """The training engine (:class:`tlzoo.training.engine.Engine`) for a classifier on ``backbone``."""
+        """The training engine for a classifier on ``backbone``: ``engine_class``, unless overridden."""
+        if self.engine_class is None:
+            raise PluginError(f"{type(self).__name__} names no engine_class and does not override engine()")
+        return self.engine_class(backbone, n_classes, tap=tap, dropout=dropout, seed=seed, device=device)
 
     @abstractmethod
     def train_mlp(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, sizes: list[int], *,
                   dropout: float, epochs: int, lr: float, weight_decay: float, patience: int, batch_size: int,
                   seed: int, on_epoch: Callable[[dict[str, Any]], None] | None) -> MLPResult:  # fmt: skip
         """Train dense layers ``sizes`` (ReLU between, dropout before each) on standardized features with
-        AdamW, early-stopped on validation loss (best epoch kept). Used for ``--head mlp``."""
+        AdamW, early-stopped on validation loss (best epoch kept). Used for ``--head mlp``. A plain function
+        with this signature may be assigned instead: ``train_mlp = staticmethod(my_train_mlp)``."""
 
     @abstractmethod
     def load_classifier(self, run_dir: Path, meta: Any) -> Any:

@@ -94,6 +94,11 @@ class Backbone(ABC):
     def _run(self, model: Any, batch: np.ndarray) -> np.ndarray:
         """Run a feature model on a preprocessed NHWC float32 batch."""
 
+    def feature_width(self) -> int:
+        """The width of the pooled features, measured on one blank image at the input size."""
+        h, w = self.input_size
+        return int(self.extract_features(np.zeros((1, h, w, 3), np.uint8)).shape[1])
+
     def unit_names(self) -> list[str]:
         return [u.name for u in self.units]
 
@@ -151,13 +156,6 @@ def check_input_size(spec: BackboneSpec, size: int | tuple[int, int] | None) -> 
 import_object = load_object  # the name plugins and tests used before tlzoo.plugins.load_object
 
 
-def wrap(spec: BackboneSpec, model: Any, input_size: tuple[int, int], weights: ResolvedWeights | None) -> Backbone:
-    """The framework's model as a :class:`Backbone`, by the framework's adapter."""
-    from .adapters import adapter_for
-
-    return adapter_for(spec.framework).wrap(spec, model, input_size, weights)
-
-
 def get_backbone(
     name: str | BackboneSpec,
     *,
@@ -176,23 +174,7 @@ def get_backbone(
     spec = name if isinstance(name, BackboneSpec) else get_registry().resolve(name, framework)
     size = check_input_size(spec, input_size)
     weights_arg = ("auto" if pretrained else None) if isinstance(pretrained, bool) else pretrained
-    resolved = resolve(spec, weights_arg)
-    from .adapters import adapter_for
-
-    adapter = adapter_for(spec.framework)
-    if seed is not None:
-        adapter.seed(seed)
-    builder = load_object(spec.builder, f"builder of {spec.id}")
-    try:
-        model = builder(spec=spec, weights=str(resolved.path) if resolved else None, input_size=size)
-    except TlzooError:
-        raise
-    except Exception as exc:
-        if resolved is None:
-            raise PluginError(f"the builder of {spec.id} ({spec.builder}) failed: {type(exc).__name__}: "
-                              f"{' '.join(str(exc).split())[:300]}") from exc  # fmt: skip
-        raise WeightsError(weights_failure(resolved.path, spec, exc)) from exc
-    backbone = adapter.wrap(spec, model, size, resolved)
+    backbone = build(spec, resolve(spec, weights_arg), size, seed=seed)
     if spec.id not in _checked:
         problems = spec_mismatches(spec, backbone)
         if problems:
@@ -203,14 +185,35 @@ def get_backbone(
     return backbone
 
 
+def build(spec: BackboneSpec, weights: ResolvedWeights | None, size: tuple[int, int], *,
+          seed: int | None = None) -> Backbone:  # fmt: skip
+    """Call the spec's builder and have its framework's adapter wrap the model, without checking the spec
+    against it (:func:`get_backbone` does; the spec generator fills the spec in from it)."""
+    from .adapters import adapter_for
+
+    adapter = adapter_for(spec.framework)
+    if seed is not None:
+        adapter.seed(seed)
+    builder = load_object(spec.builder, f"builder of {spec.id}")
+    try:
+        model = builder(spec=spec, weights=str(weights.path) if weights else None, input_size=size)
+    except TlzooError:
+        raise
+    except Exception as exc:
+        if weights is None:
+            raise PluginError(f"the builder of {spec.id} ({spec.builder}) failed: {type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:300]}") from exc  # fmt: skip
+        raise WeightsError(weights_failure(weights.path, spec, exc)) from exc
+    return adapter.wrap(spec, model, size, weights)
+
+
 _checked: set[str] = set()  # specs already checked against their model in this process
 
 
 def spec_mismatches(spec: BackboneSpec, backbone: Backbone) -> list[str]:
     """Where a spec's static metadata disagrees with the built model: feature_dim, num_params, units."""
     problems = []
-    h, w = backbone.input_size
-    dim = int(backbone.extract_features(np.zeros((1, h, w, 3), np.uint8)).shape[1])
+    dim = backbone.feature_width()
     if dim != spec.feature_dim:
         problems.append(f"feature_dim is {spec.feature_dim} but the model's pooled features have {dim}")
     if backbone.num_params != spec.num_params:

@@ -19,8 +19,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .errors import UsageError
 from .plugins import load_object
 from .specs import BackboneSpec, UnitSpec, load_specs_json
@@ -29,15 +27,10 @@ from .specs import BackboneSpec, UnitSpec, load_specs_json
 def complete(draft: BackboneSpec) -> BackboneSpec:
     """The draft with ``feature_dim``, ``num_params`` and ``units`` read off the model its builder makes
     (built once, with random weights, at the draft's input size, through its framework's adapter)."""
-    from .adapters import adapter_for
+    from .backbone import build
 
-    adapter = adapter_for(draft.framework)
-    adapter.seed(0)
-    builder = load_object(draft.builder, f"builder of {draft.id}")
-    model = builder(spec=draft, weights=None, input_size=draft.input_size)
-    backbone = adapter.wrap(draft, model, draft.input_size, None)
-    h, w = draft.input_size
-    dim = int(backbone.extract_features(np.zeros((1, h, w, 3), np.uint8)).shape[1])
+    backbone = build(draft, None, draft.input_size, seed=0)
+    dim = backbone.feature_width()
     units = tuple(UnitSpec(u.name, u.kind, u.params) for u in backbone.units)
     return dataclasses.replace(draft, feature_dim=dim, num_params=backbone.num_params, units=units)
 
