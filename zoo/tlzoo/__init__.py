@@ -128,10 +128,13 @@ def predict(model: Any, images: Any, *, top_k: int = 5, batch_size: int = 32, st
 
 
 def compare(data: Any = None, backbones: Any = "mobilenet_v2", strategies: str = "feature-extract,fine-tune,scratch", *,
-            out: Any = "runs/compare", budget_minutes: float | None = None, epochs: int = 5,
-            image_size: int | None = None, batch_size: int = 32, test_split: float = 0.2, augment: str = "auto",
-            weights: str = "auto", seed: int = 0, onnx: bool = True, verbose: bool | None = None) -> list[dict[str, Any]]:  # fmt: skip
-    """Train every backbone x strategy on one split, like ``tlzoo compare``; returns the ranked leaderboard."""
+            out: Any = "runs/compare", budget_minutes: float | None = None, onnx: bool = True,
+            verbose: bool | None = None, **shared: Any) -> list[dict[str, Any]]:  # fmt: skip
+    """Train every backbone x strategy on one split, like ``tlzoo compare``; returns the ranked leaderboard.
+
+    ``shared`` are the training settings every combination receives, as in ``tlzoo compare --help``:
+    ``epochs`` (default 5), ``image_size``, ``batch_size``, ``test_split`` (0.2), ``augment``, ``weights``, ``seed``.
+    """
     from pathlib import Path
 
     from .comparison import common_args, compare as run_compare, ranked
@@ -139,12 +142,11 @@ def compare(data: Any = None, backbones: Any = "mobilenet_v2", strategies: str =
     from .training.data_prep import default_data_root
 
     names = [b.strip() for b in backbones.split(",")] if isinstance(backbones, str) else list(backbones)
+    common = common_args(**shared)
     reporter = _reporter(verbose)
     rows = run_compare(
         Path(data) if data is not None else ensure_digits(default_data_root()), [n for n in names if n], strategies,
-        out_dir=Path(out), budget_minutes=budget_minutes, onnx=onnx,
-        common=common_args(epochs=epochs, batch_size=batch_size, test_split=test_split, seed=seed, augment=augment,
-                           weights=weights, image_size=image_size),
+        out_dir=Path(out), budget_minutes=budget_minutes, onnx=onnx, common=common,
         on_start=lambda i, n, c: reporter.info(f"[{i}/{n}] {c.backbone} {c.label}: training ..."),
         on_row=lambda r: reporter.info(f"      {r['backbone']} {r['strategy']}: {r['status']}"),
     )  # fmt: skip

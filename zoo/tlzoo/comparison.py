@@ -8,6 +8,7 @@ process. The winner's run directory exports directly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -20,12 +21,11 @@ from typing import Any
 from .errors import UsageError
 from .plugins import child_env
 from .runfiles import ENVIRONMENT, METRICS, RunFiles
-from .training.config import HEADS, STRATEGIES
+from .settings import Setting
+from .training.config import SETTINGS_BY_NAME, STRATEGIES, TRAIN_SETTINGS
 
-# Parameters a strategy string may set, with the train option each maps to.
-PARAMS = {"freeze": "--freeze", "tap": "--tap", "head": "--head", "epochs": "--epochs", "lr": "--lr",
-          "stage1_epochs": "--stage1-epochs", "unfreeze": "--unfreeze", "hidden": "--hidden",
-          "backbone_lr_mult": "--backbone-lr-mult", "augment": "--augment"}  # fmt: skip
+# Parameters a strategy string may set: the training settings declared per_strategy (tlzoo.TrainConfig).
+PARAMS = {setting.name: setting for setting in TRAIN_SETTINGS if setting.per_strategy}
 SECONDS_PER_IMAGE_FLOOR = 0.01  # no backbone extracts features faster than this on a CPU
 
 
@@ -96,18 +96,7 @@ def _check_params(strategy: str, params: dict[str, str]) -> None:
 
     converted: dict[str, Any] = {"strategy": strategy}
     for key, value in params.items():
-        kind = type(getattr(TrainConfig(), key))
-        try:
-            if key == "hidden":
-                converted[key] = [int(v) for v in value.split("+")]
-            elif kind in (int, float):
-                converted[key] = kind(value)
-            else:
-                converted[key] = value
-        except ValueError:
-            raise UsageError(f"{key}={value!r} is not a {kind.__name__}") from None
-    if "head" in params and params["head"] not in HEADS:
-        raise UsageError(f"unknown head {params['head']!r}; choose from: {', '.join(HEADS)}")
+        converted[key] = PARAMS[key].check(value)
     cfg = TrainConfig(**converted)
     cfg.apply_given({"strategy", *params})
     cfg.validate()
@@ -146,12 +135,35 @@ def plan(data: Path, backbones: list[str], strategies: str, budget_minutes: floa
     return combos
 
 
-def common_args(*, epochs: int, batch_size: int, test_split: float, seed: int, augment: str, weights: str,
-                image_size: int | None) -> list[str]:  # fmt: skip
-    """The train options every combination shares (same split, same seed)."""
-    args = ["--epochs", str(epochs), "--batch-size", str(batch_size), "--test-split", str(test_split),
-            "--seed", str(seed), "--augment", augment, "--weights", weights]  # fmt: skip
-    return args + (["--image-size", str(image_size)] if image_size else [])
+# Training settings every combination shares, with compare's own defaults and words where they differ.
+SHARED = {
+    "epochs": (5, "Epochs for the strategies that train a network."),
+    "image_size": (None, "Resize images to this size (default: each backbone's)."),
+    "batch_size": (32, ""),
+    "test_split": (0.2, "Share of --data held out as the common test set."),
+    "augment": ("auto", "auto | none | flip,crop (for the strategies that train the backbone)."),
+    "weights": ("auto", "Backbone weights for every combination but scratch: auto | none | a tag."),
+    "seed": (0, "The same seed, hence the same split, for every combination."),
+}
+
+
+def shared_settings() -> tuple[Setting, ...]:
+    """compare's options that every combination's ``tlzoo train`` receives: train's own declarations."""
+    return tuple(dataclasses.replace(SETTINGS_BY_NAME[name], default=default, help=words or SETTINGS_BY_NAME[name].help,
+                                     group="Shared by every combination") for name, (default, words) in SHARED.items())  # fmt: skip
+
+
+def common_args(**values: Any) -> list[str]:
+    """The train options every combination shares (same split, same seed), each checked like train checks it."""
+    unknown = sorted(set(values) - set(SHARED))
+    if unknown:
+        raise UsageError(f"unknown compare option(s) {', '.join(unknown)}; the shared ones are: {', '.join(SHARED)}")
+    args = []
+    for setting in shared_settings():
+        value = setting.check(values.get(setting.name, setting.default))
+        if value is not None:
+            args += setting.cli_args(value)
+    return args
 
 
 def run_combination(combo: Combination, common: list[str], out_dir: Path, timeout: float | None) -> dict[str, Any]:
@@ -163,7 +175,7 @@ def run_combination(combo: Combination, common: list[str], out_dir: Path, timeou
     if combo.strategy == "feature-extract":
         args += ["--augment", "none"]  # --augment is for the strategies that train the backbone
     for key, value in combo.params.items():
-        args += [PARAMS[key], value.replace("+", ",") if key == "hidden" else value]  # hidden=512+128: two layers
+        args += PARAMS[key].cli_args(value)  # hidden=512+128: two layers
     row: dict[str, Any] = {"backbone": combo.backbone, "strategy": combo.label, "run_dir": str(out_dir / "runs" / combo.run_name)}
     t0 = time.perf_counter()
     try:

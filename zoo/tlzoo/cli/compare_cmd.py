@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -19,15 +20,9 @@ def compare(
     strategies: Annotated[str, typer.Option(help="e.g. feature-extract,fine-tune:freeze=8,two-stage,scratch; a sweep: fine-tune:freeze=0,4,8,all")] = "feature-extract,fine-tune,scratch",
     budget: Annotated[Optional[float], typer.Option(help="Minutes for the whole comparison; a combination running past it is stopped.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Where the runs and the leaderboard go.")] = Path("runs/compare"),
-    epochs: Annotated[int, typer.Option(help="Epochs for the strategies that train the backbone.")] = 5,
-    image_size: Annotated[Optional[int], typer.Option(help="Resize images to this size (default: each backbone's).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
-    test_split: Annotated[float, typer.Option(help="Share of --data held out as the common test set.")] = 0.2,
-    augment: Annotated[str, typer.Option(help="auto | none | flip,crop (for the strategies that train the backbone).")] = "auto",
-    weights: Annotated[str, typer.Option(help="Backbone weights for every combination but scratch: auto | none | a tag.")] = "auto",
-    seed: Annotated[int, typer.Option(help="The same seed, hence the same split, for every combination.")] = 0,
     onnx: Annotated[bool, typer.Option(help="Export each run to ONNX and time batch-1 inference.")] = True,
     json: Annotated[bool, typer.Option("--json", help="Print the leaderboard as JSON.")] = False,
+    **shared: Any,
 ) -> None:
     """Train every backbone x strategy on the same split and compare them side by side."""
     from ..comparison import COLUMNS, cell, common_args, compare as run_compare, ranked
@@ -36,8 +31,7 @@ def compare(
 
     warn_plugins()
     source = data or ensure_digits(default_data_root())
-    common = common_args(epochs=epochs, batch_size=batch_size, test_split=test_split, seed=seed, augment=augment,
-                         weights=weights, image_size=image_size)  # fmt: skip
+    common = common_args(**shared)
     names = [b.strip() for b in backbones.split(",") if b.strip()]
 
     def start(number: int, total: int, combo: Any) -> None:
@@ -78,3 +72,15 @@ def compare(
     best = next((r for r in ranked(rows) if r.get("status") == "ok"), None)
     if best is not None:
         console.print(f"best: {best['backbone']} {best['strategy']} -> tlzoo export onnx {best['run_dir']}", markup=False)
+
+
+def _signature() -> inspect.Signature:
+    """compare's own options, then train's settings that every combination shares (declared once, in TrainConfig)."""
+    from ..comparison import shared_settings
+    from ..settings import typer_parameters
+
+    own = [p for p in inspect.signature(compare, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    return inspect.Signature([*own, *typer_parameters(shared_settings())])
+
+
+compare.__signature__ = _signature()  # type: ignore[attr-defined]

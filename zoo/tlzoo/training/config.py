@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
+import typing
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..settings import Setting
 
 STRATEGIES = {
     "feature-extract": "backbone frozen; bottleneck features computed once and cached; a new head trained on them",
@@ -31,85 +32,130 @@ AUGMENTATIONS = ("flip", "crop")
 MAX_IMAGE_SIZE = 2048  # a 2048x2048 RGB batch of 32 is already 1.5 GB of float32 input
 
 
+SETTING = "tlzoo.setting"
+
+
+def _setting(default: Any, help: str, group: str, **declared: Any) -> Any:
+    """A TrainConfig field and its :class:`tlzoo.settings.Setting`: the one place a training setting is declared."""
+    meta = {SETTING: (help, group, declared)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _sklearn_head(c: TrainConfig) -> bool:
+    return c.uses_sklearn_head
+
+
+def _trains_network(c: TrainConfig) -> bool:
+    return not c.uses_sklearn_head
+
+
+def _trains_backbone(c: TrainConfig) -> bool:
+    return c.strategy != "feature-extract"
+
+
+def _is(*strategies: str) -> Callable[[TrainConfig], bool]:
+    return lambda c: c.strategy in strategies
+
+
+def _starts_pretrained(c: TrainConfig) -> bool:
+    return c.strategy != "scratch" or str(c.weights).lower() in ("none", "random", "scratch")
+
+
+MODEL, DATA, STRATEGY, OPTIMIZATION, RUN = "Backbone", "Data", "Strategy and head", "Optimization", "Run"
+
+
 @dataclass
 class TrainConfig:
-    backbone: str = "mobilenet_v2"
-    framework: str | None = None
-    weights: str | None = "auto"
-    data: str | None = None
-    val: str | None = None
-    test: str | None = None
-    val_split: float = 0.2
-    test_split: float = 0.0
-    image_size: int | None = None
-    strategy: str = "feature-extract"
-    head: str = "softmax"
-    hidden: list[int] = field(default_factory=lambda: [256])
-    dropout: float = 0.2
-    c: float | None = None
-    tap: str | None = None
-    freeze: str | None = None
-    unfreeze: str = "all"
-    stage1_epochs: int = 3
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    backbone_lr_mult: float = 0.1
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    patience: int = 5
-    augment: str = "auto"
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 0
-    strict: bool = False
-    cache: bool = True
-    tensorboard: bool = False
-    name: str | None = None
-    out_dir: str = "runs"
+    """Every setting of a training run. Each field declares its option once: type (the annotation), default,
+    range, help and where it applies; ``tlzoo train``'s options, config-file checks and compare's strategy
+    parameters are generated from these declarations (:data:`TRAIN_SETTINGS`)."""
+
+    backbone: str = _setting("mobilenet_v2", "Backbone name or id (tlzoo list-backbones).", MODEL, short="-b")
+    framework: str | None = _setting(None, "The framework, when the short name is in several (tlzoo list-backbones).", MODEL)
+    weights: str | None = _setting(
+        "auto", "auto (ImageNet, preferring what is on disk), a tag, a file, or 'none'.", MODEL, fits=_starts_pretrained,
+        applies="the strategies that start from pretrained weights (scratch starts from random initialisation)")
+    data: str | None = _setting(
+        None, "Image folder (one sub-folder per class) or a path,label CSV. Default: the embedded digits.", DATA, short="-d")
+    val: str | None = _setting(None, "Validation folder (default: a stratified split of --data).", DATA)
+    test: str | None = _setting(None, "Test folder (default: none, or --test-split).", DATA)
+    val_split: float = _setting(0.2, "Share of --data held out for validation.", DATA, min=0, max=1, max_open=True)
+    test_split: float = _setting(0.0, "Share of --data held out for testing.", DATA, min=0, max=1, max_open=True)
+    image_size: int | None = _setting(None, "Resize images to this size (default: the backbone's).", DATA,
+                                      min=1, max=MAX_IMAGE_SIZE)
+    augment: str = _setting("auto", "auto | none | flip,crop (auto: on for fine-tune, two-stage and scratch).", DATA,
+                            per_strategy=True)
+    strict: bool = _setting(False, "Stop on an unreadable image instead of skipping it.", DATA)
+    workers: int = _setting(0, "Data-loading worker processes (fine-tune, two-stage, scratch).", DATA, min=0,
+                            used=_trains_backbone)
+    strategy: str = _setting("feature-extract", "feature-extract | fine-tune | two-stage | scratch (default: "
+                             "feature-extract; fine-tune when --freeze is given).", STRATEGY, short="-s",
+                             choices=tuple(STRATEGIES))
+    freeze: str | None = _setting(
+        None, "fine-tune: N | NAME | all | -K units frozen (tlzoo describe); selects fine-tune. Default: half.",
+        STRATEGY, per_strategy=True, fits=_is("fine-tune"), applies="--strategy fine-tune (two-stage takes --unfreeze)")
+    unfreeze: str = _setting("all", "two-stage: 'all' or the number of final units to unfreeze in stage 2.", STRATEGY,
+                             per_strategy=True, fits=_is("two-stage"), applies="--strategy two-stage")
+    stage1_epochs: int = _setting(3, "two-stage: epochs of the head-only stage.", STRATEGY, min=1, per_strategy=True,
+                                  fits=_is("two-stage"), applies="--strategy two-stage")
+    tap: str | None = _setting(None, "Use an earlier unit's pooled output (number or name) as the features.", STRATEGY,
+                               per_strategy=True)
+    head: str = _setting("softmax", "softmax | logreg-ovr | linear-svm | mlp (feature-extract).", STRATEGY,
+                         choices=tuple(HEADS), per_strategy=True)
+    hidden: list[int] = _setting(
+        [256], "mlp head: hidden layer sizes, comma separated.", STRATEGY, min=1, per_strategy=True,
+        fits=lambda c: c.strategy == "feature-extract" and c.head == "mlp", applies="--strategy feature-extract --head mlp")
+    dropout: float = _setting(0.2, "Dropout before each dense layer of the head.", STRATEGY, min=0, max=1, max_open=True,
+                              per_strategy=True, fits=_trains_network,
+                              applies="the MLP head and the heads trained end to end (fine-tune, two-stage, scratch)")
+    c: float | None = _setting(
+        None, "Inverse regularization of the scikit-learn heads (default: chosen on validation data).", STRATEGY,
+        flag="--C", min=0, min_open=True, per_strategy=True, fits=_sklearn_head,
+        applies="--strategy feature-extract with a scikit-learn head (--head softmax, logreg-ovr or linear-svm)")
+    epochs: int = _setting(10, "Epochs (two-stage: of stage 2; mlp head: max epochs).", OPTIMIZATION, min=1,
+                           per_strategy=True, used=_trains_network)
+    batch_size: int = _setting(32, "Images per batch.", OPTIMIZATION, min=1, per_strategy=True)
+    lr: float = _setting(1e-3, "Learning rate of the head.", OPTIMIZATION, min=0, min_open=True, per_strategy=True,
+                         used=_trains_network)
+    backbone_lr_mult: float = _setting(0.1, "Backbone learning rate = lr x this.", OPTIMIZATION, min=0,
+                                       per_strategy=True, used=_is("fine-tune", "two-stage"))
+    optimizer: str = _setting("adamw", "sgd | adam | adamw", OPTIMIZATION, choices=OPTIMIZERS, per_strategy=True,
+                              used=_trains_backbone)
+    momentum: float = _setting(0.9, "SGD momentum.", OPTIMIZATION, min=0, max=1, max_open=True, per_strategy=True,
+                               used=_trains_backbone)
+    nesterov: bool = _setting(True, "Nesterov momentum (sgd).", OPTIMIZATION, per_strategy=True, used=_trains_backbone)
+    weight_decay: float = _setting(1e-4, "Weight decay (decoupled for adamw).", OPTIMIZATION, min=0, per_strategy=True,
+                                   used=_trains_network)
+    schedule: str = _setting("cosine", "cosine | step | none", OPTIMIZATION, choices=SCHEDULES, per_strategy=True,
+                             used=_trains_backbone)
+    patience: int = _setting(5, "Early stopping after this many epochs without a better val loss (0: off).",
+                             OPTIMIZATION, min=0, per_strategy=True, used=_trains_network)
+    seed: int = _setting(0, "Seed for splits, initialisation and shuffling.", RUN)
+    device: str = _setting("auto", "auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:1 | mps | 0,1 (one process "
+                           "per GPU where the framework trains that way)", RUN)
+    cache: bool = _setting(True, "Cache bottleneck features (feature-extract).", RUN, used=_is("feature-extract"))
+    tensorboard: bool = _setting(False, "Also log every epoch for TensorBoard (RUN/tensorboard; needs the tensorboard "
+                                 "package).", RUN)
+    name: str | None = _setting(None, "Run name (default: BACKBONE-STRATEGY).", RUN)
+    out_dir: str = _setting("runs", "Where run directories go.", RUN)
 
     def validate(self) -> None:
-        """Check every value's range and type before any image is decoded or model built."""
-        _check_types(self)
-        _choice("--strategy", self.strategy, STRATEGIES)
-        _choice("--head", self.head, HEADS)
-        _choice("--optimizer", self.optimizer, OPTIMIZERS)
-        _choice("--schedule", self.schedule, SCHEDULES)
-        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size),
-                            ("--stage1-epochs", self.stage1_epochs)):  # fmt: skip
-            if value < 1:
-                raise UsageError(f"{flag} must be at least 1, got {value}")
-        for flag, value in (("--patience", self.patience), ("--workers", self.workers)):
-            if value < 0:
-                raise UsageError(f"{flag} must be 0 or more, got {value}")
-        for flag, share in (("--val-split", self.val_split), ("--test-split", self.test_split)):
-            if not 0 <= share < 1:  # NaN fails too
-                raise UsageError(f"{flag} must be in [0, 1), got {share}")
+        """Check every value's type and range, then how they combine, before any image is decoded or model built."""
+        for s in TRAIN_SETTINGS:
+            setattr(self, s.name, s.check(getattr(self, s.name)))
         if not self.val and self.val_split <= 0:
             raise UsageError("--val-split must be above 0 unless a --val folder is given: training needs validation images")
         if self.val_split + self.test_split >= 1:
             raise UsageError(f"--val-split {self.val_split} and --test-split {self.test_split} leave no training images")
-        if self.image_size is not None and not 1 <= self.image_size <= MAX_IMAGE_SIZE:
-            raise UsageError(f"--image-size must be between 1 and {MAX_IMAGE_SIZE} pixels, got {self.image_size}")
-        if self.c is not None and not self.c > 0:
-            raise UsageError(f"--C must be positive, got {self.c}")
-        if not self.lr > 0 or not math.isfinite(self.lr) or not self.backbone_lr_mult >= 0:
-            raise UsageError("--lr must be positive and finite, and --backbone-lr-mult not negative")
-        if not 0 <= self.dropout < 1:
-            raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if not 0 <= self.momentum < 1 or not self.weight_decay >= 0:
-            raise UsageError("momentum must be in [0, 1) and weight decay not negative")
-        if not self.hidden or any(int(h) < 1 for h in self.hidden):
-            raise UsageError(f"--hidden must list positive layer sizes, got {self.hidden}")
         if self.name is not None:
             check_run_name(self.name)
         if not re.fullmatch(r"auto|cpu|mps|gpu|cuda(:\d+)?|\d+(,\d+)*", self.device.strip().lower()):
             raise UsageError(f"--device {self.device!r} is not a device: use auto, cpu, cuda, cuda:N, N or mps")
         for part in self.augment_list():
-            _choice("--augment", part, AUGMENTATIONS)
+            if part not in AUGMENTATIONS:
+                raise UsageError(f"--augment {part!r} is not known; use auto, none, or some of: {', '.join(AUGMENTATIONS)}")
         if self.tensorboard:
             from .tensorboard import check_available
 
@@ -129,13 +175,9 @@ class TrainConfig:
         if "freeze" in given and "strategy" not in given and self.freeze is not None:
             self.strategy = "fine-tune"
             notes.append(f"--freeze {self.freeze} selects --strategy fine-tune")
-        for key in sorted(given):
-            rule = SPECIFIC.get(key)
-            if rule is None:
-                continue
-            flag, fits, applies = rule
-            if getattr(self, key) is not None and not fits(self):
-                raise UsageError(f"{flag} does not fit {self.describe_choice()}: it applies to {applies}")
+        for s in TRAIN_SETTINGS:
+            if s.name in given and s.fits is not None and getattr(self, s.name) is not None and not s.fits(self):
+                raise UsageError(f"{s.option} does not fit {self.describe_choice()}: it applies to {s.applies}")
         if "augment" in given and self.strategy == "feature-extract" and self.augment_list():
             raise UsageError(
                 f"--augment {self.augment} does not fit --strategy feature-extract: its features are computed once "
@@ -159,7 +201,7 @@ class TrainConfig:
 
     def unused(self, given: Collection[str]) -> list[str]:
         """The generic options given that this strategy and head do not use (accepted, and said)."""
-        return [GENERIC[key][0] for key in sorted(given) if key in GENERIC and not GENERIC[key][1](self)]
+        return [s.option for s in TRAIN_SETTINGS if s.name in given and s.used is not None and not s.used(self)]
 
     def describe_choice(self) -> str:
         return f"--strategy {self.strategy}" + (f" --head {self.head}" if self.strategy == "feature-extract" else "")
@@ -207,12 +249,17 @@ class TrainConfig:
             raise UsageError(f"config file {path} cannot be read: {exc}") from None
         if not isinstance(data, dict):
             raise UsageError(f"{path}: a config file is a mapping of settings (key: value), not a {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(str(k) for k in set(data) - known)
+        settings = {s.name: s for s in TRAIN_SETTINGS}
+        unknown = sorted(str(k) for k in set(data) - set(settings))
         if unknown:
             raise UsageError(f"{path}: unknown setting(s) {', '.join(unknown)}")
-        cfg = cls(**data)
-        _check_types(cfg, source=str(path))
+        checked = {}
+        for key, value in data.items():
+            try:
+                checked[key] = settings[key].check(value)
+            except UsageError as exc:
+                raise UsageError(f"{path}: {key}: {exc}") from None
+        cfg = cls(**checked)
         given = cfg.given_by_default()
         if "strategy" in data:
             given.add("strategy")
@@ -227,78 +274,21 @@ def check_run_name(name: str) -> None:
         raise UsageError(f"--name {name!r} is not a run name: use letters, digits, '-', '_' and '.', no path separators")
 
 
-# Settings that mean something to some strategies or heads only: (flag, does it fit, what it applies to).
-SPECIFIC: dict[str, tuple[str, Callable[[TrainConfig], bool], str]] = {
-    "freeze": ("--freeze", lambda c: c.strategy == "fine-tune", "--strategy fine-tune (two-stage takes --unfreeze)"),
-    "unfreeze": ("--unfreeze", lambda c: c.strategy == "two-stage", "--strategy two-stage"),
-    "stage1_epochs": ("--stage1-epochs", lambda c: c.strategy == "two-stage", "--strategy two-stage"),
-    "c": ("--C", lambda c: c.uses_sklearn_head,
-          "--strategy feature-extract with a scikit-learn head (--head softmax, logreg-ovr or linear-svm)"),
-    "hidden": ("--hidden", lambda c: c.strategy == "feature-extract" and c.head == "mlp",
-               "--strategy feature-extract --head mlp"),
-    "weights": ("--weights", lambda c: c.strategy != "scratch" or str(c.weights).lower() in ("none", "random", "scratch"),
-                "the strategies that start from pretrained weights (scratch starts from random initialisation)"),
-    "dropout": ("--dropout", lambda c: not c.uses_sklearn_head,
-                "the MLP head and the heads trained end to end (fine-tune, two-stage, scratch)"),
-}  # fmt: skip
+def _declared_settings() -> tuple[Setting, ...]:
+    """TrainConfig's fields as Settings: the type from the annotation, the rest from the field's declaration."""
+    hints = typing.get_type_hints(TrainConfig)
+    settings = []
+    for f in dataclasses.fields(TrainConfig):
+        help_text, group, declared = f.metadata[SETTING]
+        hint = hints[f.name]
+        nullable = type(None) in typing.get_args(hint)
+        base = next(a for a in typing.get_args(hint) if a is not type(None)) if nullable else hint
+        kind = "ints" if typing.get_origin(base) is list else base.__name__
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        settings.append(Setting(f.name, kind, default, help_text, group=group, nullable=nullable, **declared))
+    return tuple(settings)
 
 
-def _trains_network(c: TrainConfig) -> bool:
-    return not c.uses_sklearn_head
-
-
-def _trains_backbone(c: TrainConfig) -> bool:
-    return c.strategy != "feature-extract"
-
-
-# Settings every strategy accepts, so configs and compare can pass them uniformly: (flag, is it used).
-GENERIC: dict[str, tuple[str, Callable[[TrainConfig], bool]]] = {
-    "epochs": ("--epochs", _trains_network),
-    "lr": ("--lr", _trains_network),
-    "weight_decay": ("--weight-decay", _trains_network),
-    "patience": ("--patience", _trains_network),
-    "optimizer": ("--optimizer", _trains_backbone),
-    "momentum": ("--momentum", _trains_backbone),
-    "nesterov": ("--nesterov", _trains_backbone),
-    "schedule": ("--schedule", _trains_backbone),
-    "workers": ("--workers", _trains_backbone),
-    "backbone_lr_mult": ("--backbone-lr-mult", lambda c: c.strategy in ("fine-tune", "two-stage")),
-    "cache": ("--cache/--no-cache", lambda c: c.strategy == "feature-extract"),
-}
-
-_TYPES: dict[str, tuple[type, ...]] = {
-    "backbone": (str,), "framework": (str, type(None)), "weights": (str, type(None)), "data": (str, type(None)),
-    "val": (str, type(None)), "test": (str, type(None)), "val_split": (float, int), "test_split": (float, int),
-    "image_size": (int, type(None)), "strategy": (str,), "head": (str,), "hidden": (list,), "dropout": (float, int),
-    "c": (float, int, type(None)), "tap": (str, int, type(None)), "freeze": (str, int, type(None)),
-    "unfreeze": (str, int), "stage1_epochs": (int,), "epochs": (int,), "batch_size": (int,), "lr": (float, int),
-    "backbone_lr_mult": (float, int), "optimizer": (str,), "momentum": (float, int), "nesterov": (bool,),
-    "weight_decay": (float, int), "schedule": (str,), "patience": (int,), "augment": (str,), "seed": (int,),
-    "device": (str,), "workers": (int,), "strict": (bool,), "cache": (bool,), "tensorboard": (bool,), "name": (str, type(None)),
-    "out_dir": (str,),
-}  # fmt: skip
-
-
-def _check_types(cfg: TrainConfig, source: str = "settings") -> None:
-    """Values of the wrong type (a YAML list for --epochs, a string for --lr) are refused by name."""
-    for key, types in _TYPES.items():
-        value = getattr(cfg, key)
-        wrong = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
-        if key == "hidden" and not wrong:
-            wrong = not all(isinstance(h, int) and not isinstance(h, bool) for h in value)
-        if wrong:
-            want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            raise UsageError(f"{source}: {key} must be {want}, got {value!r}")
-    for key in ("freeze", "tap", "unfreeze"):  # numbers in YAML are the same setting as their text
-        value = getattr(cfg, key)
-        if isinstance(value, int):
-            setattr(cfg, key, str(value))
-
-
-def _choice(flag: str, value: str, allowed: Any) -> None:
-    if value not in allowed:
-        import difflib
-
-        close = difflib.get_close_matches(value, list(allowed), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise UsageError(f"{flag} {value!r} is not known.{hint} Choose one of: {', '.join(allowed)}")
+TRAIN_SETTINGS: tuple[Setting, ...] = _declared_settings()
+"""Every training setting, in the order ``tlzoo train --help`` lists them."""
+SETTINGS_BY_NAME = {s.name: s for s in TRAIN_SETTINGS}
