@@ -43,7 +43,7 @@ def test_metadata_commands_import_no_framework(args):
 def test_list_backbones_json_lists_18_over_both_frameworks():
     result = run_tlzoo("list-backbones", "--json")
     rows = json.loads(result.stdout)
-    assert len(rows) == 18
+    assert len(rows) == 20
     assert {r["framework"] for r in rows} == {"torch", "keras"}
     vgg = next(r for r in rows if r["id"] == "torch/vgg16")
     assert vgg == {

@@ -126,4 +126,4 @@ def test_third_party_plugin_lists_describes_and_builds(tinynet_site):
 def test_autoload_switch_skips_third_party_but_keeps_builtins(tinynet_site):
     env = {"PYTHONPATH": str(tinynet_site), "TLZOO_DISABLE_PLUGIN_AUTOLOAD": "1"}
     ids = [r["id"] for r in json.loads(run_tlzoo("list-backbones", "--json", env=env).stdout)]
-    assert "torch/tinynet" not in ids and len(ids) == 18
+    assert "torch/tinynet" not in ids and len(ids) == 20

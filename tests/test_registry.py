@@ -7,7 +7,7 @@ from tlzoo.errors import UnknownBackboneError, UsageError
 from tlzoo.registry import get_registry
 
 TORCH_NAMES = {"vgg16", "vgg19", "resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large",
-               "efficientnet_b0", "inception_v3", "densenet121", "convnext_tiny"}  # fmt: skip
+               "efficientnet_b0", "inception_v3", "densenet121", "convnext_tiny", "vit_b_16", "swin_t"}  # fmt: skip
 KERAS_NAMES = {"vgg16", "vgg19", "resnet50", "mobilenet_v2", "inception_v3", "efficientnet_b0",
                "densenet121", "xception"}  # fmt: skip
 
@@ -16,7 +16,7 @@ def test_builtin_backbones_over_both_frameworks():
     specs = tlzoo.list_backbones()
     assert {s.name for s in specs if s.framework == "torch"} == TORCH_NAMES
     assert {s.name for s in specs if s.framework == "keras"} == KERAS_NAMES
-    assert len(specs) == 18
+    assert len(specs) == 20
 
 
 def test_filters_like_list_models():

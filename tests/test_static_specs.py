@@ -9,6 +9,8 @@ from tlzoo.backbone import get_backbone
 
 
 def _small_size(spec: tlzoo.BackboneSpec) -> int:
+    if spec.input_multiple > 1:  # patch models: position embeddings (parameters) are declared at the spec's size
+        return spec.input_size[0]
     return max(spec.min_input_size, 32)
 
 

@@ -42,14 +42,28 @@ class KerasUnit:
         return sum(int(np.prod(w.shape)) for layer in self.layers for w in layer.weights)
 
 
-def keras_units(model: keras.Model) -> list[KerasUnit]:
+def keras_units(model: keras.Model, unit_modules: tuple[str, ...] = ()) -> list[KerasUnit]:
+    """Weight layers in forward order, each with the layers with weights that follow it (normalization);
+    or, when the spec names ``unit_modules``, a unit starts at each layer those patterns match."""
+    from tlzoo.freeze import matches_unit_modules
+
+    def starts_unit(layer: Any) -> bool:
+        if unit_modules:
+            return matches_unit_modules(layer.name, unit_modules)
+        return isinstance(layer, WEIGHT_LAYERS)
+
     units: list[KerasUnit] = []
     leading: list[Any] = []
     for layer in model.layers:
-        if isinstance(layer, WEIGHT_LAYERS):
+        if starts_unit(layer):
             unit = KerasUnit(name=layer.name, kind=type(layer).__name__, layers=[*leading, layer], last_member=layer.name)
             units.append(unit)
             leading = []
+        elif unit_modules and units and not isinstance(layer, keras.layers.InputLayer):
+            # a block runs until the next one starts; its output (for --tap) is its last layer's
+            if layer.weights:
+                units[-1].layers.append(layer)
+            units[-1].last_member = layer.name
         elif layer.weights:
             # Normalization layers join the weight layer before them; so does any other layer
             # with weights (EfficientNet's input Normalization joins the first unit).
@@ -69,7 +83,7 @@ class KerasBackbone(Backbone):
         if not isinstance(model, keras.Model):
             raise UsageError(f"builder of {spec.id} returned {type(model).__name__}, not a keras.Model")
         super().__init__(spec, model, input_size, weights)
-        self._units = keras_units(model)
+        self._units = keras_units(model, spec.unit_modules)
 
     @property
     def units(self) -> list[Unit]:
@@ -101,7 +115,14 @@ class KerasBackbone(Backbone):
         if tap is None:
             return self.model
         layer = self.model.get_layer(self._units[tap].last_member)
-        pooled = keras.layers.GlobalAveragePooling2D(name="tap_pool")(layer.output)
+        rank = len(layer.output.shape)
+        if rank == 3:  # (N, tokens, C)
+            pooled = keras.layers.GlobalAveragePooling1D(name="tap_pool")(layer.output)
+        elif rank == 4:
+            fmt = "channels_first" if self.spec.tap_layout == "channels_first" else "channels_last"
+            pooled = keras.layers.GlobalAveragePooling2D(data_format=fmt, name="tap_pool")(layer.output)
+        else:
+            pooled = layer.output
         return keras.Model(self.model.input, pooled, name=f"{self.model.name}_tap{tap + 1}")
 
     def parameter_arrays(self) -> list[np.ndarray]:

@@ -39,15 +39,17 @@ class TorchUnit:
     norms: list[nn.Module] = field(default_factory=list)
     extra_params: list[nn.Parameter] = field(default_factory=list)
     last_member: str = ""
+    whole_subtree: bool = False  # a block unit (unit_modules): every parameter under its module
 
     def parameters(self) -> list[nn.Parameter]:
-        params = [p for m in self.modules + self.norms for p in m.parameters(recurse=False)]
+        params = [p for m in self.modules + self.norms for p in m.parameters(recurse=self.whole_subtree)]
+        if self.whole_subtree:
+            params = list({id(p): p for p in params}.values())  # a block's norms are inside it
         return params + self.extra_params
 
 
-def trace_units(model: nn.Module, input_size: tuple[int, int]) -> list[TorchUnit]:
-    """Weight layers in forward order, each with the normalization layers that follow it."""
-    names = {id(m): n for n, m in model.named_modules()}
+def _forward_order(model: nn.Module, modules: list[nn.Module], input_size: tuple[int, int]) -> list[nn.Module]:
+    """``modules`` in the order one forward pass on a blank image runs them (those that never run left out)."""
     order: list[nn.Module] = []
     seen: set[int] = set()
 
@@ -56,7 +58,7 @@ def trace_units(model: nn.Module, input_size: tuple[int, int]) -> list[TorchUnit
             seen.add(id(module))
             order.append(module)
 
-    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, WEIGHT_LAYERS + NORM_LAYERS)]
+    hooks = [m.register_forward_hook(record) for m in modules]
     was_training = model.training
     try:
         model.eval()
@@ -66,7 +68,17 @@ def trace_units(model: nn.Module, input_size: tuple[int, int]) -> list[TorchUnit
         for h in hooks:
             h.remove()
         model.train(was_training)
+    return order
 
+
+def trace_units(model: nn.Module, input_size: tuple[int, int], unit_modules: tuple[str, ...] = ()) -> list[TorchUnit]:
+    """Weight layers in forward order, each with the normalization layers that follow it; or, when the
+    spec names ``unit_modules``, those modules (transformer blocks, say) in forward order, each with its
+    whole sub-tree."""
+    if unit_modules:
+        return _block_units(model, input_size, unit_modules)
+    names = {id(m): n for n, m in model.named_modules()}
+    order = _forward_order(model, [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS + NORM_LAYERS)], input_size)
     units: list[TorchUnit] = []
     leading_norms: list[nn.Module] = []
     for module in order:
@@ -81,6 +93,24 @@ def trace_units(model: nn.Module, input_size: tuple[int, int]) -> list[TorchUnit
         else:
             leading_norms.append(module)
     _assign_loose_parameters(model, units)
+    return units
+
+
+def _block_units(model: nn.Module, input_size: tuple[int, int], patterns: tuple[str, ...]) -> list[TorchUnit]:
+    from tlzoo.freeze import matches_unit_modules
+
+    matched = {n: m for n, m in model.named_modules() if n and matches_unit_modules(n, patterns)}
+    outermost = {n: m for n, m in matched.items() if not any(n.startswith(other + ".") for other in matched)}
+    names = {id(m): n for n, m in outermost.items()}
+    units = []
+    for module in _forward_order(model, list(outermost.values()), input_size):
+        name = names[id(module)]
+        norms = [m for m in module.modules() if isinstance(m, NORM_LAYERS)]
+        units.append(TorchUnit(name=name, kind=type(module).__name__, modules=[module], norms=norms,
+                               last_member=name, whole_subtree=True))  # fmt: skip
+    if units:  # a class token or position embedding, outside every block, is part of the input embedding
+        owned = {id(p) for u in units for p in u.parameters()}
+        units[0].extra_params.extend(p for p in model.parameters() if id(p) not in owned)
     return units
 
 
@@ -122,18 +152,20 @@ class FrozenNormsStayInEval(nn.Module):
 
 
 class TappedFeatures(nn.Module):
-    """The backbone truncated after one unit, globally average-pooled."""
+    """The backbone truncated after one unit, globally average-pooled: over the spatial axes of an
+    (N, C, H, W) output, or of an (N, H, W, C) one when ``channels_last``, and over the tokens of (N, L, C)."""
 
-    def __init__(self, extractor: nn.Module) -> None:
+    def __init__(self, extractor: nn.Module, channels_last: bool = False) -> None:
         super().__init__()
         self.extractor = extractor
+        self.channels_last = channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.extractor(x)["tap"]
-        if out.ndim == 4:
-            return out.mean(dim=(2, 3))
         if out.ndim == 3:  # (N, tokens, C)
             return out.mean(dim=1)
+        if out.ndim > 3:
+            return out.mean(dim=tuple(range(1, out.ndim - 1)) if self.channels_last else tuple(range(2, out.ndim)))
         return out
 
 
@@ -145,7 +177,7 @@ class TorchBackbone(Backbone):
             raise UsageError(f"builder of {spec.id} returned {type(model).__name__}, not a torch.nn.Module")
         super().__init__(spec, FrozenNormsStayInEval(model), input_size, weights)
         self.model.eval()
-        self._units = trace_units(self.model.model, input_size)
+        self._units = trace_units(self.model.model, input_size, spec.unit_modules)
 
     @property
     def units(self) -> list[Unit]:
@@ -192,7 +224,7 @@ class TorchBackbone(Backbone):
                 f"cannot tap unit {tap + 1} ({node}) of {self.spec.id}: torch.fx could not trace the model "
                 f"({type(exc).__name__}: {exc})"
             ) from exc
-        return TappedFeatures(extractor)
+        return TappedFeatures(extractor, channels_last=self.spec.tap_layout == "channels_last")
 
     def parameter_arrays(self) -> list[np.ndarray]:
         return [t.detach().cpu().numpy() for t in self.model.state_dict().values()]

@@ -50,8 +50,16 @@ def weights_of(name: str) -> list[dict]:
 
 NAMES = (
     "vgg16", "vgg19", "resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large",
-    "efficientnet_b0", "inception_v3", "densenet121", "convnext_tiny",
+    "efficientnet_b0", "inception_v3", "densenet121", "convnext_tiny", "vit_b_16", "swin_t",
 )  # fmt: skip
+# Vision transformers: blocks are the freeze units, not their many linear layers.
+UNIT_MODULES = {
+    "vit_b_16": ("conv_proj", "encoder.layers.*", "encoder.ln"),  # patch embedding, 12 encoder blocks, final norm
+    "swin_t": ("features.0", "features.[1357].*", "features.[246]", "norm"),  # embedding, blocks, patch merging, norm
+}
+TAP_LAYOUT = {"swin_t": "channels_last"}  # Swin's stages keep (N, H, W, C)
+INPUT_MULTIPLE = {"vit_b_16": 16}
+ONLY_WEIGHTS = {"vit_b_16": "IMAGENET1K_V1"}  # the SWAG weights take 384/518 px and other preprocessing
 MIN_INPUT_SIZE = {"inception_v3": 75}
 DESCRIPTIONS = {
     "vgg16": "VGG-16 (Simonyan & Zisserman 2014): 13 convolutions; the classic transfer-learning backbone",
@@ -64,6 +72,8 @@ DESCRIPTIONS = {
     "inception_v3": "Inception v3 (Szegedy et al. 2015): factorized inception modules, 299x299 input",
     "densenet121": "DenseNet-121 (Huang et al. 2016): dense connectivity, pre-activation",
     "convnext_tiny": "ConvNeXt-Tiny (Liu et al. 2022): a ConvNet modernized after vision transformers",
+    "vit_b_16": "ViT-B/16 (Dosovitskiy et al. 2020): a transformer on 16x16 patches; units are its 12 blocks",
+    "swin_t": "Swin-T (Liu et al. 2021): shifted-window transformer in four stages; units are its blocks",
 }
 
 
@@ -78,13 +88,16 @@ def describe(name: str) -> dict:
     model = build(spec=draft, weights=None, input_size=(size, size)).eval()
     with torch.no_grad():
         dim = model(torch.zeros(1, 3, size, size)).shape[1]
-    units = trace_units(model, (size, size))
+    units = trace_units(model, (size, size), UNIT_MODULES.get(name, ()))
     spec = dataclasses.replace(
         draft,
         min_input_size=MIN_INPUT_SIZE.get(name, 32),
         feature_dim=int(dim),
         num_params=sum(p.numel() for p in model.parameters()),
-        weights=tuple(WeightsSpec(**w) for w in weights_of(name)),
+        weights=tuple(WeightsSpec(**w) for w in weights_of(name) if w["tag"] == ONLY_WEIGHTS.get(name, w["tag"])),
+        unit_modules=UNIT_MODULES.get(name, ()),
+        tap_layout=TAP_LAYOUT.get(name, ""),
+        input_multiple=INPUT_MULTIPLE.get(name, 1),
         units=tuple(UnitSpec(u.name, u.kind, sum(p.numel() for p in u.parameters())) for u in units),
         family=re.sub(r"[\d_].*$", "", name),
         description=DESCRIPTIONS[name],

@@ -13,6 +13,8 @@ import torch
 import torchvision
 from torch import nn
 
+from tlzoo.errors import UsageError
+
 
 def _strip_classifier(name: str, model: nn.Module) -> nn.Module:
     if name.startswith("vgg"):
@@ -28,6 +30,12 @@ def _strip_classifier(name: str, model: nn.Module) -> nn.Module:
         return model
     if name == "mobilenet_v3_large":
         model.classifier = nn.Identity()  # 960 pooled features, before the 1280-wide head
+        return model
+    if name.startswith("vit_"):
+        model.heads = nn.Identity()  # the class token after the final LayerNorm
+        return model
+    if name.startswith("swin"):
+        model.head = nn.Identity()  # norm, then average-pooled over the final stage's positions
         return model
     if name.startswith("convnext"):
         model.classifier[2] = nn.Identity()  # keep LayerNorm2d + Flatten
@@ -57,10 +65,18 @@ def build(*, spec: Any, weights: str | None, input_size: tuple[int, int]) -> nn.
         # The ImageNet weights were trained on inputs in -1..1; torchvision turns this on with
         # them. Keep it on for random init too, so the architecture never depends on weights.
         kwargs = {"aux_logits": True, "transform_input": True, "init_weights": False}
+    if spec.name.startswith("vit_"):
+        if input_size[0] != input_size[1]:
+            raise UsageError(f"{spec.id} takes square images, not {input_size[0]}x{input_size[1]}")
+        kwargs = {"image_size": input_size[0]}  # its position embeddings are made for one grid of patches
     model = torchvision.models.get_model(spec.name, weights=None, **kwargs)
     if weights is not None:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         if spec.name.startswith("densenet"):
             state = _rename_legacy_densenet_keys(state)
+        if spec.name.startswith("vit_") and input_size[0] != spec.input_size[0]:
+            from torchvision.models.vision_transformer import interpolate_embeddings
+
+            state = interpolate_embeddings(input_size[0], model.patch_size, state)  # as torchvision fine-tunes at 384
         model.load_state_dict(state)
     return _strip_classifier(spec.name, model)

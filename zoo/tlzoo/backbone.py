@@ -150,6 +150,12 @@ def check_input_size(spec: BackboneSpec, size: int | tuple[int, int] | None) -> 
             f"image size {hw[0]}x{hw[1]} is below {spec.id}'s minimum of "
             f"{spec.min_input_size}x{spec.min_input_size}"
         )
+    step = spec.input_multiple
+    for side in sorted(set(hw)):
+        if side % step:
+            below, above = max(step, side // step * step), (side // step + 1) * step
+            raise UsageError(f"image size {side} does not fit {spec.id}: its image sizes are multiples of {step} "
+                             f"(its patch size); use {below} or {above}")  # fmt: skip
     return hw
 
 
@@ -175,13 +181,15 @@ def get_backbone(
     size = check_input_size(spec, input_size)
     weights_arg = ("auto" if pretrained else None) if isinstance(pretrained, bool) else pretrained
     backbone = build(spec, resolve(spec, weights_arg), size, seed=seed)
-    if spec.id not in _checked:
-        problems = spec_mismatches(spec, backbone)
+    # Parameter counts are declared at the spec's input size: a ViT's position embeddings grow with the image.
+    at_spec_size = tuple(backbone.input_size) == tuple(spec.input_size)
+    if (spec.id, at_spec_size) not in _checked:
+        problems = spec_mismatches(spec, backbone, count_params=at_spec_size)
         if problems:
             owner = get_registry().provider(spec.id).get("name", "?")
             raise PluginError(f"plugin {owner!r}: the spec of {spec.id} does not match the model its builder makes: "
                               f"{'; '.join(problems)}")  # fmt: skip
-        _checked.add(spec.id)
+        _checked.add((spec.id, at_spec_size))
     return backbone
 
 
@@ -207,16 +215,17 @@ def build(spec: BackboneSpec, weights: ResolvedWeights | None, size: tuple[int, 
     return adapter.wrap(spec, model, size, weights)
 
 
-_checked: set[str] = set()  # specs already checked against their model in this process
+_checked: set[tuple[str, bool]] = set()  # (spec id, built at its input size) already checked in this process
 
 
-def spec_mismatches(spec: BackboneSpec, backbone: Backbone) -> list[str]:
-    """Where a spec's static metadata disagrees with the built model: feature_dim, num_params, units."""
+def spec_mismatches(spec: BackboneSpec, backbone: Backbone, *, count_params: bool = True) -> list[str]:
+    """Where a spec's static metadata disagrees with the built model: feature_dim, num_params, units
+    (their names only, without ``count_params``: a model built at another input size than the spec's)."""
     problems = []
     dim = backbone.feature_width()
     if dim != spec.feature_dim:
         problems.append(f"feature_dim is {spec.feature_dim} but the model's pooled features have {dim}")
-    if backbone.num_params != spec.num_params:
+    if count_params and backbone.num_params != spec.num_params:
         problems.append(f"num_params is {spec.num_params:,} but the model has {backbone.num_params:,}")
     if spec.units:
         built = backbone.units
@@ -224,7 +233,7 @@ def spec_mismatches(spec: BackboneSpec, backbone: Backbone) -> list[str]:
             problems.append(f"units lists {len(spec.units)} but the model has {len(built)} freeze units")
         else:
             for declared, real in zip(spec.units, built):
-                if (declared.name, declared.params) != (real.name, real.params):
+                if declared.name != real.name or (count_params and declared.params != real.params):
                     problems.append(f"unit {real.index} is {declared.name} ({declared.params:,} parameters) in the "
                                     f"spec but {real.name} ({real.params:,}) in the model")  # fmt: skip
                     break

@@ -1,7 +1,8 @@
 """One meaning of "freeze k layers" for every framework.
 
 A *unit* is a weight layer (convolution or dense) in forward order; a
-normalization layer belongs to the unit of the weight layer before it.
+normalization layer belongs to the unit of the weight layer before it. A spec
+may name bigger units instead (``unit_modules``: a transformer's blocks).
 ``tlzoo describe NAME`` numbers the units from 1.
 
 ``--freeze`` accepts:
@@ -15,6 +16,7 @@ normalization layer belongs to the unit of the weight layer before it.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 from collections.abc import Sequence
 
 from .errors import FreezeSpecError
@@ -61,6 +63,17 @@ def parse_unit(value: str | int, unit_names: Sequence[str], option: str = "--tap
     if -n <= number <= -1:
         return n + number
     raise FreezeSpecError(f"{option} {text} is out of range: use 1..{n}, -1..-{n}, or a unit name")
+
+
+def matches_unit_modules(name: str, patterns: Sequence[str]) -> bool:
+    """Whether a module or layer name is one of a spec's ``unit_modules``: each pattern is matched one
+    dot-separated part at a time (``encoder.layers.*`` matches ``encoder.layers.encoder_layer_0`` only)."""
+    parts = name.split(".")
+    for pattern in patterns:
+        wanted = pattern.split(".")
+        if len(wanted) == len(parts) and all(fnmatch.fnmatchcase(p, w) for p, w in zip(parts, wanted)):
+            return True
+    return False
 
 
 def _by_name(text: str, unit_names: Sequence[str], option: str = "--freeze") -> int:

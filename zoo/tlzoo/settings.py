@@ -9,6 +9,7 @@ options it takes (``ExporterSpec.options``) the same way, so core never needs to
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import math
 from collections.abc import Callable
@@ -172,7 +173,7 @@ class Setting:
                            default=self._cli_default(), help=self.help, show_default=self.default is not None,
                            rich_help_panel=self.group or None)  # fmt: skip
 
-    def _cli_type(self) -> type:
+    def _cli_type(self) -> builtins.type:
         return {"int": int, "float": float}.get(self.type, str)
 
     def _cli_default(self) -> Any:

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+TAP_LAYOUTS = ("", "channels_first", "channels_last")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -102,6 +103,19 @@ class BackboneSpec:
     the framework's own model that maps a batch of preprocessed images
     (NCHW for torch, NHWC for keras) to pooled features ``(N, feature_dim)``.
     ``weights`` is a local, already verified file, or None for random init.
+
+    Freeze units are the model's weight layers in forward order unless
+    ``unit_modules`` names them: patterns (``fnmatch``, one per dot-separated
+    part, so ``encoder.layers.*`` matches ``encoder.layers.encoder_layer_0``
+    but not its children) of the modules that are units, such as a vision
+    transformer's blocks. A torch module matched this way is one unit with its
+    whole sub-tree; a matched Keras layer starts a unit that the following
+    unmatched layers with weights join. Parameters outside every unit (a class
+    token, position embeddings) join the first unit. ``tap_layout`` is the
+    layout of a unit's output when ``--tap`` pools it: ``channels_first``
+    (N, C, ...), ``channels_last`` (N, ..., C; Swin's stages), or empty for the
+    framework's input layout; a 3-D output is always tokens (N, L, C).
+    ``input_multiple``: image sizes must be a multiple of this (a ViT's patch).
     """
 
     name: str
@@ -118,6 +132,9 @@ class BackboneSpec:
     description: str = ""
     license: str = ""
     source: str = ""
+    unit_modules: tuple[str, ...] = ()
+    tap_layout: str = ""
+    input_multiple: int = 1
 
     @property
     def id(self) -> str:
@@ -157,6 +174,9 @@ class BackboneSpec:
             description=data.get("description", ""),
             license=data.get("license", ""),
             source=data.get("source", ""),
+            unit_modules=tuple(str(m) for m in data.get("unit_modules", ())),
+            tap_layout=str(data.get("tap_layout", "")),
+            input_multiple=int(data.get("input_multiple", 1)),
         )
 
     def __post_init__(self) -> None:
@@ -166,6 +186,12 @@ class BackboneSpec:
             raise ValueError(f"{self.name}: builder must be 'module:function', not {self.builder!r}")
         if "/" in self.name or not self.name:
             raise ValueError(f"backbone name {self.name!r} must be non-empty and contain no '/'")
+        if self.tap_layout not in TAP_LAYOUTS:
+            raise ValueError(f"{self.name}: tap_layout must be one of {', '.join(map(repr, TAP_LAYOUTS))}, not {self.tap_layout!r}")
+        if isinstance(self.unit_modules, str) or not all(isinstance(m, str) and m for m in self.unit_modules):
+            raise ValueError(f"{self.name}: unit_modules must be a tuple of module-name patterns")
+        if not isinstance(self.input_multiple, int) or self.input_multiple < 1:
+            raise ValueError(f"{self.name}: input_multiple must be a whole number of at least 1")
 
 
 @dataclass(frozen=True)

@@ -55,8 +55,9 @@ def _print_summary(spec: BackboneSpec, n_units: int) -> None:
     p = spec.preprocessing
     console.print(f"[bold]{escape(spec.id)}[/]  {escape(spec.description)}")
     console.print(f"  builder      {spec.builder}   ({spec.source})")
-    console.print(f"  input        {spec.input_size[0]}x{spec.input_size[1]} RGB (minimum {spec.min_input_size})")
-    console.print(f"  features     {spec.feature_dim} (global average pooled)")
+    multiple = f", sizes a multiple of {spec.input_multiple}" if spec.input_multiple > 1 else ""
+    console.print(f"  input        {spec.input_size[0]}x{spec.input_size[1]} RGB (minimum {spec.min_input_size}{multiple})")
+    console.print(f"  features     {spec.feature_dim} (the backbone's pooled output)")
     console.print(f"  parameters   {spec.num_params:,} ({human(spec.num_params)}) in {n_units} freeze units")
     console.print(
         f"  preprocess   mode={p.mode}: {p.channel_order}, values 0..{p.value_range:g}, "

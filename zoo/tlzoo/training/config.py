@@ -284,7 +284,7 @@ def _declared_settings() -> tuple[Setting, ...]:
         nullable = type(None) in typing.get_args(hint)
         base = next(a for a in typing.get_args(hint) if a is not type(None)) if nullable else hint
         kind = "ints" if typing.get_origin(base) is list else base.__name__
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
         settings.append(Setting(f.name, kind, default, help_text, group=group, nullable=nullable, **declared))
     return tuple(settings)
 
