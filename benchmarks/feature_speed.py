@@ -1,5 +1,6 @@
-"""Feature extraction speed: tlzoo's torch path against onnxruntime on the exported classifier of the same
-backbone, and against the NCHW path tlzoo used before, alternated in one process.
+"""Feature extraction speed: tlzoo's torch path and its onnxruntime feature engine (a checked, cached ONNX export
+of the frozen backbone) against onnxruntime on the exported classifier of the same backbone, and against the
+NCHW path tlzoo used before, alternated in one process.
 
     python benchmarks/feature_speed.py [--rounds 3] [--images 256]
 
@@ -51,6 +52,11 @@ def main() -> None:
     predictor = tlzoo.Predictor(exported["path"], provider="cpu")
 
     backbone = tlzoo.get_backbone("torch/mobilenet_v2", pretrained=True)
+    from tlzoo import feature_engines
+
+    t0 = time.perf_counter()
+    engine = feature_engines.runner(backbone, None, "onnxruntime", work / "engines")  # export + check, once
+    prepare_s = time.perf_counter() - t0
     old = tlzoo.get_backbone("torch/mobilenet_v2", pretrained=True)  # the NCHW-contiguous path, as before
     images = np.random.default_rng(0).integers(0, 256, (args.images, 224, 224, 3), dtype=np.uint8)
 
@@ -64,6 +70,7 @@ def main() -> None:
 
     runners = {
         "tlzoo torch (channels_last, inference_mode)": lambda: backbone.extract_features(images, batch_size=32),
+        "tlzoo --feature-engine onnxruntime": lambda: backbone.extract_features(images, batch_size=32, run=engine),
         "torch NCHW (tlzoo before)": nchw,
         "onnxruntime, exported classifier": lambda: predictor.predict_proba(images, batch_size=32),
     }
@@ -79,6 +86,8 @@ def main() -> None:
         "what": f"MobileNetV2 (IMAGENET1K_V1) at 224 px, batch 32, {args.images} random uint8 images, median of "
                 f"{args.rounds} alternated rounds",
         "images_per_second": rates, "tlzoo_vs_onnxruntime": round(ours / ort, 2),
+        "onnxruntime_engine_vs_onnxruntime": round(rates["tlzoo --feature-engine onnxruntime"] / ort, 2),
+        "onnxruntime_engine_prepare_s": round(prepare_s, 1),
         "tlzoo_vs_before": round(ours / rates["torch NCHW (tlzoo before)"], 2), "goal": ">= 0.8x onnxruntime",
     }  # fmt: skip
     print(result)

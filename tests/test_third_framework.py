@@ -86,9 +86,11 @@ def test_feature_extract_train_evaluate_predict(work: Path) -> None:
     [
         (["train", "--backbone", "randproj", "--data", "data", "--strategy", "fine-tune", "--epochs", "1"], "no optimizer"),
         (["train", "--backbone", "randproj", "--data", "data", "--head", "mlp"], "no optimizer"),
+        (["train", "--backbone", "randproj", "--data", "data", "--feature-engine", "onnxruntime"],
+         "the numpy framework plugin has no ONNX converter; use --feature-engine framework"),
         (["train", "--backbone", "randproj", "--data", "data", "--device", "cuda"], "CPU only"),
     ],
-    ids=["fine-tune", "mlp-head", "device"],
+    ids=["fine-tune", "mlp-head", "onnxruntime-engine", "device"],
 )
 def test_what_it_cannot_do_is_refused_in_one_line(work: Path, args: list[str], words: str) -> None:
     before = sorted(p.name for p in (work / "runs").iterdir()) if (work / "runs").is_dir() else []

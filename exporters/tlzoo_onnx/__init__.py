@@ -11,7 +11,7 @@ prediction runs.
 
 from __future__ import annotations
 
-from tlzoo import ExporterSpec, hookimpl
+from tlzoo import ExporterSpec, FeatureEngineSpec, hookimpl
 from tlzoo.settings import Setting
 
 __version__ = "0.1.0"
@@ -45,5 +45,17 @@ def register_exporters() -> list[ExporterSpec]:
             options=OPTIONS,
             runtime="tlzoo_onnx.predictor:Predictor",
             default_file="model.onnx",
+        )
+    ]
+
+
+@hookimpl
+def register_feature_engines() -> list[FeatureEngineSpec]:
+    return [
+        FeatureEngineSpec(
+            name="onnxruntime",
+            engine="tlzoo_onnx.features:engine",
+            description="the frozen backbone exported once to ONNX (checked against the framework, cached) and "
+            "run by onnxruntime",
         )
     ]

@@ -35,6 +35,8 @@ def convert(model: Any, path: Path, *, input_size: tuple[int, int], preprocessin
         if raw_input:
             x = normalize(tf.image.resize(tf.cast(x, tf.float32), (h, w), method="bilinear"), preprocessing)
         logits = model(x, training=False)
+        if output == "features":  # a frozen backbone for the onnxruntime feature engine
+            return tf.identity(logits, name="features")
         if output == "ovr":
             p = tf.sigmoid(logits)
             return tf.identity(p / tf.reduce_sum(p, axis=1, keepdims=True), name="probabilities")
@@ -54,7 +56,7 @@ def convert(model: Any, path: Path, *, input_size: tuple[int, int], preprocessin
     import onnx
 
     graph = proto.graph
-    graph.input[0].name, graph.output[0].name = _rename_io(graph, "images", "probabilities")
+    graph.input[0].name, graph.output[0].name = _rename_io(graph, "images", "features" if output == "features" else "probabilities")
     onnx.save(proto, str(path))
 
 

@@ -33,6 +33,8 @@ def convert(model: nn.Module, path: Path, *, input_size: tuple[int, int], prepro
                 x = normalize(x, preprocessing)
                 x = nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
             logits = self.classifier(x)
+            if output == "features":  # a frozen backbone for the onnxruntime feature engine
+                return logits
             if output == "ovr":
                 p = torch.sigmoid(logits)
                 return p / p.sum(dim=1, keepdim=True)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import TlzooError
 from .hookspecs import hookimpl
 from .plugins import register_plugin, unregister_plugin
-from .specs import BackboneSpec, ExporterSpec, FrameworkSpec, Preprocessing, UnitSpec, WeightsSpec
+from .specs import BackboneSpec, ExporterSpec, FeatureEngineSpec, FrameworkSpec, Preprocessing, UnitSpec, WeightsSpec
 
 __version__ = "0.1.0"
 
@@ -42,6 +42,7 @@ __all__ = [
     "Backbone",
     "BackboneSpec",
     "ExporterSpec",
+    "FeatureEngineSpec",
     "FrameworkAdapter",
     "FrameworkSpec",
     "Predictor",

@@ -126,14 +126,20 @@ class Backbone(ABC):
         return normalize(images, self.spec.preprocessing)
 
     def extract_features(self, images: np.ndarray, *, tap: int | None = None, batch_size: int = 32,
-                         progress: Any = None) -> np.ndarray:  # fmt: skip
+                         progress: Any = None, run: Any = None) -> np.ndarray:  # fmt: skip
         """Pooled float32 features ``(N, D)`` of RGB uint8 images at input size, in inference mode;
-        ``progress(n)`` is called after each batch."""
-        model = self.feature_model(tap)
+        ``progress(n)`` is called after each batch. ``run`` is a feature engine's runner
+        (:mod:`tlzoo.feature_engines`; default: this framework's own feature model at ``tap``)."""
+        if run is None:
+            model = self.feature_model(tap)
+
+            def run(batch: np.ndarray) -> np.ndarray:
+                return self._run(model, batch)
+
         out = []
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
-            out.append(self._run(model, self.preprocess(batch)).astype(np.float32, copy=False))
+            out.append(np.asarray(run(self.preprocess(batch))).astype(np.float32, copy=False))
             if progress is not None:
                 progress(len(batch))
         if not out:

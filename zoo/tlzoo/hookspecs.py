@@ -81,3 +81,13 @@ def register_exporters() -> list[Any]:
     by ``file_suffix``) for ``tlzoo predict`` and ``tlzoo evaluate``: called as
     ``runtime(path, provider=...)``, it returns a :class:`tlzoo.inference.Classifier`.
     """
+
+
+@hookspec
+def register_feature_engines() -> list[Any]:
+    """Return the plugin's feature engines as a list of :class:`tlzoo.FeatureEngineSpec`.
+
+    A feature engine runs a frozen backbone for feature-extract (``tlzoo train --feature-engine NAME``)
+    instead of the backbone's own framework: another runtime on an export of the backbone, say. See
+    :class:`tlzoo.specs.FeatureEngineSpec` for how the engine is called and what it must return.
+    """

@@ -45,6 +45,7 @@ class PluginStatus:
     frameworks: list[str] = field(default_factory=list)
     backbones: list[str] = field(default_factory=list)
     exporters: list[str] = field(default_factory=list)
+    feature_engines: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # not errors: shadowed short names, framework imports
     tracebacks: list[str] = field(default_factory=list)  # shown with TLZOO_DEBUG=1
@@ -65,6 +66,7 @@ class PluginStatus:
             "frameworks": self.frameworks,
             "backbones": self.backbones,
             "exporters": self.exporters,
+            "feature_engines": self.feature_engines,
             "errors": self.errors,
             "notes": self.notes,
         }

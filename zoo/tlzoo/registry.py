@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import UnknownBackboneError, UsageError
 from .plugins import PluginStatus, get_host
-from .specs import BackboneSpec, ExporterSpec, FrameworkSpec
+from .specs import BackboneSpec, ExporterSpec, FeatureEngineSpec, FrameworkSpec
 
 
 @dataclass
@@ -26,6 +26,7 @@ class Registry:
     frameworks_by_name: dict[str, FrameworkSpec] = field(default_factory=dict)
     backbones: dict[str, BackboneSpec] = field(default_factory=dict)
     exporters: dict[str, ExporterSpec] = field(default_factory=dict)
+    feature_engines: dict[str, FeatureEngineSpec] = field(default_factory=dict)
     owners: dict[str, str] = field(default_factory=dict)
     short_names: dict[str, str] = field(default_factory=dict)  # short name -> the id it means
     shadowed: dict[str, str] = field(default_factory=dict)  # id whose short name another backbone holds -> that id
@@ -99,6 +100,15 @@ class Registry:
         raise UsageError(f"unknown export format {name!r}.{hint} Known formats: {known}.")
 
 
+    def feature_engine(self, name: str) -> FeatureEngineSpec:
+        if name in self.feature_engines:
+            return self.feature_engines[name]
+        known = ["framework", *sorted(self.feature_engines)]
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UsageError(f"--feature-engine {name!r} is not installed.{hint} Choose one of: {', '.join(known)}")
+
+
 _registry: Registry | None = None
 _built_from: object = None
 
@@ -123,6 +133,8 @@ def _build(host: Any) -> Registry:
     _collect(host.call_each("register_backbones"), BackboneSpec, "backbone", reg.backbones, reg.owners,
              accept=lambda spec: _known_framework(reg, spec))  # fmt: skip
     _collect(host.call_each("register_exporters"), ExporterSpec, "exporter", reg.exporters, reg.owners)
+    _collect(host.call_each("register_feature_engines"), FeatureEngineSpec, "feature_engine", reg.feature_engines,
+             reg.owners)  # fmt: skip
     _claim_short_names(reg, host)
     _note_framework_imports(reg, host)
     return reg

@@ -254,6 +254,29 @@ class ExporterSpec:
     default_file: str = ""  # the file written in the run directory when no --out is given
 
 
+@dataclass(frozen=True)
+class FeatureEngineSpec:
+    """Another way to run a frozen backbone for feature extraction (``register_feature_engines``).
+
+    ``engine`` is ``"module:function"``, imported only when the engine is used and called as
+    ``engine(backbone, tap, cache_dir) -> run``: ``backbone`` a :class:`tlzoo.backbone.Backbone`, ``tap`` a
+    0-based unit index or None, ``cache_dir`` a folder the engine may keep files in across runs. ``run`` maps
+    a batch of preprocessed NHWC float32 images to the same pooled float32 features ``(N, D)`` the
+    backbone's own :meth:`~tlzoo.backbone.Backbone.extract_features` gives (the engine checks that); an
+    engine that cannot run this backbone raises :class:`tlzoo.errors.UsageError` saying why.
+    """
+
+    name: str
+    engine: str
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name.replace("-", "").replace("_", "").isalnum() or self.name == "framework":
+            raise ValueError(f"feature engine name {self.name!r} must be a plain word other than 'framework'")
+        if ":" not in self.engine:
+            raise ValueError(f"feature engine {self.name}: engine must be 'module:function', not {self.engine!r}")
+
+
 def units_from_rows(rows: list[list[Any]]) -> tuple[UnitSpec, ...]:
     """Turn ``[[name, kind, params], ...]`` (the shipped JSON form) into units."""
     return tuple(UnitSpec(name=str(n), kind=str(k), params=int(p)) for n, k, p in rows)

@@ -24,7 +24,8 @@ def plugins(json: Annotated[bool, typer.Option("--json", help="Machine-readable 
     for col in ("plugin", "version", "source", "registers", "status"):
         table.add_column(col)
     for s in statuses:
-        registers = ", ".join([*(f"framework {f}" for f in s.frameworks), *s.backbones, *(f"export {e}" for e in s.exporters)])
+        registers = ", ".join([*(f"framework {f}" for f in s.frameworks), *s.backbones, *(f"export {e}" for e in s.exporters),
+                               *(f"feature engine {e}" for e in s.feature_engines)])
         status = "[green]ok[/]" if s.ok else "[red]error:[/] " + "; ".join(escape(e) for e in s.errors)
         if s.notes:
             status += "\n" + "\n".join("[yellow]note:[/] " + escape(n) for n in s.notes)

@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ from .. import __version__
 from ..adapters import adapter_for
 from ..backbone import Backbone, check_input_size, get_backbone
 from ..distributed import world
-from .. import model_card
+from .. import feature_engines, model_card
 from ..errors import TlzooError, UsageError
 from ..freeze import parse_freeze, parse_unit
 from ..specs import BackboneSpec
@@ -75,6 +75,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
     spec = get_registry().resolve(config.backbone, config.framework)
     size = check_input_size(spec, config.image_size)
     _check_units(spec, config)  # --freeze 99 fails here, before any image is decoded
+    feature_engines.check(config.feature_engine)
     preflight_weights(spec, None if config.strategy == "scratch" else config.weights)
     for note in notes:
         reporter.info(note)
@@ -236,7 +237,7 @@ def _engine(backbone: Backbone, n_classes: int, cfg: TrainConfig, tap: int | Non
 
 
 def _features(backbone: Backbone, tap: int | None, images: np.ndarray, cfg: TrainConfig, reporter: Reporter,
-              what: str, engine: Engine) -> tuple[np.ndarray, bool]:  # fmt: skip
+              what: str, engine: Engine, run: Callable[[], Any]) -> tuple[np.ndarray, bool]:  # fmt: skip
     spec = backbone.spec
     # Random initialisation differs by seed and framework version: key on the weights themselves.
     weights = (backbone.weights.tag, backbone.weights.path.stat().st_size) if backbone.weights else backbone.weights_digest()
@@ -244,6 +245,7 @@ def _features(backbone: Backbone, tap: int | None, images: np.ndarray, cfg: Trai
         backbone=spec.id, weights=weights, tap=tap, size=backbone.input_size,
         preprocessing=spec.preprocessing.to_dict(), pixels=hashlib.sha256(images.tobytes()).hexdigest(),
         shape=images.shape, tlzoo=__version__,
+        **({"engine": cfg.feature_engine} if cfg.feature_engine != feature_engines.FRAMEWORK else {}),
     )  # fmt: skip
     if cfg.cache:
         cached = feature_cache.load(key)
@@ -253,7 +255,8 @@ def _features(backbone: Backbone, tap: int | None, images: np.ndarray, cfg: Trai
     # Under torchrun each rank extracts every world_size-th image; the shards are gathered back in order.
     mine = images[engine.rank :: engine.world_size]
     with reporter.task(f"extracting {what} features", len(mine)) as advance:
-        shard = backbone.extract_features(mine, tap=tap, batch_size=cfg.batch_size, progress=advance) if len(mine) else None
+        shard = backbone.extract_features(mine, tap=tap, batch_size=cfg.batch_size, progress=advance,
+                                          run=run()) if len(mine) else None  # fmt: skip
     shards = engine.gather(shard)
     features = np.zeros((len(images), next(s.shape[1] for s in shards if s is not None)), np.float32)
     for rank, part in enumerate(shards):
@@ -274,9 +277,20 @@ def _feature_extract(engine: Engine, backbone: Backbone, splits: Splits, cfg: Tr
     hits = {}
     feats = {}
     t0 = time.perf_counter()
+    runners: list[Any] = []
+
+    def run() -> Any:  # made on the first cache miss only: an engine may export the backbone first
+        if not runners:
+            runners.append(feature_engines.runner(backbone, tap, cfg.feature_engine,
+                                                  feature_cache.cache_root() / "engines"))  # fmt: skip
+            if cfg.feature_engine != feature_engines.FRAMEWORK:
+                reporter.info(f"feature engine: {cfg.feature_engine} "
+                              f"({time.perf_counter() - t0:.1f} s to prepare, checked against {backbone.spec.framework})")
+        return runners[0]
+
     for name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
         if part is not None:
-            feats[name], hits[name] = _features(backbone, tap, part.images, cfg, reporter, name, engine)
+            feats[name], hits[name] = _features(backbone, tap, part.images, cfg, reporter, name, engine, run)
     feature_seconds = time.perf_counter() - t0
     n = len(splits.classes)
     t1 = time.perf_counter()
@@ -287,6 +301,7 @@ def _feature_extract(engine: Engine, backbone: Backbone, splits: Splits, cfg: Tr
     extra = {
         "feature_cache": "hit" if all(hits.values()) else ("partial" if any(hits.values()) else "miss"),
         "feature_seconds": round(feature_seconds, 3), "head_seconds": round(head_seconds, 3), "head": cfg.head,
+        "feature_engine": cfg.feature_engine,
     }  # fmt: skip
     return history, probabilities(head.logits(eval_feats), head.output), extra
 

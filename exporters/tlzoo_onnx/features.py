@@ -1,0 +1,99 @@
+"""The ``onnxruntime`` feature engine: a frozen backbone exported once to ONNX, checked, cached, and run by
+onnxruntime for feature extraction (``tlzoo train --feature-engine onnxruntime``).
+
+The export is asked of the backbone's framework adapter (``converter("onnx")`` with ``output="features"``),
+so any framework with an ONNX converter gets the engine. The file is cached by backbone, weights, tap, input
+size and tlzoo version; a new file must reproduce the framework's own features on a check batch before it is
+kept, and a cached one is checked again when it is opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tlzoo.errors import UsageError
+
+OPSET = 17
+ATOL = 1e-3  # relative to the features' scale: float32 graphs reorder sums, nothing more
+
+
+def engine(backbone: Any, tap: int | None, cache_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """A function mapping a preprocessed NHWC float32 batch to the backbone's pooled features."""
+    from tlzoo import __version__
+    from tlzoo.adapters import adapter_for, framework_spec
+    from tlzoo.rundir import atomic_write
+
+    spec = backbone.spec
+    convert = adapter_for(spec.framework).converter("onnx")
+    if convert is None:
+        raise UsageError(f"--feature-engine onnxruntime: the {spec.framework} framework plugin has no ONNX converter; "
+                         f"use --feature-engine framework")  # fmt: skip
+    layout = framework_spec(spec.framework).input_layout
+    h, w = backbone.input_size
+    key = hashlib.sha256(
+        f"{spec.id}|{backbone.weights_digest()}|{tap}|{h}x{w}|{OPSET}|{__version__}".encode()
+    ).hexdigest()[:20]  # fmt: skip
+    path = Path(cache_dir) / f"{spec.id.replace('/', '-')}-{key}.onnx"
+    probe = np.random.default_rng(0).normal(size=(2, h, w, 3)).astype(np.float32)
+    expected = backbone._run(backbone.feature_model(tap), probe)
+    if path.is_file():
+        try:
+            run = _runner(path, layout)
+            _check(run, probe, expected, spec.id)
+            return run
+        except UsageError:
+            path.unlink(missing_ok=True)  # damaged or stale: export again
+
+    def write(tmp: Path) -> None:
+        try:
+            convert(backbone.feature_model(tap), tmp, input_size=(h, w), preprocessing=spec.preprocessing,
+                    output="features", opset=OPSET, batch=None, raw_input=False)  # fmt: skip
+        except UsageError:
+            raise
+        except Exception as exc:
+            raise UsageError(f"--feature-engine onnxruntime: {spec.id} could not be exported to ONNX "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                             f"use --feature-engine framework") from exc  # fmt: skip
+        _check(_runner(tmp, layout), probe, expected, spec.id)
+
+    atomic_write(path, write)
+    return _runner(path, layout)
+
+
+def _runner(path: Path, layout: str) -> Callable[[np.ndarray], np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=_providers())
+    except Exception as exc:
+        raise UsageError(f"{path} is not a model onnxruntime can load ({type(exc).__name__}); delete it and run again") from None
+    name = session.get_inputs()[0].name
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        x = batch.transpose(0, 3, 1, 2) if layout == "NCHW" else batch
+        return np.asarray(session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0])
+
+    return run
+
+
+def _providers() -> list[Any]:
+    from .predictor import _cuda_driver_present, provider_chain
+
+    return provider_chain("auto") if _cuda_driver_present() else ["CPUExecutionProvider"]
+
+
+def _check(run: Callable[[np.ndarray], np.ndarray], probe: np.ndarray, expected: np.ndarray, backbone_id: str) -> None:
+    got = run(probe)
+    scale = max(float(np.abs(expected).max()), 1.0)
+    diff = float(np.abs(got - expected).max()) / scale if got.shape == expected.shape else float("inf")
+    if not diff <= ATOL:
+        raise UsageError(f"--feature-engine onnxruntime: the ONNX export of {backbone_id} does not reproduce its "
+                         f"features (max relative difference {diff:.2e}, allowed {ATOL:.0e}); "
+                         f"use --feature-engine framework")  # fmt: skip
