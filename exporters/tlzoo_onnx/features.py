@@ -18,7 +18,7 @@ import numpy as np
 
 from tlzoo.errors import UsageError
 
-OPSET = 17
+from . import DEFAULT_OPSET as OPSET  # the exporter's: torch's exporter writes it without a version conversion
 ATOL = 1e-3  # relative to the features' scale: float32 graphs reorder sums, nothing more
 
 
