@@ -78,3 +78,11 @@ def test_tap_gives_the_pooled_output_of_an_earlier_unit(backbone_id):
     expected_channels = 64
     assert features.shape == (3, expected_channels)
     assert not np.allclose(features, backbone.extract_features(images)[:, :expected_channels])
+
+
+def test_every_unit_of_a_torch_mobilenet_can_be_tapped():
+    """torch.fx keeps Conv2dNormActivation whole: a unit inside one is tapped at that block's output."""
+    backbone = get_backbone("torch/mobilenet_v2", input_size=32)
+    images = np.zeros((1, 32, 32, 3), np.uint8)
+    widths = [backbone.extract_features(images, tap=i).shape[1] for i in range(len(backbone.units))]
+    assert widths[4] == 96 and widths[12] == 192 and widths[-1] == 1280  # features.2.conv.1, features.5.conv.0

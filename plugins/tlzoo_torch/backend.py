@@ -214,10 +214,14 @@ class TorchBackbone(Backbone):
     def feature_model(self, tap: int | None = None) -> nn.Module:
         if tap is None:
             return self.model
-        from torchvision.models.feature_extraction import create_feature_extractor
+        from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
         node = self._units[tap].last_member
         try:
+            nodes = set(get_graph_node_names(self.model.model)[1])
+            # torch.fx keeps some blocks (torchvision's Conv2dNormActivation) whole: tap the block that holds the unit
+            while node not in nodes and "." in node:
+                node = node.rsplit(".", 1)[0]
             extractor = create_feature_extractor(self.model.model, return_nodes={node: "tap"})
         except Exception as exc:
             raise UsageError(

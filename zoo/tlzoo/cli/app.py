@@ -6,7 +6,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from . import compare_cmd, datasets_cmd, describe, evaluate, export, list_backbones, plugins_cmd, predict, spec_cmd, train, weights_cmd
+from . import advise_cmd, compare_cmd, datasets_cmd, describe, evaluate, export, list_backbones, plugins_cmd, predict, spec_cmd, train, weights_cmd
 
 app = typer.Typer(
     name="tlzoo",
@@ -53,6 +53,7 @@ app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
 app.command("predict")(predict.predict)
 app.command("compare")(compare_cmd.compare)
+app.command("advise")(advise_cmd.advise)
 app.command("datasets")(datasets_cmd.datasets)
 app.command("spec")(spec_cmd.spec)
 app.add_typer(weights_cmd.app, name="weights")

@@ -1,0 +1,291 @@
+"""``tlzoo advise``: where your data sits in the size x similarity table, measured, and what to train.
+
+On a small stratified sample, within a time budget, each backbone's pooled features are read at several
+depths (taps) and a cross-validated linear probe scores them: how well the pretrained features separate
+your classes says how similar the data is to the pretraining data, and which depth separates them best
+says whether the late, ImageNet-specific features or earlier, generic ones carry the signal. The same
+probe on the same architecture with random weights says how much pretraining helps at all, and the
+probe's accuracy at half the sample says whether more images still help (fine-tuning has room). The
+decision rules below turn that evidence into a strategy with its parameters; their track record against
+full ``tlzoo compare`` runs is measured by ``benchmarks/advise.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UsageError
+
+TAP_DEPTHS = (0.25, 0.5, 0.75)  # earlier taps, as fractions of the units; the final features are always read
+MAX_PER_CLASS = 40  # the probe's sample: enough for a stable cross-validated accuracy, few enough for minutes
+MIN_PER_CLASS = 4
+# Decision thresholds (see benchmarks/advise.py for their track record).
+HEADROOM_POINTS = 3.0  # a final-layer probe within this of 100 % leaves fine-tuning nothing to gain
+FINE_TUNE_MIN_PER_CLASS = 30  # fewer images per class than this: fine-tuning overfits, use the features
+EARLIER_TAP_POINTS = 2.0  # an earlier tap must beat the final features by this much to be advised
+PRETRAINING_GAIN_POINTS = 5.0  # pretrained features must beat random ones by this much to count as similar
+LARGE_PER_CLASS = 1000  # the seed articles' "large": fine-tuning deep layers pays
+
+
+@dataclass
+class Probe:
+    """One linear probe: the pooled features at one depth, scored by cross-validation."""
+
+    tap: str  # "final" or the unit's name
+    unit: int | None  # 1-based unit number, None for the final features
+    depth: float  # position among the units, 0..1
+    accuracy: float
+    std: float
+
+
+@dataclass
+class Evidence:
+    """What was measured for one backbone."""
+
+    backbone: str
+    weights: str
+    image_size: int
+    units: int
+    probes: list[Probe]
+    random_accuracy: float | None  # the final probe on randomly initialised weights
+    half_sample_accuracy: float  # the final probe on half the sample: the learning curve's slope
+    sample_per_class: int
+    seconds: float
+
+    @property
+    def final(self) -> Probe:
+        return next(p for p in self.probes if p.unit is None)
+
+    @property
+    def best(self) -> Probe:
+        return max(self.probes, key=lambda p: (round(p.accuracy, 4), p.unit is None, p.depth))
+
+
+@dataclass
+class Advice:
+    strategy: str
+    params: dict[str, str]
+    backbone: str
+    size: str  # "small" or "large"
+    similarity: str  # "similar" or "different"
+    reasons: list[str]
+    command: str
+    evidence: list[Evidence]
+    dataset: dict[str, Any]
+    alternatives: list[str] = field(default_factory=list)  # compare strategy specs worth checking (--verify)
+    seconds: float = 0.0
+
+    @property
+    def strategy_spec(self) -> str:
+        return self.strategy + "".join(f":{k}={v}" for k, v in self.params.items())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy, "strategy_spec": self.strategy_spec, "params": self.params,
+            "backbone": self.backbone, "command": self.command, "placement": {"size": self.size,
+            "similarity": self.similarity}, "reasons": self.reasons, "alternatives": self.alternatives,
+            "dataset": self.dataset, "evidence": [asdict(e) for e in self.evidence], "seconds": round(self.seconds, 2),
+        }  # fmt: skip
+
+
+def summarize(labels: list[str]) -> dict[str, Any]:
+    """Images per class and balance, from the labels of the whole dataset."""
+    counts = Counter(labels)
+    per_class = sorted(counts.values())
+    return {
+        "images": len(labels), "classes": len(counts), "per_class": dict(sorted(counts.items())),
+        "min_per_class": per_class[0], "median_per_class": float(np.median(per_class)),
+        "imbalance": round(per_class[-1] / per_class[0], 2),
+    }  # fmt: skip
+
+
+def _sample(labels: list[str], per_class: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in sorted(set(labels)):
+        where = np.flatnonzero(np.asarray(labels) == label)
+        chosen.extend(rng.choice(where, size=min(per_class, len(where)), replace=False).tolist())
+    return np.asarray(sorted(chosen))
+
+
+def probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int) -> tuple[float, float]:
+    """Cross-validated accuracy of a standardized logistic regression on ``features``: mean and spread."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = int(min(5, np.bincount(labels).min()))
+    if folds < 2:
+        raise UsageError("every class needs at least 2 images in the sample for a cross-validated probe")
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=2000))
+    scores = cross_val_score(model, features, labels, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    return float(scores.mean()), float(scores.std())
+
+
+def _taps(units: int) -> list[int | None]:
+    taps: list[int | None] = sorted({max(0, min(units - 1, round(units * d) - 1)) for d in TAP_DEPTHS}) if units >= 4 else []
+    return [*taps, None]
+
+
+def measure(data: Path, backbone_name: str, *, labels: list[str], samples: list[Any], budget_s: float,
+            image_size: int | None, seed: int, weights: str, reporter: Any) -> Evidence:  # fmt: skip
+    """The evidence for one backbone, within ``budget_s`` seconds (the sample shrinks to fit)."""
+    from . import data as datamod
+    from .backbone import check_input_size, get_backbone
+    from .registry import get_registry
+    from .weights import preflight
+
+    t0 = time.perf_counter()
+    spec = get_registry().resolve(backbone_name)
+    size = check_input_size(spec, image_size)
+    pretrained = weights.lower() not in ("none", "random", "scratch")
+    if pretrained:
+        preflight(spec, weights)
+    backbone = get_backbone(spec, pretrained=weights if pretrained else False, input_size=size, seed=seed)
+    taps = _taps(len(backbone.units))
+    passes = len(taps) + (1 if pretrained else 0)
+    per_class = min(MAX_PER_CLASS, max(Counter(labels).values()))
+    index = _sample(labels, per_class, seed)
+    probe = datamod.load([samples[i] for i in index[: min(16, len(index))]], size, whole_classes=False)
+    t1 = time.perf_counter()
+    backbone.extract_features(probe.images, batch_size=16)
+    per_image = (time.perf_counter() - t1) / max(len(probe), 1)
+    affordable = int(budget_s * 0.8 / max(per_image * passes, 1e-6) / max(len(set(labels)), 1))
+    if affordable < per_class:
+        per_class = max(MIN_PER_CLASS, affordable)
+        index = _sample(labels, per_class, seed)
+        reporter.info(f"{spec.id}: the budget allows {per_class} images per class")
+    loaded = datamod.load([samples[i] for i in index], size, whole_classes=False)
+    y = loaded.labels
+    probes = []
+    with reporter.task(f"{spec.id}: probing {len(taps)} depths on {len(y)} images", len(taps)) as advance:
+        for tap in taps:
+            feats = backbone.extract_features(loaded.images, tap=tap, batch_size=32)
+            acc, std = probe_accuracy(feats, y, seed)
+            if tap is None:
+                final_feats = feats
+            name = "final" if tap is None else backbone.units[tap].name
+            depth = 1.0 if tap is None else (tap + 1) / len(backbone.units)
+            probes.append(Probe(name, None if tap is None else tap + 1, round(depth, 3), round(acc, 4), round(std, 4)))
+            advance(1)
+    half = _sample([str(v) for v in y], max(2, per_class // 2), seed + 1)
+    half_acc, _ = probe_accuracy(final_feats[half], y[half], seed)
+    random_acc = None
+    if pretrained:
+        scratch = get_backbone(spec, pretrained=False, input_size=size, seed=seed)
+        random_acc, _ = probe_accuracy(scratch.extract_features(loaded.images, batch_size=32), y, seed)
+    label = "random init" if not pretrained else (backbone.weights.tag if backbone.weights else weights)
+    return Evidence(spec.id, label, size[0], len(backbone.units), probes,
+                    None if random_acc is None else round(random_acc, 4), round(half_acc, 4), per_class,
+                    round(time.perf_counter() - t0, 2))  # fmt: skip
+
+
+def decide(dataset: dict[str, Any], evidence: list[Evidence]) -> tuple[str, dict[str, str], str, str, str, list[str], list[str]]:
+    """The strategy, its parameters, the backbone, the placement and the reasons, from the evidence.
+
+    Returns (strategy, params, backbone, size, similarity, reasons, alternatives).
+    """
+    chosen = max(evidence, key=lambda e: e.best.accuracy)
+    final, best = chosen.final, chosen.best
+    per_class = dataset["median_per_class"]
+    k = dataset["classes"]
+    pts = 100.0
+    headroom = (1.0 - final.accuracy) * pts
+    gain = None if chosen.random_accuracy is None else (final.accuracy - chosen.random_accuracy) * pts
+    slope = (final.accuracy - chosen.half_sample_accuracy) * pts
+    earlier_better = best.unit is not None and (best.accuracy - final.accuracy) * pts >= EARLIER_TAP_POINTS
+    similar = not earlier_better and (gain is None or gain >= PRETRAINING_GAIN_POINTS) and headroom <= 15.0
+    size = "large" if per_class >= LARGE_PER_CLASS else "small"
+    reasons = [
+        f"{dataset['images']} images in {k} classes (median {per_class:g} per class, imbalance {dataset['imbalance']:g}x): "
+        f"{size} data.",
+        f"A linear probe on {chosen.backbone}'s final features scores {final.accuracy:.1%} "
+        f"(cross-validated on {chosen.sample_per_class} images per class, chance {1 / k:.0%})"
+        + (f"; with random weights it scores {chosen.random_accuracy:.1%}, so pretraining is worth "
+           f"{gain:+.1f} points" if gain is not None else "") + ".",
+    ]  # fmt: skip
+    if earlier_better:
+        reasons.append(f"An earlier depth separates your classes better: unit {best.unit} ({best.tap}) scores "
+                       f"{best.accuracy:.1%}, so the late, ImageNet-specific features fit your data less well.")  # fmt: skip
+    reasons.append(f"Halving the sample costs the probe {slope:.1f} points: "
+                   + ("more images still help, so training the backbone on all of yours has room." if slope >= 2
+                      else "the features are close to saturated on this data."))  # fmt: skip
+    half_units = max(1, chosen.units // 2)
+    params: dict[str, str] = {}
+    if headroom <= HEADROOM_POINTS and not earlier_better:
+        strategy = "feature-extract"
+        reasons.append(f"The frozen features already reach {final.accuracy:.1%}: fine-tuning has at most "
+                       f"{headroom:.1f} points to gain and would cost far more; extract features.")  # fmt: skip
+        alternatives = [f"fine-tune:freeze={half_units}"]
+    elif per_class < FINE_TUNE_MIN_PER_CLASS:
+        strategy = "feature-extract"
+        if earlier_better:
+            params["tap"] = str(best.unit)
+            reasons.append(f"With under {FINE_TUNE_MIN_PER_CLASS} images per class, training the backbone would "
+                           f"overfit: extract the earlier features (--tap {best.unit}).")  # fmt: skip
+        else:
+            reasons.append(f"With under {FINE_TUNE_MIN_PER_CLASS} images per class, training the backbone would "
+                           f"overfit: extract features.")  # fmt: skip
+        alternatives = [f"fine-tune:freeze={half_units}"]
+    elif gain is not None and gain < 0 and size == "large":
+        strategy = "scratch"
+        reasons.append("Pretrained features do no better than random ones and there is plenty of data: "
+                       "train from scratch.")  # fmt: skip
+        alternatives = ["fine-tune:freeze=0"]
+    elif similar and size == "small":
+        strategy, params = "fine-tune", {"freeze": str(half_units)}
+        reasons.append(f"Similar data with room to improve: fine-tune the later half of the backbone "
+                       f"(--freeze {half_units} of {chosen.units} units) at a lower learning rate.")  # fmt: skip
+        alternatives = ["two-stage", "feature-extract"]
+    else:
+        strategy, params = "fine-tune", {"freeze": "0"}
+        why = "data unlike the pretraining data" if not similar else "plenty of data"
+        reasons.append(f"With {why}, fine-tune every unit (--freeze 0): the early features need to adapt too.")
+        alternatives = ["two-stage", f"fine-tune:freeze={half_units}"]
+    return strategy, params, chosen.backbone, size, "similar" if similar else "different", reasons, alternatives
+
+
+def advise(data: Path, backbones: list[str], *, budget_minutes: float, image_size: int | None, seed: int,
+           weights: str, test_split: float, reporter: Any) -> Advice:  # fmt: skip
+    from . import data as datamod
+
+    if not backbones:
+        raise UsageError("--backbones needs at least one backbone")
+    if not budget_minutes > 0 or not math.isfinite(budget_minutes):
+        raise UsageError(f"--budget must be a positive number of minutes, got {budget_minutes}")
+    t0 = time.perf_counter()
+    samples = datamod.scan(data)
+    labels = [s.label for s in samples]
+    dataset = summarize(labels)
+    if dataset["classes"] < 2:
+        raise UsageError(f"{data} has {dataset['classes']} class; advice needs at least 2")
+    if dataset["min_per_class"] < 2:
+        small = [c for c, n in dataset["per_class"].items() if n < 2]
+        raise UsageError(f"class(es) {', '.join(small)} have a single image; every class needs at least 2")
+    share = budget_minutes * 60 / len(backbones)
+    evidence = [measure(data, b, labels=labels, samples=samples, budget_s=share, image_size=image_size, seed=seed,
+                        weights=weights, reporter=reporter) for b in backbones]  # fmt: skip
+    strategy, params, backbone, size, similarity, reasons, alternatives = decide(dataset, evidence)
+    chosen = next(e for e in evidence if e.backbone == backbone)
+    command = ["tlzoo", "train", "--data", str(data), "--backbone", backbone, "--strategy", strategy]
+    for key, value in params.items():
+        command += [f"--{key}", value]
+    if image_size is not None:
+        command += ["--image-size", str(chosen.image_size)]
+    if weights != "auto":
+        command += ["--weights", weights]
+    if test_split:
+        command += ["--test-split", f"{test_split:g}"]
+    if seed:
+        command += ["--seed", str(seed)]
+    return Advice(strategy, params, backbone, size, similarity, reasons, shlex.join(command), evidence, dataset,
+                  alternatives, time.perf_counter() - t0)  # fmt: skip
