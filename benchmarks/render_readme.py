@@ -127,7 +127,31 @@ def startup() -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"strategies": strategies, "datasize": data_size, "runtimes": runtimes, "int8trained": int8_trained,
+def advise() -> str:
+    data = load("advise")
+    if data is None:
+        return "_not measured yet: run `python benchmarks/advise.py`._"
+    s = data["settings"]
+    lines = [machine_line(data), "",
+             f"`tlzoo advise --budget {s['budget']:g}` against a full `tlzoo compare` (feature-extract, fine-tune with "
+             f"0 and half the units frozen, two-stage, scratch; {s['epochs']} epochs where a network trains, "
+             f"{s['image_size']} px, seed 0, test 20 %), {s['backbone']} with its ImageNet weights "
+             f"(`python benchmarks/advise.py`):", "",
+             "| dataset | images | placement | final probe (random weights) | advice | its test accuracy | best in compare "
+             "| gap (points) | advise s | compare s | time share |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in data["rows"]:
+        place = f"{r['placement']['size']}, {r['placement']['similarity']}"
+        rnd = f" ({r['probe_random']:.3f})" if r.get("probe_random") is not None else ""
+        lines.append(f"| {r['dataset']} | {r['images']} | {place} | {r['probe_final']:.3f}{rnd} | {r['advice']} | "
+                     f"{r['advised_accuracy']:.4f} | {r['best']} {r['best_accuracy']:.4f} | {r['gap_points']:.2f} | "
+                     f"{r['advise_s']:.0f} | {r['compare_s']:.0f} | {r['time_share']:.0%} |")  # fmt: skip
+    lines += ["", f"Within 1.5 points of the best on {data['within_1_5_points']} of {data['datasets']} datasets; "
+              f"the largest time share {data['max_time_share']:.0%} (goal: every dataset, at most 25 %)."]  # fmt: skip
+    return "\n".join(lines)
+
+
+SECTIONS = {"advise": advise, "strategies": strategies, "datasize": data_size, "runtimes": runtimes, "int8trained": int8_trained,
             "compare": compare, "startup": startup}  # fmt: skip
 
 
