@@ -138,8 +138,9 @@ def probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int) -> tuple
 
 
 def _taps(units: int) -> list[int | None]:
-    taps: list[int | None] = sorted({max(0, min(units - 1, round(units * d) - 1)) for d in TAP_DEPTHS}) if units >= 4 else []
-    return [*taps, None]
+    """0-based units at TAP_DEPTHS of the backbone (none for a backbone of under 4 units), then the final features."""
+    earlier = sorted({max(0, min(units - 1, round(units * d) - 1)) for d in TAP_DEPTHS}) if units >= 4 else []
+    return [*earlier, None]
 
 
 def measure(data: Path, backbone_name: str, *, labels: list[str], samples: list[Any], budget_s: float,
@@ -253,7 +254,7 @@ def decide(dataset: dict[str, Any], evidence: list[Evidence]) -> tuple[str, dict
                "data unlike the pretraining data, but not enough of it to retrain the early units safely")  # fmt: skip
         reasons.append(f"With {why}, fine-tune the later half of the backbone (--freeze {half_units} of "
                        f"{chosen.units} units) at a lower learning rate.")  # fmt: skip
-        alternatives = ["two-stage", "feature-extract"]
+        alternatives = ["two-stage", "feature-extract" + (f":tap={best.unit}" if earlier_better else "")]
     else:
         strategy, params = "fine-tune", {"freeze": "0"}
         reasons.append("With plenty of data unlike the pretraining data, fine-tune every unit (--freeze 0): the "
