@@ -204,6 +204,17 @@ def typer_parameters(settings: tuple[Setting, ...]) -> list[Any]:
     return params
 
 
+def add_options(command: Any, settings: tuple[Setting, ...], *, at: int | None = None) -> None:
+    """Give a Typer command function that ends in ``**kwargs`` one option per setting: its signature becomes its
+    own parameters with the settings' parameters inserted at position ``at`` (default: after them all), and the
+    setting values reach it through ``**kwargs``."""
+    import inspect
+
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    at = len(own) if at is None else at
+    command.__signature__ = inspect.Signature([*own[:at], *typer_parameters(settings), *own[at:]])
+
+
 def resolve(settings: tuple[Setting, ...], given: dict[str, Any]) -> dict[str, Any]:
     """Every setting's value: the given one (checked) or its default. Unknown names are refused."""
     known = {s.name: s for s in settings}

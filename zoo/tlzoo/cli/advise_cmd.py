@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -56,7 +55,10 @@ def _data_settings() -> tuple[Any, ...]:
 
     import dataclasses
 
-    return tuple(dataclasses.replace(s, group="Data (as tlzoo compare)") for s in shared_settings() if s.name in DATA_OPTIONS)
+    from ..training.config import SETTINGS_BY_NAME
+
+    return tuple(dataclasses.replace(s, help=SETTINGS_BY_NAME[s.name].help, group="Data (as tlzoo compare)")
+                 for s in shared_settings() if s.name in DATA_OPTIONS)  # fmt: skip
 
 
 def _show(advice: Any) -> None:
@@ -119,12 +121,11 @@ def _show_verified(verified: dict[str, Any]) -> None:
         console.print(f"the advice missed: {verified['best']} was {verified['gap_points']:.1f} points better", markup=False)
 
 
-def _signature() -> inspect.Signature:
-    """advise's own options, then the data options it shares with tlzoo compare (declared once, in TrainConfig)."""
-    from ..settings import typer_parameters
+def _add_data_options() -> None:
+    """The data options advise shares with tlzoo compare (declared once, in TrainConfig), after its own."""
+    from ..settings import add_options
 
-    own = [p for p in inspect.signature(advise, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
-    return inspect.Signature([*own, *typer_parameters(_data_settings())])
+    add_options(advise, _data_settings())
 
 
-advise.__signature__ = _signature()  # type: ignore[attr-defined]
+_add_data_options()

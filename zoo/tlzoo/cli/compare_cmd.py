@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -74,13 +73,12 @@ def compare(
         console.print(f"best: {best['backbone']} {best['strategy']} -> tlzoo export onnx {best['run_dir']}", markup=False)
 
 
-def _signature() -> inspect.Signature:
-    """compare's own options, then train's settings that every combination shares (declared once, in TrainConfig)."""
+def _add_shared_options() -> None:
+    """train's settings that every combination shares (declared once, in TrainConfig), after compare's own."""
     from ..comparison import shared_settings
-    from ..settings import typer_parameters
+    from ..settings import add_options
 
-    own = [p for p in inspect.signature(compare, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
-    return inspect.Signature([*own, *typer_parameters(shared_settings())])
+    add_options(compare, shared_settings())
 
 
-compare.__signature__ = _signature()  # type: ignore[attr-defined]
+_add_shared_options()

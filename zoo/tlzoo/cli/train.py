@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -101,16 +100,15 @@ def train(
     console.print(f"run directory: {result.run_dir}", markup=False)
 
 
-def _signature() -> inspect.Signature:
-    """train's own options plus one per training setting (tlzoo.TrainConfig), declared once there."""
-    from ..settings import typer_parameters
+def _add_setting_options() -> None:
+    """One option per training setting (tlzoo.TrainConfig, declared once there), after the context."""
+    from ..settings import add_options
     from ..training.config import TRAIN_SETTINGS
 
-    own = [p for p in inspect.signature(train, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
-    return inspect.Signature([own[0], *typer_parameters(TRAIN_SETTINGS), *own[1:]])
+    add_options(train, TRAIN_SETTINGS, at=1)
 
 
-train.__signature__ = _signature()  # type: ignore[attr-defined]
+_add_setting_options()
 
 
 def _launch(nproc: int) -> int:
