@@ -218,9 +218,13 @@ class TorchBackbone(Backbone):
 
         node = self._units[tap].last_member
         try:
-            nodes = set(get_graph_node_names(self.model.model)[1])
+            nodes = get_graph_node_names(self.model.model)[1]
+
+            def traced(name: str) -> bool:  # a node, or a module whose operations are nodes (its last one is tapped)
+                return any(n == name or n.startswith(name + ".") for n in nodes)
+
             # torch.fx keeps some blocks (torchvision's Conv2dNormActivation) whole: tap the block that holds the unit
-            while node not in nodes and "." in node:
+            while not traced(node) and "." in node:
                 node = node.rsplit(".", 1)[0]
             extractor = create_feature_extractor(self.model.model, return_nodes={node: "tap"})
         except Exception as exc:
