@@ -40,7 +40,8 @@ def engine(backbone: Any, tap: int | None, cache_dir: Path) -> Callable[[np.ndar
     ).hexdigest()[:20]  # fmt: skip
     path = Path(cache_dir) / f"{spec.id.replace('/', '-')}-{key}.onnx"
     probe = np.random.default_rng(0).normal(size=(2, h, w, 3)).astype(np.float32)
-    expected = backbone._run(backbone.feature_model(tap), probe)
+    model = backbone.feature_model(tap)  # a tap is traced by torch.fx: once, for the check and the export
+    expected = backbone._run(model, probe)
     if path.is_file():
         try:
             run = _runner(path, layout)
@@ -51,7 +52,7 @@ def engine(backbone: Any, tap: int | None, cache_dir: Path) -> Callable[[np.ndar
 
     def write(tmp: Path) -> None:
         try:
-            convert(backbone.feature_model(tap), tmp, input_size=(h, w), preprocessing=spec.preprocessing,
+            convert(model, tmp, input_size=(h, w), preprocessing=spec.preprocessing,
                     output="features", opset=OPSET, batch=None, raw_input=False)  # fmt: skip
         except UsageError:
             raise

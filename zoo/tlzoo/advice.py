@@ -143,15 +143,17 @@ def _taps(units: int) -> list[int | None]:
     return [*earlier, None]
 
 
-def measure(data: Path, backbone_name: str, *, labels: list[str], samples: list[Any], budget_s: float,
-            image_size: int | None, seed: int, weights: str, reporter: Any) -> Evidence:  # fmt: skip
-    """The evidence for one backbone, within ``budget_s`` seconds (the sample shrinks to fit)."""
+def measure(backbone_name: str, samples: list[Any], *, budget_s: float, image_size: int | None, seed: int,
+            weights: str, reporter: Any) -> Evidence:  # fmt: skip
+    """The evidence for one backbone on the scanned ``samples``, within ``budget_s`` seconds (the sample shrinks
+    to fit)."""
     from . import data as datamod
     from .backbone import check_input_size, get_backbone
     from .registry import get_registry
     from .weights import preflight
 
     t0 = time.perf_counter()
+    labels = [s.label for s in samples]
     spec = get_registry().resolve(backbone_name)
     size = check_input_size(spec, image_size)
     pretrained = weights.lower() not in ("none", "random", "scratch")
@@ -281,8 +283,8 @@ def advise(data: Path, backbones: list[str], *, budget_minutes: float, image_siz
         small = [c for c, n in dataset["per_class"].items() if n < 2]
         raise UsageError(f"class(es) {', '.join(small)} have a single image; every class needs at least 2")
     share = budget_minutes * 60 / len(backbones)
-    evidence = [measure(data, b, labels=labels, samples=samples, budget_s=share, image_size=image_size, seed=seed,
-                        weights=weights, reporter=reporter) for b in backbones]  # fmt: skip
+    evidence = [measure(b, samples, budget_s=share, image_size=image_size, seed=seed, weights=weights,
+                        reporter=reporter) for b in backbones]  # fmt: skip
     strategy, params, backbone, size, similarity, reasons, alternatives = decide(dataset, evidence)
     chosen = next(e for e in evidence if e.backbone == backbone)
     command = ["tlzoo", "train", "--data", str(data), "--backbone", backbone, "--strategy", strategy]

@@ -281,11 +281,12 @@ def _feature_extract(engine: Engine, backbone: Backbone, splits: Splits, cfg: Tr
 
     def run() -> Any:  # made on the first cache miss only: an engine may export the backbone first
         if not runners:
+            started = time.perf_counter()
             runners.append(feature_engines.runner(backbone, tap, cfg.feature_engine,
                                                   feature_cache.cache_root() / "engines"))  # fmt: skip
             if cfg.feature_engine != feature_engines.FRAMEWORK:
-                reporter.info(f"feature engine: {cfg.feature_engine} "
-                              f"({time.perf_counter() - t0:.1f} s to prepare, checked against {backbone.spec.framework})")
+                reporter.info(f"feature engine: {cfg.feature_engine} ({time.perf_counter() - started:.1f} s to "
+                              f"prepare, checked against {backbone.spec.framework})")  # fmt: skip
         return runners[0]
 
     for name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
