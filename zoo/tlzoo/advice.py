@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import UsageError
+from .training.heads import one_blas_thread
 
 TAP_DEPTHS = (0.25, 0.5, 0.75)  # earlier taps, as fractions of the units; the final features are always read
 MAX_PER_CLASS = 40  # the probe's sample: enough for a stable cross-validated accuracy, few enough for minutes
@@ -133,7 +134,8 @@ def probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int) -> tuple
     # a full PCA of each training fold first gives the same probe (fold for fold), several times faster.
     steps = [StandardScaler(), *([PCA()] if features.shape[1] > len(features) else []), LogisticRegression(C=0.5, max_iter=2000)]
     model = make_pipeline(*steps)
-    scores = cross_val_score(model, features, labels, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    with one_blas_thread():
+        scores = cross_val_score(model, features, labels, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
     return float(scores.mean()), float(scores.std())
 
 

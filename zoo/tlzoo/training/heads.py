@@ -8,6 +8,8 @@ exported in the same graph as the backbone.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +72,21 @@ def spread_floor(std: np.ndarray) -> np.ndarray:
     return np.maximum(std, max(floor, 1e-12))
 
 
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread while scikit-learn fits a linear model on features.
+
+    numpy and scipy each load their own OpenBLAS. lbfgs alternates numpy's matrix products with
+    scipy's vector updates, and on a machine with few cores the two idle thread pools spin against
+    each other. On 2 cores the softmax path took 2.3 s with the default threads and 0.47 s with one
+    (benchmarks/heads.py). Head problems are thin (C classes wide), so extra BLAS threads gain little.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 def fit_linear(kind: str, x: np.ndarray, y: np.ndarray, n_classes: int, *, c: float = 1.0, seed: int = 0) -> HeadParams:
     """``softmax``, ``logreg-ovr`` or ``linear-svm`` fitted by scikit-learn, scaler folded in."""
     return fit_linear_path(kind, x, y, n_classes, (c,), seed=seed)[0]
@@ -89,26 +106,27 @@ def fit_linear_path(kind: str, x: np.ndarray, y: np.ndarray, n_classes: int, cs:
     xs = scaler.transform(x)
     heads = []
     warm: Any = None
-    for c in cs:
-        output = "softmax"
-        if kind == "softmax":
-            if warm is None:
-                warm = LogisticRegression(C=c, max_iter=3000, random_state=seed, warm_start=True)
-            warm.set_params(C=c)
-            model: Any = warm.fit(xs, y)
-            coef, intercept, classes = model.coef_.copy(), model.intercept_.copy(), model.classes_
-        elif kind == "logreg-ovr":
-            model = OneVsRestClassifier(LogisticRegression(C=c, max_iter=3000, random_state=seed)).fit(xs, y)
-            coef = np.vstack([e.coef_ for e in model.estimators_])
-            intercept = np.concatenate([e.intercept_ for e in model.estimators_])
-            classes, output = model.classes_, "ovr"
-        elif kind == "linear-svm":
-            # Probabilities are a softmax over the SVM margins: uncalibrated, but monotone in the margin.
-            model = LinearSVC(C=c, dual="auto", random_state=seed, max_iter=5000).fit(xs, y)
-            coef, intercept, classes = model.coef_, model.intercept_, model.classes_
-        else:
-            raise ValueError(f"not a linear head: {kind}")
-        heads.append(_fold(coef, intercept, classes, scaler, x.shape[1], n_classes, output))
+    with one_blas_thread():
+        for c in cs:
+            output = "softmax"
+            if kind == "softmax":
+                if warm is None:
+                    warm = LogisticRegression(C=c, max_iter=3000, random_state=seed, warm_start=True)
+                warm.set_params(C=c)
+                model: Any = warm.fit(xs, y)
+                coef, intercept, classes = model.coef_.copy(), model.intercept_.copy(), model.classes_
+            elif kind == "logreg-ovr":
+                model = OneVsRestClassifier(LogisticRegression(C=c, max_iter=3000, random_state=seed)).fit(xs, y)
+                coef = np.vstack([e.coef_ for e in model.estimators_])
+                intercept = np.concatenate([e.intercept_ for e in model.estimators_])
+                classes, output = model.classes_, "ovr"
+            elif kind == "linear-svm":
+                # Probabilities are a softmax over the SVM margins: uncalibrated, but monotone in the margin.
+                model = LinearSVC(C=c, dual="auto", random_state=seed, max_iter=5000).fit(xs, y)
+                coef, intercept, classes = model.coef_, model.intercept_, model.classes_
+            else:
+                raise ValueError(f"not a linear head: {kind}")
+            heads.append(_fold(coef, intercept, classes, scaler, x.shape[1], n_classes, output))
     return heads
 
 
