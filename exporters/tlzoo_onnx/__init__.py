@@ -23,13 +23,19 @@ OPTIONS = (
     Setting("opset", "int", DEFAULT_OPSET, f"ONNX opset ({MIN_OPSET}..{MAX_OPSET})."),
     Setting("batch", "str", "dynamic", "'dynamic' or a fixed batch size."),
     Setting("fp16", "bool", False, "Half-precision weights (inputs and outputs stay float32)."),
-    Setting("int8", "bool", False, "Static int8 quantization (QDQ), calibrated on --calibration."),
+    Setting("int8", "bool", False, "Static int8 quantization (QDQ, per-channel weights), calibrated on --calibration; "
+            "the layers that cost accuracy stay fp32 until the drop is within --max-drop (default 1 point)."),
     Setting("calibration", "path", None, "Images for int8 calibration (default: the run's training images)."),
+    Setting("int8_search", "bool", True, "int8: keep the most sensitive layers in fp32 until the accuracy drop on the "
+            "validation images is within --max-drop."),
+    Setting("refit_head", "bool", True, "int8 of a feature-extract run with a linear head: fit the head again on the "
+            "int8 backbone's features of the training images."),
     Setting("raw_input", "bool", False, "Take uint8 NHWC images; resize and normalize in the graph."),
     Setting("check", "bool", True, "Compare with the source model on the run's validation images."),
     Setting("atol", "float", 1e-4, "fp32 check: largest allowed probability difference.", min=0.0),
     Setting("max_drop", "float", None,
-            "fp16/int8: fail (and write nothing) if accuracy drops more than this many points vs fp32."),
+            "fp16/int8: fail (and write nothing) if accuracy drops more than this many points vs fp32 "
+            "(int8's search aims at 1 point when not given)."),
 )
 
 

@@ -46,6 +46,11 @@ def export(run: TrainedRun | Path | str, out: Path | None = None, options: dict[
         raise UsageError("choose one of --fp16 and --int8")
     if opts["max_drop"] is not None and (not opts["check"] or float(opts["max_drop"]) < 0):
         raise UsageError("--max-drop needs the check (drop --no-check) and a number of points >= 0")
+    stray = [flag for flag, given in (("--calibration", opts["calibration"] is not None),
+                                      ("--no-int8-search", not opts["int8_search"]),
+                                      ("--no-refit-head", not opts["refit_head"])) if given]  # fmt: skip
+    if stray and not opts["int8"]:
+        raise UsageError(f"{', '.join(stray)}: for --int8 exports only")
     batch = _batch(opts["batch"])
     variant = "int8" if opts["int8"] else "fp16" if opts["fp16"] else "fp32"
     out = Path(out) if out else run.run_dir / ("model.onnx" if variant == "fp32" else f"model.{variant}.onnx")
@@ -63,10 +68,13 @@ def export(run: TrainedRun | Path | str, out: Path | None = None, options: dict[
             _finish(final, run, opts["raw_input"], variant="fp16")
         elif variant == "int8":
             final = Path(tmp) / "int8.onnx"
-            _to_int8(fp32, final, run, opts["raw_input"], opts["calibration"], tmp)
+            int8 = _to_int8(fp32, final, run, opts["raw_input"], opts["calibration"], tmp, refit_head=opts["refit_head"],
+                            max_drop=(1.0 if opts["max_drop"] is None else float(opts["max_drop"])) if opts["int8_search"] else None)  # fmt: skip
             _finish(final, run, opts["raw_input"], variant="int8")
         report: dict[str, Any] = {"path": str(out), "variant": variant, "opset": opset, "batch": opts["batch"],
                                   "raw_input": bool(opts["raw_input"]), "framework": run.framework}  # fmt: skip
+        if variant == "int8":
+            report.update(int8.report())
         if opts["check"]:
             report.update(check(run, final, fp32, variant, float(opts["atol"]), opts["raw_input"], opts["max_drop"]))
         fault_point(f"rename:{out.name}")
@@ -80,6 +88,16 @@ def export(run: TrainedRun | Path | str, out: Path | None = None, options: dict[
 
 def _summary(report: dict[str, Any], max_drop: float | None) -> tuple[list[str], list[str]]:
     lines, warnings = [f"wrote {report['path']} ({report['variant']})"], []
+    if "int8_layers" in report:
+        refit = report["int8_head_refit"]
+        searched = len(report["int8_kept_fp32"]) - int(refit)
+        lines.append(
+            f"int8: {report['int8_layers'] - len(report['int8_kept_fp32'])} of {report['int8_layers']} layers quantized"
+            + ("; the linear head stays fp32, refitted on the int8 backbone's features of the training images" if refit
+               else f" (head not refitted: {report['int8_head_note']})" if report.get("int8_head_note") else "")
+            + (f"; the {searched} most sensitive layers kept in fp32 by the search ({len(report['int8_search'])} trials)"
+               if searched else "")
+        )  # fmt: skip
     if "max_abs_diff" in report:
         lines.append(
             f"checked on {report['check_images']} validation images: max |p - p_source| {report['max_abs_diff']:.2e}, "
@@ -175,32 +193,39 @@ def _to_fp16(src: Path, dest: Path) -> None:
 
 
 def _to_int8(src: Path, dest: Path, run: TrainedRun, raw: bool, calibration: Any, tmp: str, *,
-             weight_bits: int = 8, activation_bits: int = 8) -> None:  # fmt: skip
-    """Static QDQ quantization, per-channel weights, calibrated on ``calibration`` or the run's images.
+             refit_head: bool = True, max_drop: float | None = None, weight_bits: int = 8,
+             activation_bits: int = 8) -> Any:  # fmt: skip
+    """Static QDQ quantization, per-channel weights, calibrated on ``calibration`` or the run's images; a linear
+    head refitted on the int8 features, and the layers that cost accuracy kept in fp32 until the drop on the
+    validation images is within ``max_drop`` points (None: no search). See :mod:`tlzoo_onnx.int8`.
 
     16 bits on one side (``weight_bits``/``activation_bits``) is for diagnosing where an int8
     accuracy loss comes from: onnxruntime runs such files with fp32 kernels.
     """
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from .int8 import Int8Result, Quantizer, linear_head, quantize_within
 
-    images = _calibration_images(run, calibration)
+    quantizer = Quantizer(src, _model_inputs(run, _calibration_images(run, calibration), raw), Path(tmp),
+                          weight_bits=weight_bits, activation_bits=activation_bits)  # fmt: skip
+    head, why = linear_head(run, quantizer.graph) if refit_head else (None, "--no-refit-head")
+    train = None
+    if head is not None:
+        images, labels = split_set(run, "train")
+        train = (_model_inputs(run, images, raw), labels)
+    if max_drop is None and head is None:
+        quantizer.quantize(dest, [])
+        return Int8Result(layers=len(quantizer.layers()), head_note=why)
+    images, labels = split_set(run, "val", limit=256)
     inputs = _model_inputs(run, images, raw)
+    reference = _run(src, inputs)
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"images": inputs[i : i + 16]} for i in range(0, len(inputs), 16)])
+    def accuracy(path: Path) -> tuple[float, float]:
+        p = _run(path, inputs)
+        return float((p.argmax(1) == labels).mean()), float(np.abs(p - reference).sum(1).mean())
 
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.batches, None)
-
-    prepared = Path(tmp) / "prepared.onnx"
-    quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-    quantize_static(
-        str(prepared), str(dest), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type={8: QuantType.QUInt8, 16: QuantType.QUInt16}[activation_bits],
-        weight_type={8: QuantType.QInt8, 16: QuantType.QInt16}[weight_bits],
-    )  # fmt: skip
+    result = quantize_within(quantizer, dest, head=head, train=train, accuracy=accuracy, max_drop=max_drop,
+                             fp32_accuracy=float((reference.argmax(1) == labels).mean()), tmp=Path(tmp))  # fmt: skip
+    result.head_note = why
+    return result
 
 
 def _calibration_images(run: TrainedRun, calibration: Any, limit: int = 256) -> np.ndarray:

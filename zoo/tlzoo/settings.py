@@ -168,7 +168,7 @@ class Setting:
         aliases = [self.short] if self.short else []
         if self.type == "bool":
             return TyperOption(param_decls=[f"{self.option}/--no-{name}", *aliases, self.name], default=bool(self.default),
-                               help=self.help, show_default=True, rich_help_panel=self.group or None)  # fmt: skip
+                               is_flag=True, help=self.help, show_default=True, rich_help_panel=self.group or None)  # fmt: skip
         return TyperOption(param_decls=[self.option, *aliases, self.name], type=self._cli_type(),
                            default=self._cli_default(), help=self.help, show_default=self.default is not None,
                            rich_help_panel=self.group or None)  # fmt: skip

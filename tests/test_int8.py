@@ -1,0 +1,122 @@
+"""int8 exports that keep accuracy: the head refitted on int8 features, and the sensitivity search."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from tlzoo.errors import UsageError
+from tlzoo.trained import load_run
+from tlzoo_onnx.export import _model_inputs, export, split_set
+from tlzoo_onnx.int8 import _head_parameters, _tensor_values, quantize_within
+
+from .conftest import run_tlzoo
+from .test_export import runs, tiny_data  # noqa: F401  (module fixtures shared with the export tests)
+
+
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_int8_head_is_refitted_on_the_int8_backbones_features(runs, tmp_path, framework):  # noqa: F811
+    from tlzoo.training.heads import fit_linear
+
+    report = export(runs[framework], tmp_path / "m.int8.onnx", {"int8": True})
+    assert report["int8_head_refit"] is True and len(report["int8_kept_fp32"]) == 1
+    assert report["int8_layers"] > 10 and report["int8_search"][0]["kept_fp32"] == 1
+    model = onnx.load(report["path"])
+    head = next(n for n in model.graph.node if n.name == report["int8_kept_fp32"][0])
+    assert head.op_type in ("Gemm", "MatMul")
+    # The head stays fp32 and everything before it is quantized.
+    assert not any(n.op_type == "DequantizeLinear" and n.output[0] in head.input[1:] for n in model.graph.node)
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+
+    # Its weights are exactly the run's head kind fitted again on the int8 file's own features of the training images.
+    run = load_run(runs[framework])
+    images, labels = split_set(run, "train")
+    features = _tensor_values(Path(report["path"]), head.input[0], _model_inputs(run, images, False))
+    expected = fit_linear("softmax", features, labels, len(run.classes), c=_history_c(run), seed=0)
+    w_name, b_name, transposed = _head_parameters(model.graph, head)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    weight = inits[w_name].T if transposed else inits[w_name]
+    np.testing.assert_allclose(weight.reshape(expected.weights[0].shape), expected.weights[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(inits[b_name].ravel(), expected.biases[0], rtol=1e-5, atol=1e-6)
+
+
+def _history_c(run) -> float:  # type: ignore[no-untyped-def]
+    return float(run.files.read_history()[0]["C"])
+
+
+def test_no_refit_head_keeps_the_trained_head_and_is_reported(runs, tmp_path):  # noqa: F811
+    report = export(runs["torch"], tmp_path / "m.int8.onnx", {"int8": True, "refit_head": False, "int8_search": False})
+    assert report["int8_head_refit"] is False and report["int8_head_note"] == "--no-refit-head"
+    assert report["int8_kept_fp32"] == [] and report["int8_search"] == []
+    assert any("head not refitted: --no-refit-head" in line for line in report["summary"])
+
+
+def test_int8_only_options_are_refused_without_int8(runs, tmp_path):  # noqa: F811
+    with pytest.raises(UsageError, match=r"^--no-int8-search, --no-refit-head: for --int8 exports only$"):
+        export(runs["torch"], tmp_path / "m.onnx", {"int8_search": False, "refit_head": False})
+    with pytest.raises(UsageError, match=r"^--calibration: for --int8 exports only$"):
+        export(runs["torch"], tmp_path / "m.onnx", {"calibration": str(tmp_path)})
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_int8_flag_exports_and_reports(runs, tmp_path):  # noqa: F811
+    out = tmp_path / "cli.int8.onnx"
+    result = run_tlzoo("export", "onnx", str(runs["torch"]), "--int8", "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["variant"] == "int8" and report["int8_head_refit"] is True and out.is_file()
+    refused = run_tlzoo("export", "onnx", str(runs["torch"]), "--no-int8-search", "--out", str(tmp_path / "x.onnx"))
+    assert refused.returncode == 2 and "--no-int8-search: for --int8 exports only" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "x.onnx").exists()
+
+
+class _FakeQuantizer:
+    """Layers L0..L15; a "quantized" file records which layers stayed fp32."""
+
+    def __init__(self) -> None:
+        self.names = [f"L{i}" for i in range(16)]
+
+    def layers(self) -> list[str]:
+        return list(self.names)
+
+    def quantize(self, dest: Path, keep_fp32: list[str]) -> None:
+        Path(dest).write_text(json.dumps(sorted(keep_fp32)))
+
+
+@pytest.mark.parametrize("sensitive, expected_kept", [({"L3", "L11", "L12"}, 3), ({"L5"}, 1), (set(), 0)])
+def test_search_keeps_the_fewest_most_sensitive_layers_within_max_drop(tmp_path, sensitive, expected_kept):
+    """Each sensitive layer costs 2 points when quantized and distorts the output most; the others 0.05."""
+
+    def accuracy(path: Path) -> tuple[float, float]:
+        kept = set(json.loads(Path(path).read_text()))
+        quantized = set(_FakeQuantizer().names) - kept
+        loss = 0.02 * len(quantized & sensitive) + 0.0005 * len(quantized - sensitive)
+        distance = sum(5.0 if name in sensitive else 0.1 for name in quantized)
+        return 0.95 - loss, distance
+
+    dest = tmp_path / "final.onnx"
+    result = quantize_within(_FakeQuantizer(), dest, head=None, train=None, accuracy=accuracy, fp32_accuracy=0.95,  # type: ignore[arg-type]
+                             max_drop=1.0, tmp=tmp_path)  # fmt: skip
+    assert sorted(result.kept_fp32) == sorted(sensitive) and len(result.kept_fp32) == expected_kept
+    assert json.loads(dest.read_text()) == sorted(sensitive)  # the file written is the one that passed
+    assert result.first_accuracy == pytest.approx(0.95 - 0.02 * len(sensitive) - 0.0005 * (16 - len(sensitive)))
+    assert all(t["drop_points"] > 1.0 for t in result.trials[:-1] if t["kept_fp32"] < expected_kept)
+    final = [t for t in result.trials if t["kept_fp32"] == expected_kept][-1]
+    assert final["drop_points"] <= 1.0
+    if sensitive:  # doubling then bisection: a handful of trials, not one per layer
+        assert len(result.trials) <= 1 + 2 * 4
+
+
+def test_search_reports_when_even_all_layers_in_fp32_miss(tmp_path):
+    def accuracy(path: Path) -> tuple[float, float]:
+        return 0.5, 1.0  # other operators stay quantized and ruin it whatever the layers
+
+    result = quantize_within(_FakeQuantizer(), tmp_path / "final.onnx", head=None, train=None, accuracy=accuracy,  # type: ignore[arg-type]
+                             fp32_accuracy=0.95, max_drop=1.0, tmp=tmp_path)  # fmt: skip
+    assert len(result.kept_fp32) == 16 and result.trials[-1]["drop_points"] == pytest.approx(45.0)
+    assert (tmp_path / "final.onnx").is_file()
