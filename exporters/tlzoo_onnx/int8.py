@@ -102,7 +102,9 @@ class LinearHead:
         head = self.fit(_tensor_values(model_path, node.input[0], inputs), labels)
         weight, bias = head.weights[0], head.biases[0]  # (in, out), (out,)
         inits = {i.name: i for i in model.graph.initializer}
-        w_name, b_name, transposed = _head_parameters(model.graph, node)
+        found = _head_parameters(model.graph, node)
+        assert found is not None, "linear_head() found these parameters in the same graph"
+        w_name, b_name, transposed = found
         if transposed:
             weight = weight.T
         for name, value in ((w_name, weight), (b_name, bias)):
