@@ -58,8 +58,8 @@ def runtimes() -> str:
                 lines.append(f"| {backbone} ({rows['weights']}) | {label} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['batch32_images_per_s']:.1f} |")
         notes.append(f"{backbone}: onnxruntime fp32 latency {rows['ort_fp32_vs_torch_latency']:.2f}x torch eager; int8 "
                      f"{rows['int8_speedup_vs_ort_fp32']:.2f}x faster than fp32, test accuracy {rows['test_accuracy_fp32']:.4f} -> "
-                     f"{rows['test_accuracy_int8']:.4f} ({-rows['int8_accuracy_drop_points']:+.2f} points)."
-                     + _precision_split(rows.get("int8_precision_split")))  # fmt: skip
+                     f"{rows['test_accuracy_int8']:.4f} ({-rows['int8_accuracy_drop_points']:+.2f} points)"
+                     + _int8_how(rows))  # fmt: skip
     return "\n".join(lines + [""] + [f"- {n}" for n in notes])
 
 
@@ -76,11 +76,15 @@ def int8_trained() -> str:
     return "\n".join(lines)
 
 
-def _precision_split(split: dict | None) -> str:
-    if not split:
-        return ""
-    return (f" Diagnosis, 16 bits on one side at a time: 16-bit weights with 8-bit activations {split['W16A8']:.4f}, "
-            f"8-bit weights with 16-bit activations {split['W8A16']:.4f}.")
+def _int8_how(rows: dict) -> str:
+    if "test_accuracy_int8_plain" not in rows:
+        return "."
+    kept = rows["int8_layers_kept_fp32"] - int(rows["int8_head_refit"])
+    how = "the head refitted on int8 features" if rows["int8_head_refit"] else "no head refit"
+    how += f", {kept} layer(s) kept fp32 by the search" if kept else ", no layer kept fp32 by the search"
+    return (f" ({how}; {rows['int8_layers'] - rows['int8_layers_kept_fp32']} of {rows['int8_layers']} layers int8; export "
+            f"{rows['int8_export_seconds']:.0f} s). Plain int8 as before (`--no-refit-head --no-int8-search`): "
+            f"{rows['test_accuracy_int8_plain']:.4f}.")
 
 
 def compare() -> str:

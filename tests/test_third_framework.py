@@ -89,8 +89,10 @@ def test_feature_extract_train_evaluate_predict(work: Path) -> None:
         (["train", "--backbone", "randproj", "--data", "data", "--feature-engine", "onnxruntime"],
          "the numpy framework plugin has no ONNX converter; use --feature-engine framework"),
         (["train", "--backbone", "randproj", "--data", "data", "--device", "cuda"], "CPU only"),
+        (["train", "--backbone", "randproj", "--data", "data", "--threads", "2"],
+         "cannot set the number of threads; leave --threads out"),
     ],
-    ids=["fine-tune", "mlp-head", "onnxruntime-engine", "device"],
+    ids=["fine-tune", "mlp-head", "onnxruntime-engine", "device", "threads"],
 )
 def test_what_it_cannot_do_is_refused_in_one_line(work: Path, args: list[str], words: str) -> None:
     before = sorted(p.name for p in (work / "runs").iterdir()) if (work / "runs").is_dir() else []

@@ -91,6 +91,26 @@ def test_second_identical_run_hits_the_feature_cache(tiny_data, tmp_path, framew
     assert tapped.metrics["feature_cache"] == "miss", "a different tap is a different cache entry"
 
 
+def test_threads_sets_the_frameworks_thread_count(tiny_data, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        train(config(tiny_data, tmp_path, backbone="torch/resnet18", threads=1, name="one-thread"))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(UsageError, match=r"^--threads must be at least 1, got 0$"):
+        train(config(tiny_data, tmp_path, backbone="torch/resnet18", threads=0))
+
+
+def test_keras_threads_in_a_new_process(tiny_data, tmp_path):
+    done = run_tlzoo("train", "--backbone", "keras/mobilenet_v2", "--data", str(tiny_data), "--image-size", "32",
+                     "--weights", "none", "--threads", "1", "--out-dir", str(tmp_path / "runs"), "--name", "k")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "runs" / "k" / "config.yaml").read_text().split("threads: ")[1].split()[0]) == 1
+
+
 def test_torch_vgg16_freeze_8_frozen_bits_unchanged_unfrozen_changed(tiny_data, tmp_path):
     import torch
     import torchvision

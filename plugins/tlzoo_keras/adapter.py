@@ -8,6 +8,7 @@ from typing import Any, Callable
 import numpy as np
 
 from tlzoo.adapters import FrameworkAdapter
+from tlzoo.errors import UsageError
 
 from . import train as keras_train
 from .backend import KerasBackbone
@@ -21,6 +22,18 @@ class KerasAdapter(FrameworkAdapter):
 
     def seed(self, seed: int) -> None:
         keras.utils.set_random_seed(seed)
+
+    def set_threads(self, threads: int) -> None:
+        import tensorflow as tf
+
+        threading = tf.config.threading
+        if threading.get_intra_op_parallelism_threads() == threads:
+            return
+        try:
+            threading.set_intra_op_parallelism_threads(threads)
+        except RuntimeError:  # TensorFlow fixes its thread pools when it first runs an operation
+            raise UsageError(f"TensorFlow has already started in this process with its own thread count; "
+                             f"--threads {threads} applies to a new process") from None
 
     def wrap(self, spec: Any, model: Any, input_size: tuple[int, int], weights: Any) -> KerasBackbone:
         return KerasBackbone(spec, model, input_size, weights)

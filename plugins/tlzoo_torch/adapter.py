@@ -23,6 +23,11 @@ class TorchAdapter(FrameworkAdapter):
 
         torch.manual_seed(seed)
 
+    def set_threads(self, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+
     def wrap(self, spec: Any, model: Any, input_size: tuple[int, int], weights: Any) -> TorchBackbone:
         return TorchBackbone(spec, model, input_size, weights)
 

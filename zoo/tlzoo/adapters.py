@@ -82,6 +82,10 @@ class FrameworkAdapter(ABC):
     def classifier_logits(self, model: Any, batch: np.ndarray) -> np.ndarray:
         """Logits of a loaded classifier for a preprocessed float32 NHWC batch."""
 
+    def set_threads(self, threads: int) -> None:
+        """Use ``threads`` CPU threads for the framework's operations in this process (``--threads``)."""
+        raise UsageError(f"{type(self).__name__} cannot set the number of threads; leave --threads out")
+
     def download(self, weights: WeightsSpec, dest: Path) -> None:
         """Fetch ``weights.url`` to ``dest`` (its hash is checked afterwards by tlzoo)."""
         import urllib.request

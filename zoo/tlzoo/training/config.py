@@ -139,6 +139,8 @@ class TrainConfig:
     seed: int = _setting(0, "Seed for splits, initialisation and shuffling.", RUN)
     device: str = _setting("auto", "auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:1 | mps | 0,1 (one process "
                            "per GPU where the framework trains that way)", RUN)
+    threads: int | None = _setting(None, "CPU threads for the framework's operations in this process (default: the "
+                                   "framework's own choice, one per core).", RUN, min=1)
     cache: bool = _setting(True, "Cache bottleneck features (feature-extract).", RUN, used=_is("feature-extract"))
     tensorboard: bool = _setting(False, "Also log every epoch for TensorBoard (RUN/tensorboard; needs the tensorboard "
                                  "package).", RUN)

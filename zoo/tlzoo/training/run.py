@@ -76,6 +76,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
     size = check_input_size(spec, config.image_size)
     _check_units(spec, config)  # --freeze 99 fails here, before any image is decoded
     feature_engines.check(config.feature_engine)
+    if config.threads is not None:
+        adapter_for(spec.framework).set_threads(config.threads)
     preflight_weights(spec, None if config.strategy == "scratch" else config.weights)
     for note in notes:
         reporter.info(note)
@@ -536,7 +538,7 @@ def _environment(engine: Engine, splits: Splits) -> dict[str, Any]:
 
 
 # Options that may differ when resuming: they change where the run computes, not what it computes.
-RESUME_MAY_CHANGE = ("device", "workers")
+RESUME_MAY_CHANGE = ("device", "workers", "threads")
 
 
 def resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
