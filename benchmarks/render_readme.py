@@ -87,6 +87,45 @@ def _int8_how(rows: dict) -> str:
             f"{rows['test_accuracy_int8_plain']:.4f}.")
 
 
+OURS_TRAINING = "tlzoo (the torch plugin's train_epoch)"
+
+
+def speed() -> str:
+    """Issue 11's goals, each a ratio measured in one process (alternated rounds)."""
+    rows = []
+    alloc, feats, heads, training = load("allocator"), load("feature_speed"), load("heads"), load("training_speed")
+    if alloc:
+        a = {r["allocator"]: r for r in alloc["rows"]}
+        base, tuned = a["glibc default"], a["tlzoo.allocator: no mmap, no trim"]
+        rows.append(f"| allocator (`benchmarks/allocator.py`, {alloc['date']}) | MobileNetV2 inference img/s, glibc default -> tlzoo | "
+                    f"{base['inference_img_s']:.1f} -> {tuned['inference_img_s']:.1f} | {alloc['inference_ratio']:.2f}x | avoid the churn |")
+        rows.append(f"| | MobileNetV2 training img/s, glibc default -> tlzoo | {base['train_img_s']:.1f} -> {tuned['train_img_s']:.1f} | "
+                    f"{alloc['train_ratio']:.2f}x | |")
+    if feats:
+        f = feats["images_per_second"]
+        ort = f["onnxruntime, exported classifier"]
+        for name in ("tlzoo torch (channels_last, inference_mode)", "tlzoo --feature-engine onnxruntime"):
+            rows.append(f"| feature extraction (`benchmarks/feature_speed.py`, {feats['date']}) | {name} vs onnxruntime on the exported "
+                        f"classifier, img/s | {f[name]:.1f} vs {ort:.1f} | {f[name] / ort:.2f}x | >= 0.8x |")
+    if heads:
+        h = heads["seconds"]
+        rows.append(f"| softmax head's C search (`benchmarks/heads.py`, {heads['date']}) | seconds on {heads['training_features'][0]:,} x "
+                    f"{heads['training_features'][1]:,} features, before -> now | {h['warm-started path, default BLAS threads']:.2f} -> "
+                    f"{h['warm-started path, one BLAS thread (now)']:.2f} s | {heads['speedup_vs_default_threads']:.2f}x | well under 1 s |")
+    if training:
+        t = training["images_per_s"]
+        ours = t[OURS_TRAINING]
+        rows.append(f"| training (`benchmarks/training_speed.py`, {training['date']}) | tlzoo vs a tuned channels_last loop, img/s | "
+                    f"{ours:.1f} vs {t['tuned loop (channels_last)']:.1f} | {training['ratio_vs_tuned']:.2f}x | >= 0.95x |")
+        rows.append(f"| | tlzoo vs a naive NCHW loop, img/s | {ours:.1f} vs {t['naive loop (NCHW)']:.1f} | "
+                    f"{training['ratio_vs_naive']:.2f}x | |")
+    if not rows:
+        return "_not measured yet: run `make bench`._"
+    m = (alloc or feats or heads or training)
+    assert m is not None
+    return "\n".join([machine_line(m), "", "| what | measured | value | ratio | goal |", "|---|---|---|---|---|", *rows])
+
+
 def compare() -> str:
     data = load("compare_digits")
     if data is None:
@@ -156,7 +195,7 @@ def advise() -> str:
 
 
 SECTIONS = {"advise": advise, "strategies": strategies, "datasize": data_size, "runtimes": runtimes, "int8trained": int8_trained,
-            "compare": compare, "startup": startup}  # fmt: skip
+            "compare": compare, "startup": startup, "speed": speed}  # fmt: skip
 
 
 def main() -> None:

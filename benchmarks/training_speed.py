@@ -91,7 +91,7 @@ def main() -> None:
         engine.train_epoch(images, labels, batch_size=batch, augment=[], epoch=0, workers=0, progress=progress)
         return args.steps * batch / (marks[-1] - marks[1])  # from the end of step 2 to the end of the last step
 
-    runners = {"tlzoo (torch plugin's train_epoch)": ours, **{k: (lambda k=k: hand(k)) for k in hands}}
+    runners = {"tlzoo (the torch plugin's train_epoch)": ours, **{k: (lambda k=k: hand(k)) for k in hands}}
     rates: dict[str, list[float]] = {k: [] for k in runners}
     for r in range(args.rounds):
         for name in list(runners) if r % 2 == 0 else list(runners)[::-1]:
@@ -102,8 +102,8 @@ def main() -> None:
         "what": f"MobileNetV2 (random init, all layers trained), digits at {args.size} px, batch {batch}, AdamW, CPU, "
                 f"{args.steps} timed steps per path per round, {args.rounds} alternated rounds",
         "images_per_s": med, "threads": torch.get_num_threads(),
-        "ratio_vs_tuned": round(med["tlzoo (torch plugin's train_epoch)"] / med["tuned loop (channels_last)"], 3),
-        "ratio_vs_naive": round(med["tlzoo (torch plugin's train_epoch)"] / med["naive loop (NCHW)"], 3),
+        "ratio_vs_tuned": round(med["tlzoo (the torch plugin's train_epoch)"] / med["tuned loop (channels_last)"], 3),
+        "ratio_vs_naive": round(med["tlzoo (the torch plugin's train_epoch)"] / med["naive loop (NCHW)"], 3),
     }  # fmt: skip
     print(result)
     write("training_speed", result)

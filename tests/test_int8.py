@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from tlzoo.errors import UsageError
 from tlzoo.trained import load_run
 from tlzoo_onnx.export import _model_inputs, export, split_set
-from tlzoo_onnx.int8 import _head_parameters, _tensor_values, quantize_within
+from tlzoo_onnx.int8 import _head_parameters, _tensor_values, fit_head, quantize_within
 
 from .conftest import run_tlzoo
 from .test_export import runs, tiny_data  # noqa: F401  (module fixtures shared with the export tests)
@@ -21,8 +21,6 @@ from .test_export import runs, tiny_data  # noqa: F401  (module fixtures shared 
 
 @pytest.mark.parametrize("framework", ["torch", "keras"])
 def test_int8_head_is_refitted_on_the_int8_backbones_features(runs, tmp_path, framework):  # noqa: F811
-    from tlzoo.training.heads import fit_linear
-
     report = export(runs[framework], tmp_path / "m.int8.onnx", {"int8": True})
     assert report["int8_head_refit"] is True and len(report["int8_kept_fp32"]) == 1
     assert report["int8_layers"] > 10 and report["int8_search"][0]["kept_fp32"] == 1
@@ -33,20 +31,18 @@ def test_int8_head_is_refitted_on_the_int8_backbones_features(runs, tmp_path, fr
     assert not any(n.op_type == "DequantizeLinear" and n.output[0] in head.input[1:] for n in model.graph.node)
     assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
 
-    # Its weights are exactly the run's head kind fitted again on the int8 file's own features of the training images.
+    # Its weights are exactly the run's head kind fitted again on the int8 file's own features of the training
+    # images, with C chosen again on its features of the validation images.
     run = load_run(runs[framework])
-    images, labels = split_set(run, "train")
+    (images, labels), (val_images, val_labels) = split_set(run, "train"), split_set(run, "val", limit=256)
     features = _tensor_values(Path(report["path"]), head.input[0], _model_inputs(run, images, False))
-    expected = fit_linear("softmax", features, labels, len(run.classes), c=_history_c(run), seed=0)
+    val_features = _tensor_values(Path(report["path"]), head.input[0], _model_inputs(run, val_images, False))
+    expected = fit_head("softmax", features, labels, val_features, val_labels, len(run.classes), c=None, seed=0)
     w_name, b_name, transposed = _head_parameters(model.graph, head)
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     weight = inits[w_name].T if transposed else inits[w_name]
     np.testing.assert_allclose(weight.reshape(expected.weights[0].shape), expected.weights[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(inits[b_name].ravel(), expected.biases[0], rtol=1e-5, atol=1e-6)
-
-
-def _history_c(run) -> float:  # type: ignore[no-untyped-def]
-    return float(run.files.read_history()[0]["C"])
 
 
 def test_no_refit_head_keeps_the_trained_head_and_is_reported(runs, tmp_path):  # noqa: F811
@@ -100,7 +96,7 @@ def test_search_keeps_the_fewest_most_sensitive_layers_within_max_drop(tmp_path,
         return 0.95 - loss, distance
 
     dest = tmp_path / "final.onnx"
-    result = quantize_within(_FakeQuantizer(), dest, head=None, train=None, accuracy=accuracy, fp32_accuracy=0.95,  # type: ignore[arg-type]
+    result = quantize_within(_FakeQuantizer(), dest, head=None, refit=None, accuracy=accuracy, fp32_accuracy=0.95,  # type: ignore[arg-type]
                              max_drop=1.0, tmp=tmp_path)  # fmt: skip
     assert sorted(result.kept_fp32) == sorted(sensitive) and len(result.kept_fp32) == expected_kept
     assert json.loads(dest.read_text()) == sorted(sensitive)  # the file written is the one that passed
@@ -116,7 +112,7 @@ def test_search_reports_when_even_all_layers_in_fp32_miss(tmp_path):
     def accuracy(path: Path) -> tuple[float, float]:
         return 0.5, 1.0  # other operators stay quantized and ruin it whatever the layers
 
-    result = quantize_within(_FakeQuantizer(), tmp_path / "final.onnx", head=None, train=None, accuracy=accuracy,  # type: ignore[arg-type]
+    result = quantize_within(_FakeQuantizer(), tmp_path / "final.onnx", head=None, refit=None, accuracy=accuracy,  # type: ignore[arg-type]
                              fp32_accuracy=0.95, max_drop=1.0, tmp=tmp_path)  # fmt: skip
     assert len(result.kept_fp32) == 16 and result.trials[-1]["drop_points"] == pytest.approx(45.0)
     assert (tmp_path / "final.onnx").is_file()

@@ -202,27 +202,27 @@ def _to_int8(src: Path, dest: Path, run: TrainedRun, raw: bool, calibration: Any
     16 bits on one side (``weight_bits``/``activation_bits``) is for diagnosing where an int8
     accuracy loss comes from: onnxruntime runs such files with fp32 kernels.
     """
-    from .int8 import Int8Result, Quantizer, linear_head, quantize_within
+    from .int8 import Int8Result, Quantizer, RefitData, linear_head, quantize_within
 
     quantizer = Quantizer(src, _model_inputs(run, _calibration_images(run, calibration), raw), Path(tmp),
                           weight_bits=weight_bits, activation_bits=activation_bits)  # fmt: skip
     head, why = linear_head(run, quantizer.graph) if refit_head else (None, "--no-refit-head")
-    train = None
-    if head is not None:
-        images, labels = split_set(run, "train")
-        train = (_model_inputs(run, images, raw), labels)
     if max_drop is None and head is None:
         quantizer.quantize(dest, [])
         return Int8Result(layers=len(quantizer.layers()), head_note=why)
     images, labels = split_set(run, "val", limit=256)
     inputs = _model_inputs(run, images, raw)
     reference = _run(src, inputs)
+    refit = None
+    if head is not None:
+        train_images, train_labels = split_set(run, "train")
+        refit = RefitData(_model_inputs(run, train_images, raw), train_labels, inputs, labels)
 
     def accuracy(path: Path) -> tuple[float, float]:
         p = _run(path, inputs)
         return float((p.argmax(1) == labels).mean()), float(np.abs(p - reference).sum(1).mean())
 
-    result = quantize_within(quantizer, dest, head=head, train=train, accuracy=accuracy, max_drop=max_drop,
+    result = quantize_within(quantizer, dest, head=head, refit=refit, accuracy=accuracy, max_drop=max_drop,
                              fp32_accuracy=float((reference.argmax(1) == labels).mean()), tmp=Path(tmp))  # fmt: skip
     result.head_note = why
     return result

@@ -4,8 +4,9 @@ things onnxruntime leaves to its user.
 - **A head refitted on int8 features.** A feature-extract classifier's head was fitted by scikit-learn
   on the fp32 backbone's features. Quantization moves every feature a little, always the same way for
   the same image, and a linear head fitted on small differences between classes is thrown off by it
-  (MobileNetV2 on the digits: 94 % -> 72 %). The head is kept in fp32 and fitted again, with the run's
-  own head kind and C, on the int8 backbone's features of the run's training images.
+  (MobileNetV2 on the digits: 94 % -> 72 %). The head is kept in fp32 and fitted again, as training
+  fitted it (the run's head kind; its C, or C chosen again on the validation images), on the int8
+  backbone's features of the run's training images.
 - **A sensitivity search.** While the model loses more than ``max_drop`` accuracy points against
   fp32 on the validation images, the layers whose quantization distorts the output most are kept in
   fp32: each layer's sensitivity is measured once (the output distance to fp32 with that layer alone
@@ -86,20 +87,31 @@ class Quantizer:
 
 
 @dataclass
+class RefitData:
+    """Model inputs and labels to fit the head on (training images) and to choose its C on (validation images)."""
+
+    train_inputs: np.ndarray
+    train_labels: np.ndarray
+    val_inputs: np.ndarray
+    val_labels: np.ndarray
+
+
+@dataclass
 class LinearHead:
     """The run's linear head in the graph (one Gemm, or a MatMul and its bias Add) and how to refit it."""
 
     node: str
-    fit: Callable[[np.ndarray, np.ndarray], Any]  # features, labels -> tlzoo.training.heads.HeadParams
+    fit: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], Any]  # train x, y, val x, y -> HeadParams
 
-    def refit(self, model_path: Path, inputs: np.ndarray, labels: np.ndarray) -> None:
-        """Fit the head again on ``model_path``'s own features of ``inputs`` and write it into the file."""
+    def refit(self, model_path: Path, data: RefitData) -> None:
+        """Fit the head again on ``model_path``'s own features and write it into the file."""
         import onnx
         from onnx import numpy_helper
 
         model = onnx.load(str(model_path))
         node = next(n for n in model.graph.node if n.name == self.node)
-        head = self.fit(_tensor_values(model_path, node.input[0], inputs), labels)
+        head = self.fit(_tensor_values(model_path, node.input[0], data.train_inputs), data.train_labels,
+                        _tensor_values(model_path, node.input[0], data.val_inputs), data.val_labels)  # fmt: skip
         weight, bias = head.weights[0], head.biases[0]  # (in, out), (out,)
         inits = {i.name: i for i in model.graph.initializer}
         found = _head_parameters(model.graph, node)
@@ -116,7 +128,6 @@ class LinearHead:
 def linear_head(run: Any, graph: Any) -> tuple[LinearHead | None, str]:
     """The run's head as a :class:`LinearHead` when scikit-learn fitted it on frozen features, else why not."""
     from tlzoo.training.config import TrainConfig
-    from tlzoo.training.heads import fit_linear
 
     if run.meta.strategy != "feature-extract":
         return None, f"the head of a {run.meta.strategy} run was trained with its backbone"
@@ -132,24 +143,28 @@ def linear_head(run: Any, graph: Any) -> tuple[LinearHead | None, str]:
     dims = {i.name: tuple(i.dims) for i in graph.initializer}
     if found is None or len(dims[found[0]]) != 2 or dims[found[0]][0 if found[2] else 1] != n_classes:
         return None, "the head's dense layer was not found in the graph"
-    c = _chosen_c(run, config)
 
-    def fit(features: np.ndarray, labels: np.ndarray) -> Any:
-        return fit_linear(config.head, features, labels, n_classes, c=c, seed=config.seed)
+    def fit(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray) -> Any:
+        return fit_head(config.head, x, y, xv, yv, n_classes, c=config.c, seed=config.seed)
 
     return LinearHead(nodes[-1].name, fit), ""
 
 
-def _chosen_c(run: Any, config: Any) -> float:
-    """The C the run's head was fitted with: chosen on validation data (history.csv) or given."""
-    if config.c is not None:
-        return float(config.c)
-    for row in run.files.read_history():
-        try:
-            return float(row.get("C") or "")
-        except ValueError:
-            break
-    return 1.0
+def fit_head(kind: str, x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, n_classes: int, *,
+             c: float | None, seed: int) -> Any:  # fmt: skip
+    """The head as training fits it: ``c`` when the run was given one, else the C of tlzoo's grid with the
+    best validation accuracy (then log loss, then the stronger regularization), on these features."""
+    from tlzoo.training.heads import fit_linear, fit_linear_path, probabilities
+    from tlzoo.training.run import C_GRID
+
+    if c is not None:
+        return fit_linear(kind, x, y, n_classes, c=float(c), seed=seed)
+    scored = []
+    for c_value, head in zip(C_GRID, fit_linear_path(kind, x, y, n_classes, C_GRID, seed=seed)):
+        p = probabilities(head.logits(xv), head.output)
+        loss = -float(np.log(np.clip(p[np.arange(len(yv)), yv], 1e-15, 1)).mean())
+        scored.append((float((p.argmax(1) == yv).mean()), -loss, -c_value, head))
+    return max(scored, key=lambda t: t[:3])[3]
 
 
 def _head_parameters(graph: Any, node: Any) -> tuple[str, str, bool] | None:
@@ -193,10 +208,10 @@ def _tensor_values(model_path: Path, tensor: str, inputs: np.ndarray, batch: int
     return np.concatenate(out).reshape(len(inputs), -1).astype(np.float64)
 
 
-def quantize_within(quantizer: Quantizer, dest: Path, *, head: LinearHead | None, train: tuple[np.ndarray, np.ndarray] | None,
+def quantize_within(quantizer: Quantizer, dest: Path, *, head: LinearHead | None, refit: RefitData | None,
                     accuracy: Callable[[Path], tuple[float, float]], fp32_accuracy: float, max_drop: float | None,
                     tmp: Path) -> Int8Result:  # fmt: skip
-    """Quantize into ``dest``, refitting ``head`` on ``train`` (model inputs, labels), then keep the most
+    """Quantize into ``dest``, refitting ``head`` on ``refit``'s images, then keep the most
     sensitive layers in fp32 until the accuracy drop on the validation images is within ``max_drop``
     points (None: no search). ``accuracy(path)`` gives (accuracy, mean L1 distance to fp32 probabilities)."""
     fixed = [head.node] if head is not None else []
@@ -205,8 +220,8 @@ def quantize_within(quantizer: Quantizer, dest: Path, *, head: LinearHead | None
 
     def trial(keep: list[str], path: Path) -> float:
         quantizer.quantize(path, fixed + keep)
-        if head is not None and train is not None:
-            head.refit(path, *train)
+        if head is not None and refit is not None:
+            head.refit(path, refit)
         acc, _ = accuracy(path)
         result.trials.append({"kept_fp32": len(fixed) + len(keep), "accuracy": acc,
                               "drop_points": round(100 * (fp32_accuracy - acc), 3)})  # fmt: skip
