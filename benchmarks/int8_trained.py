@@ -65,7 +65,9 @@ def main() -> None:
                "test_images": int(len(labels)), "test_accuracy_fp32": accuracy["fp32"], "test_accuracy_int8": accuracy["int8"],
                "int8_accuracy_drop_points": 100 * (accuracy["fp32"] - accuracy["int8"]),
                "batch1_p50_ms_fp32": latency["fp32"], "batch1_p50_ms_int8": latency["int8"],
-               "int8_speedup": latency["fp32"] / latency["int8"]}  # fmt: skip
+               "int8_speedup": latency["fp32"] / latency["int8"],
+               "int8_layers": int8["int8_layers"], "int8_kept_fp32": len(int8["int8_kept_fp32"]),
+               "int8_search_trials": len(int8["int8_search"])}  # fmt: skip
         print(f"{entry}: test accuracy fp32 {accuracy['fp32']:.4f}, int8 {accuracy['int8']:.4f} "
               f"({-row['int8_accuracy_drop_points']:+.2f} points); batch-1 p50 {latency['fp32']:.2f} -> {latency['int8']:.2f} ms "
               f"({row['int8_speedup']:.2f}x)", flush=True)  # fmt: skip

@@ -68,11 +68,12 @@ def int8_trained() -> str:
     if data is None:
         return "_not measured yet: run `python benchmarks/int8_trained.py`._"
     lines = [machine_line(data), "", "| backbone | weights | strategy | px | test images | fp32 accuracy | int8 accuracy | "
-             "change (points) | batch-1 p50 fp32 -> int8 (ms) |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "change (points) | batch-1 p50 fp32 -> int8 (ms) | layers kept fp32 by the search |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in data["results"].values():
         lines.append(f"| {r['backbone']} | {r['weights']} | {r['strategy']} | {r['image_size']} | {r['test_images']} | "
                      f"{r['test_accuracy_fp32']:.4f} | {r['test_accuracy_int8']:.4f} | {-r['int8_accuracy_drop_points']:+.2f} | "
-                     f"{r['batch1_p50_ms_fp32']:.2f} -> {r['batch1_p50_ms_int8']:.2f} ({r['int8_speedup']:.2f}x) |")  # fmt: skip
+                     f"{r['batch1_p50_ms_fp32']:.2f} -> {r['batch1_p50_ms_int8']:.2f} ({r['int8_speedup']:.2f}x) | "
+                     + (f"{r['int8_kept_fp32']} of {r['int8_layers']} ({r['int8_search_trials']} trials) |" if "int8_layers" in r else "- |"))  # fmt: skip
     return "\n".join(lines)
 
 

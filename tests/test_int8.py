@@ -116,3 +116,17 @@ def test_search_reports_when_even_all_layers_in_fp32_miss(tmp_path):
                              fp32_accuracy=0.95, max_drop=1.0, tmp=tmp_path)  # fmt: skip
     assert len(result.kept_fp32) == 16 and result.trials[-1]["drop_points"] == pytest.approx(45.0)
     assert (tmp_path / "final.onnx").is_file()
+
+
+def test_a_search_that_keeps_most_layers_fp32_warns_that_little_speed_remains():
+    from tlzoo_onnx.export import _summary
+
+    report = {"path": "m.int8.onnx", "variant": "int8", "int8_layers": 53, "int8_kept_fp32": [f"L{i}" for i in range(52)],
+              "int8_head_refit": False, "int8_search": [{}] * 13}  # fmt: skip
+    lines, warnings = _summary(report, None)
+    assert lines[1] == "int8: 1 of 53 layers quantized; the 52 most sensitive layers kept in fp32 by the search (13 trials)"
+    assert warnings == ["to stay within the accuracy limit the search kept 52 of 53 layers in fp32, so little of int8's "
+                        "speed remains (it may be slower than fp32); export fp32, or allow a larger drop with --max-drop"]
+    report["int8_kept_fp32"] = ["head"]
+    report["int8_head_refit"] = True
+    assert _summary(report, None)[1] == []

@@ -113,6 +113,12 @@ def _summary(report: dict[str, Any], max_drop: float | None) -> tuple[list[str],
             + (f" (--max-drop {max_drop:g})" if max_drop is not None else "")
             + "; check on more data with tlzoo evaluate MODEL.onnx --data DIR"
         )  # fmt: skip
+    if "int8_layers" in report and 2 * (len(report["int8_kept_fp32"]) - int(report["int8_head_refit"])) > report["int8_layers"]:
+        warnings.append(
+            f"to stay within the accuracy limit the search kept {len(report['int8_kept_fp32'])} of {report['int8_layers']} "
+            f"layers in fp32, so little of int8's speed remains (it may be slower than fp32); export fp32, or allow a "
+            f"larger drop with --max-drop"
+        )  # fmt: skip
     drop = -100 * report.get("accuracy_change_vs_fp32", 0.0)
     if drop > 1.0 and max_drop is None:
         warnings.append(
