@@ -35,8 +35,8 @@ def test_int8_head_is_refitted_on_the_int8_backbones_features(runs, tmp_path, fr
     # images, with C chosen again on its features of the validation images.
     run = load_run(runs[framework])
     (images, labels), (val_images, val_labels) = split_set(run, "train"), split_set(run, "val", limit=256)
-    features = _tensor_values(Path(report["path"]), head.input[0], _model_inputs(run, images, False))
-    val_features = _tensor_values(Path(report["path"]), head.input[0], _model_inputs(run, val_images, False))
+    features, val_features = _tensor_values(Path(report["path"]), head.input[0], _model_inputs(run, images, False),
+                                            _model_inputs(run, val_images, False))  # fmt: skip
     expected = fit_head("softmax", features, labels, val_features, val_labels, len(run.classes), c=None, seed=0)
     w_name, b_name, transposed = _head_parameters(model.graph, head)
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}

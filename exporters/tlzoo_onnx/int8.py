@@ -110,8 +110,8 @@ class LinearHead:
 
         model = onnx.load(str(model_path))
         node = next(n for n in model.graph.node if n.name == self.node)
-        head = self.fit(_tensor_values(model_path, node.input[0], data.train_inputs), data.train_labels,
-                        _tensor_values(model_path, node.input[0], data.val_inputs), data.val_labels)  # fmt: skip
+        train, val = _tensor_values(model_path, node.input[0], data.train_inputs, data.val_inputs)
+        head = self.fit(train, data.train_labels, val, data.val_labels)
         weight, bias = head.weights[0], head.biases[0]  # (in, out), (out,)
         inits = {i.name: i for i in model.graph.initializer}
         found = _head_parameters(model.graph, node)
@@ -152,19 +152,14 @@ def linear_head(run: Any, graph: Any) -> tuple[LinearHead | None, str]:
 
 def fit_head(kind: str, x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, n_classes: int, *,
              c: float | None, seed: int) -> Any:  # fmt: skip
-    """The head as training fits it: ``c`` when the run was given one, else the C of tlzoo's grid with the
-    best validation accuracy (then log loss, then the stronger regularization), on these features."""
-    from tlzoo.training.heads import fit_linear, fit_linear_path, probabilities
+    """The head as training fits it: with ``c`` when the run was given one, else with the C of tlzoo's grid
+    that does best on the validation features (:func:`tlzoo.training.heads.choose_c`)."""
+    from tlzoo.training.heads import choose_c, fit_linear
     from tlzoo.training.run import C_GRID
 
     if c is not None:
         return fit_linear(kind, x, y, n_classes, c=float(c), seed=seed)
-    scored = []
-    for c_value, head in zip(C_GRID, fit_linear_path(kind, x, y, n_classes, C_GRID, seed=seed)):
-        p = probabilities(head.logits(xv), head.output)
-        loss = -float(np.log(np.clip(p[np.arange(len(yv)), yv], 1e-15, 1)).mean())
-        scored.append((float((p.argmax(1) == yv).mean()), -loss, -c_value, head))
-    return max(scored, key=lambda t: t[:3])[3]
+    return choose_c(kind, x, y, xv, yv, n_classes, C_GRID, seed=seed)[1]
 
 
 def _head_parameters(graph: Any, node: Any) -> tuple[str, str, bool] | None:
@@ -184,8 +179,8 @@ def _head_parameters(graph: Any, node: Any) -> tuple[str, str, bool] | None:
     return None
 
 
-def _tensor_values(model_path: Path, tensor: str, inputs: np.ndarray, batch: int = 32) -> np.ndarray:
-    """One intermediate tensor of a model, for every input (the tensor made an extra graph output)."""
+def _tensor_values(model_path: Path, tensor: str, *inputs: np.ndarray, batch: int = 32) -> list[np.ndarray]:
+    """One intermediate tensor of a model (made an extra graph output), for each array of inputs."""
     import onnx
     import onnxruntime as ort
 
@@ -197,15 +192,18 @@ def _tensor_values(model_path: Path, tensor: str, inputs: np.ndarray, batch: int
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     fixed = session.get_inputs()[0].shape[0]
     step = fixed if isinstance(fixed, int) else batch
-    out = []
-    for i in range(0, len(inputs), step):
-        chunk = inputs[i : i + step]
-        pad = step - len(chunk) if isinstance(fixed, int) else 0
-        if pad:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        values = session.run([tensor], {"images": chunk})[0]
-        out.append(values[: len(values) - pad])
-    return np.concatenate(out).reshape(len(inputs), -1).astype(np.float64)
+    results = []
+    for array in inputs:
+        out = []
+        for i in range(0, len(array), step):
+            chunk = array[i : i + step]
+            pad = step - len(chunk) if isinstance(fixed, int) else 0
+            if pad:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+            values = session.run([tensor], {"images": chunk})[0]
+            out.append(values[: len(values) - pad])
+        results.append(np.concatenate(out).reshape(len(array), -1).astype(np.float64))
+    return results
 
 
 def quantize_within(quantizer: Quantizer, dest: Path, *, head: LinearHead | None, refit: RefitData | None,

@@ -33,7 +33,7 @@ from . import cache as feature_cache
 from .config import TrainConfig
 from .data_prep import Splits, prepare
 from .engine import Engine
-from .heads import HeadParams, fit_linear, fit_linear_path, fit_mlp, probabilities
+from .heads import HeadParams, choose_c, fit_linear, fit_mlp, probabilities
 from .metrics import best_epoch, classification_metrics, plot_confusion, plot_history
 from .reporter import Reporter
 
@@ -336,17 +336,13 @@ C_GRID = (0.01, 0.1, 1.0, 10.0)
 
 def _choose_c(kind: str, feats: dict[str, np.ndarray], splits: Splits, reporter: Reporter,
               seed: int) -> tuple[float, HeadParams]:  # fmt: skip
-    """The regularization with the best validation accuracy (then log loss), as LogisticRegressionCV would, and
-    the head fitted with it: the path over C is warm-started and the winner is kept, not refitted."""
-    heads = fit_linear_path(kind, feats["train"], splits.train.labels, len(splits.classes), C_GRID, seed=seed)
-    scores = []
-    for c, head in zip(C_GRID, heads):
-        row = _row(1, "head", head, feats, splits)
-        scores.append((row["val_accuracy"], -row["val_loss"], -c, c, head))
-    best = max(scores, key=lambda t: t[:4])
-    reporter.info("--C chosen on validation data: " + ", ".join(
-        f"C={c:g} acc {acc:.4f}" for acc, _, _, c, _ in scores) + f" -> C={best[3]:g}")  # fmt: skip
-    return best[3], best[4]
+    """The regularization with the best validation accuracy (then log loss), and the head fitted with it: the
+    path over C is warm-started and the winner is kept, not refitted."""
+    c, head, scores = choose_c(kind, feats["train"], splits.train.labels, feats["val"], splits.val.labels,
+                               len(splits.classes), C_GRID, seed=seed)  # fmt: skip
+    reporter.info("--C chosen on validation data: " + ", ".join(f"C={value:g} acc {acc:.4f}" for value, acc, _ in scores)
+                  + f" -> C={c:g}")  # fmt: skip
+    return c, head
 
 
 def _row(epoch: int, stage: str, head: HeadParams, feats: dict[str, np.ndarray], splits: Splits) -> dict[str, Any]:
