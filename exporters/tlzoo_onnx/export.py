@@ -88,6 +88,7 @@ def export(run: TrainedRun | Path | str, out: Path | None = None, options: dict[
 
 def _summary(report: dict[str, Any], max_drop: float | None) -> tuple[list[str], list[str]]:
     lines, warnings = [f"wrote {report['path']} ({report['variant']})"], []
+    searched = 0  # layers the int8 search kept in fp32 (the refitted head is kept fp32 by design)
     if "int8_layers" in report:
         refit = report["int8_head_refit"]
         searched = len(report["int8_kept_fp32"]) - int(refit)
@@ -113,7 +114,7 @@ def _summary(report: dict[str, Any], max_drop: float | None) -> tuple[list[str],
             + (f" (--max-drop {max_drop:g})" if max_drop is not None else "")
             + "; check on more data with tlzoo evaluate MODEL.onnx --data DIR"
         )  # fmt: skip
-    if "int8_layers" in report and 2 * (len(report["int8_kept_fp32"]) - int(report["int8_head_refit"])) > report["int8_layers"]:
+    if 2 * searched > report.get("int8_layers", 0):
         warnings.append(
             f"to stay within the accuracy limit the search kept {len(report['int8_kept_fp32'])} of {report['int8_layers']} "
             f"layers in fp32, so little of int8's speed remains (it may be slower than fp32); export fp32, or allow a "
@@ -312,18 +313,9 @@ def _session(path: Path) -> Any:
 
 
 def _run(path: Path, inputs: np.ndarray, batch: int = 32) -> np.ndarray:
-    session = _session(path)
-    fixed = session.get_inputs()[0].shape[0]
-    step = fixed if isinstance(fixed, int) else batch
-    out = []
-    for i in range(0, len(inputs), step):
-        chunk = inputs[i : i + step]
-        if len(chunk) < step and isinstance(fixed, int):
-            pad = np.repeat(chunk[-1:], step - len(chunk), axis=0)
-            out.append(session.run(None, {"images": np.concatenate([chunk, pad])})[0][: len(chunk)])
-        else:
-            out.append(session.run(None, {"images": chunk})[0])
-    return np.concatenate(out).astype(np.float64)
+    from .int8 import run_batched
+
+    return run_batched(_session(path), inputs, batch=batch).astype(np.float64)
 
 
 def check(run: TrainedRun, path: Path, fp32: Path, variant: str, atol: float, raw: bool,

@@ -190,20 +190,23 @@ def _tensor_values(model_path: Path, tensor: str, *inputs: np.ndarray, batch: in
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [run_batched(session, array, tensor, batch).reshape(len(array), -1).astype(np.float64) for array in inputs]
+
+
+def run_batched(session: Any, inputs: np.ndarray, output: str | None = None, batch: int = 32) -> np.ndarray:
+    """One output of an onnxruntime session (its first when None) over ``inputs``, batch by batch; a model
+    with a fixed batch size gets its last batch padded with copies of the last input."""
     fixed = session.get_inputs()[0].shape[0]
     step = fixed if isinstance(fixed, int) else batch
-    results = []
-    for array in inputs:
-        out = []
-        for i in range(0, len(array), step):
-            chunk = array[i : i + step]
-            pad = step - len(chunk) if isinstance(fixed, int) else 0
-            if pad:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-            values = session.run([tensor], {"images": chunk})[0]
-            out.append(values[: len(values) - pad])
-        results.append(np.concatenate(out).reshape(len(array), -1).astype(np.float64))
-    return results
+    out = []
+    for i in range(0, len(inputs), step):
+        chunk = inputs[i : i + step]
+        pad = step - len(chunk) if isinstance(fixed, int) else 0
+        if pad:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+        values = session.run([output] if output else None, {"images": chunk})[0]
+        out.append(values[: len(values) - pad])
+    return np.concatenate(out)
 
 
 def quantize_within(quantizer: Quantizer, dest: Path, *, head: LinearHead | None, refit: RefitData | None,

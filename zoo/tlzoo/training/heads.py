@@ -130,18 +130,23 @@ def fit_linear_path(kind: str, x: np.ndarray, y: np.ndarray, n_classes: int, cs:
     return heads
 
 
+def head_scores(head: HeadParams, x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[float, float]:
+    """(log loss, accuracy) of a head on features ``x`` with labels ``y``."""
+    from sklearn.metrics import log_loss
+
+    p = probabilities(head.logits(x), head.output)
+    return float(log_loss(y, np.clip(p, 1e-15, 1), labels=range(n_classes))), float((p.argmax(1) == y).mean())
+
+
 def choose_c(kind: str, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int,
              cs: tuple[float, ...], *, seed: int = 0) -> tuple[float, HeadParams, list[tuple[float, float, float]]]:  # fmt: skip
     """The C in ``cs`` whose head has the best validation accuracy (then log loss, then the stronger
     regularization), as LogisticRegressionCV would, and that head (kept, not refitted); with every C's
     (C, validation accuracy, validation log loss)."""
-    from sklearn.metrics import log_loss
-
     scored = []
     for c, head in zip(cs, fit_linear_path(kind, x, y, n_classes, cs, seed=seed)):
-        p = probabilities(head.logits(x_val), head.output)
-        loss = float(log_loss(y_val, np.clip(p, 1e-15, 1), labels=range(n_classes)))
-        scored.append((float((p.argmax(1) == y_val).mean()), -loss, -c, c, head))
+        loss, accuracy = head_scores(head, x_val, y_val, n_classes)
+        scored.append((accuracy, -loss, -c, c, head))
     best = max(scored, key=lambda t: t[:4])
     return best[3], best[4], [(c, acc, -neg_loss) for acc, neg_loss, _, c, _ in scored]
 

@@ -33,7 +33,7 @@ from . import cache as feature_cache
 from .config import TrainConfig
 from .data_prep import Splits, prepare
 from .engine import Engine
-from .heads import HeadParams, choose_c, fit_linear, fit_mlp, probabilities
+from .heads import HeadParams, choose_c, fit_linear, fit_mlp, head_scores, probabilities
 from .metrics import best_epoch, classification_metrics, plot_confusion, plot_history
 from .reporter import Reporter
 
@@ -346,13 +346,9 @@ def _choose_c(kind: str, feats: dict[str, np.ndarray], splits: Splits, reporter:
 
 
 def _row(epoch: int, stage: str, head: HeadParams, feats: dict[str, np.ndarray], splits: Splits) -> dict[str, Any]:
-    from sklearn.metrics import log_loss
-
     row: dict[str, Any] = {"epoch": epoch, "stage": stage}
     for prefix, name, part in (("", "train", splits.train), ("val_", "val", splits.val)):
-        p = probabilities(head.logits(feats[name]), head.output)
-        row[prefix + "loss"] = float(log_loss(part.labels, np.clip(p, 1e-15, 1), labels=range(len(splits.classes))))
-        row[prefix + "accuracy"] = float((p.argmax(1) == part.labels).mean())
+        row[prefix + "loss"], row[prefix + "accuracy"] = head_scores(head, feats[name], part.labels, len(splits.classes))
     return row
 
 
