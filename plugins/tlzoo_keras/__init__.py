@@ -41,6 +41,7 @@ def register_frameworks() -> list[FrameworkSpec]:
         FrameworkSpec(
             modules=("tensorflow", "keras"),
             name="keras",
+            head_only_runs=True,
             adapter="tlzoo_keras.adapter:KerasAdapter",
             weights_cache="tlzoo_keras:weights_cache",
             input_layout="NHWC",

@@ -41,6 +41,9 @@ class KerasAdapter(FrameworkAdapter):
     def load_classifier(self, run_dir: Path, meta: Any) -> Any:
         return keras_train.load_classifier(run_dir)
 
+    def classifier_from_head(self, backbone: Any, tap: int | None, head: Any) -> Any:
+        return keras_train.assemble(backbone.feature_model(tap), head.sizes, head.dropout, head, backbone.spec.name)
+
     def classifier_logits(self, model: Any, batch: np.ndarray) -> np.ndarray:
         return np.asarray(model(batch, training=False))
 

@@ -42,6 +42,11 @@ def make_head(x: Any, sizes: list[int], dropout: float, params: HeadParams | Non
     return x
 
 
+def assemble(features: keras.Model, sizes: list[int], dropout: float, head: HeadParams | None, name: str) -> keras.Model:
+    """The classifier: ``features`` followed by the head's dense layers (``head``'s weights when given)."""
+    return keras.Model(features.input, make_head(features.output, sizes, dropout, head), name=f"tlzoo_{name}")
+
+
 def _optimizer(name: str, lr: float, momentum: float, nesterov: bool, weight_decay: float) -> keras.optimizers.Optimizer:
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate=lr, momentum=momentum, nesterov=nesterov)
@@ -132,8 +137,7 @@ class KerasEngine(Engine):
             dropout = head.dropout if head is not None else self.dropout
             if head is not None:
                 self.output = head.output
-            logits = make_head(features.output, sizes, dropout, head)
-            self.model = keras.Model(features.input, logits, name=f"tlzoo_{self.backbone.spec.name}")
+            self.model = assemble(features, sizes, dropout, head, self.backbone.spec.name)
         self.head_names = {f"head_dense_{i}" for i in range(len(sizes) - 1)}
 
     def configure(self, *, lr: float, backbone_lr_mult: float, optimizer: str, momentum: float, nesterov: bool,

@@ -33,6 +33,7 @@ def register_frameworks() -> list[FrameworkSpec]:
         FrameworkSpec(
             modules=("torch", "torchvision"),
             name="torch",
+            head_only_runs=True,
             adapter="tlzoo_torch.adapter:TorchAdapter",
             weights_cache="tlzoo_torch:weights_cache",
             input_layout="NCHW",

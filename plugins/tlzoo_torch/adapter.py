@@ -34,6 +34,9 @@ class TorchAdapter(FrameworkAdapter):
     def load_classifier(self, run_dir: Path, meta: Any) -> Any:
         return torch_train.load_classifier(run_dir, meta)
 
+    def classifier_from_head(self, backbone: Any, tap: int | None, head: Any) -> Any:
+        return torch_train.TorchClassifier(backbone.feature_model(tap), torch_train.head_from_params(head)).eval()
+
     def classifier_logits(self, model: Any, batch: np.ndarray) -> np.ndarray:
         import torch
 

@@ -78,6 +78,14 @@ class FrameworkAdapter(ABC):
         """The classifier a finished run saved (``meta``: its :class:`tlzoo.runfiles.ClassifierMeta`),
         loaded without executing code from the file."""
 
+    def classifier_from_head(self, backbone: Backbone, tap: int | None, head: Any) -> Any:
+        """The classifier a head-only run describes: ``backbone`` (frozen, pretrained) with the dense layers of
+        ``head`` (a :class:`tlzoo.training.heads.HeadParams`) on its features at unit ``tap``, in inference
+        mode, as :meth:`load_classifier` would return it. Frameworks whose spec sets ``head_only_runs``
+        implement it."""
+        raise PluginError(f"framework {backbone.spec.framework}: its adapter does not assemble a classifier from a "
+                          f"head, but its spec sets head_only_runs")  # fmt: skip
+
     @abstractmethod
     def classifier_logits(self, model: Any, batch: np.ndarray) -> np.ndarray:
         """Logits of a loaded classifier for a preprocessed float32 NHWC batch."""

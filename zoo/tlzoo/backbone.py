@@ -171,7 +171,7 @@ import_object = load_object  # the name plugins and tests used before tlzoo.plug
 def get_backbone(
     name: str | BackboneSpec,
     *,
-    pretrained: bool | str = False,
+    pretrained: bool | str | ResolvedWeights = False,
     framework: str | None = None,
     input_size: int | tuple[int, int] | None = None,
     seed: int | None = None,
@@ -180,13 +180,16 @@ def get_backbone(
 
     ``pretrained``: False for random initialisation, True (or ``"auto"``) for
     its ImageNet weights (preferring a file already on disk), a weights tag
-    such as ``"IMAGENET1K_V1"``, or the path of a local weights file.
+    such as ``"IMAGENET1K_V1"``, the path of a local weights file, or weights already resolved.
     ``seed`` seeds the framework first, so a random initialisation is reproducible.
     """
     spec = name if isinstance(name, BackboneSpec) else get_registry().resolve(name, framework)
     size = check_input_size(spec, input_size)
-    weights_arg = ("auto" if pretrained else None) if isinstance(pretrained, bool) else pretrained
-    backbone = build(spec, resolve(spec, weights_arg), size, seed=seed)
+    if isinstance(pretrained, ResolvedWeights):
+        weights: ResolvedWeights | None = pretrained
+    else:
+        weights = resolve(spec, ("auto" if pretrained else None) if isinstance(pretrained, bool) else pretrained)
+    backbone = build(spec, weights, size, seed=seed)
     # Parameter counts are declared at the spec's input size: a ViT's position embeddings grow with the image.
     at_spec_size = tuple(backbone.input_size) == tuple(spec.input_size)
     if (spec.id, at_spec_size) not in _checked:

@@ -1,15 +1,20 @@
 """Labelled image datasets: ImageFolder or CSV layout, decoding, splits, fingerprints.
 
-Small datasets are the point of transfer learning, so images are decoded once,
-converted to RGB, resized to the backbone's input size and kept in memory as
-one uint8 array.
+A dataset is first a list of labelled files (:class:`ImageList`): splits are planned on it without
+decoding anything. Feature extraction streams it through :func:`decode_batches` (a pool of decoding
+threads a few batches ahead of the backbone), so a dataset larger than memory works; the strategies that
+train the backbone go over the images every epoch and hold them decoded (:class:`ImageSet`, one uint8
+array at the input size).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-from collections import Counter
+import os
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +49,99 @@ class ImageSet:
     def counts(self) -> dict[str, int]:
         c = Counter(int(x) for x in self.labels)
         return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
+
+
+@dataclass
+class ImageList:
+    """Labelled image files, not decoded: what a split is planned on and feature extraction streams."""
+
+    paths: list[str]
+    labels: np.ndarray
+    classes: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: np.ndarray) -> ImageList:
+        return ImageList([self.paths[i] for i in index], self.labels[index], self.classes)
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(int(x) for x in self.labels)
+        return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
+
+    def stats(self) -> list[tuple[str, int, int]]:
+        """(absolute path, size, mtime in ns) of every file: what says, without reading them, that they
+        are the files a cache entry was made from."""
+        out = []
+        for path in self.paths:
+            st = os.stat(path)
+            out.append((os.path.abspath(path), st.st_size, st.st_mtime_ns))
+        return out
+
+    def digests(self) -> list[str]:
+        """sha256 of every file's bytes, in order."""
+        return [_file_sha256(p) for p in self.paths]
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def labelled(samples: list[Sample], classes: list[str] | None = None) -> ImageList:
+    """The samples as an :class:`ImageList` with integer labels over ``classes`` (default: the samples' own)."""
+    classes = classes or sorted({s.label for s in samples})
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({s.label for s in samples} - set(index))
+    if unknown:
+        raise DataError(f"labels not seen in training: {', '.join(unknown)} (known: {', '.join(classes)})")
+    return ImageList([str(s.path) for s in samples], np.asarray([index[s.label] for s in samples], np.int64), classes)
+
+
+@dataclass
+class DecodedBatch:
+    """One batch of :func:`decode_batches`: the readable images, their positions in the list, the others."""
+
+    index: np.ndarray
+    images: np.ndarray
+    skipped: list[tuple[str, str]]
+
+
+def default_threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def decode_batches(paths: list[str], size: tuple[int, int], *, batch_size: int, threads: int | None = None,
+                   strict: bool = False) -> Iterator[DecodedBatch]:  # fmt: skip
+    """Decode ``paths`` in order, ``batch_size`` at a time, on a pool of threads that works at most two
+    batches ahead of the consumer: memory holds a few batches, never the dataset. Unreadable files are
+    reported in their batch's ``skipped`` (``strict``: raise :class:`DataError` instead)."""
+    ahead = 3 * batch_size
+    with ThreadPoolExecutor(threads or default_threads(), thread_name_prefix="tlzoo-decode") as pool:
+        pending: deque[Future[np.ndarray]] = deque()
+        submitted = 0
+        for start in range(0, len(paths), batch_size):
+            stop = min(start + batch_size, len(paths))
+            while submitted < min(len(paths), stop + ahead):
+                pending.append(pool.submit(load_image, paths[submitted], size))
+                submitted += 1
+            index, images, skipped = [], [], []
+            for i in range(start, stop):
+                try:
+                    images.append(pending.popleft().result())
+                    index.append(i)
+                except Exception as exc:  # PIL raises many types for truncated or non-image files
+                    if strict:
+                        for future in pending:
+                            future.cancel()
+                        raise DataError(f"cannot read image {paths[i]}: {type(exc).__name__}: {exc}") from exc
+                    skipped.append((str(paths[i]), f"{type(exc).__name__}: {exc}"))
+            empty = np.zeros((0, size[0], size[1], 3), np.uint8)
+            yield DecodedBatch(np.asarray(index, np.int64), np.stack(images) if images else empty, skipped)
 
 
 def scan(source: Path) -> list[Sample]:
@@ -117,38 +215,37 @@ def _scan_csv(path: Path) -> list[Sample]:
     return samples
 
 
-def load(samples: list[Sample], size: tuple[int, int], classes: list[str] | None = None, *, strict: bool = False,
-         progress: object | None = None, whole_classes: bool = True) -> ImageSet:  # fmt: skip
+def load(samples: list[Sample] | ImageList, size: tuple[int, int], classes: list[str] | None = None, *,
+         strict: bool = False, progress: Callable[[], None] | None = None, whole_classes: bool = True,
+         threads: int | None = None) -> ImageSet:  # fmt: skip
     """Decode and resize every image; corrupt ones are skipped and listed (or raise with ``strict``).
 
     ``whole_classes``: the samples are a whole dataset, so a class whose every image is unreadable is an
     error (a batch of a larger dataset passes False)."""
-    classes = classes or sorted({s.label for s in samples})
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted({s.label for s in samples} - set(index))
-    if unknown:
-        raise DataError(f"labels not seen in training: {', '.join(unknown)} (known: {', '.join(classes)})")
-    images, labels, paths, skipped = [], [], [], []
-    for s in samples:
-        try:
-            images.append(load_image(s.path, size))
-        except Exception as exc:  # PIL raises many types for truncated or non-image files
-            if strict:
-                raise DataError(f"cannot read image {s.path}: {type(exc).__name__}: {exc}") from exc
-            skipped.append((str(s.path), f"{type(exc).__name__}: {exc}"))
-            continue
-        labels.append(index[s.label])
-        paths.append(str(s.path))
+    files = samples if isinstance(samples, ImageList) else labelled(samples, classes)
+    batches, skipped = [], []
+    for batch in decode_batches(files.paths, size, batch_size=64, threads=threads, strict=strict):
+        batches.append(batch)
+        skipped += batch.skipped
         if progress is not None:
-            progress()  # type: ignore[operator]
-    if not images:
+            for _ in batch.index:
+                progress()
+    if not any(len(b.index) for b in batches):
         raise DataError("no readable images: " + _skipped_text(skipped))
-    loaded = set(labels)
-    lost = [c for c in sorted({s.label for s in samples}) if index[c] not in loaded] if whole_classes else []
+    if whole_classes:
+        check_lost_classes(files, [files.labels[b.index] for b in batches])
+    index = np.concatenate([b.index for b in batches])
+    images = np.concatenate([b.images for b in batches])
+    return ImageSet(images, files.labels[index], [files.paths[i] for i in index], files.classes, skipped)
+
+
+def check_lost_classes(files: ImageList, readable: list[np.ndarray]) -> None:
+    """Refuse a dataset in which every image of some class is unreadable (``readable``: the labels read)."""
+    loaded = set(np.concatenate(readable).tolist()) if readable else set()
+    lost = [files.classes[c] for c in sorted(set(files.labels.tolist()) - loaded)]
     if lost:
-        files = [(str(s.path), "") for s in samples if s.label in lost]
-        raise DataError(f"every image of class(es) {', '.join(lost)} is unreadable: {_skipped_text(files)}")
-    return ImageSet(np.stack(images), np.asarray(labels, dtype=np.int64), paths, classes, skipped)
+        shown = [(p, "") for p, y in zip(files.paths, files.labels) if files.classes[int(y)] in lost]
+        raise DataError(f"every image of class(es) {', '.join(lost)} is unreadable: {_skipped_text(shown)}")
 
 
 def _skipped_text(skipped: list[tuple[str, str]]) -> str:
@@ -156,7 +253,7 @@ def _skipped_text(skipped: list[tuple[str, str]]) -> str:
     return ", ".join(shown) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
 
 
-def check_classes(data: ImageSet, what: str = "training data") -> None:
+def check_classes(data: ImageSet | ImageList, what: str = "training data") -> None:
     counts = data.counts()
     present = [c for c, n in counts.items() if n]
     if len(present) < 2:

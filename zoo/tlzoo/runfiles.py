@@ -9,10 +9,19 @@ predict and compare read. This module is the only one that knows its layout::
     environment.json     versions, device, data fingerprint        report.json   skipped images
     MODEL_CARD.md        the model card                            model.pt / model.keras  the checkpoint
     learning_curves.png, confusion_matrix.png                      last_state.*  resumable state (unfinished runs)
+    head.npz             the head alone (instead of the checkpoint, see below)
+
+A feature-extract run whose backbone has published weights records the backbone
+by id, weights tag and the weights file's sha256 (``weights_sha256``) and keeps
+only its head (``head.npz``, plain arrays): its backbone is the unchanged
+pretrained one, so writing it again would only copy the weights file. Loading it
+rebuilds the backbone from the framework's weights cache and refuses a file whose
+hash differs.
 
 ``classifier.json`` carries ``format_version``. Version 1 (tlzoo 0.1 before the
-field existed) has the same keys and loads; a version newer than this tlzoo
-reads is refused with a clear message.
+field existed) has the same keys and loads; version 3 is a head-only run (version
+2 is every other run, so older tlzoo still reads them); a version newer than this
+tlzoo reads is refused with a clear message.
 """
 
 from __future__ import annotations
@@ -22,12 +31,17 @@ import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
 from .specs import Preprocessing
 
-FORMAT_VERSION = 2
+if TYPE_CHECKING:
+    from .training.heads import HeadParams
+
+FORMAT_VERSION = 3
+FULL_MODEL_FORMAT = 2  # what a run with a whole checkpoint writes: tlzoo versions that read 2 read it
+HEAD = "head.npz"
 CONFIG = "config.yaml"
 LABELS = "labels.json"
 SPLIT = "split.csv"
@@ -63,7 +77,13 @@ class ClassifierMeta:
     strategy: str = ""
     plugin: dict[str, str] = field(default_factory=dict)  # the plugin that built the backbone: name, distribution, version
     tlzoo_version: str = ""
-    format_version: int = FORMAT_VERSION
+    weights_sha256: str | None = None  # head-only runs: the backbone's weights file, by content
+    format_version: int = FULL_MODEL_FORMAT
+
+    @property
+    def head_only(self) -> bool:
+        """The run keeps its head alone (``head.npz``); the backbone is its published weights."""
+        return self.model_file == HEAD
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -110,12 +130,17 @@ class ClassifierMeta:
         except (KeyError, TypeError, ValueError) as exc:
             raise _damaged(path, f"preprocessing is malformed ({exc})") from None
         plugin = data.get("plugin") or {}
+        digest = data.get("weights_sha256")
+        if data["model_file"] == HEAD and not (isinstance(data.get("weights"), str) and isinstance(digest, str)
+                                               and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise _damaged(path, f"a head-only run ({HEAD}) needs its backbone's weights tag and weights_sha256")
         return cls(
             framework=data["framework"], backbone=data["backbone"], input_size=(size[0], size[1]),
             classes=list(data["classes"]), output=data["output"], preprocessing=prep, model_file=data["model_file"],
             head=dict(data["head"]), tap=tap, weights=data.get("weights"), strategy=str(data.get("strategy", "")),
             plugin={str(k): str(v) for k, v in plugin.items()} if isinstance(plugin, dict) else {},
-            tlzoo_version=str(data.get("tlzoo_version", "")), format_version=FORMAT_VERSION,
+            tlzoo_version=str(data.get("tlzoo_version", "")), weights_sha256=digest if isinstance(digest, str) else None,
+            format_version=version,
         )  # fmt: skip
 
 
@@ -158,6 +183,21 @@ class RunFiles:
 
         atomic_write_json(self.path / name, value)
 
+    def write_head(self, head: HeadParams) -> None:
+        """The head's dense layers as plain arrays (``head.npz``)."""
+        import numpy as np
+
+        from .rundir import atomic_write
+
+        arrays = {f"{kind}{i}": np.asarray(a, np.float32) for kind, group in (("w", head.weights), ("b", head.biases))
+                  for i, a in enumerate(group)}  # fmt: skip
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)  # type: ignore[arg-type]
+
+        atomic_write(self.path / HEAD, write)
+
     def write_labels(self, classes: list[str]) -> None:
         self.write_json(LABELS, classes)
 
@@ -192,6 +232,28 @@ class RunFiles:
         except (ValueError, UnicodeDecodeError) as exc:
             raise UsageError(f"{self.classifier} is not valid JSON ({exc}); the run's files were edited or are corrupt") from None
         return ClassifierMeta.from_dict(data, self.classifier)
+
+    def read_head(self, meta: ClassifierMeta) -> HeadParams:
+        """``head.npz``, checked: dense layers that chain, end in one output per class, and hold finite numbers."""
+        import numpy as np
+
+        from .training.heads import HeadParams
+
+        path = self.path / HEAD
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                n = len([k for k in data.files if k.startswith("w")])
+                weights = [np.array(data[f"w{i}"], np.float32) for i in range(n)]
+                biases = [np.array(data[f"b{i}"], np.float32) for i in range(n)]
+        except FileNotFoundError:
+            raise UsageError(f"{self.path} has no {HEAD}; the run did not finish") from None
+        except (OSError, ValueError, KeyError, EOFError) as exc:
+            raise _damaged(path, f"not a readable head ({type(exc).__name__})") from None
+        ok = n > 0 and all(w.ndim == 2 and b.shape == (w.shape[1],) for w, b in zip(weights, biases))
+        ok = ok and all(a.shape[1] == b.shape[0] for a, b in zip(weights, weights[1:]))
+        if not ok or weights[-1].shape[1] != len(meta.classes) or not all(np.isfinite(a).all() for a in weights + biases):
+            raise _damaged(path, f"its layers do not form a head with {len(meta.classes)} outputs")
+        return HeadParams(weights, biases, output=meta.output, dropout=float(meta.head.get("dropout", 0.0)))
 
     def read_json(self, name: str) -> Any:
         path = self.path / name

@@ -208,6 +208,10 @@ class FrameworkSpec:
     over several devices itself (``--device 0,1``) instead of one process per
     device under torchrun. ``input_layout`` is the layout of the classifier's
     input tensor (``NCHW`` or ``NHWC``), as exported files record it.
+    ``head_only_runs`` says the adapter implements ``classifier_from_head``: a
+    feature-extract run with published weights then keeps its head alone and
+    records the backbone by id and weights hash (a run whose features are all
+    cached then never builds the backbone nor imports the framework).
     """
 
     name: str
@@ -215,6 +219,7 @@ class FrameworkSpec:
     weights_cache: str = ""
     input_layout: str = "NHWC"
     in_process_multi_device: bool = False
+    head_only_runs: bool = False
     description: str = ""
     modules: tuple[str, ...] = ()  # the framework's top-level modules: a plugin importing them at load is reported
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import TlzooError, UsageError, WeightsError
 from .runfiles import CLASSIFIER, ClassifierMeta, RunFiles
 from .specs import Preprocessing
 
@@ -82,8 +82,8 @@ def load_run(run_dir: Path | str) -> TrainedRun:
         raise UsageError(f"{run_dir} has no checkpoint ({meta.model_file})")
     adapter = adapter_for(meta.framework)
     try:
-        model = adapter.load_classifier(run_dir, meta)
-    except UsageError:
+        model = _rebuild(run_dir, meta) if meta.head_only else adapter.load_classifier(run_dir, meta)
+    except TlzooError:
         raise
     except Exception as exc:  # a checkpoint or classifier.json that was edited, truncated or swapped
         why = " ".join(str(exc).split())[:300]
@@ -96,3 +96,28 @@ def load_run(run_dir: Path | str) -> TrainedRun:
         raise UsageError(f"{run_dir}: the model has {outputs} outputs but {CLASSIFIER} names {len(run.classes)} classes; "
                          f"the run's files were edited or mixed up")  # fmt: skip
     return run
+
+
+def _rebuild(run_dir: Path, meta: ClassifierMeta) -> Any:
+    """A head-only run's classifier: its backbone from the weights it names (checked against the sha256 the
+    run recorded), then its head."""
+    from .adapters import adapter_for
+    from .backbone import get_backbone
+    from .registry import get_registry
+    from .weights import file_digest, resolve
+
+    head = RunFiles(run_dir).read_head(meta)
+    try:
+        spec = get_registry().resolve(meta.backbone, meta.framework)
+    except UsageError:
+        raise UsageError(f"{run_dir} was trained on {meta.backbone}, which no installed plugin provides "
+                         f"(plugin: {meta.plugin.get('name', '?')}); install it to load this run") from None  # fmt: skip
+    weights = resolve(spec, meta.weights)
+    assert weights is not None and meta.weights_sha256 is not None
+    if file_digest(weights.path, "sha256") != meta.weights_sha256:
+        raise WeightsError(f"{run_dir} keeps only its head: its backbone is {meta.backbone} with the weights file of "
+                           f"sha256 {meta.weights_sha256[:16]}..., but {weights.path} is a different file. Put the "
+                           f"file it was trained with back, or train the run again")  # fmt: skip
+    backbone = get_backbone(spec, pretrained=weights, input_size=meta.input_size)
+    backbone.freeze("all")
+    return adapter_for(meta.framework).classifier_from_head(backbone, meta.tap, head)

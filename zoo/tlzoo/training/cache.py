@@ -1,7 +1,10 @@
-"""The bottleneck-feature cache: features computed once per backbone, weights, tap, size and data.
+"""The bottleneck-feature cache: features computed once per backbone, weights, tap, size and image files.
 
-Entries live in ``$TLZOO_CACHE/features`` (default ``~/.cache/tlzoo/features``)
-as ``.npz`` files (plain arrays, loaded with ``allow_pickle=False``).
+Entries live in ``$TLZOO_CACHE/features`` (default ``~/.cache/tlzoo/features``) as ``.npz`` files (plain
+arrays, loaded with ``allow_pickle=False``). An entry is keyed on the files' contents (sha256 of each
+file's bytes), so a copied or moved dataset still hits. To find it without reading the files again, a
+small alias (``stats/KEY.json``) maps each file's path, size and modification time to that content key.
+Nothing is decoded to find an entry; an entry records which files were unreadable and why.
 """
 
 from __future__ import annotations
@@ -9,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..rundir import atomic_write, reclaim_temp_files
+from ..data import ImageList
+from ..rundir import atomic_write, atomic_write_json, reclaim_temp_files
 
 
 def cache_root() -> Path:
@@ -28,24 +33,86 @@ def cache_key(**parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:32]
 
 
-def load(key: str) -> np.ndarray | None:
-    path = cache_root() / f"{key}.npz"
+@dataclass
+class Entry:
+    """The features of the readable files of one image list: ``kept`` indexes them in the list."""
+
+    features: np.ndarray
+    kept: np.ndarray
+    skipped: list[tuple[str, str]]
+
+
+class Slot:
+    """Where the features of one image list under one model are, or will be, cached."""
+
+    def __init__(self, model_key: dict[str, Any], files: ImageList) -> None:
+        self.model_key = model_key
+        self.files = files
+        self.stat_key = cache_key(model=model_key, files=files.stats())
+        self._key: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The content key (reads every file once when no alias knows it yet)."""
+        if self._key is None:
+            alias = _read_alias(self.stat_key)
+            self._key = alias or cache_key(model=self.model_key, files=self.files.digests())
+        return self._key
+
+    @property
+    def path(self) -> Path:
+        return cache_root() / f"{self.key}.npz"
+
+    def load(self) -> Entry | None:
+        entry = _read(self.path, len(self.files))
+        if entry is not None and _read_alias(self.stat_key) != self.key:
+            _write_alias(self.stat_key, self.key)
+        return entry
+
+    def store(self, entry: Entry) -> Path:
+        path = self.path
+        reclaim_temp_files(path.parent)
+        arrays = {"features": entry.features, "kept": entry.kept,
+                  "skipped_paths": np.asarray([p for p, _ in entry.skipped], dtype=str),
+                  "skipped_errors": np.asarray([e for _, e in entry.skipped], dtype=str)}  # fmt: skip
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)  # type: ignore[arg-type]
+
+        atomic_write(path, write)
+        _write_alias(self.stat_key, self.key)
+        return path
+
+
+def _read(path: Path, n_files: int) -> Entry | None:
+    """An entry, or None when it is missing, unreadable or does not fit the list (recomputed and overwritten)."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
-            return np.array(data["features"])
-    except (OSError, ValueError, KeyError):
-        return None  # unreadable entry: recompute and overwrite
+            features, kept = np.array(data["features"], np.float32), np.array(data["kept"], np.int64)
+            skipped = list(zip(data["skipped_paths"].tolist(), data["skipped_errors"].tolist()))
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    fits = (features.ndim == 2 and kept.ndim == 1 and len(kept) == len(features) and len(kept) + len(skipped) == n_files
+            and (len(kept) == 0 or (int(kept.min()) >= 0 and int(kept.max()) < n_files)))  # fmt: skip
+    return Entry(features, kept, skipped) if fits else None
 
 
-def store(key: str, features: np.ndarray) -> Path:
-    path = cache_root() / f"{key}.npz"
-    reclaim_temp_files(path.parent)
+def _alias_path(stat_key: str) -> Path:
+    return cache_root() / "stats" / f"{stat_key}.json"
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, features=features)
 
-    atomic_write(path, write)
-    return path
+def _read_alias(stat_key: str) -> str | None:
+    try:
+        key = json.loads(_alias_path(stat_key).read_text())["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return key if isinstance(key, str) and len(key) == 32 and all(c in "0123456789abcdef" for c in key) else None
+
+
+def _write_alias(stat_key: str, key: str) -> None:
+    path = _alias_path(stat_key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"key": key})

@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .. import data as datamod
-from ..datasets import ensure_digits
 from ..errors import DataError
+from ..datasets import ensure_digits
 from .config import TrainConfig
 from .reporter import Reporter
 
 
+Part = datamod.ImageSet | datamod.ImageList
+
+
 @dataclass
 class Splits:
-    train: datamod.ImageSet
-    val: datamod.ImageSet
-    test: datamod.ImageSet | None
+    """train / val / test: planned on the files (:class:`~tlzoo.data.ImageList`), decoded by :func:`decode`."""
+
+    train: Part
+    val: Part
+    test: Part | None
     classes: list[str]
     root: Path
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -29,15 +35,24 @@ class Splits:
         return "test" if self.test is not None else "val"
 
     @property
-    def eval_set(self) -> datamod.ImageSet:
+    def eval_set(self) -> Part:
         return self.test if self.test is not None else self.val
 
+    def parts(self) -> list[tuple[str, Part]]:
+        return [(name, part) for name, part in (("train", self.train), ("val", self.val), ("test", self.test))
+                if part is not None]  # fmt: skip
+
     def rows(self) -> list[tuple[str, str, str]]:
-        out = []
-        for name, part in (("train", self.train), ("val", self.val), ("test", self.test)):
-            if part is not None:
-                out += [(p, self.classes[int(y)], name) for p, y in zip(part.paths, part.labels)]
-        return out
+        return [(p, self.classes[int(y)], name) for name, part in self.parts() for p, y in zip(part.paths, part.labels)]
+
+    def warn_skipped(self, reporter: Reporter) -> None:
+        for path, why in self.skipped:
+            reporter.warn(f"skipped unreadable image {path} ({why})")
+
+    def show_counts(self, reporter: Reporter) -> None:
+        # Fewer images than --batch-size is fine: the last (here the only) batch is a partial one, as in Keras and fastai.
+        reporter.class_counts(f"training images ({len(self.train)}; val {len(self.val)}; "
+                              f"test {len(self.test) if self.test is not None else 0})", self.train.counts())  # fmt: skip
 
 
 def default_data_root() -> Path:
@@ -45,44 +60,83 @@ def default_data_root() -> Path:
     return Path(base).expanduser()
 
 
-def _load(source: Path, size: tuple[int, int], classes: list[str] | None, cfg: TrainConfig, reporter: Reporter,
-          what: str) -> datamod.ImageSet:  # fmt: skip
-    samples = datamod.scan(source)
-    with reporter.task(f"loading {what} images", len(samples)) as advance:
-        return datamod.load(samples, size, classes, strict=cfg.strict, progress=lambda: advance(1))
-
-
-def prepare(cfg: TrainConfig, size: tuple[int, int], reporter: Reporter) -> Splits:
+def plan(cfg: TrainConfig, reporter: Reporter) -> Splits:
+    """Find the labelled files and split them (stratified, seeded) without decoding any: a split depends on
+    the files alone, so every strategy, and a run whose features are all cached, sees the same one."""
     if cfg.data:
         root = Path(cfg.data).expanduser()
     else:
         root = ensure_digits(default_data_root())
         reporter.info(f"no --data given: using the embedded UCI digits at {root}")
-    full = _load(root, size, None, cfg, reporter, "training")
+    full = datamod.labelled(datamod.scan(root))
     classes = full.classes
-    skipped = list(full.skipped)
+    test: datamod.ImageList | None = None
     if cfg.test:
-        test: datamod.ImageSet | None = _load(Path(cfg.test), size, classes, cfg, reporter, "test")
-        skipped += test.skipped  # type: ignore[union-attr]
+        test = datamod.labelled(datamod.scan(Path(cfg.test)), classes)
     elif cfg.test_split > 0:
         keep, held = datamod.stratified_split(full.labels, cfg.test_split, cfg.seed)
         full, test = full.subset(keep), full.subset(held)
-    else:
-        test = None
     if cfg.val:
-        val = _load(Path(cfg.val), size, classes, cfg, reporter, "validation")
-        skipped += val.skipped
-        train = full
+        train, val = full, datamod.labelled(datamod.scan(Path(cfg.val)), classes)
     else:
         keep, held = datamod.stratified_split(full.labels, cfg.val_split, cfg.seed + 1)
         train, val = full.subset(keep), full.subset(held)
     datamod.check_classes(train)
-    # Fewer images than --batch-size is fine: the last (here the only) batch is a partial one, as in Keras and fastai.
-    for path, why in skipped:
-        reporter.warn(f"skipped unreadable image {path} ({why})")
-    reporter.class_counts(f"training images ({len(train)}; val {len(val)}; test {len(test) if test else 0})", train.counts())
-    return Splits(train=train, val=val, test=test, classes=classes, root=root, skipped=skipped)
+    return Splits(train=train, val=val, test=test, classes=classes, root=root)
 
 
-def fingerprint(part: datamod.ImageSet) -> str:
+def readable(splits: Splits, kept: dict[str, np.ndarray], skipped: dict[str, list[tuple[str, str]]]) -> Splits:
+    """``splits`` without its unreadable images: ``kept[name]`` indexes the readable ones of each part."""
+    parts = {name: part.subset(kept[name]) for name, part in splits.parts()}
+    empty = [name for name, part in parts.items() if len(part) == 0 and name != "train"]
+    if empty:
+        raise DataError(f"no readable images in the {empty[0]} split: " + ", ".join(p for p, _ in skipped[empty[0]][:5]))
+    everything = datamod.ImageList([p for _, part in splits.parts() for p in part.paths],
+                                   np.concatenate([part.labels for _, part in splits.parts()]), splits.classes)  # fmt: skip
+    datamod.check_lost_classes(everything, [part.labels for part in parts.values()])
+    datamod.check_classes(parts["train"])  # type: ignore[arg-type]
+    lost = [p for name, _ in splits.parts() for p in skipped[name]]
+    return Splits(train=parts["train"], val=parts["val"], test=parts.get("test"), classes=splits.classes,
+                  root=splits.root, skipped=lost)  # fmt: skip
+
+
+def decode(splits: Splits, size: tuple[int, int], cfg: TrainConfig, reporter: Reporter) -> Splits:
+    """Every part decoded and held in memory (the strategies that go over the images every epoch)."""
+    names = {"train": "training", "val": "validation", "test": "test"}
+    kept, skipped, decoded = {}, {}, {}
+    for name, part in splits.parts():
+        assert isinstance(part, datamod.ImageList)
+        with reporter.task(f"loading {names[name]} images", len(part)) as advance:
+            images, index, lost = _decode_part(part, size, cfg, lambda: advance(1))
+        kept[name], skipped[name], decoded[name] = index, lost, images
+    out = readable(splits, kept, skipped)
+    for name, part in out.parts():
+        setattr(out, name, datamod.ImageSet(decoded[name], part.labels, part.paths, part.classes))
+    return out
+
+
+def _decode_part(part: datamod.ImageList, size: tuple[int, int], cfg: TrainConfig,
+                 progress: Callable[[], None]) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:  # fmt: skip
+    images, index, skipped = [], [], []
+    for batch in datamod.decode_batches(part.paths, size, batch_size=64, threads=cfg.workers or None,
+                                        strict=cfg.strict):  # fmt: skip
+        images.append(batch.images)
+        index.append(batch.index)
+        skipped += batch.skipped
+        for _ in batch.index:
+            progress()
+    if not images:
+        return np.zeros((0, size[0], size[1], 3), np.uint8), np.zeros(0, np.int64), skipped
+    return np.concatenate(images), np.concatenate(index), skipped
+
+
+def prepare(cfg: TrainConfig, size: tuple[int, int], reporter: Reporter) -> Splits:
+    """Plan the split and decode every part (see :func:`plan` and :func:`decode`)."""
+    splits = decode(plan(cfg, reporter), size, cfg, reporter)
+    splits.warn_skipped(reporter)
+    splits.show_counts(reporter)
+    return splits
+
+
+def fingerprint(part: Part) -> str:
     return datamod.fingerprint(part.paths, np.asarray(part.labels))

@@ -15,7 +15,31 @@ from .heads import HeadParams
 ProgressFn = Callable[[int], None]
 
 
-class Engine(ABC):
+class Collective:
+    """What the processes of one run do together. One process by default: data-parallel engines override
+    these; a run that never builds its engine (every feature cached) uses this class as it is."""
+
+    rank = 0
+    world_size = 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 (or the only process): the one that prints and writes."""
+        return self.rank == 0
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank."""
+        return value
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order, on every rank."""
+        return [value]
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+
+
+class Engine(Collective, ABC):
     """A classifier (backbone features + head) in one framework, and how to train it."""
 
     def __init__(self, backbone: Backbone, n_classes: int, *, tap: int | None, dropout: float, seed: int,
@@ -30,11 +54,6 @@ class Engine(ABC):
         self.rank = 0  # set by start_distributed
         self.world_size = 1
         self.job_info: dict[str, Any] = {}  # what the run records about its ranks or replicas
-
-    @property
-    def main(self) -> bool:
-        """Rank 0 (or the only process): the one that prints and writes."""
-        return self.rank == 0
 
     @property
     @abstractmethod
@@ -105,17 +124,6 @@ class Engine(ABC):
             f"{self.backbone.spec.id}: data-parallel training across processes (torchrun) is available for torch "
             f"backbones; run this one as a single process"
         )
-
-    def broadcast(self, value: Any) -> Any:
-        """Rank 0's ``value`` on every rank."""
-        return value
-
-    def gather(self, value: Any) -> list[Any]:
-        """Every rank's ``value``, in rank order, on every rank."""
-        return [value]
-
-    def barrier(self) -> None:
-        """Wait until every rank gets here."""
 
     def model_digest(self) -> str:
         """sha256 over the classifier's weights: equal on every rank when data-parallel training kept them in sync."""

@@ -11,6 +11,7 @@ import platform
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from collections.abc import Callable, Collection
 from typing import Any
@@ -18,21 +19,23 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..adapters import adapter_for
+from .. import data as datamod
+from ..adapters import adapter_for, framework_spec
 from ..backbone import Backbone, check_input_size, get_backbone
 from ..distributed import world
 from .. import feature_engines, model_card
-from ..errors import TlzooError, UsageError
+from ..errors import DataError, TlzooError, UsageError
 from ..freeze import parse_freeze, parse_unit
 from ..specs import BackboneSpec
-from ..weights import preflight as preflight_weights
+from ..weights import ResolvedWeights, file_digest, preflight as preflight_weights, resolve as resolve_weights
 from ..registry import get_registry
 from ..rundir import fault_point, new_run_dir, package_versions, reclaim_temp_files
-from ..runfiles import CONFUSION_MATRIX, ENVIRONMENT, LEARNING_CURVES, METRICS, REPORT, ClassifierMeta, RunFiles
+from ..runfiles import (CONFUSION_MATRIX, ENVIRONMENT, FORMAT_VERSION, FULL_MODEL_FORMAT, HEAD, LEARNING_CURVES, METRICS,
+                        REPORT, ClassifierMeta, RunFiles)  # fmt: skip
 from . import cache as feature_cache
 from .config import TrainConfig
-from .data_prep import Splits, prepare
-from .engine import Engine
+from .data_prep import Splits, decode, plan, readable
+from .engine import Collective, Engine
 from .heads import HeadParams, choose_c, fit_linear, fit_mlp, head_scores, probabilities
 from .metrics import best_epoch, classification_metrics, plot_confusion, plot_history
 from .reporter import Reporter
@@ -83,36 +86,43 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
         reporter.info(note)
     if unused:
         reporter.info(f"not used by {config.describe_choice()}: {', '.join(unused)}")
-    splits = prepare(config, size, reporter)
+    splits = plan(config, reporter)
+    feature_extract = config.strategy == "feature-extract"
+    if not feature_extract:
+        splits = decode(splits, size, config, reporter)
+        splits.warn_skipped(reporter)
+    splits.show_counts(reporter)
 
-    weights = None if config.strategy == "scratch" else config.weights
-    backbone = get_backbone(spec, pretrained=weights if weights else False, input_size=size, seed=config.seed)
-    tap = backbone.resolve_tap(config.tap)
-    if config.strategy != "feature-extract":
-        for stage in stages_for(config, len(backbone.units)):  # every --freeze checked before anything is written
-            backbone.freeze(stage.freeze)
-    engine = _engine(backbone, len(splits.classes), config, tap)
-    if job.distributed:
-        engine.start_distributed(job)
+    model = Model(spec, config, size, len(splits.classes))
+    comm: Collective = Collective()
+    # A feature-extract run builds its backbone on its first cache miss; one that runs on several processes
+    # builds it now, since every rank takes part in the extraction.
+    if not feature_extract or job.distributed:
+        if not feature_extract:
+            for stage in stages_for(config, len(model.backbone.units)):  # every --freeze checked before anything is written
+                model.backbone.freeze(stage.freeze)
+        comm = model.engine
+        if job.distributed:
+            model.engine.start_distributed(job)
 
     created = False
     if resume is not None:
         run_dir = Path(resume)
-        if engine.main:
+        if comm.main:
             reclaim_temp_files(run_dir)  # a checkpoint write killed half-way
-    elif engine.main:
+    elif comm.main:
         run_dir, created = new_run_dir(Path(config.out_dir), config.name or f"{spec.name}-{config.strategy}",
                                        exist_ok=exist_ok)  # fmt: skip
-    run_dir = Path(engine.broadcast(str(run_dir) if engine.main else None))
-    if config.tensorboard and engine.main:
+    run_dir = Path(comm.broadcast(str(run_dir) if comm.main else None))
+    if config.tensorboard and comm.main:
         from .tensorboard import FOLDER, TensorBoardReporter
 
         reporter = TensorBoardReporter(reporter, run_dir / FOLDER)
     try:
-        return _train_in(run_dir, resume, config, spec, size, splits, backbone, tap, engine, reporter, started, unused)
+        return _train_in(run_dir, resume, config, spec, size, splits, model, comm, reporter, started, unused)
     except BaseException:
-        if created and engine.main:
-            _discard_unstarted(run_dir, engine)
+        if created and comm.main:
+            _discard_unstarted(run_dir, model)
         raise
     finally:
         close = getattr(reporter, "close", None)
@@ -120,11 +130,76 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
             close()
 
 
-def _discard_unstarted(run_dir: Path, engine: Engine) -> None:
+class Model:
+    """The run's weights, backbone and training engine, each made on first use: a feature-extract run whose
+    features are all cached and whose backbone is recorded by reference builds none of them (and imports
+    no framework)."""
+
+    def __init__(self, spec: BackboneSpec, config: TrainConfig, size: tuple[int, int], n_classes: int) -> None:
+        self.spec, self.config, self.size, self.n_classes = spec, config, size, n_classes
+        self.tap = _tap(spec, config, self)
+
+    @cached_property
+    def weights(self) -> ResolvedWeights | None:
+        """The pretrained weights file, checked against its published hash (None: random initialisation)."""
+        return resolve_weights(self.spec, None if self.config.strategy == "scratch" else self.config.weights)
+
+    @cached_property
+    def weights_sha256(self) -> str | None:
+        return file_digest(self.weights.path, "sha256") if self.weights is not None else None
+
+    @cached_property
+    def backbone(self) -> Backbone:
+        return get_backbone(self.spec, pretrained=self.weights or False, input_size=self.size, seed=self.config.seed)
+
+    @cached_property
+    def engine(self) -> Engine:
+        return adapter_for(self.spec.framework).engine(self.backbone, self.n_classes, tap=self.tap,
+                                                       dropout=self.config.dropout, seed=self.config.seed,
+                                                       device=self.config.device)  # fmt: skip
+
+    @property
+    def built(self) -> bool:
+        return "backbone" in self.__dict__
+
+    @property
+    def units(self) -> int:
+        return len(self.spec.units) if self.spec.units else len(self.backbone.units)
+
+    @property
+    def device(self) -> str:
+        """Where the run computed: the engine's device, or the CPU for a run that only fitted a head."""
+        return self.engine.device if "engine" in self.__dict__ else "cpu"
+
+    @property
+    def head_only(self) -> bool:
+        """Whether the run keeps its head alone and names its backbone by weights (see :mod:`tlzoo.runfiles`):
+        feature-extract on published weights, in a framework whose adapter can assemble the classifier again."""
+        return (self.config.strategy == "feature-extract" and self.weights is not None
+                and not self.weights.tag.startswith("file:") and framework_spec(self.spec.framework).head_only_runs)
+
+    def feature_key(self) -> dict[str, Any]:
+        """Everything the features depend on besides the image files (the cache key's model half)."""
+        weights = {"sha256": self.weights_sha256} if self.weights is not None else {"random": self.backbone.weights_digest()}
+        engine = self.config.feature_engine
+        return {"backbone": self.spec.id, "weights": weights, "tap": self.tap, "size": list(self.size),
+                "preprocessing": self.spec.preprocessing.to_dict(), "tlzoo": __version__,
+                **({"engine": engine} if engine != feature_engines.FRAMEWORK else {})}  # fmt: skip
+
+
+def _tap(spec: BackboneSpec, config: TrainConfig, model: Model) -> int | None:
+    if config.tap is None or not str(config.tap).strip():
+        return None
+    if spec.units:
+        return parse_unit(config.tap, [u.name for u in spec.units])
+    return model.backbone.resolve_tap(config.tap)
+
+
+def _discard_unstarted(run_dir: Path, model: Model) -> None:
     """A run that failed before its first checkpoint leaves nothing that looks like a result."""
     import shutil
 
-    if RunFiles(run_dir).state(engine.state_suffix).exists():
+    if "engine" in model.__dict__ and RunFiles(run_dir).state(model.engine.state_suffix).exists():
         return  # resumable: keep it
     shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -146,68 +221,85 @@ def _check_units(spec: BackboneSpec, config: TrainConfig) -> None:
 
 
 def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: BackboneSpec, size: tuple[int, int],
-              splits: Splits, backbone: Backbone, tap: int | None, engine: Engine, reporter: Reporter,
-              started: float, unused: list[str]) -> TrainResult:  # fmt: skip
+              splits: Splits, model: Model, comm: Collective, reporter: Reporter, started: float,
+              unused: list[str]) -> TrainResult:  # fmt: skip
     resolved = TrainConfig(**{**config.to_dict(), "backbone": spec.id, "framework": spec.framework,
                               "image_size": size[0] if size[0] == size[1] else config.image_size,
                               "data": str(splits.root)})  # fmt: skip
     files = RunFiles(run_dir)
-    if resume is None and engine.main:
+    if resume is None and comm.main:
         resolved.save(files.config)
         files.write_labels(splits.classes)
-        files.write_split(splits.rows())
     reporter.info(f"run directory: {run_dir}")
-    if backbone.weights is not None and not backbone.weights.verified:
-        reporter.warn(f"{backbone.weights.path} has no published hash to check it against")
+    weights, tap = model.weights, model.tap
+    if weights is not None and not weights.verified:
+        reporter.warn(f"{weights.path} has no published hash to check it against")
+    units = model.units
     reporter.info(
-        f"{spec.id} ({'weights ' + backbone.weights.tag if backbone.weights else 'random init'}), "
-        f"{config.strategy}, input {size[0]}x{size[1]}, device {engine.device}"
-        + (f", tap unit {tap + 1} ({backbone.units[tap].name})" if tap is not None else "")
-    )
+        f"{spec.id} ({'weights ' + weights.tag if weights else 'random init'}), {config.strategy}, "
+        f"input {size[0]}x{size[1]}" + (f", device {model.device}" if model.built else "")
+        + (f", tap unit {tap + 1} ({spec.units[tap].name if spec.units else model.backbone.units[tap].name})"
+           if tap is not None else "")
+    )  # fmt: skip
 
     extra: dict[str, Any] = {}
     if config.strategy == "feature-extract":
-        history, eval_proba, extra = _feature_extract(engine, backbone, splits, config, reporter, tap)
+        splits, history, head, extra = _feature_extract(model, splits, config, reporter, comm)
+        if comm.main:
+            files.write_split(splits.rows())  # the readable images: known once every part was read
+        eval_proba = probabilities(head.logits(extra.pop("eval_features")), head.output)
+        output, trainable, head_meta = head.output, sum(w.size + b.size for w, b in zip(head.weights, head.biases)), \
+            {"sizes": head.sizes, "dropout": head.dropout}
+        frozen = units
     else:
-        history = _fit(engine, backbone, splits, config, reporter, run_dir, resume is not None)
-        eval_proba = probabilities(engine.logits(splits.eval_set.images), engine.output)
-    if engine.main:
-        engine.save_model(run_dir)
+        engine = model.engine
+        if resume is None and comm.main:
+            files.write_split(splits.rows())
+        history = _fit(engine, model.backbone, splits, config, reporter, run_dir, resume is not None)
+        eval_proba = probabilities(engine.logits(splits.eval_set.images), engine.output)  # type: ignore[union-attr]
+        output, trainable, head_meta, frozen = engine.output, engine.trainable_params(), engine.head_meta(), \
+            model.backbone.frozen_units
+    head_only = model.head_only
+    if comm.main:
+        if head_only:
+            files.write_head(head)
+        else:
+            model.engine.save_model(run_dir)
     train_seconds = time.perf_counter() - started
-    job = _job_record(engine, len(splits.train))  # collective: every rank takes part
+    job = _job_record(comm, len(splits.train)) if isinstance(comm, Engine) else {}  # collective: every rank takes part
 
     metrics = classification_metrics(splits.eval_set.labels, eval_proba, splits.classes)
     metrics.update(split=splits.eval_name, train_seconds=round(train_seconds, 3), peak_memory_mb=_peak_memory_mb(),
-                   trainable_params=engine.trainable_params(), frozen_units=backbone.frozen_units,
-                   units=len(backbone.units), best_epoch=best_epoch(history) if len(history) > 1 else None,
-                   **extra)  # fmt: skip
+                   trainable_params=int(trainable), frozen_units=frozen, units=units,
+                   best_epoch=best_epoch(history) if len(history) > 1 else None, **extra)  # fmt: skip
     meta = ClassifierMeta(
-        framework=spec.framework, backbone=spec.id, input_size=size, tap=tap, head=engine.head_meta(),
-        output=engine.output, classes=splits.classes, preprocessing=spec.preprocessing,
-        weights=backbone.weights.tag if backbone.weights else None, strategy=config.strategy,
-        model_file=adapter_for(spec.framework).model_file, plugin=get_registry().provider(spec.id),
-        tlzoo_version=__version__,
+        framework=spec.framework, backbone=spec.id, input_size=size, tap=tap, head=head_meta, output=output,
+        classes=splits.classes, preprocessing=spec.preprocessing, weights=weights.tag if weights else None,
+        strategy=config.strategy, model_file=HEAD if head_only else adapter_for(spec.framework).model_file,
+        plugin=get_registry().provider(spec.id), tlzoo_version=__version__,
+        weights_sha256=model.weights_sha256 if head_only else None,
+        format_version=FORMAT_VERSION if head_only else FULL_MODEL_FORMAT,
     )  # fmt: skip
-    if engine.main:  # under torchrun, rank 0 alone writes the run's files
+    if comm.main:  # under torchrun, rank 0 alone writes the run's files
         files.write_meta(meta)
         files.write_json(METRICS, metrics)
         files.write_history(history)
-        files.write_json(ENVIRONMENT, {**_environment(engine, splits), **job})
+        files.write_json(ENVIRONMENT, {**_environment(model.device, splits), **job})
         files.write_json(REPORT, {"skipped_images": [{"path": p, "error": e} for p, e in splits.skipped]})
         plot_history(history, files / LEARNING_CURVES, f"{spec.id} {config.strategy}")
-        counts = {name: part.counts() for name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test))
-                  if part is not None}  # fmt: skip
-        model_card.write(run_dir, config=resolved.to_dict(), spec=spec, weights=backbone.weights, metrics=metrics,
+        counts = {name: part.counts() for name, part in splits.parts()}
+        model_card.write(run_dir, config=resolved.to_dict(), spec=spec, weights=weights, metrics=metrics,
                          counts=counts, skipped=len(splits.skipped), unused=unused)  # fmt: skip
         plot_confusion(metrics["confusion_matrix"], splits.classes, files / CONFUSION_MATRIX,
                        f"{spec.id} {config.strategy} ({splits.eval_name}, acc {metrics['accuracy']:.3f})")  # fmt: skip
-        files.state(engine.state_suffix).unlink(missing_ok=True)
-    engine.barrier()
+        if "engine" in model.__dict__:
+            files.state(model.engine.state_suffix).unlink(missing_ok=True)
+    comm.barrier()
     summary = {
         "run_dir": str(run_dir), "backbone": spec.id, "strategy": config.strategy,
         "split": splits.eval_name, "accuracy": metrics["accuracy"], "log_loss": metrics["log_loss"],
         "macro_f1": metrics["macro_f1"], "train_seconds": metrics["train_seconds"], "epochs": len(history),
-        "frozen_units": backbone.frozen_units, "units": len(backbone.units), "unused_options": unused, **extra,
+        "frozen_units": frozen, "units": units, "unused_options": unused, **extra,
     }  # fmt: skip
     return TrainResult(run_dir=run_dir, metrics=metrics, history=history, summary=summary)
 
@@ -230,86 +322,108 @@ def _job_record(engine: Engine, n_train: int) -> dict[str, Any]:
     return {"distributed": record}
 
 
-def _engine(backbone: Backbone, n_classes: int, cfg: TrainConfig, tap: int | None) -> Engine:
-    return adapter_for(backbone.spec.framework).engine(backbone, n_classes, tap=tap, dropout=cfg.dropout,
-                                                       seed=cfg.seed, device=cfg.device)  # fmt: skip
-
-
 # ---------------------------------------------------------------- feature extraction
 
 
-def _features(backbone: Backbone, tap: int | None, images: np.ndarray, cfg: TrainConfig, reporter: Reporter,
-              what: str, engine: Engine, run: Callable[[], Any]) -> tuple[np.ndarray, bool]:  # fmt: skip
-    spec = backbone.spec
-    # Random initialisation differs by seed and framework version: key on the weights themselves.
-    weights = (backbone.weights.tag, backbone.weights.path.stat().st_size) if backbone.weights else backbone.weights_digest()
-    key = feature_cache.cache_key(
-        backbone=spec.id, weights=weights, tap=tap, size=backbone.input_size,
-        preprocessing=spec.preprocessing.to_dict(), pixels=hashlib.sha256(images.tobytes()).hexdigest(),
-        shape=images.shape, tlzoo=__version__,
-        **({"engine": cfg.feature_engine} if cfg.feature_engine != feature_engines.FRAMEWORK else {}),
-    )  # fmt: skip
+def _features(model: Model, key: dict[str, Any], part: datamod.ImageList, cfg: TrainConfig, reporter: Reporter,
+              what: str, comm: Collective, run: Callable[[], Any]) -> tuple[feature_cache.Entry, bool]:  # fmt: skip
+    """The features of ``part``'s readable images: from the cache (found by the files, nothing decoded), or
+    decoded and extracted a batch at a time."""
+    slot = feature_cache.Slot(key, part)
     if cfg.cache:
-        cached = feature_cache.load(key)
-        if cached is not None and len(cached) == len(images):
-            reporter.info(f"feature cache hit: {what} features reused ({feature_cache.cache_root() / key}.npz)")
-            return cached, True
+        entry = slot.load()
+        if entry is not None:
+            if cfg.strict and entry.skipped:
+                path, why = entry.skipped[0]
+                raise DataError(f"cannot read image {path}: {why}")
+            reporter.info(f"feature cache hit: {what} features reused ({slot.path})")
+            return entry, True
     # Under torchrun each rank extracts every world_size-th image; the shards are gathered back in order.
-    mine = images[engine.rank :: engine.world_size]
-    with reporter.task(f"extracting {what} features", len(mine)) as advance:
-        shard = backbone.extract_features(mine, tap=tap, batch_size=cfg.batch_size, progress=advance,
-                                          run=run()) if len(mine) else None  # fmt: skip
-    shards = engine.gather(shard)
-    features = np.zeros((len(images), next(s.shape[1] for s in shards if s is not None)), np.float32)
-    for rank, part in enumerate(shards):
-        if part is not None:
-            features[rank :: engine.world_size] = part
-    if cfg.cache and engine.main:
+    positions = np.arange(comm.rank, len(part), comm.world_size)
+    with reporter.task(f"extracting {what} features", len(positions)) as advance:
+        shard = _extract(model, part.subset(positions), cfg, run, advance) if len(positions) else None
+    entry = _merge(comm.gather(shard), comm.world_size)
+    if cfg.cache and comm.main:
         try:
-            feature_cache.store(key, features)
+            slot.store(entry)
         except OSError as exc:  # the cache is an optimisation: a full or read-only disk must not stop training
             reporter.warn(f"feature cache not written ({exc.strerror or exc}: {exc.filename or feature_cache.cache_root()}); "
                           f"training goes on without it")  # fmt: skip
-    return features, False
+    return entry, False
 
 
-def _feature_extract(engine: Engine, backbone: Backbone, splits: Splits, cfg: TrainConfig, reporter: Reporter,
-                     tap: int | None) -> tuple[list[dict[str, Any]], np.ndarray, dict[str, Any]]:  # fmt: skip
-    backbone.freeze("all")
-    hits = {}
-    feats = {}
+def _extract(model: Model, files: datamod.ImageList, cfg: TrainConfig, run: Callable[[], Any],
+             advance: Callable[[int], None]) -> feature_cache.Entry:  # fmt: skip
+    """Decode on a pool of threads while the backbone runs on the batch before."""
+    feats, kept, skipped = [], [], []
+    for batch in datamod.decode_batches(files.paths, model.size, batch_size=cfg.batch_size, threads=cfg.workers or None,
+                                        strict=cfg.strict):  # fmt: skip
+        skipped += batch.skipped
+        if len(batch.index):
+            feats.append(model.backbone.extract_features(batch.images, tap=model.tap, batch_size=cfg.batch_size,
+                                                         run=run()))  # fmt: skip
+            kept.append(batch.index)
+        advance(len(batch.index) + len(batch.skipped))
+    if not feats:
+        return feature_cache.Entry(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), skipped)
+    return feature_cache.Entry(np.concatenate(feats), np.concatenate(kept), skipped)
+
+
+def _merge(shards: list[feature_cache.Entry | None], world_size: int) -> feature_cache.Entry:
+    """One entry from the ranks' shards (rank r held positions r, r + world_size, ...)."""
+    present = [(rank, s) for rank, s in enumerate(shards) if s is not None]
+    if len(present) == 1:
+        return present[0][1]
+    width = max(s.features.shape[1] for _, s in present)
+    kept = np.concatenate([rank + s.kept * world_size for rank, s in present])
+    features = np.concatenate([s.features if len(s.features) else np.zeros((0, width), np.float32) for _, s in present])
+    order = np.argsort(kept, kind="stable")
+    return feature_cache.Entry(features[order], kept[order], [x for _, s in present for x in s.skipped])
+
+
+def _feature_extract(model: Model, splits: Splits, cfg: TrainConfig, reporter: Reporter,
+                     comm: Collective) -> tuple[Splits, list[dict[str, Any]], HeadParams, dict[str, Any]]:  # fmt: skip
+    """Features of every part (cached or extracted), then the head on them. Returns the splits without their
+    unreadable images, the history, the head and what the run records (``eval_features`` included)."""
     t0 = time.perf_counter()
     runners: list[Any] = []
 
     def run() -> Any:  # made on the first cache miss only: an engine may export the backbone first
         if not runners:
             started = time.perf_counter()
-            runners.append(feature_engines.runner(backbone, tap, cfg.feature_engine,
+            backbone = model.backbone
+            backbone.freeze("all")
+            runners.append(feature_engines.runner(backbone, model.tap, cfg.feature_engine,
                                                   feature_cache.cache_root() / "engines"))  # fmt: skip
             if cfg.feature_engine != feature_engines.FRAMEWORK:
                 reporter.info(f"feature engine: {cfg.feature_engine} ({time.perf_counter() - started:.1f} s to "
-                              f"prepare, checked against {backbone.spec.framework})")  # fmt: skip
+                              f"prepare, checked against {model.spec.framework})")  # fmt: skip
         return runners[0]
 
-    for name, part in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
-        if part is not None:
-            feats[name], hits[name] = _features(backbone, tap, part.images, cfg, reporter, name, engine, run)
+    key = model.feature_key()
+    hits, feats, kept, skipped = {}, {}, {}, {}
+    for name, part in splits.parts():
+        assert isinstance(part, datamod.ImageList)
+        entry, hits[name] = _features(model, key, part, cfg, reporter, name, comm, run)
+        feats[name], kept[name], skipped[name] = entry.features, entry.kept, entry.skipped
+    splits = readable(splits, kept, skipped)
+    splits.warn_skipped(reporter)
     feature_seconds = time.perf_counter() - t0
     n = len(splits.classes)
     t1 = time.perf_counter()
-    head, history = engine.broadcast(_fit_head(feats, splits, cfg, reporter, backbone, n) if engine.main else None)
+    head, history = comm.broadcast(_fit_head(feats, splits, cfg, reporter, model.spec, n) if comm.main else None)
     head_seconds = time.perf_counter() - t1
-    engine.build(head)
-    eval_feats = feats["test"] if splits.test is not None else feats["val"]
+    if not model.head_only:
+        model.engine.build(head)
     extra = {
         "feature_cache": "hit" if all(hits.values()) else ("partial" if any(hits.values()) else "miss"),
         "feature_seconds": round(feature_seconds, 3), "head_seconds": round(head_seconds, 3), "head": cfg.head,
         "feature_engine": cfg.feature_engine,
     }  # fmt: skip
-    return history, probabilities(head.logits(eval_feats), head.output), extra
+    return splits, history, head, {**extra, "eval_features": feats[splits.eval_name]}
 
 
-def _fit_head(feats: dict[str, np.ndarray], splits: Splits, cfg: TrainConfig, reporter: Reporter, backbone: Backbone,
+def _fit_head(feats: dict[str, np.ndarray], splits: Splits, cfg: TrainConfig, reporter: Reporter, spec: BackboneSpec,
               n: int) -> tuple[HeadParams, list[dict[str, Any]]]:  # fmt: skip
     """The head on the cached features: once, on rank 0 under torchrun."""
     if cfg.head == "mlp":
@@ -317,7 +431,7 @@ def _fit_head(feats: dict[str, np.ndarray], splits: Splits, cfg: TrainConfig, re
             feats["train"], splits.train.labels, feats["val"], splits.val.labels, n, hidden=cfg.hidden,
             dropout=cfg.dropout, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
             patience=cfg.patience, batch_size=cfg.batch_size, seed=cfg.seed,
-            trainer=adapter_for(backbone.spec.framework).train_mlp,
+            trainer=adapter_for(spec.framework).train_mlp,
             on_epoch=reporter.epoch,
         )  # fmt: skip
         history = head.history
@@ -453,6 +567,7 @@ def _run_stage(engine: Engine, splits: Splits, cfg: TrainConfig, reporter: Repor
     from sklearn.metrics import log_loss
 
     augment = cfg.augment_list()
+    assert isinstance(splits.train, datamod.ImageSet) and isinstance(splits.val, datamod.ImageSet)  # decoded
     if progress["epoch"] == 0 and s_index == 0:
         how = "auto: on for the strategies that train the backbone" if cfg.augment.strip().lower() == "auto" else "--augment"
         reporter.info(f"augmentation: {', '.join(augment) or 'none'} ({how})")
@@ -517,12 +632,12 @@ def _peak_memory_mb() -> float | None:
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 
 
-def _environment(engine: Engine, splits: Splits) -> dict[str, Any]:
+def _environment(device: str, splits: Splits) -> dict[str, Any]:
     from .data_prep import fingerprint
 
     return {
         "python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
-        "device": engine.device, "packages": package_versions(),
+        "device": device, "packages": package_versions(),
         "data": {"root": str(splits.root), "fingerprint_sha256": fingerprint(splits.train),
                  "classes": len(splits.classes), "train": len(splits.train), "val": len(splits.val),
                  "test": len(splits.test) if splits.test is not None else 0},
