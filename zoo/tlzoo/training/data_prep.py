@@ -69,6 +69,15 @@ def plan(cfg: TrainConfig, reporter: Reporter) -> Splits:
         root = ensure_digits(default_data_root())
         reporter.info(f"no --data given: using the embedded UCI digits at {root}")
     full = datamod.labelled(datamod.scan(root))
+    try:
+        return _split(cfg, root, full)
+    except DataError:
+        # A split that cannot be stratified may be one whose classes have no readable image at all: say so.
+        datamod.load(full, (8, 8), strict=cfg.strict, threads=cfg.workers or None)
+        raise
+
+
+def _split(cfg: TrainConfig, root: Path, full: datamod.ImageList) -> Splits:
     classes = full.classes
     test: datamod.ImageList | None = None
     if cfg.test:

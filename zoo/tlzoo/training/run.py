@@ -5,6 +5,7 @@ data -> backbone -> (cached features -> head) or (fine-tuning loop) -> run direc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import platform
@@ -97,7 +98,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
     comm: Collective = Collective()
     # A feature-extract run builds its backbone on its first cache miss; one that runs on several processes
     # builds it now, since every rank takes part in the extraction.
-    if not feature_extract or job.distributed:
+    # An explicit --device is checked now (a run whose features are all cached would otherwise never use it).
+    if not feature_extract or job.distributed or config.device != "auto":
         if not feature_extract:
             for stage in stages_for(config, len(model.backbone.units)):  # every --freeze checked before anything is written
                 model.backbone.freeze(stage.freeze)
@@ -105,7 +107,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
         if job.distributed:
             model.engine.start_distributed(job)
 
-    created = False
+    created, out_dir_existed = False, Path(config.out_dir).is_dir()
     if resume is not None:
         run_dir = Path(resume)
         if comm.main:
@@ -122,7 +124,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
         return _train_in(run_dir, resume, config, spec, size, splits, model, comm, reporter, started, unused)
     except BaseException:
         if created and comm.main:
-            _discard_unstarted(run_dir, model)
+            _discard_unstarted(run_dir, model, None if out_dir_existed else Path(config.out_dir))
         raise
     finally:
         close = getattr(reporter, "close", None)
@@ -195,13 +197,17 @@ def _tap(spec: BackboneSpec, config: TrainConfig, model: Model) -> int | None:
     return model.backbone.resolve_tap(config.tap)
 
 
-def _discard_unstarted(run_dir: Path, model: Model) -> None:
-    """A run that failed before its first checkpoint leaves nothing that looks like a result."""
+def _discard_unstarted(run_dir: Path, model: Model, made_out_dir: Path | None) -> None:
+    """A run that failed before its first checkpoint leaves nothing that looks like a result (nor the
+    ``--out-dir`` folder it made for it)."""
     import shutil
 
     if "engine" in model.__dict__ and RunFiles(run_dir).state(model.engine.state_suffix).exists():
         return  # resumable: keep it
     shutil.rmtree(run_dir, ignore_errors=True)
+    if made_out_dir is not None:
+        with contextlib.suppress(OSError):
+            made_out_dir.rmdir()  # only when empty
 
 
 def _check_units(spec: BackboneSpec, config: TrainConfig) -> None:

@@ -1,0 +1,199 @@
+"""Feature-extract runs on published weights: head-only run directories, a cache found by the files alone,
+a cached run that imports no framework, and decoding streamed a few batches ahead."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tlzoo import data as datamod
+from tlzoo.errors import DataError, UsageError, WeightsError
+from tlzoo.training.config import TrainConfig
+from tlzoo.training.run import train
+
+from .conftest import run_tlzoo
+from .datagen import write_folder
+
+KERAS_WEIGHTS = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+
+
+@pytest.fixture()
+def data(tmp_path):
+    return write_folder(tmp_path / "data", per_class=8)
+
+
+@pytest.fixture(autouse=True)
+def _feature_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLZOO_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture()
+def keras_weights(tmp_path, monkeypatch) -> Path:
+    """A Keras MobileNetV2 weights file under its published name (Keras publishes no hash for it), in a
+    KERAS_HOME of this test's own: the framework's cache then holds 'imagenet' weights."""
+    import h5py
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    keras.utils.set_random_seed(3)
+    model = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
+    path = tmp_path / "keras" / "models" / KERAS_WEIGHTS
+    path.parent.mkdir(parents=True)
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+    return path
+
+
+def config(data: Path, tmp_path: Path, backbone: str, **kw) -> TrainConfig:
+    return TrainConfig(**{"data": str(data), "backbone": backbone, "image_size": 32, "batch_size": 8, "c": 1.0,
+                          "out_dir": str(tmp_path / "runs"), **kw})  # fmt: skip
+
+
+def val_images(run_dir: Path) -> tuple[np.ndarray, list[str]]:
+    import csv
+
+    from tlzoo.preprocess import load_image
+
+    rows = [r for r in csv.DictReader(open(run_dir / "split.csv")) if r["subset"] == "val"]
+    return np.stack([load_image(r["path"], (32, 32)) for r in rows]), [r["path"] for r in rows]
+
+
+CACHED_RUN = """
+import json, sys
+from tlzoo.training.config import TrainConfig
+from tlzoo.training.run import train
+result = train(TrainConfig(**json.loads(sys.argv[1])))
+print(json.dumps({"metrics": result.metrics, "run_dir": str(result.run_dir),
+                  "imported": sorted(m for m in ("torch", "torchvision", "tensorflow", "keras") if m in sys.modules)}))
+"""
+
+
+def cached_run_in_a_new_process(cfg: TrainConfig) -> dict:
+    done = subprocess.run([sys.executable, "-c", CACHED_RUN, json.dumps(cfg.to_dict())], capture_output=True,
+                          text=True, env={**os.environ}, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_head_only_run_and_a_cached_run_that_imports_no_framework(data, tmp_path, request, framework):
+    from tlzoo.trained import load_run
+    from tlzoo.weights import file_digest
+
+    weights = request.getfixturevalue("mobilenet_in_cache" if framework == "torch" else "keras_weights")
+    cfg = config(data, tmp_path, f"{framework}/mobilenet_v2")
+    first = train(cfg)
+    files = {p.name for p in first.run_dir.iterdir()}
+    assert "head.npz" in files and not {"model.pt", "model.keras"} & files, files
+    meta = json.loads((first.run_dir / "classifier.json").read_text())
+    assert meta["model_file"] == "head.npz" and meta["format_version"] == 3
+    assert meta["weights_sha256"] == file_digest(weights, "sha256")
+    assert first.metrics["feature_cache"] == "miss"
+
+    # The run loads back from the weights it names: the same probabilities its metrics were computed with.
+    images, _ = val_images(first.run_dir)
+    run = load_run(first.run_dir)
+    proba = run.predict_proba(images)
+    from sklearn.metrics import log_loss
+
+    labels = [run.classes.index(Path(p).parent.name) for p in val_images(first.run_dir)[1]]
+    assert log_loss(labels, proba, labels=range(3)) == pytest.approx(first.metrics["log_loss"], abs=1e-5)
+
+    second = cached_run_in_a_new_process(cfg)
+    assert second["imported"] == [], f"a cached run imported {second['imported']}"
+    assert second["metrics"]["feature_cache"] == "hit"
+    for key in ("accuracy", "log_loss", "confusion_matrix", "n", "trainable_params", "units", "frozen_units"):
+        assert second["metrics"][key] == first.metrics[key], key
+    assert (Path(second["run_dir"]) / "head.npz").read_bytes() == (first.run_dir / "head.npz").read_bytes()
+
+
+def test_head_only_run_refuses_other_weights(data, tmp_path, mobilenet_in_cache):
+    result = train(config(data, tmp_path, "torch/mobilenet_v2"))
+    original = mobilenet_in_cache.read_bytes()
+    try:
+        mobilenet_in_cache.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        # The file no longer matches torchvision's published hash prefix either, so resolving it fails first;
+        # a file that passes that check but is not the run's is refused by the run's own sha256.
+        refused = run_tlzoo("evaluate", str(result.run_dir), "--data", str(data))
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr
+        assert str(mobilenet_in_cache) in refused.stderr
+    finally:
+        mobilenet_in_cache.write_bytes(original)
+    meta_path = result.run_dir / "classifier.json"
+    meta = json.loads(meta_path.read_text())
+    meta["weights_sha256"] = "0" * 64
+    meta_path.write_text(json.dumps(meta))
+    from tlzoo.trained import load_run
+
+    with pytest.raises(WeightsError, match="keeps only its head: its backbone is torch/mobilenet_v2 with the weights file"):
+        load_run(result.run_dir)
+    meta.pop("weights_sha256")
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(UsageError, match="a head-only run \\(head.npz\\) needs its backbone's weights tag and weights_sha256"):
+        load_run(result.run_dir)
+
+
+def test_cache_is_found_by_the_files_and_follows_their_contents(data, tmp_path, mobilenet_in_cache):
+    from PIL import Image
+
+    cfg = config(data, tmp_path, "torch/mobilenet_v2")
+    assert train(cfg).metrics["feature_cache"] == "miss"
+    touched = data / "red" / "000.png"
+    os.utime(touched, ns=(10**18, 10**18))  # same bytes, new time: the alias misses, the content key hits
+    assert train(cfg).metrics["feature_cache"] == "hit"
+    aliases = sorted((tmp_path / "cache" / "features" / "stats").iterdir())
+    assert len(aliases) == 3, "one alias per split, and one more for the split holding the touched file"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(touched)  # new content
+    assert train(cfg).metrics["feature_cache"] == "partial", "only the split holding the changed file misses"
+
+
+def test_unreadable_images_are_remembered_by_the_cache(data, tmp_path, mobilenet_in_cache):
+    broken = data / "green" / "zz-broken.png"
+    broken.write_bytes(b"not a png")
+    cfg = config(data, tmp_path, "torch/mobilenet_v2", val_split=0.25)
+    first, second = train(cfg), train(cfg)
+    assert second.metrics["feature_cache"] == "hit"
+    for result in (first, second):
+        report = json.loads((result.run_dir / "report.json").read_text())
+        assert [s["path"] for s in report["skipped_images"]] == [str(broken)]
+        split = (result.run_dir / "split.csv").read_text()
+        assert "zz-broken" not in split and len(split.splitlines()) == 1 + 24
+    assert second.metrics["accuracy"] == first.metrics["accuracy"]
+    with pytest.raises(DataError, match="cannot read image .*zz-broken.png"):
+        train(config(data, tmp_path, "torch/mobilenet_v2", val_split=0.25, strict=True))
+
+
+def test_decoding_streams_a_few_batches_ahead(tmp_path, monkeypatch):
+    data = write_folder(tmp_path / "many", per_class=40)
+    files = datamod.labelled(datamod.scan(data))
+    started = []
+    real = datamod.load_image
+    monkeypatch.setattr(datamod, "load_image", lambda path, size: (started.append(path), real(path, size))[1])
+    seen = 0
+    for batch in datamod.decode_batches(files.paths, (16, 16), batch_size=10, threads=2):
+        seen += len(batch.index)
+        # Decoding runs ahead of the consumer by at most three batches, never the whole dataset.
+        assert len(started) <= seen + 30, (len(started), seen)
+        assert batch.images.shape == (len(batch.index), 16, 16, 3)
+    assert seen == len(files) == 120 and started == files.paths
+
+
+def test_decoding_reports_unreadable_files_in_their_batch(tmp_path):
+    data = write_folder(tmp_path / "d", per_class=3)
+    (data / "red" / "001.png").write_bytes(b"junk")
+    files = datamod.labelled(datamod.scan(data))
+    batches = list(datamod.decode_batches(files.paths, (8, 8), batch_size=4))
+    assert [len(b.index) + len(b.skipped) for b in batches] == [4, 4, 1]
+    kept = np.concatenate([b.index for b in batches]).tolist()
+    bad = files.paths.index(str(data / "red" / "001.png"))
+    assert kept == [i for i in range(9) if i != bad]
+    assert [p for b in batches for p, _ in b.skipped] == [files.paths[bad]]
+    with pytest.raises(DataError, match="cannot read image .*001.png"):
+        list(datamod.decode_batches(files.paths, (8, 8), batch_size=4, strict=True))
