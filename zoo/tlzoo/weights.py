@@ -11,6 +11,7 @@ file is hash-checked before it is loaded.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -39,6 +40,14 @@ def is_cached(spec: BackboneSpec, weights: WeightsSpec) -> bool:
 
 
 def file_digest(path: Path, algorithm: str) -> str:
+    """The file's digest; read once per process while its size and modification time stay the same (a run
+    checks the published hash and records the sha256 of the same file)."""
+    st = os.stat(path)
+    return _digest(os.path.realpath(path), algorithm, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _digest(path: str, algorithm: str, size: int, mtime_ns: int) -> str:
     h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -6,7 +6,6 @@ data -> backbone -> (cached features -> head) or (fine-tuning loop) -> run direc
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import platform
 import sys
