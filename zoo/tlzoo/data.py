@@ -58,7 +58,6 @@ class ImageList:
     paths: list[str]
     labels: np.ndarray
     classes: list[str]
-    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -81,11 +80,12 @@ class ImageList:
 
     def digests(self) -> list[str]:
         """sha256 of every file's bytes, in order."""
-        return [_file_sha256(p) for p in self.paths]
+        return [hash_file(p) for p in self.paths]
 
 
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
+def hash_file(path: str | Path, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes, read a megabyte at a time."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
@@ -223,20 +223,30 @@ def load(samples: list[Sample] | ImageList, size: tuple[int, int], classes: list
     ``whole_classes``: the samples are a whole dataset, so a class whose every image is unreadable is an
     error (a batch of a larger dataset passes False)."""
     files = samples if isinstance(samples, ImageList) else labelled(samples, classes)
-    batches, skipped = [], []
-    for batch in decode_batches(files.paths, size, batch_size=64, threads=threads, strict=strict):
-        batches.append(batch)
+    images, index, skipped = decode_all(files.paths, size, strict=strict, progress=progress, threads=threads)
+    if not len(index):
+        raise DataError("no readable images: " + _skipped_text(skipped))
+    if whole_classes:
+        check_lost_classes(files, [files.labels[index]])
+    return ImageSet(images, files.labels[index], [files.paths[i] for i in index], files.classes, skipped)
+
+
+def decode_all(paths: list[str], size: tuple[int, int], *, strict: bool = False,
+               progress: Callable[[], None] | None = None,
+               threads: int | None = None) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:  # fmt: skip
+    """Every readable image of ``paths`` in one array, their positions in ``paths``, and the unreadable ones
+    (``progress()`` after each image read)."""
+    images, index, skipped = [], [], []
+    for batch in decode_batches(paths, size, batch_size=64, threads=threads, strict=strict):
+        images.append(batch.images)
+        index.append(batch.index)
         skipped += batch.skipped
         if progress is not None:
             for _ in batch.index:
                 progress()
-    if not any(len(b.index) for b in batches):
-        raise DataError("no readable images: " + _skipped_text(skipped))
-    if whole_classes:
-        check_lost_classes(files, [files.labels[b.index] for b in batches])
-    index = np.concatenate([b.index for b in batches])
-    images = np.concatenate([b.images for b in batches])
-    return ImageSet(images, files.labels[index], [files.paths[i] for i in index], files.classes, skipped)
+    if not images:
+        return np.zeros((0, size[0], size[1], 3), np.uint8), np.zeros(0, np.int64), skipped
+    return np.concatenate(images), np.concatenate(index), skipped
 
 
 def check_lost_classes(files: ImageList, readable: list[np.ndarray]) -> None:

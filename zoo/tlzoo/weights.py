@@ -12,12 +12,12 @@ file is hash-checked before it is loaded.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .data import hash_file
 from .errors import UsageError, WeightsError
 from .specs import BackboneSpec, WeightsSpec
 
@@ -48,11 +48,7 @@ def file_digest(path: Path, algorithm: str) -> str:
 
 @functools.lru_cache(maxsize=32)
 def _digest(path: str, algorithm: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return hash_file(path, algorithm)
 
 
 def hash_matches(path: Path, weights: WeightsSpec) -> bool:

@@ -50,12 +50,14 @@ class Slot:
         self.files = files
         self.stat_key = cache_key(model=model_key, files=files.stats())
         self._key: str | None = None
+        self._aliased = False  # the key came from the alias (no need to write it again)
 
     @property
     def key(self) -> str:
         """The content key (reads every file once when no alias knows it yet)."""
         if self._key is None:
             alias = _read_alias(self.stat_key)
+            self._aliased = alias is not None
             self._key = alias or cache_key(model=self.model_key, files=self.files.digests())
         return self._key
 
@@ -65,8 +67,9 @@ class Slot:
 
     def load(self) -> Entry | None:
         entry = _read(self.path, len(self.files))
-        if entry is not None and _read_alias(self.stat_key) != self.key:
+        if entry is not None and not self._aliased:
             _write_alias(self.stat_key, self.key)
+            self._aliased = True
         return entry
 
     def store(self, entry: Entry) -> Path:
@@ -82,6 +85,7 @@ class Slot:
 
         atomic_write(path, write)
         _write_alias(self.stat_key, self.key)
+        self._aliased = True
         return path
 
 

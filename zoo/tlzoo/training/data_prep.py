@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,7 +102,7 @@ def readable(splits: Splits, kept: dict[str, np.ndarray], skipped: dict[str, lis
     everything = datamod.ImageList([p for _, part in splits.parts() for p in part.paths],
                                    np.concatenate([part.labels for _, part in splits.parts()]), splits.classes)  # fmt: skip
     datamod.check_lost_classes(everything, [part.labels for part in parts.values()])
-    datamod.check_classes(parts["train"])  # type: ignore[arg-type]
+    datamod.check_classes(parts["train"])
     lost = [p for name, _ in splits.parts() for p in skipped[name]]
     return Splits(train=parts["train"], val=parts["val"], test=parts.get("test"), classes=splits.classes,
                   root=splits.root, skipped=lost)  # fmt: skip
@@ -116,27 +115,13 @@ def decode(splits: Splits, size: tuple[int, int], cfg: TrainConfig, reporter: Re
     for name, part in splits.parts():
         assert isinstance(part, datamod.ImageList)
         with reporter.task(f"loading {names[name]} images", len(part)) as advance:
-            images, index, lost = _decode_part(part, size, cfg, lambda: advance(1))
+            images, index, lost = datamod.decode_all(part.paths, size, strict=cfg.strict, progress=lambda: advance(1),
+                                                     threads=cfg.workers or None)  # fmt: skip
         kept[name], skipped[name], decoded[name] = index, lost, images
     out = readable(splits, kept, skipped)
     for name, part in out.parts():
         setattr(out, name, datamod.ImageSet(decoded[name], part.labels, part.paths, part.classes))
     return out
-
-
-def _decode_part(part: datamod.ImageList, size: tuple[int, int], cfg: TrainConfig,
-                 progress: Callable[[], None]) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:  # fmt: skip
-    images, index, skipped = [], [], []
-    for batch in datamod.decode_batches(part.paths, size, batch_size=64, threads=cfg.workers or None,
-                                        strict=cfg.strict):  # fmt: skip
-        images.append(batch.images)
-        index.append(batch.index)
-        skipped += batch.skipped
-        for _ in batch.index:
-            progress()
-    if not images:
-        return np.zeros((0, size[0], size[1], 3), np.uint8), np.zeros(0, np.int64), skipped
-    return np.concatenate(images), np.concatenate(index), skipped
 
 
 def prepare(cfg: TrainConfig, size: tuple[int, int], reporter: Reporter) -> Splits:

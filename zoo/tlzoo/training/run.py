@@ -164,13 +164,17 @@ class Model:
         return "backbone" in self.__dict__
 
     @property
+    def has_engine(self) -> bool:
+        return "engine" in self.__dict__
+
+    @property
     def units(self) -> int:
         return len(self.spec.units) if self.spec.units else len(self.backbone.units)
 
     @property
     def device(self) -> str:
         """Where the run computed: the engine's device, or the CPU for a run that only fitted a head."""
-        return self.engine.device if "engine" in self.__dict__ else "cpu"
+        return self.engine.device if self.has_engine else "cpu"
 
     @property
     def head_only(self) -> bool:
@@ -201,7 +205,7 @@ def _discard_unstarted(run_dir: Path, model: Model, made_out_dir: Path | None) -
     ``--out-dir`` folder it made for it)."""
     import shutil
 
-    if "engine" in model.__dict__ and RunFiles(run_dir).state(model.engine.state_suffix).exists():
+    if model.has_engine and RunFiles(run_dir).state(model.engine.state_suffix).exists():
         return  # resumable: keep it
     shutil.rmtree(run_dir, ignore_errors=True)
     if made_out_dir is not None:
@@ -249,10 +253,10 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
 
     extra: dict[str, Any] = {}
     if config.strategy == "feature-extract":
-        splits, history, head, extra = _feature_extract(model, splits, config, reporter, comm)
+        splits, history, head, eval_features, extra = _feature_extract(model, splits, config, reporter, comm)
         if comm.main:
             files.write_split(splits.rows())  # the readable images: known once every part was read
-        eval_proba = probabilities(head.logits(extra.pop("eval_features")), head.output)
+        eval_proba = probabilities(head.logits(eval_features), head.output)
         output, trainable, head_meta = head.output, sum(w.size + b.size for w, b in zip(head.weights, head.biases)), \
             {"sizes": head.sizes, "dropout": head.dropout}
         frozen = units
@@ -297,7 +301,7 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
                          counts=counts, skipped=len(splits.skipped), unused=unused)  # fmt: skip
         plot_confusion(metrics["confusion_matrix"], splits.classes, files / CONFUSION_MATRIX,
                        f"{spec.id} {config.strategy} ({splits.eval_name}, acc {metrics['accuracy']:.3f})")  # fmt: skip
-        if "engine" in model.__dict__:
+        if model.has_engine:
             files.state(model.engine.state_suffix).unlink(missing_ok=True)
     comm.barrier()
     summary = {
@@ -387,9 +391,9 @@ def _merge(shards: list[feature_cache.Entry | None], world_size: int) -> feature
 
 
 def _feature_extract(model: Model, splits: Splits, cfg: TrainConfig, reporter: Reporter,
-                     comm: Collective) -> tuple[Splits, list[dict[str, Any]], HeadParams, dict[str, Any]]:  # fmt: skip
+                     comm: Collective) -> tuple[Splits, list[dict[str, Any]], HeadParams, np.ndarray, dict[str, Any]]:  # fmt: skip
     """Features of every part (cached or extracted), then the head on them. Returns the splits without their
-    unreadable images, the history, the head and what the run records (``eval_features`` included)."""
+    unreadable images, the history, the head, the evaluation split's features and what the run records."""
     t0 = time.perf_counter()
     runners: list[Any] = []
 
@@ -425,7 +429,7 @@ def _feature_extract(model: Model, splits: Splits, cfg: TrainConfig, reporter: R
         "feature_seconds": round(feature_seconds, 3), "head_seconds": round(head_seconds, 3), "head": cfg.head,
         "feature_engine": cfg.feature_engine,
     }  # fmt: skip
-    return splits, history, head, {**extra, "eval_features": feats[splits.eval_name]}
+    return splits, history, head, feats[splits.eval_name], extra
 
 
 def _fit_head(feats: dict[str, np.ndarray], splits: Splits, cfg: TrainConfig, reporter: Reporter, spec: BackboneSpec,
