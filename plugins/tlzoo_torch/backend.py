@@ -169,6 +169,26 @@ class TappedFeatures(nn.Module):
         return out
 
 
+def fold_batch_norms(model: nn.Module) -> nn.Module:
+    """An inference-only copy of ``model`` with each batch norm that follows a convolution folded into the
+    convolution's weights (torch.fx's ``fuse``): the same function in eval mode, minus one pass over every
+    activation. MobileNetV2 at 224 px runs 1.4x faster on CPU (benchmarks/feature_speed.py). ``model`` itself
+    is returned, unchanged, when it has no batch norm or torch.fx cannot trace it."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    import copy
+
+    from torch.fx.experimental.optimization import fuse
+
+    tapped = isinstance(model, TappedFeatures)
+    target = copy.deepcopy(model.extractor if tapped else model).eval()  # the tap's dict output cannot be traced
+    try:
+        folded = fuse(target, inplace=True)
+    except Exception:  # noqa: BLE001 - a model torch.fx cannot trace runs as it is
+        return model
+    return TappedFeatures(folded, channels_last=model.channels_last).eval() if tapped else folded.eval()
+
+
 class TorchBackbone(Backbone):
     framework = "torch"
 
@@ -233,6 +253,10 @@ class TorchBackbone(Backbone):
                 f"({type(exc).__name__}: {exc})"
             ) from exc
         return TappedFeatures(extractor, channels_last=self.spec.tap_layout == "channels_last")
+
+    def inference_model(self, tap: int | None = None, device: str | None = None) -> nn.Module:
+        model = fold_batch_norms(self.feature_model(tap))
+        return model.to(torch.device(device)) if device else model
 
     def parameter_arrays(self) -> list[np.ndarray]:
         return [t.detach().cpu().numpy() for t in self.model.state_dict().values()]

@@ -77,6 +77,12 @@ class Backbone(ABC):
         of the backbone's final features.
         """
 
+    def inference_model(self, tap: int | None = None, device: str | None = None) -> Any:
+        """:meth:`feature_model` for frozen inference only, on ``device`` (as the framework's engine names it;
+        None: where the backbone is). A framework may return an equivalent model made faster for inference
+        (torch folds each batch norm into the convolution before it); the backbone itself is left as it is."""
+        return self.feature_model(tap)
+
     @abstractmethod
     def parameter_arrays(self) -> list[np.ndarray]:
         """Every weight of the backbone, in a fixed order."""
@@ -97,7 +103,8 @@ class Backbone(ABC):
     def feature_width(self) -> int:
         """The width of the pooled features, measured on one blank image at the input size."""
         h, w = self.input_size
-        return int(self.extract_features(np.zeros((1, h, w, 3), np.uint8)).shape[1])
+        blank = self.preprocess(np.zeros((1, h, w, 3), np.uint8))
+        return int(np.asarray(self._run(self.feature_model(None), blank)).shape[1])
 
     def unit_names(self) -> list[str]:
         return [u.name for u in self.units]
@@ -131,7 +138,7 @@ class Backbone(ABC):
         ``progress(n)`` is called after each batch. ``run`` is a feature engine's runner
         (:mod:`tlzoo.feature_engines`; default: this framework's own feature model at ``tap``)."""
         if run is None:
-            model = self.feature_model(tap)
+            model = self.inference_model(tap)
 
             def run(batch: np.ndarray) -> np.ndarray:
                 return self._run(model, batch)

@@ -36,10 +36,11 @@ def check(name: str) -> None:
         get_registry().feature_engine(name)
 
 
-def runner(backbone: Backbone, tap: int | None, name: str, cache_dir: Path) -> Runner:
-    """The function that computes ``backbone``'s features (at unit ``tap``) with engine ``name``."""
+def runner(backbone: Backbone, tap: int | None, name: str, cache_dir: Path, device: str | None = None) -> Runner:
+    """The function that computes ``backbone``'s features (at unit ``tap``) with engine ``name``; the
+    framework's own runs on ``device`` (as its training engine names it), a plugin's engine chooses its own."""
     if name == FRAMEWORK:
-        model = backbone.feature_model(tap)
+        model = backbone.inference_model(tap, device)
         return lambda batch: backbone._run(model, batch)
     from .plugins import load_object
     from .registry import get_registry

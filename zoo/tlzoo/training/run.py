@@ -402,8 +402,9 @@ def _feature_extract(model: Model, splits: Splits, cfg: TrainConfig, reporter: R
             started = time.perf_counter()
             backbone = model.backbone
             backbone.freeze("all")
+            # The framework's own engine runs where the run's training engine would (CUDA under --device auto).
             runners.append(feature_engines.runner(backbone, model.tap, cfg.feature_engine,
-                                                  feature_cache.cache_root() / "engines"))  # fmt: skip
+                                                  feature_cache.cache_root() / "engines", device=model.engine.device))  # fmt: skip
             if cfg.feature_engine != feature_engines.FRAMEWORK:
                 reporter.info(f"feature engine: {cfg.feature_engine} ({time.perf_counter() - started:.1f} s to "
                               f"prepare, checked against {model.spec.framework})")  # fmt: skip
