@@ -23,6 +23,9 @@ from .test_export import runs, tiny_data  # noqa: F401  (module fixtures shared 
 def test_int8_head_is_refitted_on_the_int8_backbones_features(runs, tmp_path, framework):  # noqa: F811
     report = export(runs[framework], tmp_path / "m.int8.onnx", {"int8": True})
     assert report["int8_head_refit"] is True and len(report["int8_kept_fp32"]) == 1
+    # What int8 buys is measured against fp32 on this machine and said.
+    assert report["int8_speedup"] > 0
+    assert f"int8 runs at {report['int8_speedup']:.2f}x fp32's speed (batch 1, this machine)" in report["summary"]
     assert report["int8_layers"] > 10 and report["int8_search"][0]["kept_fp32"] == 1
     model = onnx.load(report["path"])
     head = next(n for n in model.graph.node if n.name == report["int8_kept_fp32"][0])
@@ -130,3 +133,19 @@ def test_a_search_that_keeps_most_layers_fp32_warns_that_little_speed_remains():
     report["int8_kept_fp32"] = ["head"]
     report["int8_head_refit"] = True
     assert _summary(report, None)[1] == []
+
+
+def test_an_int8_file_slower_than_fp32_is_reported_with_the_search_that_made_it_so():
+    from tlzoo_onnx.export import _summary
+
+    report = {"path": "m.int8.onnx", "variant": "int8", "int8_layers": 53, "int8_kept_fp32": [f"L{i}" for i in range(52)],
+              "int8_head_refit": False, "int8_search": [{}] * 13, "int8_speedup": 0.795, "batch": "dynamic"}  # fmt: skip
+    lines, warnings = _summary(report, None)
+    assert lines[2] == "int8 runs at 0.80x fp32's speed (batch 1, this machine)"
+    assert warnings == ["the int8 file runs slower than fp32 here (0.80x at batch 1: the search kept 52 of 53 layers in "
+                        "fp32 to stay within the accuracy limit); export fp32, or allow a larger drop with --max-drop"]
+    report.update(int8_kept_fp32=[], int8_speedup=0.9, batch=8)  # slower with every layer int8: said as it is
+    assert _summary(report, None)[1] == ["the int8 file runs slower than fp32 here (0.90x at batch 8); export fp32"]
+    report["int8_speedup"] = 1.6
+    assert _summary(report, None) == (["wrote m.int8.onnx (int8)", "int8: 53 of 53 layers quantized",
+                                       "int8 runs at 1.60x fp32's speed (batch 8, this machine)"], [])

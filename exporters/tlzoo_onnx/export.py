@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +71,7 @@ def export(run: TrainedRun | Path | str, out: Path | None = None, options: dict[
         elif variant == "int8":
             final = Path(tmp) / "int8.onnx"
             int8 = _to_int8(fp32, final, run, opts["raw_input"], opts["calibration"], tmp, refit_head=opts["refit_head"],
-                            max_drop=(1.0 if opts["max_drop"] is None else float(opts["max_drop"])) if opts["int8_search"] else None)  # fmt: skip
+                            batch=batch, max_drop=(1.0 if opts["max_drop"] is None else float(opts["max_drop"])) if opts["int8_search"] else None)  # fmt: skip
             _finish(final, run, opts["raw_input"], variant="int8")
         report: dict[str, Any] = {"path": str(out), "variant": variant, "opset": opset, "batch": opts["batch"],
                                   "raw_input": bool(opts["raw_input"]), "framework": run.framework}  # fmt: skip
@@ -114,7 +116,18 @@ def _summary(report: dict[str, Any], max_drop: float | None) -> tuple[list[str],
             + (f" (--max-drop {max_drop:g})" if max_drop is not None else "")
             + "; check on more data with tlzoo evaluate MODEL.onnx --data DIR"
         )  # fmt: skip
-    if 2 * searched > report.get("int8_layers", 0):
+    speed = report.get("int8_speedup")
+    at = f"batch {_batch(report.get('batch')) or 1}"
+    if speed is not None:
+        lines.append(f"int8 runs at {speed:.2f}x fp32's speed ({at}, this machine)")
+    if speed is not None and speed < 1:
+        warnings.append(
+            f"the int8 file runs slower than fp32 here ({speed:.2f}x at {at}"
+            + (f": the search kept {searched} of {report['int8_layers']} layers in fp32 to stay within the accuracy limit"
+               if searched else "")
+            + ("); export fp32, or allow a larger drop with --max-drop" if searched else "); export fp32")
+        )  # fmt: skip
+    elif 2 * searched > report.get("int8_layers", 0):
         warnings.append(
             f"to stay within the accuracy limit the search kept {len(report['int8_kept_fp32'])} of {report['int8_layers']} "
             f"layers in fp32, so little of int8's speed remains (it may be slower than fp32); export fp32, or allow a "
@@ -200,7 +213,7 @@ def _to_fp16(src: Path, dest: Path) -> None:
 
 
 def _to_int8(src: Path, dest: Path, run: TrainedRun, raw: bool, calibration: Any, tmp: str, *,
-             refit_head: bool = True, max_drop: float | None = None, weight_bits: int = 8,
+             refit_head: bool = True, batch: int | None = None, max_drop: float | None = None, weight_bits: int = 8,
              activation_bits: int = 8) -> Any:  # fmt: skip
     """Static QDQ quantization, per-channel weights, calibrated on ``calibration`` or the run's images; a linear
     head refitted on the int8 features, and the layers that cost accuracy kept in fp32 until the drop on the
@@ -209,14 +222,57 @@ def _to_int8(src: Path, dest: Path, run: TrainedRun, raw: bool, calibration: Any
     16 bits on one side (``weight_bits``/``activation_bits``) is for diagnosing where an int8
     accuracy loss comes from: onnxruntime runs such files with fp32 kernels.
     """
-    from .int8 import Int8Result, Quantizer, RefitData, linear_head, quantize_within
+    from .int8 import Int8Result, quantize_within, speedup
 
-    quantizer = Quantizer(src, _model_inputs(run, _calibration_images(run, calibration), raw), Path(tmp),
-                          weight_bits=weight_bits, activation_bits=activation_bits)  # fmt: skip
-    head, why = linear_head(run, quantizer.graph) if refit_head else (None, "--no-refit-head")
-    if max_drop is None and head is None:
+    if max_drop is None and not refit_head:
+        quantizer = _quantizer(src, run, raw, calibration, tmp, weight_bits, activation_bits)
         quantizer.quantize(dest, [])
-        return Int8Result(layers=len(quantizer.layers()), head_note=why)
+        result = Int8Result(layers=len(quantizer.layers()), head_note="--no-refit-head")
+    else:
+        job = int8_job(src, run, raw, calibration, tmp, refit_head=refit_head, weight_bits=weight_bits,
+                       activation_bits=activation_bits)  # fmt: skip
+        quantizer = job.quantizer
+        if max_drop is None and job.head is None:
+            quantizer.quantize(dest, [])
+            result = Int8Result(layers=len(quantizer.layers()), head_note=job.why)
+        else:
+            result = quantize_within(quantizer, dest, head=job.head, refit=job.refit, accuracy=job.accuracy,
+                                     max_drop=max_drop, fp32_accuracy=job.fp32_accuracy, tmp=Path(tmp))  # fmt: skip
+            result.head_note = job.why
+    # What int8 buys here at the file's smallest batch: the search may keep so much in fp32 that it is slower.
+    x = quantizer.calibration[:1]
+    result.speedup = speedup(src, dest, np.repeat(x, batch or 1, axis=0))
+    return result
+
+
+@dataclass
+class Int8Job:
+    """What an int8 export works with: the calibrated quantizer, the linear head to refit (None: not refitted,
+    for the reason ``why``) and its data, and the accuracy on the validation images (see tlzoo_onnx.int8)."""
+
+    quantizer: Any
+    head: Any
+    why: str
+    refit: Any
+    accuracy: Callable[[Path], tuple[float, float]]
+    fp32_accuracy: float
+
+
+def _quantizer(src: Path, run: TrainedRun, raw: bool, calibration: Any, tmp: str, weight_bits: int,
+               activation_bits: int) -> Any:  # fmt: skip
+    from .int8 import Quantizer
+
+    return Quantizer(src, _model_inputs(run, _calibration_images(run, calibration), raw), Path(tmp),
+                     weight_bits=weight_bits, activation_bits=activation_bits)  # fmt: skip
+
+
+def int8_job(src: Path, run: TrainedRun, raw: bool, calibration: Any, tmp: str, *, refit_head: bool = True,
+             weight_bits: int = 8, activation_bits: int = 8) -> Int8Job:  # fmt: skip
+    """Calibrate once, find the head to refit, and load the validation images every trial is measured on."""
+    from .int8 import RefitData, linear_head
+
+    quantizer = _quantizer(src, run, raw, calibration, tmp, weight_bits, activation_bits)
+    head, why = linear_head(run, quantizer.graph) if refit_head else (None, "--no-refit-head")
     images, labels = split_set(run, "val", limit=256)
     inputs = _model_inputs(run, images, raw)
     reference = _run(src, inputs)
@@ -229,10 +285,7 @@ def _to_int8(src: Path, dest: Path, run: TrainedRun, raw: bool, calibration: Any
         p = _run(path, inputs)
         return float((p.argmax(1) == labels).mean()), float(np.abs(p - reference).sum(1).mean())
 
-    result = quantize_within(quantizer, dest, head=head, refit=refit, accuracy=accuracy, max_drop=max_drop,
-                             fp32_accuracy=float((reference.argmax(1) == labels).mean()), tmp=Path(tmp))  # fmt: skip
-    result.head_note = why
-    return result
+    return Int8Job(quantizer, head, why, refit, accuracy, float((reference.argmax(1) == labels).mean()))
 
 
 def _calibration_images(run: TrainedRun, calibration: Any, limit: int = 256) -> np.ndarray:

@@ -38,6 +38,7 @@ class Int8Result:
     head_note: str = ""
     first_accuracy: float | None = None
     trials: list[dict[str, Any]] = field(default_factory=list)
+    speedup: float | None = None  # the int8 file's speed against fp32's at its smallest batch, on this machine
 
     def report(self) -> dict[str, Any]:
         return {
@@ -45,6 +46,7 @@ class Int8Result:
             "int8_head_refit": self.head_refit, **({"int8_head_note": self.head_note} if self.head_note else {}),
             **({"int8_accuracy_before_search": self.first_accuracy} if self.first_accuracy is not None else {}),
             "int8_search": self.trials,
+            **({"int8_speedup": round(self.speedup, 3)} if self.speedup is not None else {}),
         }  # fmt: skip
 
 
@@ -193,6 +195,32 @@ def _tensor_values(model_path: Path, tensor: str, *inputs: np.ndarray, batch: in
     return [run_batched(session, array, tensor, batch).reshape(len(array), -1).astype(np.float64) for array in inputs]
 
 
+def speedup(fp32: Path, int8: Path, x: np.ndarray, rounds: int = 5, runs: int = 10) -> float:
+    """How many times faster ``int8`` runs than ``fp32`` on input ``x``: the median per-call time of each,
+    measured in alternated rounds (so a machine that slows down mid-way slows both)."""
+    import time
+
+    sessions = [_session(fp32), _session(int8)]
+    name = sessions[0].get_inputs()[0].name
+    times: list[list[float]] = [[], []]
+    for s in sessions:
+        for _ in range(3):  # warm-up: the first calls allocate
+            s.run(None, {name: x})
+    for r in range(rounds):
+        for i in (0, 1) if r % 2 == 0 else (1, 0):
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                sessions[i].run(None, {name: x})
+                times[i].append(time.perf_counter() - t0)
+    return float(np.median(times[0]) / np.median(times[1]))
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
 def run_batched(session: Any, inputs: np.ndarray, output: str | None = None, batch: int = 32) -> np.ndarray:
     """One output of an onnxruntime session (its first when None) over ``inputs``, batch by batch; a model
     with a fixed batch size gets its last batch padded with copies of the last input."""
@@ -207,6 +235,18 @@ def run_batched(session: Any, inputs: np.ndarray, output: str | None = None, bat
         values = session.run([output] if output else None, {"images": chunk})[0]
         out.append(values[: len(values) - pad])
     return np.concatenate(out)
+
+
+def sensitivity_order(quantizer: Quantizer, layers: list[str], fixed: list[str],
+                      accuracy: Callable[[Path], tuple[float, float]], tmp: Path) -> list[str]:
+    """``layers``, the one whose quantization costs most first: ranked by the output distance to fp32 with
+    that layer alone left in fp32 (and ``fixed``; no head refit: a ranking, not a result)."""
+    probe = tmp / "probe.onnx"
+    distance = {}
+    for name in layers:
+        quantizer.quantize(probe, fixed + [name])
+        distance[name] = accuracy(probe)[1]
+    return sorted(layers, key=lambda n: (distance[n], layers.index(n)))
 
 
 def quantize_within(quantizer: Quantizer, dest: Path, *, head: LinearHead | None, refit: RefitData | None,
@@ -236,14 +276,7 @@ def quantize_within(quantizer: Quantizer, dest: Path, *, head: LinearHead | None
     if within(acc) or not layers:
         result.kept_fp32 = fixed
         return result
-    # Sensitivity: the output distance to fp32 with each layer alone left in fp32 (no head refit: a
-    # ranking, not a result). The smaller the distance, the more that layer's quantization costs.
-    probe = tmp / "probe.onnx"
-    distance = {}
-    for name in layers:
-        quantizer.quantize(probe, fixed + [name])
-        distance[name] = accuracy(probe)[1]
-    order = sorted(layers, key=lambda n: (distance[n], layers.index(n)))
+    order = sensitivity_order(quantizer, layers, fixed, accuracy, tmp)
     low, k = 0, 1
     high: int | None = None
     while high is None:  # doubling: the first count of layers kept in fp32 that is within
