@@ -204,7 +204,27 @@ def advise() -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"advise": advise, "strategies": strategies, "datasize": data_size, "runtimes": runtimes, "int8trained": int8_trained,
+def int8_curve() -> str:
+    data = load("int8_curve")
+    if data is None:
+        return "_not measured yet: run `python benchmarks/int8_curve.py`._"
+    lines = [machine_line(data), "",
+             f"int8 exclusion sets of the feature-extract MobileNetV2 classifier (224 px, the digits; the k layers "
+             f"whose quantization costs most kept in fp32, the head refitted each time; fp32: validation "
+             f"{data['fp32_val_accuracy']:.4f}, test {data['fp32_test_accuracy']:.4f}; `python benchmarks/int8_curve.py`):", "",
+             "| layers kept fp32 | validation accuracy (change) | test accuracy (change) | batch-1 speed-up vs fp32 |",
+             "|---|---|---|---|"]  # fmt: skip
+    for r in data["rows"]:
+        mark = " (the search's choice)" if r["kept_fp32"] == data["search_keeps"] else ""
+        lines.append(f"| {r['kept_fp32']} of {data['layers']}{mark} | {r['val_accuracy']:.4f} ({-r['val_drop_points']:+.2f}) | "
+                     f"{r['test_accuracy']:.4f} ({-r['test_drop_points']:+.2f}) | {r['batch1_speedup']:.2f}x |")
+    met = data["goal_met_at"]
+    lines += ["", f"Goal (within 1 point on the test split and >= 1.5x at batch 1): "
+              + (f"met with {', '.join(map(str, met))} layers kept fp32." if met else "met by no exclusion set.")]
+    return "\n".join(lines)
+
+
+SECTIONS = {"advise": advise, "int8curve": int8_curve, "strategies": strategies, "datasize": data_size, "runtimes": runtimes, "int8trained": int8_trained,
             "compare": compare, "startup": startup, "speed": speed}  # fmt: skip
 
 

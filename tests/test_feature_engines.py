@@ -4,6 +4,7 @@ features, in both frameworks; engines are plugins, refused by name when missing 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,6 +43,70 @@ def test_onnxruntime_features_equal_the_frameworks_and_the_export_is_cached(back
     mtime = exported[0].stat().st_mtime_ns
     feature_engines.runner(backbone, unit, "onnxruntime", tmp_path)  # reused, not exported again
     assert exported[0].stat().st_mtime_ns == mtime and len(list(tmp_path.glob("*.onnx"))) == 1
+
+
+def _norms(module):  # type: ignore[no-untyped-def]
+    import torch
+
+    return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@pytest.mark.parametrize(("backbone_id", "tap"), [("torch/mobilenet_v2", None), ("torch/resnet18", "5")])
+def test_torch_features_run_on_a_copy_with_batch_norms_folded_into_the_convolutions(backbone_id, tap):
+    import torch
+
+    backbone = get_backbone(backbone_id, input_size=32, seed=0)
+    unit = backbone.resolve_tap(tap)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # statistics far from 0 and 1, so that folding them changes the convolutions' weights
+        for norm in _norms(backbone.model):
+            for t in (norm.running_mean, norm.weight, norm.bias):
+                t.copy_(torch.randn(t.shape, generator=generator))
+            norm.running_var.copy_(torch.rand(norm.running_var.shape, generator=generator) + 0.5)
+    own = len(_norms(backbone.model))
+    folded = backbone.inference_model(unit)
+    assert own > 0 and _norms(folded) == [] and len(_norms(backbone.model)) == own  # the backbone keeps its own
+    images = np.random.default_rng(3).integers(0, 256, size=(4, 32, 32, 3)).astype("uint8")
+    expected = backbone._run(backbone.feature_model(unit), backbone.preprocess(images))
+    got = backbone.extract_features(images, tap=unit, batch_size=2)
+    assert np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max()))
+    # The framework engine of a training run is the same folded copy.
+    run = feature_engines.runner(backbone, unit, "framework", Path("unused"), device="cpu")
+    np.testing.assert_allclose(run(backbone.preprocess(images)), got, rtol=1e-6, atol=1e-6)
+
+
+def test_a_model_torch_fx_cannot_trace_runs_unfolded():
+    import torch
+    from tlzoo_torch.backend import fold_batch_norms
+
+    class Branchy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.norm = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.norm(self.conv(x))
+            return y if y.sum() > 0 else -y  # data-dependent control flow: torch.fx refuses it
+
+    model = Branchy().eval()
+    assert fold_batch_norms(model) is model
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    assert fold_batch_norms(plain) is plain  # nothing to fold: no copy
+
+
+def test_the_framework_engine_builds_its_model_on_the_device_it_is_given(monkeypatch, tmp_path):
+    backbone = get_backbone("torch/resnet18", input_size=32, seed=0)
+    asked = []
+    build = backbone.inference_model
+
+    def recording(tap=None, device=None):  # type: ignore[no-untyped-def]
+        asked.append((tap, device))
+        return build(tap, device)
+
+    monkeypatch.setattr(backbone, "inference_model", recording)
+    feature_engines.runner(backbone, 3, "framework", tmp_path, device="cpu")
+    assert asked == [(3, "cpu")]
 
 
 def test_a_damaged_cached_export_is_replaced(tmp_path):

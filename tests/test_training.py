@@ -284,3 +284,39 @@ def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved_and_leaves_no_run(tiny
         train(config(tiny_data, tmp_path, backbone="torch/resnet18", strategy="fine-tune", name="early"),
               InterruptMidEpoch())  # fmt: skip
     assert not (tmp_path / "runs" / "early").exists()
+
+
+def _overlapping_classes(seed: int, n: int = 200, dim: int = 40, classes: int = 4):  # type: ignore[no-untyped-def]
+    centres = np.random.default_rng(0).normal(size=(classes, dim))
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    return (centres[y] + 3.0 * rng.normal(size=(n, dim))).astype(np.float32), y
+
+
+@pytest.mark.parametrize("kind", ["softmax", "logreg-ovr", "linear-svm"])
+def test_c_is_chosen_by_validation_log_loss_for_logistic_heads_and_by_accuracy_for_the_svm(kind):
+    from tlzoo.training.heads import choose_c, head_scores
+
+    (x, y), (xv, yv) = _overlapping_classes(0), _overlapping_classes(1)
+    cs = (0.001, 0.01, 0.1, 1.0, 10.0)
+    c, head, scores = choose_c(kind, x, y, xv, yv, 4, cs)
+    assert [s[0] for s in scores] == list(cs)
+    loss, accuracy = head_scores(head, xv, yv, 4)
+    assert (c, accuracy, loss) in scores  # the head returned is the chosen C's, kept
+    if kind == "linear-svm":
+        assert accuracy == max(s[1] for s in scores)
+    else:
+        assert loss == min(s[2] for s in scores)
+        # On this data the two rules disagree: the best accuracy is at stronger regularization.
+        assert c == 0.1 and accuracy < max(s[1] for s in scores)
+
+
+def test_the_chosen_c_does_not_move_with_a_feature_change_of_parts_per_million():
+    from tlzoo.training.heads import choose_c
+
+    (x, y), (xv, yv) = _overlapping_classes(1), _overlapping_classes(2)
+    rng = np.random.default_rng(3)
+    nudge = lambda a: (a * (1 + 3e-6 * rng.standard_normal(a.shape))).astype(np.float32)  # noqa: E731
+    cs = (0.001, 0.01, 0.1, 1.0, 10.0)
+    chosen = {choose_c("softmax", nudge(x), y, nudge(xv), yv, 4, cs)[0] for _ in range(5)}
+    assert chosen == {choose_c("softmax", x, y, xv, yv, 4, cs)[0]}

@@ -140,15 +140,26 @@ def head_scores(head: HeadParams, x: np.ndarray, y: np.ndarray, n_classes: int) 
 
 def choose_c(kind: str, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int,
              cs: tuple[float, ...], *, seed: int = 0) -> tuple[float, HeadParams, list[tuple[float, float, float]]]:  # fmt: skip
-    """The C in ``cs`` whose head has the best validation accuracy (then log loss, then the stronger
-    regularization), as LogisticRegressionCV would, and that head (kept, not refitted); with every C's
-    (C, validation accuracy, validation log loss)."""
-    scored = []
+    """The C in ``cs`` whose head does best on the validation data, and that head (kept, not refitted); with
+    every C's (C, validation accuracy, validation log loss).
+
+    The logistic heads are ranked by log loss (then accuracy, then the stronger regularization): a continuous
+    score, so the choice does not hinge on one validation image. Ranked by accuracy, a feature change of a
+    few parts per million (folded batch norms, another device) flipped the main job's choice between C=1 and
+    C=10, whose weakly regularized fit moved two validation images. The SVM's probabilities are a softmax
+    over uncalibrated margins, so it is ranked by accuracy first.
+    """
+    rows = []
     for c, head in zip(cs, fit_linear_path(kind, x, y, n_classes, cs, seed=seed)):
         loss, accuracy = head_scores(head, x_val, y_val, n_classes)
-        scored.append((accuracy, -loss, -c, c, head))
-    best = max(scored, key=lambda t: t[:4])
-    return best[3], best[4], [(c, acc, -neg_loss) for acc, neg_loss, _, c, _ in scored]
+        rows.append((c, accuracy, loss, head))
+
+    def rank(row: tuple[float, float, float, HeadParams]) -> tuple[float, float, float]:
+        c, accuracy, loss, _ = row
+        return (accuracy, -loss, -c) if kind == "linear-svm" else (-loss, accuracy, -c)
+
+    c, _, _, head = max(rows, key=rank)
+    return c, head, [(c, accuracy, loss) for c, accuracy, loss, _ in rows]
 
 
 def _fold(coef: np.ndarray, intercept: np.ndarray, classes: np.ndarray, scaler: Any, dim: int, n_classes: int,

@@ -460,11 +460,12 @@ C_GRID = (0.01, 0.1, 1.0, 10.0)
 
 def _choose_c(kind: str, feats: dict[str, np.ndarray], splits: Splits, reporter: Reporter,
               seed: int) -> tuple[float, HeadParams]:  # fmt: skip
-    """The regularization with the best validation accuracy (then log loss), and the head fitted with it: the
-    path over C is warm-started and the winner is kept, not refitted."""
+    """The regularization that does best on the validation data (see :func:`tlzoo.training.heads.choose_c`), and
+    the head fitted with it: the path over C is warm-started and the winner is kept, not refitted."""
     c, head, scores = choose_c(kind, feats["train"], splits.train.labels, feats["val"], splits.val.labels,
                                len(splits.classes), C_GRID, seed=seed)  # fmt: skip
-    reporter.info("--C chosen on validation data: " + ", ".join(f"C={value:g} acc {acc:.4f}" for value, acc, _ in scores)
+    reporter.info("--C chosen on validation data: " + ", ".join(f"C={value:g} acc {acc:.4f} log loss {loss:.3f}"
+                                                                for value, acc, loss in scores)
                   + f" -> C={c:g}")  # fmt: skip
     return c, head
 
