@@ -80,7 +80,8 @@ class Backbone(ABC):
     def inference_model(self, tap: int | None = None, device: str | None = None) -> Any:
         """:meth:`feature_model` for frozen inference only, on ``device`` (as the framework's engine names it;
         None: where the backbone is). A framework may return an equivalent model made faster for inference
-        (torch folds each batch norm into the convolution before it); the backbone itself is left as it is."""
+        (torch folds each batch norm into the convolution before it, on a copy: the backbone's own modules keep
+        their weights, and are only moved to ``device`` when there was nothing to fold)."""
         return self.feature_model(tap)
 
     @abstractmethod

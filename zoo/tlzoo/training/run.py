@@ -466,7 +466,7 @@ def _choose_c(kind: str, feats: dict[str, np.ndarray], splits: Splits, reporter:
                                len(splits.classes), C_GRID, seed=seed)  # fmt: skip
     reporter.info("--C chosen on validation data: " + ", ".join(f"C={value:g} acc {acc:.4f} log loss {loss:.3f}"
                                                                 for value, acc, loss in scores)
-                  + f" -> C={c:g}")  # fmt: skip
+                  + f" -> C={c:g} ({'best accuracy' if kind == 'linear-svm' else 'lowest log loss'})")  # fmt: skip
     return c, head
 
 
