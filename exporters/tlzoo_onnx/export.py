@@ -224,21 +224,17 @@ def _to_int8(src: Path, dest: Path, run: TrainedRun, raw: bool, calibration: Any
     """
     from .int8 import Int8Result, quantize_within, speedup
 
-    if max_drop is None and not refit_head:
-        quantizer = _quantizer(src, run, raw, calibration, tmp, weight_bits, activation_bits)
+    # Plain int8 (--no-refit-head --no-int8-search) needs neither the validation images nor the head.
+    job = int8_job(src, run, raw, calibration, tmp, refit_head=refit_head, weight_bits=weight_bits,
+                   activation_bits=activation_bits) if refit_head or max_drop is not None else None  # fmt: skip
+    quantizer = job.quantizer if job else _quantizer(src, run, raw, calibration, tmp, weight_bits, activation_bits)
+    if job is None or (max_drop is None and job.head is None):
         quantizer.quantize(dest, [])
-        result = Int8Result(layers=len(quantizer.layers()), head_note="--no-refit-head")
+        result = Int8Result(layers=len(quantizer.layers()))
     else:
-        job = int8_job(src, run, raw, calibration, tmp, refit_head=refit_head, weight_bits=weight_bits,
-                       activation_bits=activation_bits)  # fmt: skip
-        quantizer = job.quantizer
-        if max_drop is None and job.head is None:
-            quantizer.quantize(dest, [])
-            result = Int8Result(layers=len(quantizer.layers()), head_note=job.why)
-        else:
-            result = quantize_within(quantizer, dest, head=job.head, refit=job.refit, accuracy=job.accuracy,
-                                     max_drop=max_drop, fp32_accuracy=job.fp32_accuracy, tmp=Path(tmp))  # fmt: skip
-            result.head_note = job.why
+        result = quantize_within(quantizer, dest, head=job.head, refit=job.refit, accuracy=job.accuracy,
+                                 max_drop=max_drop, fp32_accuracy=job.fp32_accuracy, tmp=Path(tmp))  # fmt: skip
+    result.head_note = job.why if job else "--no-refit-head"
     # What int8 buys here at the file's smallest batch: the search may keep so much in fp32 that it is slower.
     x = quantizer.calibration[:1]
     result.speedup = speedup(src, dest, np.repeat(x, batch or 1, axis=0))
