@@ -117,7 +117,7 @@ def default_threads() -> int:
 
 def decode_batches(paths: list[str], size: tuple[int, int], *, batch_size: int, threads: int | None = None,
                    strict: bool = False) -> Iterator[DecodedBatch]:  # fmt: skip
-    """Decode ``paths`` in order, ``batch_size`` at a time, on a pool of threads that works at most two
+    """Decode ``paths`` in order, ``batch_size`` at a time, on a pool of threads that works at most three
     batches ahead of the consumer: memory holds a few batches, never the dataset. Unreadable files are
     reported in their batch's ``skipped`` (``strict``: raise :class:`DataError` instead)."""
     ahead = 3 * batch_size

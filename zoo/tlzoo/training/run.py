@@ -402,9 +402,12 @@ def _feature_extract(model: Model, splits: Splits, cfg: TrainConfig, reporter: R
             started = time.perf_counter()
             backbone = model.backbone
             backbone.freeze("all")
-            # The framework's own engine runs where the run's training engine would (CUDA under --device auto).
+            # The framework's own engine runs where the run's training engine would (CUDA under --device auto);
+            # a plugin's engine picks its own device, so no training engine is made for it.
+            own = cfg.feature_engine == feature_engines.FRAMEWORK
             runners.append(feature_engines.runner(backbone, model.tap, cfg.feature_engine,
-                                                  feature_cache.cache_root() / "engines", device=model.engine.device))  # fmt: skip
+                                                  feature_cache.cache_root() / "engines",
+                                                  device=model.engine.device if own else None))  # fmt: skip
             if cfg.feature_engine != feature_engines.FRAMEWORK:
                 reporter.info(f"feature engine: {cfg.feature_engine} ({time.perf_counter() - started:.1f} s to "
                               f"prepare, checked against {model.spec.framework})")  # fmt: skip
