@@ -1,9 +1,10 @@
 """Feature extraction speed: tlzoo's torch path (batch norms folded into the convolutions, channels_last,
 inference_mode) and its onnxruntime feature engine (a checked, cached ONNX export of the frozen backbone) against
 onnxruntime on the exported classifier of the same backbone, and against the paths tlzoo used before (channels_last
-without folding; NCHW), alternated in one process.
+without folding; NCHW), alternated in one process. ``--feature-engine auto`` (the default) is timed as a run makes
+it, once per call, with the onnxruntime export already cached: its measuring batches and its choice included.
 
-    python benchmarks/feature_speed.py [--rounds 3] [--images 256]
+    python benchmarks/feature_speed.py [--rounds 3] [--images 576]
 
 MobileNetV2 at 224 px, batch 32, RGB uint8 images in; images/s of the whole call (normalization included).
 The goal (issue 11): tlzoo's extraction >= 0.8x the images/s onnxruntime reaches on the exported classifier.
@@ -30,7 +31,7 @@ def _rate(fn, n: int) -> float:  # type: ignore[no-untyped-def]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--images", type=int, default=576)  # 18 batches: the fewest auto measures on
     args = parser.parse_args()
 
     import torch  # noqa: F401  (before anything else that loads LLVM)
@@ -70,8 +71,16 @@ def main() -> None:
                 x = torch.from_numpy(np.ascontiguousarray(old.preprocess(images[i : i + 32]).transpose(0, 3, 1, 2)))
                 old.model.eval()(x)
 
+    choices: list[str] = []
+
+    def auto() -> None:
+        run = feature_engines.runner(backbone, None, "auto", work / "engines", images=len(images), batch_size=32)
+        backbone.extract_features(images, batch_size=32, run=run)
+        choices.append(run.choice.engine)  # type: ignore[attr-defined]
+
     runners = {
         "tlzoo torch (folded, channels_last, inference_mode)": lambda: backbone.extract_features(images, batch_size=32),
+        "tlzoo --feature-engine auto (export cached)": auto,
         "tlzoo --feature-engine onnxruntime": lambda: backbone.extract_features(images, batch_size=32, run=engine),
         "torch channels_last, batch norms kept (tlzoo before)": lambda: backbone.extract_features(
             images, batch_size=32, run=lambda batch: backbone._run(unfolded, batch)),
@@ -91,7 +100,7 @@ def main() -> None:
                 f"{args.rounds} alternated rounds",
         "images_per_second": rates, "tlzoo_vs_onnxruntime": round(ours / ort, 2),
         "onnxruntime_engine_vs_onnxruntime": round(rates["tlzoo --feature-engine onnxruntime"] / ort, 2),
-        "onnxruntime_engine_prepare_s": round(prepare_s, 1),
+        "onnxruntime_engine_prepare_s": round(prepare_s, 1), "auto_chose": choices[1:],  # the warm-up's left out
         "tlzoo_vs_before": round(ours / rates["torch channels_last, batch norms kept (tlzoo before)"], 2),
         "tlzoo_vs_nchw": round(ours / rates["torch NCHW (tlzoo earlier)"], 2), "goal": ">= 0.8x onnxruntime",
     }  # fmt: skip

@@ -36,7 +36,7 @@ def main() -> None:
     from tlzoo.training.data_prep import default_data_root
     from tlzoo.training.run import train
     from tlzoo_onnx.export import _model_inputs, _run, export, int8_job, split_set
-    from tlzoo_onnx.int8 import sensitivity_order, speedup
+    from tlzoo_onnx.int8 import LAYER_OPS, sensitivity_order, speedup
 
     work = Path(tempfile.mkdtemp(prefix="tlzoo-bench-int8-curve-"))
     run = train(TrainConfig(backbone="torch/mobilenet_v2", data=str(ensure_digits(default_data_root())), image_size=224,
@@ -54,25 +54,36 @@ def main() -> None:
     test_inputs = _model_inputs(trained, images, False)
     test_fp32 = float((_run(fp32, test_inputs).argmax(1) == labels).mean())
 
-    rows: list[dict[str, Any]] = []
-    for k in sorted({min(int(k), len(order)) for k in args.keep.split(",")}):
-        path = work / f"keep{k}.onnx"
-        job.quantizer.quantize(path, fixed + order[:k])
+    def measure(keep: list[str], path: Path) -> dict[str, Any]:
+        job.quantizer.quantize(path, fixed + keep)
         job.head.refit(path, job.refit)
         val = job.accuracy(path)[0]
         test = float((_run(path, test_inputs).argmax(1) == labels).mean())
-        row = {"kept_fp32": k, "val_accuracy": val, "val_drop_points": round(100 * (job.fp32_accuracy - val), 2),
-               "test_accuracy": test, "test_drop_points": round(100 * (test_fp32 - test), 2),
-               "batch1_speedup": round(speedup(fp32, path, test_inputs[:1], rounds=7, runs=20), 3)}  # fmt: skip
-        rows.append(row)
-        print(row, flush=True)
+        return {"val_accuracy": val, "val_drop_points": round(100 * (job.fp32_accuracy - val), 2),
+                "test_accuracy": test, "test_drop_points": round(100 * (test_fp32 - test), 2),
+                "batch1_speedup": round(speedup(fp32, path, test_inputs[:1], rounds=7, runs=20), 3)}  # fmt: skip
+
+    rows: list[dict[str, Any]] = []
+    for k in sorted({min(int(k), len(order)) for k in args.keep.split(",")}):
+        rows.append({"kept_fp32": k, **measure(order[:k], work / f"keep{k}.onnx")})
+        print(rows[-1], flush=True)
+    # Beyond layers: the operators between them. In QDQ a tensor stays fp32 only when its producer and every
+    # consumer do, so these show whether any operator-level exclusion can help while the layers stay int8.
+    graph = job.quantizer.graph
+    by_op = {"every residual Add": [n.name for n in graph.node if n.op_type == "Add"],
+             "every operator but the layers (Clip, Add, pooling, reshapes)":
+                 [n.name for n in graph.node if n.op_type not in LAYER_OPS]}  # fmt: skip
+    operator_rows = []
+    for what, names in by_op.items():
+        operator_rows.append({"kept_fp32": what, "operators": len(names), **measure(names, work / "ops.onnx")})
+        print(operator_rows[-1], flush=True)
     chosen = next((r["kept_fp32"] for r in rows if r["val_drop_points"] <= 1.0), None)
     meets = [r["kept_fp32"] for r in rows if r["test_drop_points"] <= 1.0 and r["batch1_speedup"] >= 1.5]
     result = {
         "what": f"torch/mobilenet_v2 IMAGENET1K_V1 feature-extract classifier, 224 px, digits; {len(labels)} test and "
                 f"{len(job.refit.val_labels)} validation images; layers kept fp32 in sensitivity order, head refitted",
         "fp32_val_accuracy": job.fp32_accuracy, "fp32_test_accuracy": test_fp32, "layers": len(layers),
-        "sensitivity_order": order, "ranking_seconds": round(ranking_s, 1), "rows": rows,
+        "sensitivity_order": order, "ranking_seconds": round(ranking_s, 1), "rows": rows, "operator_rows": operator_rows,
         "search_keeps": chosen, "goal": "test drop <= 1 point and >= 1.5x at batch 1", "goal_met_at": meets,
     }  # fmt: skip
     write("int8_curve", result)

@@ -107,7 +107,7 @@ def speed() -> str:
         f = feats["images_per_second"]
         ort = f["onnxruntime, exported classifier"]
         names = ("tlzoo torch (folded, channels_last, inference_mode)", "tlzoo --feature-engine onnxruntime",
-                 "torch channels_last, batch norms kept (tlzoo before)")
+                 "tlzoo --feature-engine auto (export cached)", "torch channels_last, batch norms kept (tlzoo before)")
         first = f"feature extraction (`benchmarks/feature_speed.py`, {feats['date']})"
         for i, name in enumerate(n for n in names if n in f):
             rows.append(f"| {first if i == 0 else ''} | {name} vs onnxruntime on the exported classifier, img/s | "
@@ -217,6 +217,9 @@ def int8_curve() -> str:
     for r in data["rows"]:
         mark = " (the search's choice)" if r["kept_fp32"] == data["search_keeps"] else ""
         lines.append(f"| {r['kept_fp32']} of {data['layers']}{mark} | {r['val_accuracy']:.4f} ({-r['val_drop_points']:+.2f}) | "
+                     f"{r['test_accuracy']:.4f} ({-r['test_drop_points']:+.2f}) | {r['batch1_speedup']:.2f}x |")
+    for r in data.get("operator_rows", []):
+        lines.append(f"| no layer; {r['kept_fp32']} ({r['operators']} operators) | {r['val_accuracy']:.4f} ({-r['val_drop_points']:+.2f}) | "
                      f"{r['test_accuracy']:.4f} ({-r['test_drop_points']:+.2f}) | {r['batch1_speedup']:.2f}x |")
     met = data["goal_met_at"]
     lines += ["", f"Goal (within 1 point on the test split and >= 1.5x at batch 1): "

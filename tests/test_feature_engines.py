@@ -4,6 +4,7 @@ features, in both frameworks; engines are plugins, refused by name when missing 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from tlzoo import feature_engines
 from tlzoo.backbone import get_backbone
 from tlzoo.errors import UsageError
 from tlzoo.registry import get_registry
+from tlzoo.specs import FeatureEngineSpec
 from tlzoo.training.config import TrainConfig
 
 from .conftest import run_tlzoo
@@ -20,9 +22,9 @@ from .datagen import write_folder
 
 
 def test_the_onnx_plugin_registers_the_onnxruntime_engine():
-    assert feature_engines.names() == ["framework", "onnxruntime"]
+    assert feature_engines.names() == ["auto", "framework", "onnxruntime"]
     spec = get_registry().feature_engine("onnxruntime")
-    assert spec.engine == "tlzoo_onnx.features:engine"
+    assert spec.engine == "tlzoo_onnx.features:engine" and spec.prepared == "tlzoo_onnx.features:prepared"
     assert get_registry().owners["feature_engine onnxruntime"] == "onnx"
     with pytest.raises(UsageError, match="--feature-engine 'onnxruntim' is not installed. Did you mean 'onnxruntime'"):
         feature_engines.check("onnxruntim")
@@ -140,3 +142,142 @@ def test_train_with_the_onnxruntime_engine_matches_the_framework_run(tmp_path):
     metrics = json.loads((tmp_path / "runs" / "ort" / "metrics.json").read_text())
     assert metrics["feature_engine"] == "onnxruntime" and metrics["feature_cache"] == "miss"  # its own cache key
     assert len(list((tmp_path / "cache").rglob("*.onnx"))) == 1
+
+
+# ---------------------------------------------------------------- --feature-engine auto
+
+MADE: list[str] = []  # the fake engines made, in order
+
+
+def _direct(backbone, tap, cache_dir):  # type: ignore[no-untyped-def]
+    """The framework's own computation, reached past a test's slowed-down ``backbone._run``."""
+    MADE.append("direct")
+    model = backbone.inference_model(tap)
+    return lambda batch: type(backbone)._run(backbone, model, batch)
+
+
+def _sleepy(backbone, tap, cache_dir):  # type: ignore[no-untyped-def]
+    MADE.append("sleepy")
+    model = backbone.inference_model(tap)
+
+    def run(batch):  # type: ignore[no-untyped-def]
+        time.sleep(0.05)
+        return type(backbone)._run(backbone, model, batch)
+
+    return run
+
+
+def _broken(backbone, tap, cache_dir):  # type: ignore[no-untyped-def]
+    MADE.append("broken")
+    raise RuntimeError("boom")
+
+
+def _ready(backbone, tap, cache_dir):  # type: ignore[no-untyped-def]
+    return True
+
+
+@pytest.fixture
+def engines(monkeypatch):  # type: ignore[no-untyped-def]
+    """Replace the installed engines with fake ones: ``engines(name=(factory, prepared))``."""
+    MADE.clear()
+    installed = get_registry().feature_engines
+    for name in list(installed):
+        monkeypatch.delitem(installed, name)
+
+    def install(**fakes):  # type: ignore[no-untyped-def]
+        for name, (factory, prepared) in fakes.items():
+            monkeypatch.setitem(installed, name, FeatureEngineSpec(
+                name, f"{__name__}:{factory}", prepared=f"{__name__}:{prepared}" if prepared else ""))
+
+    return install
+
+
+def _auto_features(backbone, images, batch_size=4):  # type: ignore[no-untyped-def]
+    run = feature_engines.runner(backbone, None, "auto", Path("unused"), images=len(images), batch_size=batch_size)
+    return run, backbone.extract_features(images, batch_size=batch_size, run=run)
+
+
+IMAGES = np.random.default_rng(3).integers(0, 256, size=(80, 32, 32, 3)).astype("uint8")  # 20 batches of 4
+
+
+def test_auto_keeps_an_engine_that_measures_faster_than_the_framework(engines, monkeypatch):
+    engines(direct=("_direct", "_ready"))
+    backbone = get_backbone("torch/resnet18", input_size=32, seed=0)
+    expected = backbone.extract_features(IMAGES, batch_size=4)
+    slowed = backbone._run
+    monkeypatch.setattr(backbone, "_run", lambda model, batch: (time.sleep(0.03), slowed(model, batch))[1])
+    run, features = _auto_features(backbone, IMAGES)
+    choice = run.choice
+    assert choice.engine == "direct" and MADE == ["direct"]
+    rates = choice.images_per_second
+    assert set(rates) == {"framework", "direct"} and rates["direct"] > rates["framework"]
+    # a warm-up and a timed batch on the framework, then the engine's warm-up, then three timed batches each in turn
+    assert [len(run.times[n]) for n in ("framework", "direct")] == [1 + feature_engines.SAMPLES, feature_engines.SAMPLES]
+    np.testing.assert_allclose(features, expected, rtol=1e-6, atol=1e-6)
+    assert choice.line().startswith("feature engine: direct (auto: ")
+    assert "images/s against framework" in choice.line()
+
+
+def test_auto_keeps_the_framework_when_the_engine_is_slower(engines):
+    engines(sleepy=("_sleepy", "_ready"))
+    backbone = get_backbone("torch/resnet18", input_size=32, seed=0)
+    run, features = _auto_features(backbone, IMAGES)
+    assert run.choice.engine == "framework" and MADE == ["sleepy"]
+    assert run.choice.images_per_second["sleepy"] < run.choice.images_per_second["framework"]
+    assert list(run.runners) == ["framework"]  # the engine not kept is let go
+    np.testing.assert_allclose(features, backbone.extract_features(IMAGES, batch_size=4), rtol=1e-6, atol=1e-6)
+
+
+def test_auto_prepares_an_engine_only_when_the_job_is_long_enough_to_pay_for_it(engines, monkeypatch):
+    engines(direct=("_direct", None))  # no prepared() probe: treated as not prepared
+    backbone = get_backbone("torch/resnet18", input_size=32, seed=0)
+    run, _ = _auto_features(backbone, IMAGES)
+    assert MADE == [] and run.choice.engine == "framework"
+    why = run.choice.passed_over["direct"]
+    assert why.startswith("is not prepared for this backbone, and the 76 images left take the framework about 0 s")
+    assert why.endswith("under the 60 s its preparation pays from")
+    monkeypatch.setattr(feature_engines, "PREPARE_FROM_SECONDS", 0.0)
+    run, _ = _auto_features(backbone, IMAGES)
+    assert MADE == ["direct"] and set(run.choice.images_per_second) == {"framework", "direct"}
+    assert "direct" in run.choice.prepare_seconds
+
+
+def test_auto_passes_over_an_engine_that_fails_and_runs_on(engines):
+    engines(broken=("_broken", "_ready"))
+    backbone = get_backbone("torch/resnet18", input_size=32, seed=0)
+    run, features = _auto_features(backbone, IMAGES)
+    assert MADE == ["broken"] and run.choice.engine == "framework"
+    assert run.choice.passed_over == {"broken": "cannot run: failed (RuntimeError: boom)"}
+    assert run.choice.line() == "feature engine: framework (auto: broken cannot run: failed (RuntimeError: boom))"
+    np.testing.assert_allclose(features, backbone.extract_features(IMAGES, batch_size=4), rtol=1e-6, atol=1e-6)
+
+
+def test_auto_runs_a_job_too_small_to_measure_on_the_framework_alone(engines):
+    engines(direct=("_direct", "_ready"))
+    backbone = get_backbone("torch/resnet18", input_size=32, seed=0)
+    small = IMAGES[: 4 * feature_engines.MIN_BATCHES - 1]
+    run, _ = _auto_features(backbone, small)
+    assert MADE == [] and run.choice.engine == "framework" and run.choice.line() is None
+
+
+def test_train_with_auto_measures_the_cached_onnxruntime_export_against_the_framework(tmp_path):
+    data = write_folder(tmp_path / "data", per_class=12)  # 36 images: 18 batches of 2, enough to measure on
+    env = {"TLZOO_CACHE": str(tmp_path / "cache")}
+    common = ["train", "-b", "resnet18", "--weights", "none", "--image-size", "32", "--data", str(data),
+              "--out-dir", str(tmp_path / "runs"), "--batch-size", "2"]  # fmt: skip
+    small = run_tlzoo(*common, "--name", "small", "--json", env=env)  # the default engine is auto
+    assert small.returncode == 0, small.stderr[-2000:]
+    first = json.loads((tmp_path / "runs" / "small" / "metrics.json").read_text())
+    assert first["feature_engine"] == "framework" and first["feature_cache"] == "miss"
+    assert "is not prepared for this backbone" in first["feature_engine_auto"]["passed_over"]["onnxruntime"]
+    assert not list((tmp_path / "cache").rglob("*.onnx"))  # a short job does not pay for an export
+    exported = run_tlzoo(*common, "--name", "ort", "--feature-engine", "onnxruntime", env=env)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    auto = run_tlzoo(*common, "--name", "auto", "--no-cache", env=env)
+    assert auto.returncode == 0, auto.stderr[-2000:]
+    metrics = json.loads((tmp_path / "runs" / "auto" / "metrics.json").read_text())
+    record = metrics["feature_engine_auto"]
+    assert set(record["images_per_second"]) == {"framework", "onnxruntime"}
+    assert metrics["feature_engine"] == record["engine"] == max(record["images_per_second"], key=record["images_per_second"].get)
+    assert f"feature engine: {record['engine']} (auto: " in auto.stderr + auto.stdout
+    assert metrics["accuracy"] == json.loads(small.stdout)["accuracy"]

@@ -61,6 +61,7 @@ def register_feature_engines() -> list[FeatureEngineSpec]:
         FeatureEngineSpec(
             name="onnxruntime",
             engine="tlzoo_onnx.features:engine",
+            prepared="tlzoo_onnx.features:prepared",
             description="the frozen backbone exported once to ONNX (checked against the framework, cached) and "
             "run by onnxruntime",
         )

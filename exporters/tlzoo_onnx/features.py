@@ -24,7 +24,6 @@ ATOL = 1e-3  # relative to the features' scale: float32 graphs reorder sums, not
 
 def engine(backbone: Any, tap: int | None, cache_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
     """A function mapping a preprocessed NHWC float32 batch to the backbone's pooled features."""
-    from tlzoo import __version__
     from tlzoo.adapters import adapter_for, framework_spec
     from tlzoo.rundir import atomic_write
 
@@ -35,10 +34,7 @@ def engine(backbone: Any, tap: int | None, cache_dir: Path) -> Callable[[np.ndar
                          f"use --feature-engine framework")  # fmt: skip
     layout = framework_spec(spec.framework).input_layout
     h, w = backbone.input_size
-    key = hashlib.sha256(
-        f"{spec.id}|{backbone.weights_digest()}|{tap}|{h}x{w}|{OPSET}|{__version__}".encode()
-    ).hexdigest()[:20]  # fmt: skip
-    path = Path(cache_dir) / f"{spec.id.replace('/', '-')}-{key}.onnx"
+    path = _cached_path(backbone, tap, cache_dir)
     probe = np.random.default_rng(0).normal(size=(2, h, w, 3)).astype(np.float32)
     model = backbone.feature_model(tap)  # a tap is traced by torch.fx: once, for the check and the export
     expected = backbone._run(model, probe)
@@ -66,11 +62,32 @@ def engine(backbone: Any, tap: int | None, cache_dir: Path) -> Callable[[np.ndar
     return _runner(path, layout)
 
 
+def prepared(backbone: Any, tap: int | None, cache_dir: Path) -> bool:
+    """Whether this backbone's export is in the cache (``--feature-engine auto`` then tries it on any job)."""
+    return _cached_path(backbone, tap, cache_dir).is_file()
+
+
+def _cached_path(backbone: Any, tap: int | None, cache_dir: Path) -> Path:
+    """Where the export of ``backbone`` at ``tap`` is kept: by backbone, weights, tap, input size and tlzoo version."""
+    from tlzoo import __version__
+
+    spec = backbone.spec
+    h, w = backbone.input_size
+    key = hashlib.sha256(
+        f"{spec.id}|{backbone.weights_digest()}|{tap}|{h}x{w}|{OPSET}|{__version__}".encode()
+    ).hexdigest()[:20]  # fmt: skip
+    return Path(cache_dir) / f"{spec.id.replace('/', '-')}-{key}.onnx"
+
+
 def _runner(path: Path, layout: str) -> Callable[[np.ndarray], np.ndarray]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # onnxruntime's idle threads spin after each batch by default, taking the cores from the image decoding
+    # that runs alongside, and from the framework while --feature-engine auto times the two in turn
+    # (torch at 64 px measured 0.5x its speed between onnxruntime batches with spinning, 1.0x without).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(path), options, providers=_providers())
     except Exception as exc:

@@ -2,14 +2,17 @@
 
 ``framework`` is the backbone's own framework (the adapter's feature model). Plugins add others with
 ``register_feature_engines`` (tlzoo's ONNX plugin adds ``onnxruntime``: a checked, cached ONNX export of
-the frozen backbone). Every engine maps a batch of preprocessed NHWC float32 images to pooled features.
+the frozen backbone). ``auto`` (the default) measures on the run's own batches and keeps the fastest
+(:class:`Auto`). Every engine maps a batch of preprocessed NHWC float32 images to pooled features.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,28 +20,43 @@ if TYPE_CHECKING:
     from .backbone import Backbone
 
 FRAMEWORK = "framework"
+AUTO = "auto"
+
+# An engine whose one-off preparation (an export, say) is not done yet is tried by ``auto`` only when the
+# framework would take at least this long on the images left: a backbone's ONNX export and check costs a few
+# seconds (7 s for MobileNetV2 at 224 px on 2 cores) and onnxruntime runs ~1.15x the folded torch backbone
+# there, so it pays from about a minute of extraction.
+PREPARE_FROM_SECONDS = 60.0
+SAMPLES = 3  # timed batches per engine, taken in turn so that a machine slowing down slows both
+# Measuring one engine takes 3 + 2 * SAMPLES batches (warm-ups included); a job of fewer than twice that runs on
+# the framework alone: too little would be left to win.
+MIN_BATCHES = 2 * (3 + 2 * SAMPLES)
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
 def names() -> list[str]:
-    """Every engine ``--feature-engine`` accepts: the framework's own first, then the plugins'."""
+    """Every engine ``--feature-engine`` accepts: auto, the framework's own, then the plugins'."""
     from .registry import get_registry
 
-    return [FRAMEWORK, *sorted(get_registry().feature_engines)]
+    return [AUTO, FRAMEWORK, *sorted(get_registry().feature_engines)]
 
 
 def check(name: str) -> None:
     """Refuse an engine no installed plugin provides, before any image is decoded."""
-    if name != FRAMEWORK:
+    if name not in (FRAMEWORK, AUTO):
         from .registry import get_registry
 
         get_registry().feature_engine(name)
 
 
-def runner(backbone: Backbone, tap: int | None, name: str, cache_dir: Path, device: str | None = None) -> Runner:
+def runner(backbone: Backbone, tap: int | None, name: str, cache_dir: Path, device: str | None = None, *,
+           images: int = 0, batch_size: int = 32) -> Runner:  # fmt: skip
     """The function that computes ``backbone``'s features (at unit ``tap``) with engine ``name``; the
-    framework's own runs on ``device`` (as its training engine names it), a plugin's engine chooses its own."""
+    framework's own runs on ``device`` (as its training engine names it), a plugin's engine chooses its own.
+    ``auto`` is told how many ``images`` are left to extract, in batches of ``batch_size``."""
+    if name == AUTO:
+        return Auto(backbone, tap, cache_dir, device, images=images, batch_size=batch_size)
     if name == FRAMEWORK:
         model = backbone.inference_model(tap, device)
         return lambda batch: backbone._run(model, batch)
@@ -49,3 +67,140 @@ def runner(backbone: Backbone, tap: int | None, name: str, cache_dir: Path, devi
     make = load_object(spec.engine, f"feature engine {spec.name}")
     run: Runner = make(backbone, tap, cache_dir)
     return run
+
+
+def prepared(backbone: Backbone, tap: int | None, name: str, cache_dir: Path) -> bool:
+    """Whether engine ``name`` has done its one-off preparation for this backbone (False when it cannot say)."""
+    from .plugins import load_object
+    from .registry import get_registry
+
+    spec = get_registry().feature_engine(name)
+    if not spec.prepared:
+        return False
+    probe = load_object(spec.prepared, f"feature engine {spec.name}")
+    return bool(probe(backbone, tap, cache_dir))
+
+
+@dataclass
+class Choice:
+    """What ``auto`` chose and on what evidence, for the run's record and its info line."""
+
+    engine: str = FRAMEWORK
+    images_per_second: dict[str, float] = field(default_factory=dict)  # median over the timed batches
+    prepare_seconds: dict[str, float] = field(default_factory=dict)
+    passed_over: dict[str, str] = field(default_factory=dict)  # engine -> why it was not measured
+
+    def record(self) -> dict[str, Any]:
+        return {"engine": self.engine, "images_per_second": {k: round(v, 1) for k, v in self.images_per_second.items()},
+                "prepare_seconds": {k: round(v, 2) for k, v in self.prepare_seconds.items()},
+                "passed_over": dict(self.passed_over)}  # fmt: skip
+
+    def line(self) -> str | None:
+        """One line for the user, the engine kept and the evidence; None when no other engine was considered
+        (none installed, or a job too small to measure on)."""
+        rates = self.images_per_second
+        if len(rates) > 1:
+            others = ", ".join(f"{name} {rate:.0f}" for name, rate in rates.items() if name != self.engine)
+            evidence = f"{rates[self.engine]:.0f} images/s against {others}, measured on this run's batches"
+            evidence += "".join(f"; {n} took {s:.1f} s to prepare" for n, s in self.prepare_seconds.items())
+        elif self.passed_over:
+            evidence = "; ".join(f"{n} {why}" for n, why in self.passed_over.items())
+        else:
+            return None
+        return f"feature engine: {self.engine} (auto: {evidence})"
+
+
+class Auto:
+    """``--feature-engine auto``: the framework's engine first; after a warm-up batch, each other engine worth
+    trying is prepared and it and the framework are timed on the run's next batches, in turn; the faster
+    one computes the rest. Every batch's features are kept, whichever engine computed them (each engine is
+    checked against the framework's features), so measuring costs nothing but the engines' preparation.
+
+    An engine is worth trying when its preparation is already done (its cached export, say), or when the
+    framework would take :data:`PREPARE_FROM_SECONDS` or more on the images left. A job of fewer than
+    :data:`MIN_BATCHES` batches runs on the framework alone. An engine that cannot run this backbone is
+    passed over with its reason, never an error.
+    """
+
+    def __init__(self, backbone: Backbone, tap: int | None, cache_dir: Path, device: str | None, *, images: int,
+                 batch_size: int) -> None:  # fmt: skip
+        from .registry import get_registry
+
+        self.backbone, self.tap, self.cache_dir = backbone, tap, cache_dir
+        self.framework = runner(backbone, tap, FRAMEWORK, cache_dir, device)
+        self.left = images
+        self.candidates = sorted(get_registry().feature_engines)
+        self.choice = Choice()
+        self.done = len(self.candidates) == 0 or images < MIN_BATCHES * batch_size
+        self.calls = 0
+        self.runners: dict[str, Runner] = {FRAMEWORK: self.framework}
+        self.times: dict[str, list[float]] = {FRAMEWORK: []}
+        self.queue: list[tuple[str, bool]] = []  # (engine, timed) for the next batches
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.done:
+            return self.runners[self.choice.engine](batch)
+        if self.calls == 1:  # the warm-up batch: first calls allocate, compile, tune
+            out = self.framework(batch)
+        elif self.calls == 2:
+            out = self._timed(FRAMEWORK, batch)
+            self._plan()
+        else:
+            name, timed = self.queue.pop(0)
+            out = self._timed(name, batch) if timed else self.runners[name](batch)
+        self.left -= len(batch)
+        if self.calls >= 2 and not self.queue:
+            self._decide()
+        return out
+
+    def _timed(self, name: str, batch: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self.runners[name](batch)
+        self.times[name].append((time.perf_counter() - t0) / max(len(batch), 1))
+        return out
+
+    def _plan(self) -> None:
+        """Prepare the engines worth trying; queue a warm-up for each, then timed batches in turn."""
+        seconds_left = self.times[FRAMEWORK][0] * self.left
+        for name in self.candidates:
+            ready = _safely(lambda: prepared(self.backbone, self.tap, name, self.cache_dir))
+            if ready is not True and seconds_left < PREPARE_FROM_SECONDS:
+                self.choice.passed_over[name] = (
+                    f"is not prepared for this backbone, and the {self.left} images left take the framework about "
+                    f"{seconds_left:.0f} s here, under the {PREPARE_FROM_SECONDS:.0f} s its preparation pays from")  # fmt: skip
+                continue
+            t0 = time.perf_counter()
+            made = _safely(lambda: runner(self.backbone, self.tap, name, self.cache_dir))
+            if isinstance(made, str):
+                self.choice.passed_over[name] = f"cannot run: {made}"
+                continue
+            self.choice.prepare_seconds[name] = time.perf_counter() - t0
+            self.runners[name], self.times[name] = made, []
+            self.queue.append((name, False))
+        measured = [n for n in self.runners if n != FRAMEWORK]
+        for _ in range(SAMPLES):
+            self.queue += [(name, True) for name in measured] + [(FRAMEWORK, True)]
+        if not measured:
+            self.queue = []
+
+    def _decide(self) -> None:
+        rates = {n: 1.0 / float(np.median(t)) for n, t in self.times.items() if t}
+        self.choice.images_per_second = rates
+        self.choice.engine = max(rates, key=lambda n: (rates[n], n == FRAMEWORK))
+        for name in list(self.runners):
+            if name != self.choice.engine:
+                del self.runners[name]  # free the engines not kept
+        self.done = True
+
+
+def _safely(call: Callable[[], Any]) -> Any:
+    """``call()``, or why it failed as a short string: auto passes over an engine that cannot run, never stops."""
+    from .errors import UsageError
+
+    try:
+        return call()
+    except UsageError as exc:
+        return str(exc)
+    except Exception as exc:  # a plugin's engine is third-party code: report it, run on without it
+        return f"failed ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"

@@ -269,17 +269,24 @@ class FeatureEngineSpec:
     a batch of preprocessed NHWC float32 images to the same pooled float32 features ``(N, D)`` the
     backbone's own :meth:`~tlzoo.backbone.Backbone.extract_features` gives (the engine checks that); an
     engine that cannot run this backbone raises :class:`tlzoo.errors.UsageError` saying why.
+
+    ``prepared`` (optional, ``"module:function"``) is called as ``prepared(backbone, tap, cache_dir) -> bool``:
+    whether the engine's one-off work for this backbone (an export, say) is already in ``cache_dir``. It must
+    be cheap: ``--feature-engine auto`` asks it to decide whether trying the engine can pay on a small job.
+    Without it, auto treats the engine as not prepared.
     """
 
     name: str
     engine: str
     description: str = ""
+    prepared: str = ""
 
     def __post_init__(self) -> None:
-        if not self.name.replace("-", "").replace("_", "").isalnum() or self.name == "framework":
-            raise ValueError(f"feature engine name {self.name!r} must be a plain word other than 'framework'")
-        if ":" not in self.engine:
-            raise ValueError(f"feature engine {self.name}: engine must be 'module:function', not {self.engine!r}")
+        if not self.name.replace("-", "").replace("_", "").isalnum() or self.name in ("framework", "auto"):
+            raise ValueError(f"feature engine name {self.name!r} must be a plain word other than 'framework' and 'auto'")
+        for what, value in (("engine", self.engine), ("prepared", self.prepared or ":")):
+            if ":" not in value:
+                raise ValueError(f"feature engine {self.name}: {what} must be 'module:function', not {value!r}")
 
 
 def units_from_rows(rows: list[list[Any]]) -> tuple[UnitSpec, ...]:

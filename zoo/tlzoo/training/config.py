@@ -103,8 +103,9 @@ class TrainConfig:
     tap: str | None = _setting(None, "Use an earlier unit's pooled output (number or name) as the features.", STRATEGY,
                                per_strategy=True)
     feature_engine: str = _setting(
-        "framework", "feature-extract: what runs the frozen backbone: framework (its own) or an installed engine "
-        "(onnxruntime: a checked, cached ONNX export of the backbone; see tlzoo plugins).", STRATEGY,
+        "auto", "feature-extract: what runs the frozen backbone: auto (the fastest, measured on the run's own "
+        "batches), framework (its own) or an installed engine (onnxruntime: a checked, cached ONNX export of the "
+        "backbone; see tlzoo plugins).", STRATEGY,
         per_strategy=True, fits=_is("feature-extract"), applies="--strategy feature-extract")
     head: str = _setting("softmax", "softmax | logreg-ovr | linear-svm | mlp (feature-extract).", STRATEGY,
                          choices=tuple(HEADS), per_strategy=True)

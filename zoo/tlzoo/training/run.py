@@ -186,10 +186,12 @@ class Model:
     def feature_key(self) -> dict[str, Any]:
         """Everything the features depend on besides the image files (the cache key's model half)."""
         weights = {"sha256": self.weights_sha256} if self.weights is not None else {"random": self.backbone.weights_digest()}
+        # auto keeps its features with the framework's: every engine it may pick is checked against them
         engine = self.config.feature_engine
+        own = engine in (feature_engines.FRAMEWORK, feature_engines.AUTO)
         return {"backbone": self.spec.id, "weights": weights, "tap": self.tap, "size": list(self.size),
                 "preprocessing": self.spec.preprocessing.to_dict(), "tlzoo": __version__,
-                **({"engine": engine} if engine != feature_engines.FRAMEWORK else {})}  # fmt: skip
+                **({"engine": engine} if not own else {})}  # fmt: skip
 
 
 def _tap(spec: BackboneSpec, config: TrainConfig, model: Model) -> int | None:
@@ -396,6 +398,8 @@ def _feature_extract(model: Model, splits: Splits, cfg: TrainConfig, reporter: R
     unreadable images, the history, the head, the evaluation split's features and what the run records."""
     t0 = time.perf_counter()
     runners: list[Any] = []
+    parts = list(splits.parts())
+    left = [0]  # images this rank has still to extract, at most (for auto's choice)
 
     def run() -> Any:  # made on the first cache miss only: an engine may export the backbone first
         if not runners:
@@ -404,21 +408,26 @@ def _feature_extract(model: Model, splits: Splits, cfg: TrainConfig, reporter: R
             backbone.freeze("all")
             # The framework's own engine runs where the run's training engine would (CUDA under --device auto);
             # a plugin's engine picks its own device, so no training engine is made for it.
-            own = cfg.feature_engine == feature_engines.FRAMEWORK
+            own = cfg.feature_engine in (feature_engines.FRAMEWORK, feature_engines.AUTO)
             runners.append(feature_engines.runner(backbone, model.tap, cfg.feature_engine,
                                                   feature_cache.cache_root() / "engines",
-                                                  device=model.engine.device if own else None))  # fmt: skip
-            if cfg.feature_engine != feature_engines.FRAMEWORK:
+                                                  device=model.engine.device if own else None,
+                                                  images=left[0], batch_size=cfg.batch_size))  # fmt: skip
+            if not own:
                 reporter.info(f"feature engine: {cfg.feature_engine} ({time.perf_counter() - started:.1f} s to "
                               f"prepare, checked against {model.spec.framework})")  # fmt: skip
         return runners[0]
 
     key = model.feature_key()
     hits, feats, kept, skipped = {}, {}, {}, {}
-    for name, part in splits.parts():
+    for i, (name, part) in enumerate(parts):
         assert isinstance(part, datamod.ImageList)
+        left[0] = sum(len(p) for _, p in parts[i:]) // comm.world_size
         entry, hits[name] = _features(model, key, part, cfg, reporter, name, comm, run)
         feats[name], kept[name], skipped[name] = entry.features, entry.kept, entry.skipped
+    choice = runners[0].choice if runners and isinstance(runners[0], feature_engines.Auto) else None
+    if choice is not None and choice.line():
+        reporter.info(str(choice.line()))
     splits = readable(splits, kept, skipped)
     splits.warn_skipped(reporter)
     feature_seconds = time.perf_counter() - t0
@@ -431,7 +440,8 @@ def _feature_extract(model: Model, splits: Splits, cfg: TrainConfig, reporter: R
     extra = {
         "feature_cache": "hit" if all(hits.values()) else ("partial" if any(hits.values()) else "miss"),
         "feature_seconds": round(feature_seconds, 3), "head_seconds": round(head_seconds, 3), "head": cfg.head,
-        "feature_engine": cfg.feature_engine,
+        "feature_engine": choice.engine if choice is not None else cfg.feature_engine,
+        **({"feature_engine_auto": choice.record()} if choice is not None else {}),
     }  # fmt: skip
     return splits, history, head, feats[splits.eval_name], extra
 
