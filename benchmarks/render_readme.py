@@ -109,8 +109,11 @@ def speed() -> str:
         names = ("tlzoo torch (folded, channels_last, inference_mode)", "tlzoo --feature-engine onnxruntime",
                  "tlzoo --feature-engine auto (export cached)", "torch channels_last, batch norms kept (tlzoo before)")
         first = f"feature extraction (`benchmarks/feature_speed.py`, {feats['date']})"
+        chose = feats.get("auto_chose") or []
         for i, name in enumerate(n for n in names if n in f):
-            rows.append(f"| {first if i == 0 else ''} | {name} vs onnxruntime on the exported classifier, img/s | "
+            label = name + (f" (kept {', '.join(sorted(set(chose)))} in {len(chose)} of {len(chose)} rounds)"
+                             if "auto" in name and chose and len(set(chose)) == 1 else "")
+            rows.append(f"| {first if i == 0 else ''} | {label} vs onnxruntime on the exported classifier, img/s | "
                         f"{f[name]:.1f} vs {ort:.1f} | {f[name] / ort:.2f}x | {'>= 0.8x' if i == 0 else ''} |")
     if heads:
         h = heads["seconds"]

@@ -133,3 +133,25 @@ def test_advise_verify_trains_the_advice_and_its_alternatives(tiny, tmp_path):
     assert verify["gap_points"] == round((verify["best_accuracy"] - verify["advised_accuracy"]) * 100, 2)
     assert verify["held"] == (verify["gap_points"] <= 1.5)
     assert (tmp_path / "verify" / "leaderboard.json").is_file()
+
+
+def test_the_python_api_gives_the_same_advice_as_the_command(tiny, tmp_path, monkeypatch):
+    import tlzoo
+
+    monkeypatch.setenv("TLZOO_CACHE", str(tmp_path / "cache"))
+    advice = tlzoo.advise(tiny, "resnet18", budget_minutes=1, weights="none", image_size=32, verbose=False)
+    record = advice.to_dict()
+    assert record["strategy_spec"] == advice.strategy_spec and advice.strategy_spec.startswith(advice.strategy)
+    assert record["dataset"]["per_class"] == {"blue": 8, "green": 8, "red": 8}
+    [evidence] = advice.evidence
+    assert evidence.backbone == "torch/resnet18" and evidence.weights == "random init"
+    command = shlex.split(advice.command)
+    assert command[command.index("--weights") + 1] == "none" and command[command.index("--image-size") + 1] == "32"
+    cli = run_tlzoo("advise", "--data", str(tiny), "--backbones", "resnet18", "--weights", "none", "--image-size",
+                    "32", "--budget", "1", "--json", env={"TLZOO_CACHE": str(tmp_path / "cache")})  # fmt: skip
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert json.loads(cli.stdout)["strategy_spec"] == advice.strategy_spec
+    with pytest.raises(UsageError, match="unknown advise option\\(s\\) epochs; its data options are: image_size"):
+        tlzoo.advise(tiny, "resnet18", epochs=3)
+    with pytest.raises(UsageError, match="--test-split"):
+        tlzoo.advise(tiny, "resnet18", test_split=1.5)

@@ -28,6 +28,13 @@ def test_strategy_strings_and_sweeps():
     assert parse_strategies("feature-extract:head=mlp:tap=5,scratch") == [
         ("feature-extract", {"head": "mlp", "tap": "5"}), ("scratch", {}),
     ]  # fmt: skip
+    # a comma sweeps; "+" joins the values of one list setting into one run
+    assert parse_strategies("fine-tune:augment=flip,crop") == [("fine-tune", {"augment": "flip"}), ("fine-tune", {"augment": "crop"})]
+    assert parse_strategies("fine-tune:augment=flip+crop") == [("fine-tune", {"augment": "flip+crop"})]
+    from tlzoo.training.config import TrainConfig
+
+    assert TrainConfig(strategy="fine-tune", augment="flip+crop").augment_list() == ["flip", "crop"]
+    assert TrainConfig(strategy="fine-tune", augment="crop").augment_list() == ["crop"]
 
 
 def test_bad_lists_fail_before_any_training(tiny_data):

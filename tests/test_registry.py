@@ -66,3 +66,12 @@ def test_same_architecture_same_shape_in_both_frameworks():
 def test_specs_are_plain_data_round_trip():
     for spec in tlzoo.list_backbones():
         assert tlzoo.BackboneSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_a_resize_method_tlzoo_does_not_use_is_refused_not_ignored():
+    from tlzoo.specs import TORCHVISION_IMAGENET, Preprocessing
+
+    data = {**TORCHVISION_IMAGENET.to_dict(), "interpolation": "bicubic"}
+    with pytest.raises(ValueError, match="preprocessing interpolation 'bicubic' is not supported: tlzoo resizes images bilinearly"):
+        Preprocessing.from_dict(data)
+    assert Preprocessing.from_dict({**data, "interpolation": "bilinear"}) == TORCHVISION_IMAGENET

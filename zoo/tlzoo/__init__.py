@@ -51,6 +51,7 @@ __all__ = [
     "TrainConfig",
     "UnitSpec",
     "WeightsSpec",
+    "advise",
     "compare",
     "evaluate",
     "export",
@@ -152,6 +153,34 @@ def compare(data: Any = None, backbones: Any = "mobilenet_v2", strategies: str =
         on_row=lambda r: reporter.info(f"      {r['backbone']} {r['strategy']}: {r['status']}"),
     )  # fmt: skip
     return ranked(rows)
+
+
+def advise(data: Any = None, backbones: Any = "mobilenet_v2", *, budget_minutes: float = 3.0,
+           verbose: bool | None = None, **data_settings: Any) -> Any:  # fmt: skip
+    """Measure where ``data`` sits (size x similarity to the pretraining data) and say what to train, like
+    ``tlzoo advise``; returns a :class:`tlzoo.advice.Advice` (``strategy_spec``, ``command``, ``reasons``,
+    ``alternatives``, ``evidence``; ``to_dict()`` is ``--json``'s record). To check the advice as ``--verify``
+    does, give :func:`compare` ``strategies=",".join([advice.strategy_spec, *advice.alternatives])``.
+
+    ``data_settings`` are advise's data options: ``image_size``, ``seed``, ``test_split``, ``weights``.
+    """
+    from pathlib import Path
+
+    from .advice import advise as run_advice, data_settings as declared
+    from .datasets import ensure_digits
+    from .errors import UsageError
+    from .training.data_prep import default_data_root
+
+    settings = declared()
+    unknown = sorted(set(data_settings) - {s.name for s in settings})
+    if unknown:
+        raise UsageError(f"unknown advise option(s) {', '.join(unknown)}; its data options are: "
+                         f"{', '.join(s.name for s in settings)}")  # fmt: skip
+    values = {s.name: s.check(data_settings.get(s.name, s.default)) for s in settings}
+    names = [b.strip() for b in backbones.split(",")] if isinstance(backbones, str) else list(backbones)
+    source = Path(data) if data is not None else ensure_digits(default_data_root())
+    return run_advice(source, [n for n in names if n], budget_minutes=budget_minutes, reporter=_reporter(verbose),
+                      **values)  # fmt: skip
 
 
 def export(run: Any, format: str = "onnx", out: Any = None, **options: Any) -> dict[str, Any]:

@@ -267,6 +267,16 @@ def decide(dataset: dict[str, Any], evidence: list[Evidence]) -> tuple[str, dict
     return strategy, params, chosen.backbone, size, "similar" if similar else "different", reasons, alternatives
 
 
+DATA_OPTIONS = ("image_size", "seed", "test_split", "weights")  # compare's, declared once in TrainConfig
+
+
+def data_settings() -> tuple[Any, ...]:
+    """The data options advise shares with tlzoo compare: their declarations, with compare's defaults."""
+    from .comparison import shared_settings
+
+    return tuple(s for s in shared_settings() if s.name in DATA_OPTIONS)
+
+
 def advise(data: Path, backbones: list[str], *, budget_minutes: float, image_size: int | None, seed: int,
            weights: str, test_split: float, reporter: Any) -> Advice:  # fmt: skip
     from . import data as datamod

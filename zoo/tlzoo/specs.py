@@ -38,6 +38,13 @@ class Preprocessing:
     value_range: float = 1.0
     interpolation: str = "bilinear"
 
+    def __post_init__(self) -> None:
+        # Every resize tlzoo does (decoding, prediction, the exported graph's --raw-input resize) is bilinear;
+        # a spec asking for another method is refused rather than silently resized bilinearly.
+        if self.interpolation != "bilinear":
+            raise ValueError(f"preprocessing interpolation {self.interpolation!r} is not supported: tlzoo resizes "
+                             f"images bilinearly (\"bilinear\")")  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -10,7 +10,6 @@ from rich.table import Table
 
 from .common import console, escape, fail, handle_errors, print_json, warn_plugins
 
-DATA_OPTIONS = ("image_size", "seed", "test_split", "weights")  # compare's, declared once in TrainConfig
 HELD_POINTS = 1.5
 
 
@@ -51,14 +50,13 @@ def advise(
 
 
 def _data_settings() -> tuple[Any, ...]:
-    from ..comparison import shared_settings
-
     import dataclasses
 
+    from ..advice import data_settings
     from ..training.config import SETTINGS_BY_NAME
 
     return tuple(dataclasses.replace(s, help=SETTINGS_BY_NAME[s.name].help, group="Data (as tlzoo compare)")
-                 for s in shared_settings() if s.name in DATA_OPTIONS)  # fmt: skip
+                 for s in data_settings())  # fmt: skip
 
 
 def _show(advice: Any) -> None:

@@ -85,7 +85,7 @@ class TrainConfig:
     test_split: float = _setting(0.0, "Share of --data held out for testing.", DATA, min=0, max=1, max_open=True)
     image_size: int | None = _setting(None, "Resize images to this size (default: the backbone's).", DATA,
                                       min=1, max=MAX_IMAGE_SIZE)
-    augment: str = _setting("auto", "auto | none | flip,crop (auto: on for fine-tune, two-stage and scratch).", DATA,
+    augment: str = _setting("auto", "auto | none | flip,crop (or flip+crop; auto: on for fine-tune, two-stage and scratch).", DATA,
                             per_strategy=True)
     strict: bool = _setting(False, "Stop on an unreadable image instead of skipping it.", DATA)
     workers: int = _setting(0, "Data-loading workers: processes that feed fine-tune, two-stage and scratch "
@@ -224,7 +224,8 @@ class TrainConfig:
             return [] if self.strategy == "feature-extract" else ["flip", "crop"]
         if value in ("none", "off", "false", ""):
             return []
-        return [a.strip() for a in value.split(",") if a.strip()]
+        # "+" as well as ",": a compare strategy string needs it (there a comma starts a sweep)
+        return [a.strip() for a in value.replace("+", ",").split(",") if a.strip()]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
