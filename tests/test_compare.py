@@ -54,6 +54,8 @@ def test_bad_lists_fail_before_any_training(tiny_data):
         plan(tiny_data, ["resnet18"], "feature-extract:freeze=8", None)
     with pytest.raises(UsageError, match="--unfreeze does not fit --strategy fine-tune"):
         plan(tiny_data, ["resnet18"], "fine-tune:unfreeze=3", None)
+    with pytest.raises(UsageError, match="--feature-engine 'onnxruntim' is not installed. Did you mean 'onnxruntime'"):
+        plan(tiny_data, ["resnet18"], "feature-extract:feature_engine=auto,onnxruntim", None)
     with pytest.raises(UsageError, match="--budget 0.001 minutes is too small for even one combination"):
         plan(tiny_data, ["resnet18"], "feature-extract", 0.001)
 

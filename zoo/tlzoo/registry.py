@@ -103,7 +103,7 @@ class Registry:
     def feature_engine(self, name: str) -> FeatureEngineSpec:
         if name in self.feature_engines:
             return self.feature_engines[name]
-        known = ["framework", *sorted(self.feature_engines)]
+        known = ["auto", "framework", *sorted(self.feature_engines)]
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UsageError(f"--feature-engine {name!r} is not installed.{hint} Choose one of: {', '.join(known)}")

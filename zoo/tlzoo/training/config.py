@@ -167,6 +167,9 @@ class TrainConfig:
             from .tensorboard import check_available
 
             check_available()
+        from ..feature_engines import check as check_feature_engine  # installed engines: the plugin registry
+
+        check_feature_engine(self.feature_engine)
 
     @property
     def uses_sklearn_head(self) -> bool:

@@ -78,7 +78,6 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
     spec = get_registry().resolve(config.backbone, config.framework)
     size = check_input_size(spec, config.image_size)
     _check_units(spec, config)  # --freeze 99 fails here, before any image is decoded
-    feature_engines.check(config.feature_engine)
     if config.threads is not None:
         adapter_for(spec.framework).set_threads(config.threads)
     preflight_weights(spec, None if config.strategy == "scratch" else config.weights)
