@@ -197,3 +197,34 @@ def test_decoding_reports_unreadable_files_in_their_batch(tmp_path):
     assert [p for b in batches for p, _ in b.skipped] == [files.paths[bad]]
     with pytest.raises(DataError, match="cannot read image .*001.png"):
         list(datamod.decode_batches(files.paths, (8, 8), batch_size=4, strict=True))
+
+
+def test_the_data_fingerprint_is_remembered_by_the_files_stats_and_follows_their_contents(data, tmp_path, monkeypatch):
+    from tlzoo.training import cache
+
+    monkeypatch.setenv("TLZOO_CACHE", str(tmp_path / "cache"))
+    files = datamod.labelled(datamod.scan(data))
+    expected = datamod.fingerprint(files.paths, np.asarray(files.labels))
+    assert cache.data_fingerprint(files) == expected  # computed: every file read
+    reads = []
+    real = datamod.fingerprint
+    monkeypatch.setattr(datamod, "fingerprint", lambda *a: reads.append(1) or real(*a))
+    assert cache.data_fingerprint(files) == expected and reads == []  # remembered: no file read
+    touched = data / "red" / "000.png"
+    touched.write_bytes(touched.read_bytes() + b"\0")  # new content, new size and time
+    changed = cache.data_fingerprint(datamod.labelled(datamod.scan(data)))
+    assert changed != expected and reads == [1]
+    run_dir = Path(train(config(data, tmp_path, "torch/resnet18", weights="none")).run_dir)
+    recorded = json.loads((run_dir / "environment.json").read_text())["data"]["fingerprint_sha256"]
+    assert recorded == real(*_train_files(run_dir))
+
+
+def _train_files(run_dir: Path) -> tuple[list[str], np.ndarray]:
+    """The run's training files and their class indices, from its split.csv."""
+    import csv
+
+    from tlzoo.trained import load_run
+
+    classes = load_run(run_dir).classes
+    rows = [r for r in csv.DictReader(open(run_dir / "split.csv")) if r["subset"] == "train"]
+    return [r["path"] for r in rows], np.asarray([classes.index(r["label"]) for r in rows])

@@ -89,6 +89,23 @@ class Slot:
         return path
 
 
+def data_fingerprint(files: ImageList) -> str:
+    """:func:`tlzoo.data.fingerprint` of ``files`` (every file's bytes and label), remembered like an entry's key
+    by the files' paths, sizes and modification times: a run over unchanged files reads none of them."""
+    from ..data import fingerprint
+
+    stat_key = cache_key(fingerprint_of=files.stats(), labels=[int(y) for y in files.labels])
+    known = _read_alias(stat_key, length=64, folder="fingerprints")
+    if known is not None:
+        return known
+    value = fingerprint(files.paths, np.asarray(files.labels))
+    try:
+        _write_alias(stat_key, value, folder="fingerprints")
+    except OSError:  # a read-only or full cache: the fingerprint is read again next time, nothing else changes
+        pass
+    return value
+
+
 def _read(path: Path, n_files: int) -> Entry | None:
     """An entry, or None when it is missing, unreadable or does not fit the list (recomputed and overwritten)."""
     if not path.is_file():
@@ -104,19 +121,19 @@ def _read(path: Path, n_files: int) -> Entry | None:
     return Entry(features, kept, skipped) if fits else None
 
 
-def _alias_path(stat_key: str) -> Path:
-    return cache_root() / "stats" / f"{stat_key}.json"
+def _alias_path(stat_key: str, folder: str = "stats") -> Path:
+    return cache_root() / folder / f"{stat_key}.json"
 
 
-def _read_alias(stat_key: str) -> str | None:
+def _read_alias(stat_key: str, length: int = 32, folder: str = "stats") -> str | None:
     try:
-        key = json.loads(_alias_path(stat_key).read_text())["key"]
+        key = json.loads(_alias_path(stat_key, folder).read_text())["key"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return key if isinstance(key, str) and len(key) == 32 and all(c in "0123456789abcdef" for c in key) else None
+    return key if isinstance(key, str) and len(key) == length and all(c in "0123456789abcdef" for c in key) else None
 
 
-def _write_alias(stat_key: str, key: str) -> None:
-    path = _alias_path(stat_key)
+def _write_alias(stat_key: str, key: str, folder: str = "stats") -> None:
+    path = _alias_path(stat_key, folder)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, {"key": key})

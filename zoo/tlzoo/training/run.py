@@ -294,7 +294,7 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
         files.write_meta(meta)
         files.write_json(METRICS, metrics)
         files.write_history(history)
-        files.write_json(ENVIRONMENT, {**_environment(model.device, splits), **job})
+        files.write_json(ENVIRONMENT, {**_environment(model.device, splits, remember=config.cache), **job})
         files.write_json(REPORT, {"skipped_images": [{"path": p, "error": e} for p, e in splits.skipped]})
         plot_history(history, files / LEARNING_CURVES, f"{spec.id} {config.strategy}")
         counts = {name: part.counts() for name, part in splits.parts()}
@@ -655,13 +655,17 @@ def _peak_memory_mb() -> float | None:
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 
 
-def _environment(device: str, splits: Splits) -> dict[str, Any]:
+def _environment(device: str, splits: Splits, *, remember: bool) -> dict[str, Any]:
+    """What the run ran on; the training files' fingerprint is remembered in the cache (``remember``) by their
+    paths, sizes and times, so an unchanged dataset is not read again to record it."""
     from .data_prep import fingerprint
 
+    train = splits.train
     return {
         "python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
         "device": device, "packages": package_versions(),
-        "data": {"root": str(splits.root), "fingerprint_sha256": fingerprint(splits.train),
+        "data": {"root": str(splits.root), "fingerprint_sha256": feature_cache.data_fingerprint(train)
+                 if remember and isinstance(train, datamod.ImageList) else fingerprint(train),
                  "classes": len(splits.classes), "train": len(splits.train), "val": len(splits.val),
                  "test": len(splits.test) if splits.test is not None else 0},
     }  # fmt: skip
