@@ -189,6 +189,28 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
     return TappedFeatures(folded, channels_last=model.channels_last).eval() if tapped else folded.eval()
 
 
+HALF_TOLERANCE = 1e-2  # largest feature difference to fp32's, relative to the features' scale, that fp16 may make
+
+
+def reduced_precision(backbone: Backbone, model: nn.Module, dtype: torch.dtype = torch.float16,
+                      tolerance: float = HALF_TOLERANCE) -> nn.Module:  # fmt: skip
+    """A copy of ``model`` in ``dtype`` when its features on a probe batch stay within ``tolerance`` of the
+    fp32 model's (relative to their scale); else ``model`` itself. The frozen backbone on a GPU runs its
+    convolutions on the tensor cores in fp16, where the check allows."""
+    import copy
+
+    h, w = backbone.input_size
+    probe = np.random.default_rng(0).normal(size=(2, h, w, 3)).astype(np.float32)
+    try:
+        candidate = copy.deepcopy(model).to(dtype)
+        expected, got = backbone._run(model, probe), backbone._run(candidate, probe)
+    except Exception:  # noqa: BLE001 - a model or device without kernels for this dtype runs in fp32
+        return model
+    scale = max(float(np.abs(expected).max()), 1e-6)
+    difference = float(np.abs(got - expected).max()) / scale
+    return candidate if np.isfinite(got).all() and difference <= tolerance else model
+
+
 class TorchBackbone(Backbone):
     framework = "torch"
 
@@ -256,7 +278,10 @@ class TorchBackbone(Backbone):
 
     def inference_model(self, tap: int | None = None, device: str | None = None) -> nn.Module:
         model = fold_batch_norms(self.feature_model(tap))
-        return model.to(torch.device(device)) if device else model
+        if not device:
+            return model
+        model = model.to(torch.device(device))
+        return reduced_precision(self, model) if torch.device(device).type == "cuda" else model
 
     def parameter_arrays(self) -> list[np.ndarray]:
         return [t.detach().cpu().numpy() for t in self.model.state_dict().values()]
@@ -274,9 +299,9 @@ class TorchBackbone(Backbone):
             model._tlzoo_channels_last = True
         try:
             with torch.inference_mode():
-                device = next(model.parameters()).device
+                weight = next(model.parameters())
                 x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).permute(0, 3, 1, 2)
-                out = model(x.to(device))
+                out = model(x.to(device=weight.device, dtype=weight.dtype))
         finally:
             model.train(was_training)
         return out.float().cpu().numpy()
