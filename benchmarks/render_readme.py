@@ -132,6 +132,12 @@ def speed() -> str:
                     f"{ours:.1f} vs {t['tuned loop (channels_last)']:.1f} | {training['ratio_vs_tuned']:.2f}x | >= 0.95x |")
         rows.append(f"| | tlzoo vs a naive NCHW loop, img/s | {ours:.1f} vs {t['naive loop (NCHW)']:.1f} | "
                     f"{training['ratio_vs_naive']:.2f}x | |")
+        compiled = next((k for k in t if k.startswith("tlzoo --compile on")), None)
+        if compiled:
+            pays = training.get("compile_pays_after_images")
+            rows.append(f"| | `--compile on` (inductor) vs tlzoo eager, img/s, after {training['compile_seconds']:.0f} s of "
+                        f"compiling | {t[compiled]:.1f} vs {ours:.1f} | {training['compiled_vs_eager']:.2f}x | "
+                        + (f"pays after about {pays:,} training images here |" if pays else "does not pay here |"))
     if not rows:
         return "_not measured yet: run `make bench`._"
     m = (alloc or feats or heads or training or cached)

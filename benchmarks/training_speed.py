@@ -7,7 +7,10 @@ The same model (torchvision MobileNetV2, random init, every layer trained), the 
 - tlzoo: the torch framework plugin's Engine.train_epoch, as `tlzoo train --strategy scratch` runs it
   (DataLoader, augmentation off, loss and accuracy bookkeeping);
 - tuned loop: channels_last weights and inputs, pre-normalized tensors, the bare step;
-- naive loop: NCHW weights and inputs, the bare step.
+- naive loop: NCHW weights and inputs, the bare step;
+- tlzoo --compile on: the same train_epoch with the step compiled by torch.compile (inductor); its one-off
+  compile time is measured by a warm-up epoch before the rounds, and from the two the number of training
+  images after which compiling pays on this machine.
 Each round runs each path for --steps steps after 2 warm-up steps, in alternating order; medians are
 reported. Goal (issue 11): tlzoo >= 0.95x the tuned loop.
 """
@@ -21,6 +24,8 @@ from typing import Any
 
 import numpy as np
 from _common import write
+
+COMPILED = "tlzoo --compile on (torch.compile, inductor)"
 
 
 def main() -> None:
@@ -57,6 +62,14 @@ def main() -> None:
     engine.build()
     engine.configure(lr=1e-3, backbone_lr_mult=1.0, optimizer="adamw", momentum=0.9, nesterov=False, weight_decay=0.0)
 
+    compiled = adapter_for("torch").engine(backbone, 10, tap=None, dropout=0.0, seed=0, device="cpu")
+    compiled.set_compile("on")
+    compiled.build()
+    compiled.configure(lr=1e-3, backbone_lr_mult=1.0, optimizer="adamw", momentum=0.9, nesterov=False, weight_decay=0.0)
+    t0 = time.perf_counter()
+    compiled.train_epoch(images, labels, batch_size=batch, augment=[], epoch=0, workers=0, progress=None)
+    first_epoch_s = time.perf_counter() - t0  # compiling included
+
     def hand_model(channels_last: bool) -> tuple[Any, Any]:
         torch.manual_seed(0)
         model = torchvision.models.mobilenet_v2(num_classes=10)
@@ -82,16 +95,17 @@ def main() -> None:
             opt.step()
         return args.steps * batch / (time.perf_counter() - t0)
 
-    def ours() -> float:
+    def ours(which: Any = engine) -> float:
         marks: list[float] = []
 
         def progress(k: int) -> None:
             marks.append(time.perf_counter())
 
-        engine.train_epoch(images, labels, batch_size=batch, augment=[], epoch=0, workers=0, progress=progress)
+        which.train_epoch(images, labels, batch_size=batch, augment=[], epoch=0, workers=0, progress=progress)
         return args.steps * batch / (marks[-1] - marks[1])  # from the end of step 2 to the end of the last step
 
-    runners = {"tlzoo (the torch plugin's train_epoch)": ours, **{k: (lambda k=k: hand(k)) for k in hands}}
+    runners = {"tlzoo (the torch plugin's train_epoch)": ours, **{k: (lambda k=k: hand(k)) for k in hands},
+               COMPILED: lambda: ours(compiled)}
     rates: dict[str, list[float]] = {k: [] for k in runners}
     for r in range(args.rounds):
         for name in list(runners) if r % 2 == 0 else list(runners)[::-1]:
@@ -104,7 +118,11 @@ def main() -> None:
         "images_per_s": med, "threads": torch.get_num_threads(),
         "ratio_vs_tuned": round(med["tlzoo (the torch plugin's train_epoch)"] / med["tuned loop (channels_last)"], 3),
         "ratio_vs_naive": round(med["tlzoo (the torch plugin's train_epoch)"] / med["naive loop (NCHW)"], 3),
+        "compiled_vs_eager": round(med[COMPILED] / med["tlzoo (the torch plugin's train_epoch)"], 3),
+        "compile_seconds": round(first_epoch_s - n / med[COMPILED], 1),  # the first epoch less its steps' time
     }  # fmt: skip
+    eager_s, compiled_s = 1 / med["tlzoo (the torch plugin's train_epoch)"], 1 / med[COMPILED]
+    result["compile_pays_after_images"] = round(result["compile_seconds"] / (eager_s - compiled_s)) if compiled_s < eager_s else None
     print(result)
     write("training_speed", result)
 

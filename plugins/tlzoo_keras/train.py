@@ -57,6 +57,7 @@ def _optimizer(name: str, lr: float, momentum: float, nesterov: bool, weight_dec
 
 class KerasEngine(Engine):
     state_suffix = ".npz"
+    can_compile = True  # XLA: the training step's update (forward, backward, optimizer) under jit_compile
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -197,7 +198,9 @@ class KerasEngine(Engine):
             x = tf.cast(images, tf.float32)
             if augmenter is not None:
                 x = augmenter(x, training=True)
-            x = normalize(x, prep)
+            return update(normalize(x, prep), labels, global_batch)
+
+        def update(x: tf.Tensor, labels: tf.Tensor, global_batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             with tf.GradientTape() as tape:
                 logits = model(x, training=True)
                 loss = tf.reduce_sum(loss_fn(labels, logits)) / tf.cast(global_batch, tf.float32)
@@ -208,6 +211,8 @@ class KerasEngine(Engine):
             correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int64), labels), tf.int64))
             return loss, correct
 
+        if self.compiles:  # XLA for the model's forward, backward and update; the augmentation's image ops have
+            update = tf.function(update, jit_compile=True, reduce_retracing=True)  # no XLA kernels on the CPU
         return step
 
     def _make_mirrored_step(self, augmenter: keras.Sequential | None) -> Any:
@@ -231,13 +236,30 @@ class KerasEngine(Engine):
 
         return step
 
+    def _first_call_guarded(self, make: Callable[[Any], Any]) -> Any:
+        """The XLA-compiled step; if compiling it fails at the first batch, :meth:`compile_failed` decides
+        (an error under --compile on, else the step is made again uncompiled and the batch rerun)."""
+        compiled = make(self._augment_model)
+
+        def first(*args: Any) -> Any:
+            try:
+                out = compiled(*args)
+            except Exception as exc:  # noqa: BLE001 - XLA's failures have no common type
+                self.compile_failed(exc)
+                self._step = make(self._augment_model)  # compiles is False now: a plain tf.function
+                return self._step(*args)
+            self._step = compiled
+            return out
+
+        return first
+
     def train_epoch(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, augment: list[str],
                     epoch: int, workers: int, progress: ProgressFn | None) -> tuple[float, float]:  # fmt: skip
         if self._step is None:
             with self._scope():
                 self._augment_model = self._augmenter(augment)
             make = self._make_mirrored_step if self.strategy is not None else self._make_step
-            self._step = make(self._augment_model)
+            self._step = self._first_call_guarded(make) if self.compiles else make(self._augment_model)
         self.seed_epoch(epoch)  # see TorchEngine.train_epoch
         tf.random.set_seed(self.epoch_seed(epoch))
         self._reseed_layers(epoch)

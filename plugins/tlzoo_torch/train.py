@@ -122,8 +122,12 @@ class _Images(torch.utils.data.Dataset):
         return image, int(self.labels[i])
 
 
+COMPILE_BACKEND = "inductor"  # torch.compile's default; tests that only check the wiring use "eager"
+
+
 class TorchEngine(Engine):
     state_suffix = ".pt"
+    can_compile = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -134,6 +138,8 @@ class TorchEngine(Engine):
         self._device = pick_device(devices[world().local_rank % len(devices)])
         self.world_size = 1
         self._ddp: nn.Module | None = None
+        self._compiled: nn.Module | None = None  # torch.compile of the training model, made at its first step
+        self._compiled_ran = False
         self._indices: list[int] = []
         torch.manual_seed(self.seed)
         self.model: TorchClassifier | None = None
@@ -239,6 +245,7 @@ class TorchEngine(Engine):
             self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self._ddp = None  # the trainable parameters may have changed (two-stage): wrap again
+        self._compiled, self._compiled_ran = None, False
 
     def set_lr_factor(self, factor: float) -> None:
         assert self.optimizer is not None
@@ -276,23 +283,25 @@ class TorchEngine(Engine):
             num_workers=workers, pin_memory=self._device.type == "cuda",
             drop_last=n_local > batch_size and n_local % batch_size == 1,  # a batch of one breaks BatchNorm
         )  # fmt: skip
-        model = self._parallel()
+        model = self._training_model()
         model.train()
-        loss_fn = nn.CrossEntropyLoss()
         total, correct, seen = 0.0, 0, 0
-        use_amp = self._device.type == "cuda"
         for batch, target in loader:
             x, y = self._to_input(batch), target.to(self._device)
-            self.optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(self._device.type, dtype=self.amp_dtype, enabled=use_amp):
-                out = model(x)
-                loss = loss_fn(out.float(), y)
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise TrainingDiverged(loss_value)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            if self._compiled is not None and not self._compiled_ran:  # compiling happens here, at the first batch
+                try:
+                    loss_value, out = self._step(model, x, y)
+                except TrainingDiverged:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - inductor's failures have no common type
+                    self.compile_failed(exc)  # raises under --compile on
+                    self._compiled = None
+                    model = self._training_model()
+                    model.train()
+                    loss_value, out = self._step(model, x, y)
+                self._compiled_ran = True
+            else:
+                loss_value, out = self._step(model, x, y)
             total += loss_value * len(y)
             correct += int((out.argmax(1) == y).sum())
             seen += len(y)
@@ -303,6 +312,30 @@ class TorchEngine(Engine):
             torch.distributed.all_reduce(sums)
             total, correct, seen = float(sums[0]), int(sums[1]), int(sums[2])
         return total / max(seen, 1), correct / max(seen, 1)
+
+    def _training_model(self) -> nn.Module:
+        """The model the training steps call: DDP-wrapped under torchrun, compiled where :attr:`compiles`."""
+        model = self._parallel()
+        if not self.compiles:
+            return model
+        if self._compiled is None:
+            self._compiled = torch.compile(model, backend=COMPILE_BACKEND)
+        return self._compiled
+
+    def _step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """One optimizer step on a batch; returns its mean loss and the logits."""
+        assert self.optimizer is not None
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self._device.type, dtype=self.amp_dtype, enabled=self._device.type == "cuda"):
+            out = model(x)
+            loss = nn.functional.cross_entropy(out.float(), y)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(loss_value)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss_value, out
 
     def logits(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         assert self.model is not None

@@ -79,6 +79,8 @@ class Setting:
             return self._ints(value)
         if self.type in ("int", "float"):
             return self._bounded(self._number(value))
+        if isinstance(value, bool) and {"on", "off"} <= set(self.choices):
+            return "on" if value else "off"  # YAML reads a config file's bare on/off as booleans
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise UsageError(f"{self.option} must be text, got {value!r}")
         text = str(value)

@@ -142,6 +142,8 @@ class TrainConfig:
                            "per GPU where the framework trains that way)", RUN)
     threads: int | None = _setting(None, "CPU threads for the framework's operations in this process (default: the "
                                    "framework's own choice, one per core).", RUN, min=1)
+    compile: str = _setting("auto", "Compile the training step (torch.compile; XLA for Keras): auto (on a GPU, "
+                            "where it pays), on, off.", RUN, choices=("auto", "on", "off"), used=_trains_network)
     cache: bool = _setting(True, "Cache bottleneck features (feature-extract).", RUN, used=_is("feature-extract"))
     tensorboard: bool = _setting(False, "Also log every epoch for TensorBoard (RUN/tensorboard; needs the tensorboard "
                                  "package).", RUN)

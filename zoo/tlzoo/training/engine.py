@@ -54,6 +54,41 @@ class Engine(Collective, ABC):
         self.rank = 0  # set by start_distributed
         self.world_size = 1
         self.job_info: dict[str, Any] = {}  # what the run records about its ranks or replicas
+        self.compile_mode = "auto"
+        self.compile_note = ""  # why a compiled training step was given up
+
+    can_compile = False  # whether this engine can compile its training step (--compile)
+
+    def set_compile(self, mode: str) -> None:
+        """``--compile``: ``auto`` (compile the training step on a GPU, where it pays), ``on`` or ``off``. An
+        engine that cannot compile refuses ``on``."""
+        if mode == "on" and not self.can_compile:
+            from ..errors import UsageError
+
+            raise UsageError(f"--compile on: the {self.backbone.spec.framework} training engine cannot compile its "
+                             f"training step; use --compile auto or off")  # fmt: skip
+        self.compile_mode = mode
+
+    @property
+    def compiles(self) -> bool:
+        """Whether the training step is compiled (or will be, at its first batch)."""
+        on_gpu = self.device.startswith(("cuda", "gpu"))
+        wanted = self.compile_mode == "on" or (self.compile_mode == "auto" and on_gpu)
+        return self.can_compile and wanted and not self.compile_note
+
+    def compile_failed(self, exc: BaseException) -> None:
+        """The first compiled step failed: under ``--compile on`` that is the user's error, one line; under
+        ``auto`` training goes on uncompiled and the run records why."""
+        from ..errors import UsageError
+
+        why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        if self.compile_mode == "on":
+            raise UsageError(f"--compile on: compiling the training step failed here ({why}); use --compile off") from exc
+        self.compile_note = f"compiling failed, trained uncompiled ({why})"
+
+    def compile_record(self) -> dict[str, Any]:
+        return {"asked": self.compile_mode, "compiled": self.compiles,
+                **({"note": self.compile_note} if self.compile_note else {})}  # fmt: skip
 
     @property
     @abstractmethod

@@ -263,9 +263,13 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
         frozen = units
     else:
         engine = model.engine
+        engine.set_compile(config.compile)
         if resume is None and comm.main:
             files.write_split(splits.rows())
         history = _fit(engine, model.backbone, splits, config, reporter, run_dir, resume is not None)
+        extra = {"compile": engine.compile_record()}
+        if engine.compile_note:
+            reporter.warn(f"--compile {config.compile}: {engine.compile_note}")
         eval_proba = probabilities(engine.logits(splits.eval_set.images), engine.output)  # type: ignore[union-attr]
         output, trainable, head_meta, frozen = engine.output, engine.trainable_params(), engine.head_meta(), \
             model.backbone.frozen_units
