@@ -60,9 +60,11 @@ def val_images(run_dir: Path) -> tuple[np.ndarray, list[str]]:
     import csv
 
     from tlzoo.preprocess import load_image
+    from tlzoo.trained import load_run
 
+    prep = load_run(run_dir).preprocessing  # the run's own resize policy
     rows = [r for r in csv.DictReader(open(run_dir / "split.csv")) if r["subset"] == "val"]
-    return np.stack([load_image(r["path"], (32, 32)) for r in rows]), [r["path"] for r in rows]
+    return np.stack([load_image(r["path"], (32, 32), prep) for r in rows]), [r["path"] for r in rows]
 
 
 CACHED_RUN = """
@@ -175,7 +177,7 @@ def test_decoding_streams_a_few_batches_ahead(tmp_path, monkeypatch):
     files = datamod.labelled(datamod.scan(data))
     started = []
     real = datamod.load_image
-    monkeypatch.setattr(datamod, "load_image", lambda path, size: (started.append(path), real(path, size))[1])
+    monkeypatch.setattr(datamod, "load_image", lambda path, size, prep=None: (started.append(path), real(path, size, prep))[1])
     seen = 0
     for batch in datamod.decode_batches(files.paths, (16, 16), batch_size=10, threads=2):
         seen += len(batch.index)

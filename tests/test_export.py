@@ -129,7 +129,7 @@ def test_raw_input_model_predicts_like_the_framework_on_real_photos(runs, tmp_pa
         photos.append(path)
     from tlzoo.preprocess import load_image
 
-    images = np.stack([load_image(p, run.input_size) for p in photos])
+    images = np.stack([load_image(p, run.input_size, run.preprocessing) for p in photos])
     expected = run.predict_proba(images)
     got = predictor.predict_proba(images)
     np.testing.assert_allclose(got, expected, atol=1e-4)

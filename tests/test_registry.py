@@ -71,7 +71,34 @@ def test_specs_are_plain_data_round_trip():
 def test_a_resize_method_tlzoo_does_not_use_is_refused_not_ignored():
     from tlzoo.specs import TORCHVISION_IMAGENET, Preprocessing
 
-    data = {**TORCHVISION_IMAGENET.to_dict(), "interpolation": "bicubic"}
-    with pytest.raises(ValueError, match="preprocessing interpolation 'bicubic' is not supported: tlzoo resizes images bilinearly"):
+    data = {**TORCHVISION_IMAGENET.to_dict(), "interpolation": "lanczos"}
+    with pytest.raises(ValueError, match="preprocessing interpolation 'lanczos' is not supported: use bilinear or bicubic"):
         Preprocessing.from_dict(data)
+    with pytest.raises(ValueError, match="resize policy 'letterbox' is not one of squash, crop, pad"):
+        Preprocessing.from_dict({**data, "interpolation": "bicubic", "resize": "letterbox"})
+    with pytest.raises(ValueError, match="crop_fraction must be in"):
+        Preprocessing.from_dict({**data, "interpolation": "bicubic", "crop_fraction": 1.5})
     assert Preprocessing.from_dict({**data, "interpolation": "bilinear"}) == TORCHVISION_IMAGENET
+
+
+def test_a_description_written_before_the_resize_fields_means_squash_and_bilinear():
+    from tlzoo.specs import Preprocessing
+
+    old = {"mode": "torch", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channel_order": "RGB",
+           "value_range": 1.0}
+    prep = Preprocessing.from_dict(old)
+    assert (prep.resize, prep.crop_fraction, prep.interpolation) == ("squash", 1.0, "bilinear")
+
+
+def test_torchvision_tags_carry_their_documented_evaluation_transform():
+    spec = get_registry().resolve("torch/mobilenet_v2")
+    v1, v2 = spec.weights_by_tag("IMAGENET1K_V1"), spec.weights_by_tag("IMAGENET1K_V2")
+    assert spec.preprocessing_for(v1).resize_text() == "crop 0.875 bilinear"  # Resize(256), CenterCrop(224)
+    assert spec.preprocessing_for(v2).crop_fraction == pytest.approx(224 / 232, abs=1e-6)  # Resize(232)
+    assert spec.preprocessing_for(v1, "pad").resize == "pad"
+    effnet = get_registry().resolve("torch/efficientnet_b0")
+    assert effnet.preprocessing_for(effnet.default_weights).resize_text() == "crop 0.875 bicubic"
+    swin = get_registry().resolve("torch/swin_t")
+    assert swin.preprocessing_for(swin.default_weights).interpolation == "bicubic"
+    keras = get_registry().resolve("keras/mobilenet_v2")
+    assert keras.preprocessing_for(keras.default_weights).resize == "squash"  # keras.applications: no crop

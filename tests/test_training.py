@@ -74,9 +74,11 @@ def result_images(result):
     import csv
 
     from tlzoo.preprocess import load_image
+    from tlzoo.trained import load_run
 
+    prep = load_run(result.run_dir).preprocessing  # the run's own resize policy
     rows = list(csv.DictReader(open(result.run_dir / "split.csv")))
-    return np.stack([load_image(r["path"], (32, 32)) for r in rows if r["subset"] == "val"])
+    return np.stack([load_image(r["path"], (32, 32), prep) for r in rows if r["subset"] == "val"])
 
 
 @pytest.mark.parametrize("framework", ["torch", "keras"])

@@ -291,7 +291,8 @@ def _calibration_images(run: TrainedRun, calibration: Any, limit: int = 256) -> 
         samples = datamod.scan(Path(calibration))
         rng = np.random.default_rng(0)
         chosen = [samples[i] for i in sorted(rng.permutation(len(samples))[:limit])]
-        return datamod.load(chosen, run.input_size, run.classes if _same_labels(chosen, run) else None).images
+        return datamod.load(chosen, run.input_size, run.classes if _same_labels(chosen, run) else None,
+                            prep=run.preprocessing).images
     return _split_images(run, "train", limit)
 
 
@@ -325,7 +326,7 @@ def split_set(run: TrainedRun, subset: str, limit: int | None = None) -> tuple[n
     images, labels = [], []
     for r in rows:
         try:
-            images.append(load_image(r["path"], run.input_size))
+            images.append(load_image(r["path"], run.input_size, run.preprocessing))
         except (OSError, ValueError):
             continue  # the data moved or changed since training: check on what is left
         labels.append(index[r["label"]])

@@ -43,9 +43,23 @@ def weights_of(name: str) -> list[dict]:
                 "url": w.url,
                 "source": "torchvision",
                 "metrics": {k: float(v) for k, v in metrics.items()},
+                **evaluation_transform(w),
             }
         )
     return rows
+
+
+def evaluation_transform(w: torchvision.models.WeightsEnum) -> dict:
+    """The tag's documented evaluation transform (torchvision's ImageClassification: resize the short side to
+    resize_size, centre-crop crop_size) as tlzoo's resize policy: crop, with crop_size / resize_size."""
+    import inspect
+
+    from torchvision.transforms._presets import ImageClassification
+
+    defaults = {k: p.default for k, p in inspect.signature(ImageClassification).parameters.items()}
+    keywords = {**defaults, **w.transforms.keywords}
+    return {"resize": "crop", "crop_fraction": round(keywords["crop_size"] / keywords["resize_size"], 6),
+            "interpolation": keywords["interpolation"].value}
 
 
 NAMES = (
@@ -89,12 +103,16 @@ def describe(name: str) -> dict:
     with torch.no_grad():
         dim = model(torch.zeros(1, 3, size, size)).shape[1]
     units = trace_units(model, (size, size), UNIT_MODULES.get(name, ()))
+    weights = tuple(WeightsSpec(**w) for w in weights_of(name) if w["tag"] == ONLY_WEIGHTS.get(name, w["tag"]))
     spec = dataclasses.replace(
         draft,
+        # Without a tag (scratch, a file of the user's own) the backbone keeps its default tag's transform.
+        preprocessing=TORCHVISION_IMAGENET.with_resize(weights[0].resize, crop_fraction=weights[0].crop_fraction,
+                                                       interpolation=weights[0].interpolation),
         min_input_size=MIN_INPUT_SIZE.get(name, 32),
         feature_dim=int(dim),
         num_params=sum(p.numel() for p in model.parameters()),
-        weights=tuple(WeightsSpec(**w) for w in weights_of(name) if w["tag"] == ONLY_WEIGHTS.get(name, w["tag"])),
+        weights=weights,
         unit_modules=UNIT_MODULES.get(name, ()),
         tap_layout=TAP_LAYOUT.get(name, ""),
         input_multiple=INPUT_MULTIPLE.get(name, 1),

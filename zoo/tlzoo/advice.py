@@ -152,7 +152,7 @@ def measure(backbone_name: str, samples: list[Any], *, budget_s: float, image_si
     from . import data as datamod
     from .backbone import check_input_size, get_backbone
     from .registry import get_registry
-    from .weights import preflight
+    from .weights import preflight, published
 
     t0 = time.perf_counter()
     labels = [s.label for s in samples]
@@ -166,7 +166,8 @@ def measure(backbone_name: str, samples: list[Any], *, budget_s: float, image_si
     passes = len(taps) + (1 if pretrained else 0)
     per_class = min(MAX_PER_CLASS, max(Counter(labels).values()))
     index = _sample(labels, per_class, seed)
-    probe = datamod.load([samples[i] for i in index[: min(16, len(index))]], size, whole_classes=False)
+    prep = spec.preprocessing_for(published(spec, weights if pretrained else None))
+    probe = datamod.load([samples[i] for i in index[: min(16, len(index))]], size, whole_classes=False, prep=prep)
     t1 = time.perf_counter()
     backbone.extract_features(probe.images, batch_size=16)
     per_image = (time.perf_counter() - t1) / max(len(probe), 1)
@@ -175,7 +176,7 @@ def measure(backbone_name: str, samples: list[Any], *, budget_s: float, image_si
         per_class = max(MIN_PER_CLASS, affordable)
         index = _sample(labels, per_class, seed)
         reporter.info(f"{spec.id}: the budget allows {per_class} images per class")
-    loaded = datamod.load([samples[i] for i in index], size, whole_classes=False)
+    loaded = datamod.load([samples[i] for i in index], size, whole_classes=False, prep=prep)
     y = loaded.labels
     probes = []
     with reporter.task(f"{spec.id}: probing {len(taps)} depths on {len(y)} images", len(taps)) as advance:

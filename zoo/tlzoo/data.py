@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .decode import available_cores, is_image_file, load_image
 from .errors import DataError
-from .preprocess import is_image_file, load_image
+from .specs import Preprocessing
 
 
 @dataclass
@@ -112,13 +113,15 @@ class DecodedBatch:
 
 
 def default_threads() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    """One decoding thread per core this process may use (Pillow releases the GIL while it decodes)."""
+    return available_cores()
 
 
 def decode_batches(paths: list[str], size: tuple[int, int], *, batch_size: int, threads: int | None = None,
-                   strict: bool = False) -> Iterator[DecodedBatch]:  # fmt: skip
-    """Decode ``paths`` in order, ``batch_size`` at a time, on a pool of threads that works at most three
-    batches ahead of the consumer: memory holds a few batches, never the dataset. Unreadable files are
+                   strict: bool = False, prep: Preprocessing | None = None) -> Iterator[DecodedBatch]:  # fmt: skip
+    """Decode ``paths`` in order (by ``prep``'s resize policy, see :func:`tlzoo.decode.load_image`),
+    ``batch_size`` at a time, on a pool of threads that works at most three batches ahead of the consumer:
+    memory holds a few batches, never the dataset. Unreadable files (and images over the pixel limit) are
     reported in their batch's ``skipped`` (``strict``: raise :class:`DataError` instead)."""
     ahead = 3 * batch_size
     with ThreadPoolExecutor(threads or default_threads(), thread_name_prefix="tlzoo-decode") as pool:
@@ -127,7 +130,7 @@ def decode_batches(paths: list[str], size: tuple[int, int], *, batch_size: int, 
         for start in range(0, len(paths), batch_size):
             stop = min(start + batch_size, len(paths))
             while submitted < min(len(paths), stop + ahead):
-                pending.append(pool.submit(load_image, paths[submitted], size))
+                pending.append(pool.submit(load_image, paths[submitted], size, prep))
                 submitted += 1
             index, images, skipped = [], [], []
             for i in range(start, stop):
@@ -217,13 +220,13 @@ def _scan_csv(path: Path) -> list[Sample]:
 
 def load(samples: list[Sample] | ImageList, size: tuple[int, int], classes: list[str] | None = None, *,
          strict: bool = False, progress: Callable[[], None] | None = None, whole_classes: bool = True,
-         threads: int | None = None) -> ImageSet:  # fmt: skip
+         threads: int | None = None, prep: Preprocessing | None = None) -> ImageSet:  # fmt: skip
     """Decode and resize every image; corrupt ones are skipped and listed (or raise with ``strict``).
 
     ``whole_classes``: the samples are a whole dataset, so a class whose every image is unreadable is an
     error (a batch of a larger dataset passes False)."""
     files = samples if isinstance(samples, ImageList) else labelled(samples, classes)
-    images, index, skipped = decode_all(files.paths, size, strict=strict, progress=progress, threads=threads)
+    images, index, skipped = decode_all(files.paths, size, strict=strict, progress=progress, threads=threads, prep=prep)
     if not len(index):
         raise DataError("no readable images: " + _skipped_text(skipped))
     if whole_classes:
@@ -232,12 +235,12 @@ def load(samples: list[Sample] | ImageList, size: tuple[int, int], classes: list
 
 
 def decode_all(paths: list[str], size: tuple[int, int], *, strict: bool = False,
-               progress: Callable[[], None] | None = None,
-               threads: int | None = None) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:  # fmt: skip
+               progress: Callable[[], None] | None = None, threads: int | None = None,
+               prep: Preprocessing | None = None) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:  # fmt: skip
     """Every readable image of ``paths`` in one array, their positions in ``paths``, and the unreadable ones
     (``progress()`` after each image read)."""
     images, index, skipped = [], [], []
-    for batch in decode_batches(paths, size, batch_size=64, threads=threads, strict=strict):
+    for batch in decode_batches(paths, size, batch_size=64, threads=threads, strict=strict, prep=prep):
         images.append(batch.images)
         index.append(batch.index)
         skipped += batch.skipped

@@ -31,7 +31,7 @@ def evaluate_model(model: Path, data: Path, *, batch_size: int = 64, strict: boo
     for start in range(0, len(samples), batch_size):
         batch = samples[start : start + batch_size]
         try:
-            part = datamod.load(batch, size, classes, strict=strict, whole_classes=False)
+            part = datamod.load(batch, size, classes, strict=strict, whole_classes=False, prep=loaded.preprocessing)
         except DataError as exc:
             if strict or not str(exc).startswith("no readable images"):
                 raise

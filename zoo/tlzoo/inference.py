@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import UsageError
+from .specs import Preprocessing
 
 
 class Classifier(Protocol):
@@ -25,6 +26,9 @@ class Classifier(Protocol):
 
     @property
     def input_size(self) -> tuple[int, int]: ...
+
+    @property
+    def preprocessing(self) -> Preprocessing: ...
 
     def predict_proba(self, images: np.ndarray, batch_size: int = ...) -> np.ndarray: ...
 
@@ -67,16 +71,14 @@ def iter_sources(sources: Iterable[Any]) -> Iterator[tuple[str, Any]]:
             yield f"<image {index}>", source
 
 
-def decode(item: Any, size: tuple[int, int]) -> np.ndarray:
-    """An image file, uint8 array or PIL image as RGB uint8 (H, W, 3) at ``size``."""
-    from PIL import Image
-
-    from .preprocess import load_image, to_rgb
+def decode(item: Any, size: tuple[int, int], prep: Preprocessing | None = None) -> np.ndarray:
+    """An image file, uint8 array or PIL image as RGB uint8 (H, W, 3) at ``size``, resized by ``prep``'s policy
+    (files are turned upright by their EXIF orientation; arrays and PIL images are taken as they are)."""
+    from .decode import load_image, resize_array
 
     if isinstance(item, Path):
-        return load_image(item, size)
-    pil = Image.fromarray(item) if isinstance(item, np.ndarray) else item
-    return np.asarray(to_rgb(pil).resize((size[1], size[0]), Image.Resampling.BILINEAR), dtype=np.uint8)
+        return load_image(item, size, prep)
+    return resize_array(item, size, prep)
 
 
 def predict_stream(model: Classifier, sources: Iterable[Any], *, top_k: int = 5, batch_size: int = 32,
@@ -100,7 +102,7 @@ def predict_stream(model: Classifier, sources: Iterable[Any], *, top_k: int = 5,
     for name, item in iter_sources(sources):
         seen += 1
         try:
-            images.append(decode(item, model.input_size))
+            images.append(decode(item, model.input_size, model.preprocessing))
         except Exception as exc:  # PIL raises many types for truncated or non-image files
             why = f"{type(exc).__name__}: {exc}"
             if strict:

@@ -1,4 +1,4 @@
-"""Image decoding and the backbones' input normalization, shared by every framework.
+"""The backbones' input normalization, shared by every framework (decoding is :mod:`tlzoo.decode`).
 
 Images travel as RGB uint8 arrays (N, H, W, 3) until the last step, where
 :func:`normalize` applies the backbone's :class:`~tlzoo.specs.Preprocessing`.
@@ -7,13 +7,10 @@ The same arithmetic is written into exported ONNX graphs (``--raw-input``).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
+from .decode import is_image_file, load_image, to_rgb  # noqa: F401  (decoding lives in tlzoo.decode)
 from .specs import Preprocessing
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 def normalize(images: np.ndarray, prep: Preprocessing) -> np.ndarray:
@@ -28,39 +25,3 @@ def normalize(images: np.ndarray, prep: Preprocessing) -> np.ndarray:
     x -= np.asarray(prep.mean, dtype=np.float32)
     x /= np.asarray(prep.std, dtype=np.float32)
     return np.ascontiguousarray(x)
-
-
-def to_rgb(image):  # type: ignore[no-untyped-def]
-    """Any PIL image (grayscale, RGBA, palette, 16-bit) as 8-bit RGB."""
-    from PIL import Image
-
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit (and 32-bit integer) images: the full 0..65535 range maps onto 0..255.
-        arr = np.asarray(image, dtype=np.float64) / 257.0
-        image = Image.fromarray(arr.round().clip(0, 255).astype(np.uint8), mode="L")
-    elif image.mode == "F":
-        arr = np.asarray(image, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        image = Image.fromarray(((arr - lo) * scale).round().astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image)
-    return image.convert("RGB")
-
-
-def load_image(path: str | Path, size: tuple[int, int]) -> np.ndarray:
-    """Decode, convert to RGB and resize (bilinear) to ``size`` = (H, W); uint8 (H, W, 3)."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        image.load()
-        rgb = to_rgb(image)
-    if rgb.size != (size[1], size[0]):
-        rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8)
-
-
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")

@@ -15,20 +15,29 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 TAP_LAYOUTS = ("", "channels_first", "channels_last")
+RESIZE_POLICIES = ("squash", "crop", "pad")
+INTERPOLATIONS = ("bilinear", "bicubic")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How an RGB uint8 image becomes the backbone's input tensor.
+    """How an image file becomes the backbone's input tensor.
 
-    The image is resized to the input size, its channels put in
-    ``channel_order``, its values scaled to ``0..value_range`` (1.0 or 255.0),
-    then ``(x - mean) / std`` per channel (mean and std in that channel order
-    and value range). ``mode`` names the convention for people: ``torch``
-    (torchvision's ImageNet mean/std), ``caffe`` (BGR, mean subtraction on
-    0..255), ``tf`` (scaled to -1..1) or ``raw`` (the model normalizes itself).
+    The decoded image is brought to the input size by ``resize`` (with ``interpolation``, antialiased
+    as Pillow and torchvision do), its channels put in ``channel_order``, its values scaled to
+    ``0..value_range`` (1.0 or 255.0), then ``(x - mean) / std`` per channel (mean and std in that
+    channel order and value range). ``mode`` names the convention for people: ``torch``
+    (torchvision's ImageNet mean/std), ``caffe`` (BGR, mean subtraction on 0..255), ``tf`` (scaled to
+    -1..1) or ``raw`` (the model normalizes itself).
+
+    ``resize``, as fastai names them: ``squash`` stretches the whole image to the input size;
+    ``crop`` scales it, keeping its aspect, until it covers the input size divided by
+    ``crop_fraction``, then takes the centre (torchvision's and timm's evaluation transform:
+    ``Resize(256)`` then ``CenterCrop(224)`` is ``crop`` with 224/256); ``pad`` scales it to fit
+    inside the input size and fills the rest with the mean colour. A description written before
+    these fields existed means ``squash`` and ``bilinear``, which is what it was made with.
     """
 
     mode: str
@@ -37,13 +46,34 @@ class Preprocessing:
     channel_order: Literal["RGB", "BGR"] = "RGB"
     value_range: float = 1.0
     interpolation: str = "bilinear"
+    resize: str = "squash"
+    crop_fraction: float = 1.0
 
     def __post_init__(self) -> None:
-        # Every resize tlzoo does (decoding, prediction, the exported graph's --raw-input resize) is bilinear;
-        # a spec asking for another method is refused rather than silently resized bilinearly.
-        if self.interpolation != "bilinear":
-            raise ValueError(f"preprocessing interpolation {self.interpolation!r} is not supported: tlzoo resizes "
-                             f"images bilinearly (\"bilinear\")")  # fmt: skip
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"preprocessing interpolation {self.interpolation!r} is not supported: use "
+                             f"{' or '.join(INTERPOLATIONS)}")  # fmt: skip
+        if self.resize not in RESIZE_POLICIES:
+            raise ValueError(f"resize policy {self.resize!r} is not one of {', '.join(RESIZE_POLICIES)}")
+        if not (isinstance(self.crop_fraction, (int, float)) and 0.0 < self.crop_fraction <= 1.0):
+            raise ValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction!r}")
+
+    def with_resize(self, resize: str | None = None, *, crop_fraction: float | None = None,
+                    interpolation: str | None = None) -> Preprocessing:  # fmt: skip
+        """This preprocessing with another resize policy, crop fraction or interpolation (None keeps each)."""
+        return dataclasses.replace(self, resize=resize or self.resize,
+                                   crop_fraction=self.crop_fraction if crop_fraction is None else float(crop_fraction),
+                                   interpolation=interpolation or self.interpolation)  # fmt: skip
+
+    def pad_colour(self) -> tuple[int, int, int]:
+        """The RGB uint8 colour ``pad`` fills with: the mean, so the padding normalizes to zero."""
+        mean = list(self.mean[::-1] if self.channel_order == "BGR" else self.mean)
+        return tuple(int(round(min(255.0, max(0.0, m * 255.0 / self.value_range)))) for m in mean)  # type: ignore[return-value]
+
+    def resize_text(self) -> str:
+        """``crop 0.875 bilinear``: the resize in words, for run summaries and model cards."""
+        fraction = f" {self.crop_fraction:g}" if self.resize == "crop" else ""
+        return f"{self.resize}{fraction} {self.interpolation}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -57,6 +87,8 @@ class Preprocessing:
             channel_order=data.get("channel_order", "RGB"),
             value_range=float(data.get("value_range", 1.0)),
             interpolation=data.get("interpolation", "bilinear"),
+            resize=data.get("resize", "squash"),
+            crop_fraction=float(data.get("crop_fraction", 1.0)),
         )
 
 
@@ -76,6 +108,10 @@ class WeightsSpec:
     ``file_hash`` is checked before the file is used. For ``sha256`` it may be
     a prefix of at least 8 hex digits (torchvision's file names carry one);
     Keras publishes md5 hashes for its application weights.
+
+    ``resize``, ``crop_fraction`` and ``interpolation`` are the evaluation transform the weights were
+    published with (torchvision documents one per tag); empty or 0 means the backbone's own
+    :class:`Preprocessing` (see :meth:`BackboneSpec.preprocessing_for`).
     """
 
     tag: str
@@ -86,6 +122,17 @@ class WeightsSpec:
     source: str = ""
     dataset: str = "ImageNet-1K"
     metrics: dict[str, float] = field(default_factory=dict)
+    resize: str = ""
+    crop_fraction: float = 0.0
+    interpolation: str = ""
+
+    def __post_init__(self) -> None:
+        if self.resize and self.resize not in RESIZE_POLICIES:
+            raise ValueError(f"weights {self.tag}: resize {self.resize!r} is not one of {', '.join(RESIZE_POLICIES)}")
+        if self.interpolation and self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"weights {self.tag}: interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+        if not 0.0 <= float(self.crop_fraction) <= 1.0:
+            raise ValueError(f"weights {self.tag}: crop_fraction must be in (0, 1] (0: the backbone's), got {self.crop_fraction}")
 
 
 @dataclass(frozen=True)
@@ -157,6 +204,15 @@ class BackboneSpec:
             if w.tag.lower() == tag.lower():
                 return w
         return None
+
+    def preprocessing_for(self, weights: WeightsSpec | None = None, resize: str | None = None) -> Preprocessing:
+        """The preprocessing of these weights (their published resize, crop fraction and interpolation where
+        they name one, else the backbone's), with ``resize`` (a user's ``--resize``) overriding the policy."""
+        prep = self.preprocessing
+        if weights is not None:
+            prep = prep.with_resize(weights.resize or None, crop_fraction=weights.crop_fraction or None,
+                                    interpolation=weights.interpolation or None)  # fmt: skip
+        return prep.with_resize(resize) if resize else prep
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

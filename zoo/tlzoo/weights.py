@@ -98,6 +98,20 @@ def choose(spec: BackboneSpec, tag: str) -> WeightsSpec:
     return found
 
 
+def published(spec: BackboneSpec, weights: str | None) -> WeightsSpec | None:
+    """The published weights ``--weights`` names, found without reading any file (a file of the user's own,
+    random initialisation or an unknown tag: the backbone's default weights, whose transform it keeps)."""
+    if weights is not None and weights.lower() not in ("none", "random", "scratch", "false"):
+        candidate = Path(weights).expanduser()
+        if candidate.exists() or os.sep in weights or candidate.suffix in _WEIGHT_SUFFIXES:
+            return next((w for w in spec.weights if w.file_name == candidate.name), spec.default_weights)
+        try:
+            return choose(spec, weights)
+        except UsageError:
+            pass
+    return spec.default_weights
+
+
 def resolve(spec: BackboneSpec, weights: str | None) -> ResolvedWeights | None:
     """Turn ``--weights`` (None, a tag, ``auto`` or a file path) into a verified local file."""
     if weights is None or weights.lower() in ("none", "random", "scratch", "false"):

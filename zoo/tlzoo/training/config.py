@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..settings import Setting
+from ..specs import RESIZE_POLICIES
 
 STRATEGIES = {
     "feature-extract": "backbone frozen; bottleneck features computed once and cached; a new head trained on them",
@@ -85,6 +86,10 @@ class TrainConfig:
     test_split: float = _setting(0.0, "Share of --data held out for testing.", DATA, min=0, max=1, max_open=True)
     image_size: int | None = _setting(None, "Resize images to this size (default: the backbone's).", DATA,
                                       min=1, max=MAX_IMAGE_SIZE)
+    resize: str = _setting(
+        "auto", "auto | squash | crop | pad: how an image reaches the input size (crop: keep the aspect, take the "
+        "centre; pad: keep the aspect, fill with the mean colour; auto: the transform the weights were published "
+        "with, tlzoo describe).", DATA, choices=("auto", *RESIZE_POLICIES), per_strategy=True)
     augment: str = _setting("auto", "auto | none | flip,crop (or flip+crop; auto: on for fine-tune, two-stage and scratch).", DATA,
                             per_strategy=True)
     strict: bool = _setting(False, "Stop on an unreadable image instead of skipping it.", DATA)

@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import data as datamod
 from ..errors import DataError
+from ..specs import Preprocessing
 from ..datasets import ensure_digits
 from .config import TrainConfig
 from .reporter import Reporter
@@ -108,15 +109,17 @@ def readable(splits: Splits, kept: dict[str, np.ndarray], skipped: dict[str, lis
                   root=splits.root, skipped=lost)  # fmt: skip
 
 
-def decode(splits: Splits, size: tuple[int, int], cfg: TrainConfig, reporter: Reporter) -> Splits:
-    """Every part decoded and held in memory (the strategies that go over the images every epoch)."""
+def decode(splits: Splits, size: tuple[int, int], cfg: TrainConfig, reporter: Reporter,
+           prep: Preprocessing | None = None) -> Splits:  # fmt: skip
+    """Every part decoded (by ``prep``'s resize policy) and held in memory (the strategies that go over the
+    images every epoch)."""
     names = {"train": "training", "val": "validation", "test": "test"}
     kept, skipped, decoded = {}, {}, {}
     for name, part in splits.parts():
         assert isinstance(part, datamod.ImageList)
         with reporter.task(f"loading {names[name]} images", len(part)) as advance:
             images, index, lost = datamod.decode_all(part.paths, size, strict=cfg.strict, progress=lambda: advance(1),
-                                                     threads=cfg.workers or None)  # fmt: skip
+                                                     threads=cfg.workers or None, prep=prep)  # fmt: skip
         kept[name], skipped[name], decoded[name] = index, lost, images
     out = readable(splits, kept, skipped)
     for name, part in out.parts():
@@ -124,9 +127,9 @@ def decode(splits: Splits, size: tuple[int, int], cfg: TrainConfig, reporter: Re
     return out
 
 
-def prepare(cfg: TrainConfig, size: tuple[int, int], reporter: Reporter) -> Splits:
+def prepare(cfg: TrainConfig, size: tuple[int, int], reporter: Reporter, prep: Preprocessing | None = None) -> Splits:
     """Plan the split and decode every part (see :func:`plan` and :func:`decode`)."""
-    splits = decode(plan(cfg, reporter), size, cfg, reporter)
+    splits = decode(plan(cfg, reporter), size, cfg, reporter, prep)
     splits.warn_skipped(reporter)
     splits.show_counts(reporter)
     return splits

@@ -26,8 +26,10 @@ from ..distributed import world
 from .. import feature_engines, model_card
 from ..errors import DataError, TlzooError, UsageError
 from ..freeze import parse_freeze, parse_unit
-from ..specs import BackboneSpec
-from ..weights import ResolvedWeights, file_digest, preflight as preflight_weights, resolve as resolve_weights
+from ..decode import recipe as decode_recipe
+from ..specs import BackboneSpec, Preprocessing
+from ..weights import ResolvedWeights, file_digest, preflight as preflight_weights, published as published_weights
+from ..weights import resolve as resolve_weights
 from ..registry import get_registry
 from ..rundir import fault_point, new_run_dir, package_versions, reclaim_temp_files
 from ..runfiles import (CONFUSION_MATRIX, ENVIRONMENT, FORMAT_VERSION, FULL_MODEL_FORMAT, HEAD, LEARNING_CURVES, METRICS,
@@ -87,12 +89,11 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
         reporter.info(f"not used by {config.describe_choice()}: {', '.join(unused)}")
     splits = plan(config, reporter)
     feature_extract = config.strategy == "feature-extract"
+    model = Model(spec, config, size, len(splits.classes))
     if not feature_extract:
-        splits = decode(splits, size, config, reporter)
+        splits = decode(splits, size, config, reporter, model.preprocessing)
         splits.warn_skipped(reporter)
     splits.show_counts(reporter)
-
-    model = Model(spec, config, size, len(splits.classes))
     comm: Collective = Collective()
     # A feature-extract run builds its backbone on its first cache miss; one that runs on several processes
     # builds it now, since every rank takes part in the extraction.
@@ -145,6 +146,12 @@ class Model:
         return resolve_weights(self.spec, None if self.config.strategy == "scratch" else self.config.weights)
 
     @cached_property
+    def preprocessing(self) -> Preprocessing:
+        """The backbone's preprocessing with the resize its weights were published with, or ``--resize``."""
+        resize = None if self.config.resize == "auto" else self.config.resize
+        return self.spec.preprocessing_for(published_weights(self.spec, self.config.weights), resize)
+
+    @cached_property
     def weights_sha256(self) -> str | None:
         return file_digest(self.weights.path, "sha256") if self.weights is not None else None
 
@@ -189,7 +196,8 @@ class Model:
         engine = self.config.feature_engine
         own = engine in (feature_engines.FRAMEWORK, feature_engines.AUTO)
         return {"backbone": self.spec.id, "weights": weights, "tap": self.tap, "size": list(self.size),
-                "preprocessing": self.spec.preprocessing.to_dict(), "tlzoo": __version__,
+                "preprocessing": self.preprocessing.to_dict(), "decode": decode_recipe(self.preprocessing),
+                "tlzoo": __version__,
                 **({"engine": engine} if not own else {})}  # fmt: skip
 
 
@@ -288,7 +296,7 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
                    best_epoch=best_epoch(history) if len(history) > 1 else None, **extra)  # fmt: skip
     meta = ClassifierMeta(
         framework=spec.framework, backbone=spec.id, input_size=size, tap=tap, head=head_meta, output=output,
-        classes=splits.classes, preprocessing=spec.preprocessing, weights=weights.tag if weights else None,
+        classes=splits.classes, preprocessing=model.preprocessing, weights=weights.tag if weights else None,
         strategy=config.strategy, model_file=HEAD if head_only else adapter_for(spec.framework).model_file,
         plugin=get_registry().provider(spec.id), tlzoo_version=__version__,
         weights_sha256=model.weights_sha256 if head_only else None,
@@ -371,7 +379,7 @@ def _extract(model: Model, files: datamod.ImageList, cfg: TrainConfig, run: Call
     """Decode on a pool of threads while the backbone runs on the batch before."""
     feats, kept, skipped = [], [], []
     for batch in datamod.decode_batches(files.paths, model.size, batch_size=cfg.batch_size, threads=cfg.workers or None,
-                                        strict=cfg.strict):  # fmt: skip
+                                        strict=cfg.strict, prep=model.preprocessing):  # fmt: skip
         skipped += batch.skipped
         if len(batch.index):
             feats.append(model.backbone.extract_features(batch.images, tap=model.tap, batch_size=cfg.batch_size,
