@@ -201,3 +201,60 @@ def test_predict_rejects_non_image_input(runs, tmp_path):
     result = run_tlzoo("predict", report["path"], str(text))
     assert result.returncode == 1 and "none of the 1 image(s) given could be read" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_rotated_photos_predict_and_evaluate_as_upright_ones_run_and_onnx(runs, tiny_data, tmp_path, framework):
+    from PIL import Image
+
+    from tlzoo.trained import load_run
+
+    from .test_decode import save_oriented
+
+    run = load_run(runs[framework])
+    upright, rotated = tmp_path / "upright", tmp_path / "rotated"
+    for cls in run.classes:
+        (upright / cls).mkdir(parents=True)
+        (rotated / cls).mkdir(parents=True)
+        for i, path in enumerate(sorted((tiny_data / cls).iterdir())[:3]):
+            pixels = np.asarray(Image.open(path).convert("RGB"))
+            Image.fromarray(pixels).save(upright / cls / f"{i}.png")
+            save_oriented(pixels, 6 + i % 3, rotated / cls / f"{i}.png")  # orientations 6, 7, 8: what phones write
+    onnx_file = export(runs[framework], tmp_path / "m.onnx")["path"]
+    for model in (runs[framework], onnx_file):
+        up = {p.path.replace(str(upright), ""): p.top for p in tlzoo.predict(model, [upright], top_k=3)}
+        rot = {p.path.replace(str(rotated), ""): p.top for p in tlzoo.predict(model, [rotated], top_k=3)}
+        assert up.keys() == rot.keys() and len(up) == 9
+        for name in up:
+            assert [c for c, _ in rot[name]] == [c for c, _ in up[name]]
+            np.testing.assert_allclose([p for _, p in rot[name]], [p for _, p in up[name]], atol=1e-6)
+        a, b = tlzoo.evaluate(model, upright), tlzoo.evaluate(model, rotated)
+        assert a["accuracy"] == b["accuracy"] and a["log_loss"] == pytest.approx(b["log_loss"], abs=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["squash", "crop", "pad"])
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_the_raw_input_front_resizes_like_the_decoder(tmp_path, policy, interpolation):
+    """The in-graph resize against the decoder's, on a real photo scaled down about 7x (and a 1.5x upscale)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    from skimage import data
+
+    from tlzoo.decode import resize_array
+    from tlzoo.specs import KERAS_RAW
+    from tlzoo_onnx.front import _front
+
+    prep = KERAS_RAW.with_resize(policy, crop_fraction=0.875, interpolation=interpolation)  # pixels out, unnormalized
+    size = (64, 48)
+    identity = helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "id",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64, 48, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64, 48, 3])]), opset_imports=[helper.make_opsetid("", 18)])  # fmt: skip
+    identity.ir_version = 9
+    front = _front(prep, size, "NHWC", 18, identity)
+    session = ort.InferenceSession(front.SerializeToString(), providers=["CPUExecutionProvider"])
+    for photo in (data.astronaut(), data.chelsea()[:40, :30]):
+        graph = session.run(None, {"tlzoo_raw_images": photo[None]})[0][0]
+        decoder = resize_array(photo, size, prep).astype(np.float32)
+        assert graph.shape == decoder.shape
+        assert np.abs(graph - decoder).mean() < 1.5, (policy, interpolation, np.abs(graph - decoder).mean())

@@ -161,13 +161,18 @@ def _convert(run: TrainedRun, path: Path, opset: int, batch: int | None, raw: bo
     if convert is None:
         raise UsageError(f"{run.meta.backbone}: the {run.framework} framework plugin cannot convert models to ONNX")
     try:
+        # The framework converts the classifier alone (float input); the raw-input front is tlzoo's own.
         convert(run.model, path, input_size=run.input_size, preprocessing=run.preprocessing, output=run.meta.output,
-                opset=opset, batch=batch, raw_input=raw)  # fmt: skip
+                opset=opset, batch=batch, raw_input=False)  # fmt: skip
     except (TlzooError, MemoryError, OSError):
         raise
     except Exception as exc:
         raise PluginError(f"the {run.framework} framework's ONNX conversion of {run.meta.backbone} failed: "
                           f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc  # fmt: skip
+    if raw:
+        from .front import prepend
+
+        prepend(path, run.preprocessing, run.input_size, _layout(run), opset)
 
 
 # ------------------------------------------------------------------ file finishing and variants
@@ -339,7 +344,9 @@ def _model_inputs(run: TrainedRun, images: np.ndarray, raw: bool) -> np.ndarray:
     from tlzoo.preprocess import normalize
 
     if raw:
-        return images
+        from .front import feed
+
+        return feed(images, run.preprocessing, run.input_size)
     x = normalize(images, run.preprocessing)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if _layout(run) == "NCHW" else x
 

@@ -114,7 +114,9 @@ class Predictor:
 
     def _inputs(self, images: np.ndarray) -> np.ndarray:
         if self.raw_input:
-            return np.ascontiguousarray(images)
+            from .front import feed
+
+            return feed(images, self.preprocessing, self.input_size)
         from tlzoo.preprocess import normalize
 
         x = normalize(images, self.preprocessing)

@@ -1,8 +1,8 @@
 """A trained Keras classifier as ONNX, for tlzoo's ONNX exporter (``adapter.converter("onnx")``).
 
 tf2onnx from a ``tf.function`` with an explicit input signature (its Keras path is fragile with
-Keras 3). The graph ends in probabilities; with ``raw_input`` it starts from uint8 NHWC images of
-any size and resizes and normalizes them itself.
+Keras 3). The graph ends in probabilities. ``raw_input`` is refused: tlzoo's exporter joins its own
+raw-input front (:mod:`tlzoo_onnx.front`) in front of the float-input graph this writes.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any
 from tlzoo.specs import Preprocessing
 
 from .quiet import tf
-from .train import normalize
 
 
 def convert(model: Any, path: Path, *, input_size: tuple[int, int], preprocessing: Preprocessing, output: str,
@@ -23,18 +22,14 @@ def convert(model: Any, path: Path, *, input_size: tuple[int, int], preprocessin
         warnings.simplefilter("ignore")
         import tf2onnx
 
-    h, w = input_size
     if raw_input:
-        signature = [tf.TensorSpec((batch, None, None, 3), tf.uint8, name="images")]
-    else:
-        signature = [tf.TensorSpec((batch, h, w, 3), tf.float32, name="images")]
+        raise ValueError("raw_input graphs are assembled by tlzoo_onnx.front; convert the float-input classifier")
+    h, w = input_size
+    signature = [tf.TensorSpec((batch, h, w, 3), tf.float32, name="images")]
 
     @tf.function(input_signature=signature)
     def serve(images: tf.Tensor) -> tf.Tensor:
-        x = images
-        if raw_input:
-            x = normalize(tf.image.resize(tf.cast(x, tf.float32), (h, w), method="bilinear"), preprocessing)
-        logits = model(x, training=False)
+        logits = model(images, training=False)
         if output == "features":  # a frozen backbone for the onnxruntime feature engine
             return tf.identity(logits, name="features")
         if output == "ovr":

@@ -1,8 +1,8 @@
 """A trained torch classifier as ONNX, for tlzoo's ONNX exporter (``adapter.converter("onnx")``).
 
 ``torch.onnx.export(dynamo=True)``: the TorchScript exporter fails on VGG's adaptive pooling at
-non-224 sizes. The graph ends in probabilities; with ``raw_input`` it starts from uint8 NHWC images
-of any size and resizes and normalizes them itself.
+non-224 sizes. The graph ends in probabilities. ``raw_input`` is refused: tlzoo's exporter joins its own
+raw-input front (:mod:`tlzoo_onnx.front`) in front of the float-input graph this writes.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from torch import nn
 
 from tlzoo.specs import Preprocessing
 
-from .train import normalize
-
 
 def convert(model: nn.Module, path: Path, *, input_size: tuple[int, int], preprocessing: Preprocessing, output: str,
             opset: int, batch: int | None, raw_input: bool) -> None:  # fmt: skip
+    if raw_input:
+        raise ValueError("raw_input graphs are assembled by tlzoo_onnx.front; convert the float-input classifier")
     h, w = input_size
 
     class Exported(nn.Module):
@@ -29,9 +29,6 @@ def convert(model: nn.Module, path: Path, *, input_size: tuple[int, int], prepro
             self.classifier = classifier
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if raw_input:  # uint8 NHWC of any size -> the backbone's input
-                x = normalize(x, preprocessing)
-                x = nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
             logits = self.classifier(x)
             if output == "features":  # a frozen backbone for the onnxruntime feature engine
                 return logits
@@ -42,13 +39,10 @@ def convert(model: nn.Module, path: Path, *, input_size: tuple[int, int], prepro
 
     exported = Exported(model).eval()
     n = batch or 2
-    example = torch.zeros(n, h, w, 3, dtype=torch.uint8) if raw_input else torch.zeros(n, 3, h, w)
+    example = torch.zeros(n, 3, h, w)
     dims: dict[int, Any] = {}
     if batch is None:
         dims[0] = torch.export.Dim("batch", min=1, max=4096)
-    if raw_input:
-        dims[1] = torch.export.Dim("height", min=16, max=4096)
-        dims[2] = torch.export.Dim("width", min=16, max=4096)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(

@@ -111,7 +111,8 @@ class FrameworkAdapter(ABC):
         """The function that converts a loaded classifier to an export format (``onnx``), or None.
 
         Exporters call it as ``convert(model, path, *, input_size, preprocessing, output, opset, batch,
-        raw_input)``; what each keyword means is the exporter's documented contract.
+        raw_input)``; what each keyword means is the exporter's documented contract. tlzoo's ONNX exporter always
+        passes ``raw_input=False`` and joins its own raw-input front (``tlzoo_onnx.front``) to the result.
         """
         return None
 
