@@ -230,3 +230,20 @@ def _train_files(run_dir: Path) -> tuple[list[str], np.ndarray]:
     classes = load_run(run_dir).classes
     rows = [r for r in csv.DictReader(open(run_dir / "split.csv")) if r["subset"] == "train"]
     return [r["path"] for r in rows], np.asarray([classes.index(r["label"]) for r in rows])
+
+
+def test_features_decoded_by_another_recipe_are_not_served(data, tmp_path, monkeypatch):
+    """Decoding changed (sideways, squashed, another decoder): entries written before are not hit."""
+    import tlzoo.decode
+
+    cfg = config(data, tmp_path, "torch/resnet18", weights="none")
+    assert train(cfg).metrics["feature_cache"] == "miss"
+    assert train(cfg).metrics["feature_cache"] == "hit"
+    with monkeypatch.context() as patched:
+        patched.setattr(tlzoo.decode, "DECODE_FORMAT", tlzoo.decode.DECODE_FORMAT - 1)  # an older decoder
+        assert train(cfg).metrics["feature_cache"] == "miss"
+    assert train(cfg).metrics["feature_cache"] == "hit"
+    padded = train(config(data, tmp_path, "torch/resnet18", weights="none", name="p", resize="pad"))
+    assert padded.metrics["feature_cache"] == "miss"
+    meta = json.loads((padded.run_dir / "classifier.json").read_text())
+    assert meta["preprocessing"]["resize"] == "pad"
