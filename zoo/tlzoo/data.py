@@ -71,12 +71,13 @@ class ImageList:
         return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
 
     def stats(self) -> list[tuple[str, int, int]]:
-        """(absolute path, size, mtime in ns) of every file: what says, without reading them, that they
-        are the files a cache entry was made from."""
+        """(absolute path, size, mtime, inode, ctime) of every file: what says, without reading them, that they
+        are the files a cache entry was made from. ``cp -p`` and ``rsync -a`` keep a replaced file's size and
+        mtime, but cannot set its ctime (nor keep its inode)."""
         out = []
         for path in self.paths:
             st = os.stat(path)
-            out.append((os.path.abspath(path), st.st_size, st.st_mtime_ns))
+            out.append((os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
         return out
 
     def digests(self) -> list[str]:
@@ -147,8 +148,14 @@ def decode_batches(paths: list[str], size: tuple[int, int], *, batch_size: int, 
             yield DecodedBatch(np.asarray(index, np.int64), np.stack(images) if images else empty, skipped)
 
 
-def scan(source: Path) -> list[Sample]:
-    """Find labelled images: a folder with one sub-folder per class, or a ``path,label`` CSV."""
+def scan(source: Path, *, exclude: tuple[Path, ...] = (), ignored: list[str] | None = None) -> list[Sample]:
+    """Find labelled images: a folder with one sub-folder per class, or a ``path,label`` CSV.
+
+    In a folder, an image is a file with a suffix Pillow can open (:func:`tlzoo.decode.image_suffixes`) at any
+    depth of its class folder. Hidden files and folders (a leading dot) are skipped, and so is anything under
+    ``exclude`` (the run's output folder, tlzoo's cache). Symbolic links are followed, to folders and files
+    alike, each real folder once. Files passed over for their suffix are appended to ``ignored``. A name that
+    is not valid UTF-8 is refused here, in one line, before any work."""
     source = Path(source)
     if not source.exists():
         raise DataError(f"data path {source} does not exist")
@@ -157,7 +164,9 @@ def scan(source: Path) -> list[Sample]:
             raise DataError(f"{source} is a file but not a .csv; give a folder with one sub-folder per class, or a CSV")
         return _scan_csv(source)
     root = source.resolve()
-    class_dirs = sorted(d for d in source.iterdir() if d.is_dir() and not d.name.startswith(".") and not _loops_back(d, root))
+    skip = {Path(p).resolve() for p in exclude}
+    class_dirs = sorted(d for d in source.iterdir() if d.is_dir() and not d.name.startswith(".")
+                        and not _loops_back(d, root) and d.resolve() not in skip)  # fmt: skip
     if not class_dirs:
         raise DataError(
             f"{source} has no class folders: expected one sub-folder per class, e.g. {source}/cat/1.jpg, {source}/dog/2.jpg"
@@ -165,13 +174,53 @@ def scan(source: Path) -> list[Sample]:
     samples: list[Sample] = []
     empty = []
     for d in class_dirs:
-        files = sorted(p for p in d.rglob("*") if p.is_file() and is_image_file(p))
+        _check_name(d)
+        files = sorted(_walk(d, skip, ignored))
         if not files:
             empty.append(d.name)
         samples.extend(Sample(p, d.name) for p in files)
     if empty:
         raise DataError(f"class folder(s) with no images in {source}: {', '.join(empty)}")
     return samples
+
+
+def _walk(folder: Path, skip: set[Path], ignored: list[str] | None) -> Iterator[Path]:
+    """Every image under ``folder``, following symbolic links and visiting each real folder once."""
+    seen: set[Path] = set()
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        real = Path(top).resolve()
+        if real in seen or real in skip:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            path = Path(top) / name
+            if name.startswith(".") or not path.is_file():
+                continue
+            _check_name(path)
+            if is_image_file(path):
+                yield path
+            elif ignored is not None:
+                ignored.append(str(path))
+
+
+def _check_name(path: Path) -> None:
+    """Refuse a name that is not UTF-8 (Latin-1 bytes from an old archive or a Windows share): it could not be
+    written to split.csv, a CSV of predictions or a compare table."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+        raise DataError(f"{shown}: the name is not valid UTF-8; rename it (e.g. convmv -f latin1 -t utf8 -r "
+                        f"--notest FOLDER)") from None
+
+
+def ignored_text(ignored: list[str]) -> str:
+    """``3 files: .heic (2), .txt (1)``: what a scan passed over for its suffix."""
+    suffixes = Counter(Path(p).suffix.lower() or "(no suffix)" for p in ignored)
+    return f"{len(ignored)} file(s) that are not images Pillow opens here, by suffix: " + ", ".join(
+        f"{k} ({v})" for k, v in suffixes.most_common())
 
 
 def _loops_back(folder: Path, root: Path) -> bool:

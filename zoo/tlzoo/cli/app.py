@@ -61,16 +61,31 @@ app.add_typer(weights_cmd.app, name="weights")
 
 def main() -> None:
     import os
+    import signal
+    import sys
 
-    from ..allocator import tune
+    # SIGTERM (kill, timeout, a job scheduler) ends a run as Ctrl-C does: an unstarted run leaves nothing
+    # behind, a started one keeps its last epoch for --resume.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        from ..allocator import tune
 
-    tune()  # before any framework allocates: see tlzoo.allocator
-    if os.environ.get("TLZOO_VERBOSE", "").strip() in ("", "0"):
-        # TensorFlow's C++ start-up lines (including a cuInit error on machines without a GPU) say nothing
-        # a tlzoo user can act on; TLZOO_VERBOSE=1 shows them.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
-    cli().main(prog_name="tlzoo")
+        tune()  # before any framework allocates: see tlzoo.allocator
+        if os.environ.get("TLZOO_VERBOSE", "").strip() in ("", "0"):
+            # TensorFlow's C++ start-up lines (including a cuInit error on machines without a GPU) say nothing
+            # a tlzoo user can act on; TLZOO_VERBOSE=1 shows them.
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+            os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+        cli().main(prog_name="tlzoo")
+    except KeyboardInterrupt:  # before a command's own handling starts (imports, option parsing)
+        if os.environ.get("TLZOO_DEBUG", "").strip() not in ("", "0"):
+            raise
+        print("Error: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def cli() -> Any:

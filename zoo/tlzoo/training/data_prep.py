@@ -12,6 +12,7 @@ from .. import data as datamod
 from ..errors import DataError
 from ..specs import Preprocessing
 from ..datasets import ensure_digits
+from .cache import cache_root
 from .config import TrainConfig
 from .reporter import Reporter
 
@@ -68,7 +69,12 @@ def plan(cfg: TrainConfig, reporter: Reporter) -> Splits:
     else:
         root = ensure_digits(default_data_root())
         reporter.info(f"no --data given: using the embedded UCI digits at {root}")
-    full = datamod.labelled(datamod.scan(root))
+    # tlzoo's own output (runs, plots) and its cache are never data, even when they sit inside --data.
+    exclude = (Path(cfg.out_dir).expanduser(), cache_root().parent)
+    ignored: list[str] = []
+    full = datamod.labelled(datamod.scan(root, exclude=exclude, ignored=ignored))
+    if ignored:
+        reporter.warn(f"skipped {datamod.ignored_text(ignored)} (in {root})")
     try:
         return _split(cfg, root, full)
     except DataError:

@@ -27,12 +27,16 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
     clipped = np.clip(proba, 1e-15, 1.0)
     clipped = clipped / clipped.sum(axis=1, keepdims=True)
     topk = {f"top{k}_accuracy": float(top_k_accuracy_score(y_true, proba, k=k, labels=labels))} if k else {}
+    # Macro averages over the classes the data holds (scikit-learn's labels=): a class with no image here has
+    # no F1 to average, and counting it as 0 would score a perfect prediction of the others below 1.
+    present = sorted(set(np.asarray(y_true).tolist()))
     return {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         **topk,
         "log_loss": float(log_loss(y_true, clipped, labels=labels)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "macro_f1_classes": len(present),
         "per_class": {
             name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for name, p, r, f, s in zip(classes, precision, recall, f1, support)
@@ -110,6 +114,19 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> 
     plt.close(fig)
 
 
+MAX_PLOTTED_CLASSES = 30
+
+
+def most_confused(matrix: np.ndarray, limit: int) -> list[int]:
+    """The classes a confusion-matrix plot shows: all up to ``limit``; past it, the ``limit`` classes with the
+    most errors (as truth or as prediction), in their own order (metrics.json keeps the whole matrix)."""
+    n = len(matrix)
+    if n <= limit:
+        return list(range(n))
+    errors = matrix.sum(0) + matrix.sum(1) - 2 * np.diag(matrix)
+    return sorted(np.argsort(-errors, kind="stable")[:limit].tolist())
+
+
 def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> None:
     import matplotlib
 
@@ -119,10 +136,15 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, titl
 
     from ..rundir import atomic_write
 
-    size = max(5.0, 0.5 * len(classes) + 2.5)
+    full = np.asarray(matrix)
+    shown = most_confused(full, MAX_PLOTTED_CLASSES)
+    if len(shown) < len(classes):
+        title = f"{title}: the {len(shown)} most-confused of {len(classes)} classes"
+    size = max(5.0, 0.5 * len(shown) + 2.5)
     fig, ax = plt.subplots(figsize=(size, size))
-    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=classes).plot(
-        ax=ax, colorbar=False, xticks_rotation=45 if max(len(c) for c in classes) > 3 else "horizontal"
+    names = [classes[i] for i in shown]
+    ConfusionMatrixDisplay(full[np.ix_(shown, shown)], display_labels=names).plot(
+        ax=ax, colorbar=False, xticks_rotation=45 if max(len(c) for c in names) > 3 else "horizontal"
     )
     import textwrap
 

@@ -1,0 +1,141 @@
+"""Real-world folders: what counts as an image, hidden folders, symlinks, odd names, tlzoo's own output.
+
+Each case asserts what a user should get: the right result, a warning naming what was found, or one
+``Error:`` line with nothing left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tlzoo import data as datamod
+from tlzoo.errors import DataError
+from tlzoo.training.metrics import classification_metrics, most_confused
+
+from .conftest import run_tlzoo
+from .datagen import make_image, write_folder
+
+
+def names(samples) -> list[str]:
+    return sorted(f"{s.label}/{s.path.name}" for s in samples)
+
+
+def test_tlzoo_never_trains_its_own_output(tmp_path):
+    data = write_folder(tmp_path / "photos", per_class=4)
+    (data / "runs" / "first").mkdir(parents=True)  # a run's plots, from `cd photos && tlzoo train --data .`
+    Image.fromarray(make_image("red", 0)).save(data / "runs" / "first" / "confusion_matrix.png")
+    done = run_tlzoo("train", "--data", ".", "-b", "resnet18", "--weights", "none", "--image-size", "32",
+                     "--name", "r", cwd=data, env={"TLZOO_CACHE": str(data / ".cache")})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    labels = json.loads((data / "runs" / "r" / "labels.json").read_text())
+    assert labels == ["blue", "green", "red"]
+
+
+def test_hidden_folders_are_skipped_like_hidden_files(tmp_path):
+    data = write_folder(tmp_path / "d", per_class=2)
+    (data / "red" / ".thumbnails").mkdir()
+    Image.fromarray(make_image("blue", 9)).save(data / "red" / ".thumbnails" / "t.png")
+    Image.fromarray(make_image("blue", 9)).save(data / "red" / ".hidden.png")
+    assert "red/t.png" not in names(datamod.scan(data)) and len(datamod.scan(data)) == 6
+
+
+def test_symlinks_follow_one_rule_folders_and_files_alike(tmp_path):
+    data = write_folder(tmp_path / "d", per_class=2)
+    elsewhere = write_folder(tmp_path / "more", per_class=1, classes=("red",))
+    (data / "red" / "linked").symlink_to(elsewhere / "red", target_is_directory=True)  # a sub-folder link
+    (data / "red" / "loop").symlink_to(data / "red", target_is_directory=True)  # visited once, no loop
+    (data / "orange").symlink_to(elsewhere / "red", target_is_directory=True)  # a class-folder link
+    found = names(datamod.scan(data))
+    assert found.count("red/000.png") == 2  # its own and the linked folder's, once each
+    assert "orange/000.png" in found and len(found) == 2 * 3 + 1 + 1
+
+
+def test_what_pillow_opens_counts_and_what_was_skipped_by_suffix_is_listed(tmp_path):
+    data = write_folder(tmp_path / "d", per_class=2)
+    (data / "jfif").mkdir()
+    for i, suffix in enumerate((".jfif", ".jpe", ".avif")):
+        Image.fromarray(make_image("red", i)).save(data / "jfif" / f"{i}{suffix}", format="AVIF" if suffix == ".avif" else "JPEG")
+    (data / "red" / "notes.txt").write_text("x")
+    (data / "red" / "phone.heic").write_bytes(b"\0" * 10)
+    ignored: list[str] = []
+    found = names(datamod.scan(data, ignored=ignored))
+    assert {"jfif/0.jfif", "jfif/1.jpe", "jfif/2.avif"} <= set(found)
+    assert sorted(Path(p).name for p in ignored) == ["notes.txt", "phone.heic"]
+    assert datamod.ignored_text(ignored) == "2 file(s) that are not images Pillow opens here, by suffix: .txt (1), .heic (1)"
+    files = datamod.labelled(datamod.scan(data))
+    [batch] = datamod.decode_batches(files.paths, (16, 16), batch_size=16)
+    assert not batch.skipped  # every one of them decodes
+
+
+def test_a_name_that_is_not_utf8_is_refused_at_scan_time_in_one_line(tmp_path):
+    data = write_folder(tmp_path / "d", per_class=2)
+    latin1 = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes from an old archive
+    Image.fromarray(make_image("red", 5)).save(data / "red" / latin1)
+    with pytest.raises(DataError, match=r"caf\\xe9.png: the name is not valid UTF-8; rename it"):
+        datamod.scan(data)
+    done = run_tlzoo("train", "--data", str(data), "--weights", "none", "--out-dir", str(tmp_path / "out"))
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "not valid UTF-8" in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_macro_f1_averages_the_classes_present():
+    proba = np.eye(3)[[0, 0, 1, 1]]  # classes 0 and 1 present and predicted right; class 2 absent
+    metrics = classification_metrics(np.array([0, 0, 1, 1]), proba, ["a", "b", "c"])
+    assert metrics["accuracy"] == 1.0 and metrics["macro_f1"] == 1.0 and metrics["macro_f1_classes"] == 2
+
+
+def test_a_confusion_plot_of_many_classes_shows_the_most_confused(tmp_path):
+    from tlzoo.training.metrics import plot_confusion
+
+    n = 200
+    matrix = np.diag(np.full(n, 5))
+    matrix[7, 9] = matrix[150, 3] = 4
+    shown = most_confused(matrix, 30)
+    assert len(shown) == 30 and {3, 7, 9, 150} <= set(shown)
+    started = time.perf_counter()
+    plot_confusion(matrix.tolist(), [f"class{i}" for i in range(n)], tmp_path / "cm.png", "title")
+    assert time.perf_counter() - started < 30
+    width, height = Image.open(tmp_path / "cm.png").size
+    assert width <= 2000 and height <= 2000
+
+
+def test_a_replaced_file_that_kept_its_size_and_mtime_is_not_served_stale_features(tmp_path):
+    data = write_folder(tmp_path / "d", per_class=1)
+    path = data / "red" / "000.png"
+    before = datamod.labelled(datamod.scan(data)).stats()
+    st = path.stat()
+    replacement = tmp_path / "other.png"
+    Image.fromarray(make_image("red", 0)[::-1].copy()).save(replacement)
+    data_bytes = replacement.read_bytes()
+    path.write_bytes(data_bytes[: st.st_size].ljust(st.st_size, b"\0"))  # same size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime, as cp -p and rsync -a keep it
+    after = datamod.labelled(datamod.scan(data)).stats()
+    assert [r[:3] for r in after] == [r[:3] for r in before] and after != before  # the ctime tells
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_before_the_first_epoch_leaves_nothing(tmp_path):
+    data = write_folder(tmp_path / "d", per_class=40, size=64)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "tlzoo", "train", "--data", str(data), "-b", "resnet18",
+                                "--weights", "none", "-s", "fine-tune", "--image-size", "64", "--out-dir", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TLZOO_CACHE": str(tmp_path / "cache")})  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out.exists() and any(out.rglob("config.yaml"))):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    assert not out.exists() or not any(out.iterdir())
