@@ -139,3 +139,94 @@ def test_sigterm_before_the_first_epoch_leaves_nothing(tmp_path):
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "interrupted" in stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+def _interrupted_run(tmp_path, data):
+    from tlzoo.training.config import TrainConfig
+    from tlzoo.training.reporter import Reporter
+    from tlzoo.training.run import TrainingInterrupted, train
+
+    class Interrupt(Reporter):
+        def epoch(self, row):
+            raise KeyboardInterrupt
+
+    cfg = TrainConfig(data=str(data), backbone="torch/resnet18", weights="none", strategy="fine-tune", image_size=32,
+                      batch_size=8, epochs=2, out_dir=str(tmp_path / "runs"), name="r")  # fmt: skip
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, Interrupt())
+    return tmp_path / "runs" / "r"
+
+
+def test_resume_trains_on_the_recorded_split_from_anywhere(tmp_path, monkeypatch):
+    import csv
+
+    from tlzoo.training.run import train
+    from tlzoo.training.config import TrainConfig
+
+    data = write_folder(tmp_path / "photos", per_class=8)
+    run = _interrupted_run(tmp_path, data)
+    before = list(csv.DictReader(open(run / "split.csv")))
+    assert all(Path(r["path"]).is_absolute() and r["bytes"] for r in before)
+    write_folder(tmp_path / "photos", per_class=12)  # images added to the folder after the split
+    elsewhere = tmp_path / "elsewhere"
+    write_folder(elsewhere / "photos", per_class=3)  # a folder of the same name where the resume is typed
+    monkeypatch.chdir(elsewhere)
+    result = train(TrainConfig(), resume=run)
+    after = list(csv.DictReader(open(run / "split.csv")))
+    assert [(r["path"], r["subset"]) for r in after] == [(r["path"], r["subset"]) for r in before]
+    assert result.metrics["n"] == sum(r["subset"] == "val" for r in before)
+
+
+def test_resume_refuses_a_split_whose_files_went_missing_or_changed(tmp_path):
+    data = write_folder(tmp_path / "photos", per_class=8)
+    run = _interrupted_run(tmp_path, data)
+    victim = data / "red" / "000.png"
+    original = victim.read_bytes()
+    victim.write_bytes(original + b"\0")  # changed
+    done = run_tlzoo("train", "--resume", str(run))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "1 of its 24 files are changed since" in done.stderr and "000.png" in done.stderr
+    victim.unlink()  # missing
+    done = run_tlzoo("train", "--resume", str(run))
+    assert "1 of its 24 files are missing since" in done.stderr
+
+
+def test_small_data_trains_by_default_and_names_the_classes_too_small(tmp_path):
+    from tlzoo.training.config import TrainConfig
+    from tlzoo.training.reporter import Reporter
+    from tlzoo.training.run import train
+
+    data = tmp_path / "d"
+    colours = ["red", "green", "blue"]
+    for k in range(10):  # 10 classes of 4 images: scikit-learn alone refuses the default 20 % split
+        (data / f"c{k}").mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(make_image(colours[k % 3], 10 * k + i)).save(data / f"c{k}" / f"{i}.png")
+    (data / "lonely").mkdir()
+    Image.fromarray(make_image("red", 99)).save(data / "lonely" / "0.png")
+    told = []
+
+    class Keep(Reporter):
+        def warn(self, message):
+            told.append(message)
+
+    cfg = TrainConfig(data=str(data), backbone="torch/resnet18", weights="none", image_size=32, c=1.0,
+                      out_dir=str(tmp_path / "runs"))  # fmt: skip
+    for seed in range(5):  # the one image of "lonely" always trains, whatever the seed
+        result = train(TrainConfig(**{**cfg.to_dict(), "seed": seed, "name": f"s{seed}"}), Keep())
+        split = (result.run_dir / "split.csv").read_text()
+        assert "lonely/0.png,lonely,train" in split
+        assert result.metrics["n"] == 10
+    assert any("1 class(es) too small to hold an image out for validation (--val-split 0.2)" in m and "lonely (1)" in m
+               for m in told)  # fmt: skip
+
+
+def test_a_split_nothing_can_be_held_out_of_is_one_line_with_the_fix(tmp_path):
+    data = tmp_path / "d"
+    for cls in ("red", "green"):
+        (data / cls).mkdir(parents=True)
+        Image.fromarray(make_image(cls, 0)).save(data / cls / "0.png")
+    done = run_tlzoo("train", "--data", str(data), "--weights", "none", "--out-dir", str(tmp_path / "out"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "no class has enough images to hold one out for validation (green, red): add images, or give a separate --val folder" in done.stderr
+    assert not (tmp_path / "out").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import os
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -323,19 +324,29 @@ def check_classes(data: ImageSet | ImageList, what: str = "training data") -> No
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of (kept, held out), stratified when every class has at least two images."""
+    """Indices of (kept, held out), stratified: scikit-learn's ``train_test_split`` where every class has two
+    images and the held-out share can hold one of each; otherwise (small data) class by class, holding out
+    ``round(n * fraction)`` of each class, at least one where it has two, and never its last image, so every
+    class keeps at least one to train on (a class of one image is only trained on)."""
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < fraction < 1.0:
         raise DataError(f"split fraction must be between 0 and 1, got {fraction}")
     index = np.arange(len(labels))
     counts = np.bincount(labels)
-    stratify = labels if counts[counts > 0].min() >= 2 else None
-    try:
-        kept, held = train_test_split(index, test_size=fraction, random_state=seed, stratify=stratify)
-    except ValueError as exc:
-        raise DataError(f"cannot split {len(labels)} images {1 - fraction:.0%}/{fraction:.0%}: {exc}") from exc
-    return np.sort(kept), np.sort(held)
+    present = counts[counts > 0]
+    n_held = math.ceil(len(labels) * fraction)
+    if present.min() >= 2 and len(present) <= n_held <= len(labels) - len(present):
+        kept, held = train_test_split(index, test_size=fraction, random_state=seed, stratify=labels)
+        return np.sort(kept), np.sort(held)
+    rng = np.random.default_rng(seed)
+    held_parts = []
+    for c in np.flatnonzero(counts):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        take = min(len(members) - 1, max(1, round(len(members) * fraction))) if len(members) >= 2 else 0
+        held_parts.append(members[:take])
+    held = np.sort(np.concatenate(held_parts)) if held_parts else np.zeros(0, np.int64)
+    return np.setdiff1d(index, held), held
 
 
 def fingerprint(paths: list[str], labels: np.ndarray | list[str]) -> str:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -206,8 +207,9 @@ class RunFiles:
 
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(["path", "label", "subset"])
-        writer.writerows(rows)
+        # bytes: what --resume checks, before decoding anything, to refuse a file changed since the split
+        writer.writerow(["path", "label", "subset", "bytes"])
+        writer.writerows((*row, _size(row[0])) for row in rows)
         atomic_write_text(self.path / SPLIT, buf.getvalue())
 
     def write_history(self, history: list[dict[str, Any]]) -> None:
@@ -271,8 +273,8 @@ class RunFiles:
         with open(path, newline="", encoding="utf-8") as f:
             return list(csv.DictReader(f))
 
-    def read_split(self, subset: str, classes: list[str]) -> list[dict[str, str]]:
-        """The rows of one subset of ``split.csv``, checked against the run's classes."""
+    def read_split(self, subset: str | None, classes: list[str]) -> list[dict[str, str]]:
+        """The rows of one subset of ``split.csv`` (None: all of them), checked against the run's classes."""
         path = self.path / SPLIT
         if not path.is_file():
             raise UsageError(f"{self.path} has no {SPLIT} to check against")
@@ -281,10 +283,17 @@ class RunFiles:
                 reader = csv.DictReader(f)
                 if not {"path", "label", "subset"} <= set(reader.fieldnames or []):
                     raise ValueError(f"columns {reader.fieldnames}, expected path,label,subset")
-                rows = [r for r in reader if r["subset"] == subset]
+                rows = [r for r in reader if subset is None or r["subset"] == subset]
             unknown = sorted({r["label"] for r in rows} - set(classes))
             if unknown or any(not r["path"] for r in rows):
                 raise ValueError(f"labels {unknown} are not the run's classes" if unknown else "empty paths")
         except (ValueError, UnicodeDecodeError, csv.Error) as exc:
             raise UsageError(f"{path} is damaged ({exc}); the run's files were edited or are corrupt") from None
         return rows
+
+
+def _size(path: str) -> str:
+    try:
+        return str(os.stat(path).st_size)
+    except OSError:
+        return ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import data as datamod
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..specs import Preprocessing
 from ..datasets import ensure_digits
 from .cache import cache_root
@@ -65,7 +66,8 @@ def plan(cfg: TrainConfig, reporter: Reporter) -> Splits:
     """Find the labelled files and split them (stratified, seeded) without decoding any: a split depends on
     the files alone, so every strategy, and a run whose features are all cached, sees the same one."""
     if cfg.data:
-        root = Path(cfg.data).expanduser()
+        # Absolute, so split.csv and config.yaml name the same files from any folder (--resume reads them).
+        root = Path(cfg.data).expanduser().absolute()
     else:
         root = ensure_digits(default_data_root())
         reporter.info(f"no --data given: using the embedded UCI digits at {root}")
@@ -76,11 +78,68 @@ def plan(cfg: TrainConfig, reporter: Reporter) -> Splits:
     if ignored:
         reporter.warn(f"skipped {datamod.ignored_text(ignored)} (in {root})")
     try:
-        return _split(cfg, root, full)
+        splits = _split(cfg, root, full)
     except DataError:
         # A split that cannot be stratified may be one whose classes have no readable image at all: say so.
         datamod.load(full, (8, 8), strict=cfg.strict, threads=cfg.workers or None)
         raise
+    _say_small_classes(splits, cfg, reporter)
+    return splits
+
+
+def _say_small_classes(splits: Splits, cfg: TrainConfig, reporter: Reporter) -> None:
+    """Small data trains: name the classes too small to give the held-out parts an image, and refuse (in one
+    line, with the fix) only a validation set left empty."""
+    held = [("validation", splits.val, "--val-split")] if not cfg.val else []
+    if splits.test is not None and not cfg.test:
+        held.append(("test", splits.test, "--test-split"))
+    train_counts = splits.train.counts()
+    for what, part, flag in held:
+        counts = part.counts()
+        short = [c for c in splits.classes if not counts[c]]
+        if len(part) == 0:
+            raise DataError(f"no class has enough images to hold one out for {what} ({', '.join(short[:10])}"
+                            f"{' ...' if len(short) > 10 else ''}): add images, or give a separate "
+                            f"{'--val' if what == 'validation' else '--test'} folder")  # fmt: skip
+        if short:
+            shown = ", ".join(f"{c} ({train_counts[c]})" for c in short[:10]) + (" ..." if len(short) > 10 else "")
+            reporter.warn(f"{len(short)} class(es) too small to hold an image out for {what} ({flag} {getattr(cfg, flag[2:].replace('-', '_'))}); "
+                          f"they train on all their images and {what} says nothing about them: {shown}")  # fmt: skip
+
+
+def recorded(run_dir: Path, cfg: TrainConfig) -> Splits:
+    """The split an interrupted run recorded (``split.csv``), for ``--resume``: the same files in the same parts,
+    whatever ``--data`` now holds or the current folder is. A file missing or changed since is refused in one
+    line, before anything is decoded."""
+    from ..runfiles import SPLIT, RunFiles
+
+    files = RunFiles(run_dir)
+    try:
+        classes = json.loads((run_dir / "labels.json").read_text(encoding="utf-8"))
+        assert isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+    except (OSError, ValueError, AssertionError):
+        raise UsageError(f"{run_dir} has no readable labels.json; it cannot be resumed (start a new run)") from None
+    rows = files.read_split(None, classes)
+    if not rows:
+        raise UsageError(f"{run_dir / SPLIT} lists no images; it cannot be resumed (start a new run)")
+    missing = [r["path"] for r in rows if not os.path.isfile(r["path"])]
+    changed = [r["path"] for r in rows if r["path"] not in missing and r.get("bytes")
+               and str(os.stat(r["path"]).st_size) != r["bytes"]]  # fmt: skip
+    for what, paths in (("missing", missing), ("changed", changed)):
+        if paths:
+            shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+            raise DataError(f"--resume trains on the split {run_dir / SPLIT} recorded, and {len(paths)} of its "
+                            f"{len(rows)} files are {what} since: {shown}. Put them back, or start a new run")  # fmt: skip
+    index = {c: i for i, c in enumerate(classes)}
+    parts = {}
+    for name in ("train", "val", "test"):
+        chosen = [r for r in rows if r["subset"] == name]
+        parts[name] = datamod.ImageList([r["path"] for r in chosen], np.asarray([index[r["label"]] for r in chosen],
+                                        np.int64), classes) if chosen else None  # fmt: skip
+    if parts["train"] is None or parts["val"] is None:
+        raise UsageError(f"{run_dir / SPLIT} has no training or no validation images; it cannot be resumed")
+    return Splits(train=parts["train"], val=parts["val"], test=parts["test"], classes=classes,
+                  root=Path(cfg.data) if cfg.data else default_data_root())  # fmt: skip
 
 
 def _split(cfg: TrainConfig, root: Path, full: datamod.ImageList) -> Splits:

@@ -36,7 +36,7 @@ from ..runfiles import (CONFUSION_MATRIX, ENVIRONMENT, FORMAT_VERSION, FULL_MODE
                         REPORT, ClassifierMeta, RunFiles)  # fmt: skip
 from . import cache as feature_cache
 from .config import TrainConfig
-from .data_prep import Splits, decode, plan, readable
+from .data_prep import Splits, decode, plan, readable, recorded
 from .engine import Collective, Engine
 from .heads import HeadParams, choose_c, fit_linear, fit_mlp, head_scores, probabilities
 from .metrics import best_epoch, classification_metrics, plot_confusion, plot_history
@@ -87,7 +87,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
         reporter.info(note)
     if unused:
         reporter.info(f"not used by {config.describe_choice()}: {', '.join(unused)}")
-    splits = plan(config, reporter)
+    splits = recorded(Path(resume), config) if resume is not None else plan(config, reporter)
     feature_extract = config.strategy == "feature-extract"
     model = Model(spec, config, size, len(splits.classes))
     if not feature_extract:
