@@ -230,3 +230,49 @@ def test_a_split_nothing_can_be_held_out_of_is_one_line_with_the_fix(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "no class has enough images to hold one out for validation (green, red): add images, or give a separate --val folder" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_what_looks_wrong_about_a_folder_is_said():
+    assert "one level too high" in datamod.layout_warnings(["train", "val"])[0]
+    [case] = datamod.layout_warnings(["Red", "blue", "red"])
+    assert "'Red', 'red' differ only in case or Unicode normalization" in case
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    assert len(datamod.layout_warnings([nfc, nfd, "tea"])) == 1
+    assert datamod.layout_warnings(["cat", "dog"]) == []
+
+
+def test_a_csv_that_gives_one_image_two_labels_is_refused(tmp_path):
+    data = write_folder(tmp_path / "d", per_class=2)
+    csv_file = tmp_path / "labels.csv"
+    csv_file.write_text("path,label\nd/red/000.png,red\nd/blue/000.png,blue\nd/red/000.png,blue\n")
+    with pytest.raises(DataError, match=r"line 4: d/red/000.png is labelled 'blue' here and 'red' on line 2"):
+        datamod.scan(csv_file)
+
+
+def test_val_equal_to_data_is_refused(tmp_path):
+    data = write_folder(tmp_path / "d", per_class=3)
+    done = run_tlzoo("train", "--data", str(data), "--val", str(data), "--weights", "none", "--out-dir", str(tmp_path / "o"))
+    assert done.returncode == 1 and "--val" in done.stderr and "is the --data folder itself" in done.stderr
+
+
+def test_predict_refuses_a_name_that_is_not_utf8_before_predicting(tmp_path):
+    from tlzoo.errors import UsageError
+
+    data = write_folder(tmp_path / "d", per_class=2)
+    Image.fromarray(make_image("red", 5)).save(data / "red" / os.fsdecode(b"caf\xe9.png"))
+    calls = []
+
+    class Model:
+        classes = ["red", "green", "blue"]
+        input_size = (16, 16)
+        preprocessing = None
+
+        def predict_proba(self, images, batch_size=32):
+            calls.append(len(images))
+            return np.full((len(images), 3), 1 / 3)
+
+    from tlzoo.inference import predict_stream
+
+    with pytest.raises(UsageError, match="not valid UTF-8"):
+        list(predict_stream(Model(), [data / "green", data / "red"], batch_size=1))
+    assert calls == []

@@ -175,7 +175,7 @@ def scan(source: Path, *, exclude: tuple[Path, ...] = (), ignored: list[str] | N
     samples: list[Sample] = []
     empty = []
     for d in class_dirs:
-        _check_name(d)
+        check_name(d)
         files = sorted(_walk(d, skip, ignored))
         if not files:
             empty.append(d.name)
@@ -183,6 +183,12 @@ def scan(source: Path, *, exclude: tuple[Path, ...] = (), ignored: list[str] | N
     if empty:
         raise DataError(f"class folder(s) with no images in {source}: {', '.join(empty)}")
     return samples
+
+
+def image_files(folder: Path, ignored: list[str] | None = None) -> list[Path]:
+    """Every image under ``folder`` by :func:`scan`'s rules (hidden skipped, links followed, names UTF-8), sorted."""
+    check_name(folder)
+    return sorted(_walk(folder, set(), ignored))
 
 
 def _walk(folder: Path, skip: set[Path], ignored: list[str] | None) -> Iterator[Path]:
@@ -199,14 +205,37 @@ def _walk(folder: Path, skip: set[Path], ignored: list[str] | None) -> Iterator[
             path = Path(top) / name
             if name.startswith(".") or not path.is_file():
                 continue
-            _check_name(path)
+            check_name(path)
             if is_image_file(path):
                 yield path
             elif ignored is not None:
                 ignored.append(str(path))
 
 
-def _check_name(path: Path) -> None:
+SPLIT_FOLDER_NAMES = {"train", "training", "val", "valid", "validation", "test", "testing"}
+
+
+def layout_warnings(classes: list[str]) -> list[str]:
+    """What looks wrong about a folder's classes without being an error: split folders taken for classes, and
+    class names that differ only in case or Unicode normalization (``Red``/``red``, ``café`` NFC/NFD)."""
+    import unicodedata
+
+    out = []
+    if len(classes) >= 2 and {c.lower() for c in classes} <= SPLIT_FOLDER_NAMES:
+        out.append(f"the classes are {', '.join(classes)}: this looks like a folder of splits, one level too high. "
+                   f"Give --data FOLDER/train and --val FOLDER/val (and --test FOLDER/test)")  # fmt: skip
+    groups: dict[str, list[str]] = {}
+    for c in classes:
+        groups.setdefault(unicodedata.normalize("NFC", c).casefold(), []).append(c)
+    for names in groups.values():
+        if len(names) > 1:
+            shown = ", ".join(ascii(n) for n in names)
+            out.append(f"class folders {shown} differ only in case or Unicode normalization: they are trained as "
+                       f"{len(names)} different classes; merge them if they are one")  # fmt: skip
+    return out
+
+
+def check_name(path: Path) -> None:
     """Refuse a name that is not UTF-8 (Latin-1 bytes from an old archive or a Windows share): it could not be
     written to split.csv, a CSV of predictions or a compare table."""
     try:
@@ -253,10 +282,15 @@ def _scan_csv(path: Path) -> list[Sample]:
     except csv.Error as exc:
         raise DataError(f"{path} is not a readable CSV: {exc}") from None
     samples, missing = [], []
+    first: dict[Path, tuple[int, str]] = {}
     for line, row in enumerate(rows, start=2):
         if not row.get("path") or not row.get("label"):
             raise DataError(f"{path}, line {line}: empty path or label")
         image = (path.parent / row["path"]).resolve()
+        seen = first.setdefault(image, (line, row["label"]))
+        if seen[1] != row["label"]:
+            raise DataError(f"{path}, line {line}: {row['path']} is labelled {row['label']!r} here and {seen[1]!r} on "
+                            f"line {seen[0]}; give each image one label")  # fmt: skip
         if not image.is_file():
             missing.append(row["path"])
         samples.append(Sample(image, row["label"]))

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import DataError, UsageError
 from .specs import Preprocessing
 
 
@@ -51,13 +51,17 @@ def check_batch_options(top_k: int | None = None, batch_size: int | None = None)
 
 def iter_sources(sources: Iterable[Any]) -> Iterator[tuple[str, Any]]:
     """``(name, item)`` for every image: files as given, folders walked in sorted order, arrays and PIL images."""
-    from .preprocess import is_image_file
+    from .data import check_name, image_files
 
     for index, source in enumerate(sources):
         if isinstance(source, (str, Path)):
             p = Path(source)
+            try:  # a name that is not UTF-8 is refused before any prediction
+                check_name(p)
+                files = image_files(p) if p.is_dir() else []
+            except DataError as exc:
+                raise UsageError(str(exc)) from None
             if p.is_dir():
-                files = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f))
                 if not files:
                     raise UsageError(f"{p} contains no images")
                 yield from ((str(f), f) for f in files)
@@ -99,7 +103,7 @@ def predict_stream(model: Classifier, sources: Iterable[Any], *, top_k: int = 5,
         images.clear()
 
     seen = 0
-    for name, item in iter_sources(sources):
+    for name, item in list(iter_sources(sources)):  # every name checked before the first prediction
         seen += 1
         try:
             images.append(decode(item, model.input_size, model.preprocessing))

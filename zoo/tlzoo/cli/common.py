@@ -109,3 +109,21 @@ def human(n: float) -> str:
             return f"{n:.1f}{unit}" if unit else f"{int(n)}"
         n /= 1000
     return f"{n:.1f}T"
+
+
+def check_out(out: Path | None, model: Path, suffixes: tuple[str, ...], what: str) -> None:
+    """Refuse a ``--out`` before any work: wrong suffix, a folder, a folder that does not exist, or one of the
+    run directory's own files (which it would silently replace)."""
+    from ..errors import UsageError
+    from ..runfiles import RUN_FILES
+
+    if out is None:
+        return
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; name a file in it, e.g. {out / ('predictions' + suffixes[0])}")
+    if out.suffix.lower() not in suffixes:
+        raise UsageError(f"--out {out}: write {what} to a {' or '.join(suffixes)} file")
+    if not out.absolute().parent.is_dir():
+        raise UsageError(f"--out {out}: the folder {out.absolute().parent} does not exist")
+    if model.is_dir() and out.absolute().parent.resolve() == model.resolve() and out.name in RUN_FILES:
+        raise UsageError(f"--out {out} would replace the run's own {out.name}; write elsewhere")

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .common import console, err_console, escape, handle_errors, print_json
+from .common import check_out, console, err_console, escape, handle_errors, print_json
 
 
 @handle_errors
@@ -24,10 +24,7 @@ def evaluate(
     """Score a trained run (or an exported ONNX model) on labelled images."""
     from ..evaluation import evaluate_model
 
-    from ..errors import UsageError
-
-    if out is not None and out.suffix.lower() not in (".json", ".csv"):
-        raise UsageError(f"--out {out}: write the metrics to a .json or the per-class table to a .csv file")
+    check_out(out, model, (".json", ".csv"), "the metrics (or the per-class table, .csv)")
     metrics = evaluate_model(model, data, batch_size=batch_size, strict=strict)
     for item in metrics["skipped_images"]:
         err_console.print(f"warning: skipped unreadable image {item['path']} ({item['error']})", style="yellow", markup=False)

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .common import console, err_console, handle_errors, print_json
+from .common import check_out, console, err_console, handle_errors, print_json
 
 
 @handle_errors
@@ -22,13 +22,11 @@ def predict(
     json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Classify images with a trained run or an exported model (labels and preprocessing come with it)."""
-    from ..errors import UsageError
     from ..inference import check_batch_options, predict_stream
     from ..loading import open_model
 
     check_batch_options(top_k, batch_size)
-    if out is not None and out.suffix.lower() not in (".csv", ".json"):
-        raise UsageError(f"--out {out}: write predictions to a .csv or .json file")
+    check_out(out, model, (".csv", ".json"), "predictions")
     classifier = open_model(model, provider=provider)
     skipped: list[dict[str, str]] = []
 

@@ -77,6 +77,12 @@ def plan(cfg: TrainConfig, reporter: Reporter) -> Splits:
     full = datamod.labelled(datamod.scan(root, exclude=exclude, ignored=ignored))
     if ignored:
         reporter.warn(f"skipped {datamod.ignored_text(ignored)} (in {root})")
+    for warning in datamod.layout_warnings(full.classes):
+        reporter.warn(warning)
+    for flag, other in (("--val", cfg.val), ("--test", cfg.test)):
+        if other and Path(other).expanduser().resolve() == root.resolve():
+            raise DataError(f"{flag} {other} is the --data folder itself: the model would be scored on the images it "
+                            f"trained on. Give a separate folder, or leave {flag} out to split --data")  # fmt: skip
     try:
         splits = _split(cfg, root, full)
     except DataError:
