@@ -197,7 +197,8 @@ def measure(backbone_name: str, samples: list[Any], *, budget_s: float, image_si
         random_acc, _ = probe_accuracy(scratch.extract_features(loaded.images, batch_size=32), y, seed)
     label = "random init" if not pretrained else (backbone.weights.tag if backbone.weights else weights)
     return Evidence(spec.id, label, size[0], len(backbone.units), probes,
-                    None if random_acc is None else round(random_acc, 4), round(half_acc, 4), per_class,
+                    None if random_acc is None else round(random_acc, 4), round(half_acc, 4),
+                    int(np.median(np.bincount(y)[np.bincount(y) > 0])),  # what the sample holds, not what it asked for
                     round(time.perf_counter() - t0, 2))  # fmt: skip
 
 

@@ -71,7 +71,7 @@ class ImageList:
         c = Counter(int(x) for x in self.labels)
         return {name: c.get(i, 0) for i, name in enumerate(self.classes)}
 
-    def stats(self) -> list[tuple[str, int, int]]:
+    def stats(self) -> list[tuple[str, int, int, int, int]]:
         """(absolute path, size, mtime, inode, ctime) of every file: what says, without reading them, that they
         are the files a cache entry was made from. ``cp -p`` and ``rsync -a`` keep a replaced file's size and
         mtime, but cannot set its ctime (nor keep its inode)."""

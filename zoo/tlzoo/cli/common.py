@@ -6,6 +6,7 @@ import errno
 import functools
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import typer
