@@ -147,9 +147,10 @@ def load_image(path: str | Path, size: tuple[int, int], prep: Preprocessing | No
     Image = _pil()
     prep = prep or SQUASH
     with Image.open(path) as image:
-        drafted = None
+        drafted, orientation = None, 0
         if image.format == "JPEG":  # its EXIF comes before the pixels (a PNG's may follow them: read after loading)
-            swapped = _ORIENTATIONS.get(_orientation(image), (None, False))[1]
+            orientation = _orientation(image)
+            swapped = _ORIENTATIONS.get(orientation, (None, False))[1]
             stored_w, stored_h = image.size
             upright_w, upright_h = (stored_h, stored_w) if swapped else (stored_w, stored_h)
             sx, sy = _scales(upright_w, upright_h, size, prep)
@@ -160,8 +161,8 @@ def load_image(path: str | Path, size: tuple[int, int], prep: Preprocessing | No
             raise ImageTooLarge(f"{image.size[0]}x{image.size[1]} pixels decoded, over the limit of {limit:,} "
                                 f"(TLZOO_MAX_IMAGE_PIXELS raises it)")  # fmt: skip
         image.load()
-        # Read again after loading: some plugins (TIFF) turn the image upright themselves and drop the tag.
-        orientation = _orientation(image)
+        # Other formats after loading: some plugins (TIFF) turn the image upright themselves and drop the tag.
+        orientation = orientation or _orientation(image)
         method, swapped = _ORIENTATIONS.get(orientation, (None, False))
         if method is not None:
             image = image.transpose(getattr(Image.Transpose, method))
@@ -181,7 +182,8 @@ def _finish(rgb: Any, box: tuple[float, float, float, float], resized: tuple[int
     """One resample of ``box`` to ``resized``, placed at ``at`` on the mean colour when padding."""
     Image = _pil()
     resample = Image.Resampling.BICUBIC if prep.interpolation == "bicubic" else Image.Resampling.BILINEAR
-    out = rgb.resize(resized, resample, box=box)
+    whole = box == (0.0, 0.0, float(rgb.size[0]), float(rgb.size[1])) and resized == rgb.size
+    out = rgb if whole else rgb.resize(resized, resample, box=box)
     if prep.resize == "pad" and resized != (size[1], size[0]):
         canvas = Image.new("RGB", (size[1], size[0]), prep.pad_colour())
         canvas.paste(out, at)
@@ -228,4 +230,4 @@ def to_rgb(image):  # type: ignore[no-untyped-def]
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
