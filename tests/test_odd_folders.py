@@ -276,3 +276,21 @@ def test_predict_refuses_a_name_that_is_not_utf8_before_predicting(tmp_path):
     with pytest.raises(UsageError, match="not valid UTF-8"):
         list(predict_stream(Model(), [data / "green", data / "red"], batch_size=1))
     assert calls == []
+
+
+def test_library_warnings_become_tlzoo_warnings_that_name_the_file(tmp_path):
+    import io
+
+    data = write_folder(tmp_path / "d", per_class=4)
+    (data / "\u732b").mkdir()  # a class name the plot's font has no glyph for
+    for i in range(4):
+        Image.fromarray(make_image("blue", 50 + i)).save(data / "\u732b" / f"{i}.png")
+    buf = io.BytesIO()
+    Image.fromarray(make_image("red", 7)).save(buf, "JPEG", exif=b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\x00\x05\xff\xff")
+    (data / "red" / "bad_exif.jpg").write_bytes(buf.getvalue())
+    done = run_tlzoo("train", "--data", str(data), "-b", "resnet18", "--weights", "none", "--image-size", "32",
+                     "--out-dir", str(tmp_path / "out"), env={"TLZOO_CACHE": str(tmp_path / "cache")})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"warning: {data / 'red' / 'bad_exif.jpg'}: Corrupt EXIF data" in done.stderr
+    assert "site-packages" not in done.stderr and "UserWarning" not in done.stderr
+    assert sum("the plot's font lacks" in line for line in done.stderr.splitlines()) == 1

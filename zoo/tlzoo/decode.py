@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,29 @@ _FAR = {1: (False, False), 2: (True, False), 3: (True, True), 4: (False, True),
 
 class ImageTooLarge(ValueError):
     """An image whose decoded pixels exceed the limit (skipped like an unreadable file)."""
+
+
+class ImageWarning(UserWarning):
+    """A decoder's warning about one image (corrupt EXIF, say), said again with the file's name."""
+
+
+_local = threading.local()
+
+
+@lru_cache(maxsize=1)
+def _capture_decoder_warnings() -> None:
+    """Route warnings raised while this thread decodes a file to that file (``_local.sink``), so they can be said
+    with its name; every other warning goes where it went before."""
+    shown = warnings.showwarning
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        sink = getattr(_local, "sink", None)
+        if sink is not None:
+            sink.append(" ".join(str(message).split()))
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def max_image_pixels() -> int:
@@ -144,8 +169,18 @@ def _plan(width: float, height: float, size: tuple[int, int],
 def load_image(path: str | Path, size: tuple[int, int], prep: Preprocessing | None = None) -> np.ndarray:
     """Decode one file upright, as RGB uint8 (H, W, 3) at ``size`` = (H, W) by ``prep``'s resize policy and
     interpolation (default: squash, bilinear). Raises :class:`ImageTooLarge` over :func:`max_image_pixels`."""
+    _capture_decoder_warnings()
+    _local.sink = []
+    try:
+        return _load(path, size, prep or SQUASH)
+    finally:
+        said, _local.sink = _local.sink, None
+        for message in dict.fromkeys(said):
+            warnings.warn(f"{path}: {message}", ImageWarning, stacklevel=2)
+
+
+def _load(path: str | Path, size: tuple[int, int], prep: Preprocessing) -> np.ndarray:
     Image = _pil()
-    prep = prep or SQUASH
     with Image.open(path) as image:
         drafted, orientation = None, 0
         if image.format == "JPEG":  # its EXIF comes before the pixels (a PNG's may follow them: read after loading)

@@ -67,6 +67,7 @@ def main() -> None:
     # SIGTERM (kill, timeout, a job scheduler) ends a run as Ctrl-C does: an unstarted run leaves nothing
     # behind, a started one keeps its last epoch for --resume.
     signal.signal(signal.SIGTERM, _interrupt)
+    _say_warnings_as_tlzoo()
     try:
         from ..allocator import tune
 
@@ -86,6 +87,23 @@ def main() -> None:
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def _say_warnings_as_tlzoo() -> None:
+    """Library warnings as one ``warning:`` line each, without a site-packages path (TLZOO_DEBUG=1: as Python
+    prints them). A decoder's warning about a file is said for every file, with its name (tlzoo.decode)."""
+    import os
+    import sys
+    import warnings
+
+    if os.environ.get("TLZOO_DEBUG", "").strip() not in ("", "0"):
+        return
+    warnings.filterwarnings("always", module=r"PIL\.")
+
+    def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    warnings.showwarning = show
 
 
 def cli() -> Any:

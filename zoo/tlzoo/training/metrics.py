@@ -147,8 +147,18 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, titl
         ax=ax, colorbar=False, xticks_rotation=45 if max(len(c) for c in names) > 3 else "horizontal"
     )
     import textwrap
+    import warnings
 
     ax.set_title("\n".join(textwrap.wrap(title, width=int(size * 11))), fontsize=10)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    with warnings.catch_warnings(record=True) as said:  # matplotlib warns once per missing glyph: say it once
+        warnings.simplefilter("always")
+        fig.tight_layout()
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
+    glyphs = sorted({str(w.message) for w in said if "missing from" in str(w.message)})
+    for w in said:
+        if "missing from" not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if glyphs:
+        warnings.warn(f"{path.name}: the plot's font lacks {len(glyphs)} character(s) of the class names, which show "
+                      f"as boxes (metrics.json has the names as they are)", stacklevel=2)  # fmt: skip
