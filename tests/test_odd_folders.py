@@ -294,3 +294,30 @@ def test_library_warnings_become_tlzoo_warnings_that_name_the_file(tmp_path):
     assert f"warning: {data / 'red' / 'bad_exif.jpg'}: Corrupt EXIF data" in done.stderr
     assert "site-packages" not in done.stderr and "UserWarning" not in done.stderr
     assert sum("the plot's font lacks" in line for line in done.stderr.splitlines()) == 1
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("delay", [0.4, 0.8, 1.5])
+def test_ctrl_c_in_the_first_moments_is_one_line(tmp_path, delay):
+    data = write_folder(tmp_path / "d", per_class=4)
+    process = subprocess.Popen([sys.executable, "-m", "tlzoo", "train", "--data", str(data), "--weights", "none",
+                                "--out-dir", str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)  # fmt: skip
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip("the run finished before the signal")
+    # 130, or ended by SIGINT itself (-2: CPython re-raises an interrupt that arrived mid-import); a shell shows 130
+    assert process.returncode in (130, -signal.SIGINT) and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == "Error: interrupted"
+
+
+def test_the_same_image_in_two_classes_is_found(tmp_path):
+    import shutil
+
+    data = write_folder(tmp_path / "d", per_class=3)
+    shutil.copy(data / "red" / "001.png", data / "blue" / "copy.png")
+    shutil.copy(data / "red" / "002.png", data / "red" / "again.png")  # twice in one class: not a labelling error
+    files = datamod.labelled(datamod.scan(data))
+    assert datamod.same_files_in_two_classes(files) == [[str(data / "blue" / "copy.png"), str(data / "red" / "001.png")]]

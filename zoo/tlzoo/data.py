@@ -212,6 +212,24 @@ def _walk(folder: Path, skip: set[Path], ignored: list[str] | None) -> Iterator[
                 ignored.append(str(path))
 
 
+def same_files_in_two_classes(files: ImageList, budget: int = 256 << 20) -> list[list[str]]:
+    """Groups of byte-identical files filed under different classes (a copy dropped in the wrong folder). Only
+    files whose size another class also has are read, and at most ``budget`` bytes of them (uncompressed
+    formats, where every file has the same size, would otherwise be read in full on every run)."""
+    by_size: dict[int, list[int]] = {}
+    for i, path in enumerate(files.paths):
+        by_size.setdefault(os.stat(path).st_size, []).append(i)
+    candidates = [(size, members) for size, members in by_size.items()
+                  if len({int(files.labels[i]) for i in members}) > 1]  # fmt: skip
+    if sum(size * len(members) for size, members in candidates) > budget:
+        return []
+    groups: dict[str, list[int]] = {}
+    for _, members in candidates:
+        for i in members:
+            groups.setdefault(hash_file(files.paths[i]), []).append(i)
+    return [[files.paths[i] for i in g] for g in groups.values() if len({int(files.labels[i]) for i in g}) > 1]
+
+
 SPLIT_FOLDER_NAMES = {"train", "training", "val", "valid", "validation", "test", "testing"}
 
 

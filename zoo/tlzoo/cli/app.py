@@ -1,62 +1,11 @@
-"""The ``tlzoo`` Typer application. Commands import heavy libraries inside their bodies."""
+"""``tlzoo``'s entry point: signals and warnings first, then the commands (:mod:`tlzoo.cli.commands`).
+
+Nothing heavy is imported at module level, so a Ctrl-C or SIGTERM in the first moments is handled too.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
-
-import typer
-
-from . import advise_cmd, compare_cmd, datasets_cmd, describe, evaluate, export, list_backbones, plugins_cmd, predict, spec_cmd, train, weights_cmd
-
-app = typer.Typer(
-    name="tlzoo",
-    help="Transfer-learning backbone zoo: torchvision and Keras backbones, one interface.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        from .. import __version__
-
-        typer.echo(f"tlzoo {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    plugin: Annotated[
-        Optional[list[str]],
-        typer.Option("--plugin", "-p", help="Load this importable module as a plugin (repeatable).", envvar=None),
-    ] = None,
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print tlzoo's version and exit.")
-    ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", help="Show the frameworks' own start-up lines.")] = False,
-) -> None:
-    if verbose:
-        import os
-
-        os.environ["TLZOO_VERBOSE"] = "1"
-    if plugin:
-        from ..plugins import add_plugin_modules
-
-        add_plugin_modules(plugin)
-
-
-app.command("list-backbones")(list_backbones.list_backbones)
-app.command("describe")(describe.describe)
-app.command("plugins")(plugins_cmd.plugins)
-app.command("train")(train.train)
-app.command("evaluate")(evaluate.evaluate)
-app.command("predict")(predict.predict)
-app.command("compare")(compare_cmd.compare)
-app.command("advise")(advise_cmd.advise)
-app.command("datasets")(datasets_cmd.datasets)
-app.command("spec")(spec_cmd.spec)
-app.add_typer(weights_cmd.app, name="weights")
+from typing import Any
 
 
 def main() -> None:
@@ -111,6 +60,16 @@ def cli() -> Any:
     exporter plugins."""
     import typer.main
 
+    from .commands import app, export
+
     group = typer.main.get_command(app)
     group.add_command(export.command())  # type: ignore[attr-defined]
     return group
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # the Typer app, imported on use: main() must start before typer, rich and the commands load
+        from .commands import app
+
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

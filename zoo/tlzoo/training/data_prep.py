@@ -79,6 +79,10 @@ def plan(cfg: TrainConfig, reporter: Reporter) -> Splits:
         reporter.warn(f"skipped {datamod.ignored_text(ignored)} (in {root})")
     for warning in datamod.layout_warnings(full.classes):
         reporter.warn(warning)
+    twins = datamod.same_files_in_two_classes(full)
+    if twins:
+        shown = "; ".join(" = ".join(group) for group in twins[:3]) + (f"; and {len(twins) - 3} more" if len(twins) > 3 else "")
+        reporter.warn(f"{len(twins)} image(s) are filed under two or more classes with the same bytes: {shown}")
     for flag, other in (("--val", cfg.val), ("--test", cfg.test)):
         if other and Path(other).expanduser().resolve() == root.resolve():
             raise DataError(f"{flag} {other} is the --data folder itself: the model would be scored on the images it "
