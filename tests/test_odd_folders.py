@@ -321,3 +321,17 @@ def test_the_same_image_in_two_classes_is_found(tmp_path):
     shutil.copy(data / "red" / "002.png", data / "red" / "again.png")  # twice in one class: not a labelling error
     files = datamod.labelled(datamod.scan(data))
     assert datamod.same_files_in_two_classes(files) == [[str(data / "blue" / "copy.png"), str(data / "red" / "001.png")]]
+
+
+def test_resume_of_a_run_stopped_before_its_first_epoch_is_refused_before_decoding(tmp_path, monkeypatch):
+    from tlzoo.errors import UsageError
+    from tlzoo.training.config import TrainConfig
+    from tlzoo.training.run import train
+
+    data = write_folder(tmp_path / "photos", per_class=8)
+    run = _interrupted_run(tmp_path, data)
+    for state in run.glob("last_state*"):
+        state.unlink()  # as a kill -9 before the first checkpoint leaves it
+    monkeypatch.setattr(datamod, "load_image", lambda *a, **k: pytest.fail("decoded an image"))
+    with pytest.raises(UsageError, match="has no resumable state: it was stopped before its first epoch finished"):
+        train(TrainConfig(), resume=run)

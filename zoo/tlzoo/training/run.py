@@ -33,7 +33,7 @@ from ..weights import resolve as resolve_weights
 from ..registry import get_registry
 from ..rundir import fault_point, new_run_dir, package_versions, reclaim_temp_files
 from ..runfiles import (CONFUSION_MATRIX, ENVIRONMENT, FORMAT_VERSION, FULL_MODEL_FORMAT, HEAD, LEARNING_CURVES, METRICS,
-                        REPORT, ClassifierMeta, RunFiles)  # fmt: skip
+                        REPORT, STATE_STEM, ClassifierMeta, RunFiles)  # fmt: skip
 from . import cache as feature_cache
 from .config import TrainConfig
 from .data_prep import Splits, decode, plan, readable, recorded
@@ -697,6 +697,10 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[TrainConfig
         raise UsageError(f"{run_dir} has finished training; --resume continues interrupted runs only "
                          f"(start a new run, or export this one: tlzoo export onnx {run_dir})")  # fmt: skip
     cfg = TrainConfig.load(path)
+    if cfg.strategy != "feature-extract" and not any(run_dir.glob(f"{STATE_STEM}*")):
+        # said before the split is read or any image decoded
+        raise UsageError(f"{run_dir} has no resumable state: it was stopped before its first epoch finished. "
+                         f"Start a new run (the folder holds no result)")  # fmt: skip
     notes, differing = [], []
     for key, value in overrides.items():
         saved = getattr(cfg, key, None)
