@@ -61,14 +61,15 @@ def _print_summary(spec: BackboneSpec, n_units: int) -> None:
     console.print(f"  parameters   {spec.num_params:,} ({human(spec.num_params)}) in {n_units} freeze units")
     console.print(
         f"  preprocess   mode={p.mode}: {p.channel_order}, values 0..{p.value_range:g}, "
-        f"mean={_fmt(p.mean)}, std={_fmt(p.std)}"
+        f"mean={_fmt(p.mean)}, std={_fmt(p.std)}; resize {p.resize_text()} without weights (--resize overrides)"
     )
     console.print(f"  license      {spec.license}")
     for w in spec.weights:
         where = cached_path(spec, w)
         state = f"on disk: {where}" if is_cached(spec, w) else f"not on disk (would be {where})"
         metrics = ", ".join(f"{k} {v:g}" for k, v in w.metrics.items())
-        console.print(f"  weights      {w.tag}: {w.file_name} ({w.dataset} {metrics}) {state}", markup=False)
+        console.print(f"  weights      {w.tag}: {w.file_name} ({w.dataset} {metrics}; resize "
+                      f"{spec.preprocessing_for(w).resize_text()}) {state}", markup=False)  # fmt: skip
     if not spec.weights:
         console.print("  weights      none (random initialisation only)")
 
