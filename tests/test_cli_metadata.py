@@ -75,7 +75,7 @@ def test_describe_shows_preprocessing_and_weights():
     assert "mode=caffe: BGR, values 0..255, mean=(103.939, 116.779, 123.68)" in out
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in out
     out = run_tlzoo("describe", "mobilenet_v2").stdout
-    assert "IMAGENET1K_V1: mobilenet_v2-b0353104.pth (ImageNet-1K acc@1 71.878, acc@5 90.286)" in out
+    assert "IMAGENET1K_V1: mobilenet_v2-b0353104.pth (ImageNet-1K acc@1 71.878, acc@5 90.286; resize crop 0.875 bilinear)" in out
 
 
 def test_unknown_backbone_exits_2_with_suggestions_and_no_traceback():
