@@ -46,7 +46,9 @@ class ImageSet:
         return len(self.labels)
 
     def subset(self, index: np.ndarray) -> ImageSet:
-        return ImageSet(self.images[index], self.labels[index], [self.paths[i] for i in index], self.classes)
+        # Images read from the decoded-pixel store (tlzoo.store.StoreImages) subset without copying any pixels.
+        images = self.images.subset(index) if hasattr(self.images, "subset") else self.images[index]
+        return ImageSet(images, self.labels[index], [self.paths[i] for i in index], self.classes)
 
     def counts(self) -> dict[str, int]:
         c = Counter(int(x) for x in self.labels)

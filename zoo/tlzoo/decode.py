@@ -16,7 +16,7 @@ import threading
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -166,20 +166,23 @@ def _plan(width: float, height: float, size: tuple[int, int],
     return (0.0, 0.0, width, height), (rw, rh), ((w - rw) // 2, (h - rh) // 2)
 
 
-def load_image(path: str | Path, size: tuple[int, int], prep: Preprocessing | None = None) -> np.ndarray:
-    """Decode one file upright, as RGB uint8 (H, W, 3) at ``size`` = (H, W) by ``prep``'s resize policy and
-    interpolation (default: squash, bilinear). Raises :class:`ImageTooLarge` over :func:`max_image_pixels`."""
+def load_image(path: str | Path | IO[bytes], size: tuple[int, int], prep: Preprocessing | None = None, *,
+               name: str | None = None) -> np.ndarray:  # fmt: skip
+    """Decode one file (a path, or the file's bytes as a binary file object named ``name``) upright, as RGB
+    uint8 (H, W, 3) at ``size`` = (H, W) by ``prep``'s resize policy and interpolation (default: squash,
+    bilinear). Raises :class:`ImageTooLarge` over :func:`max_image_pixels`."""
     _capture_decoder_warnings()
     _local.sink = []
     try:
         return _load(path, size, prep or SQUASH)
     finally:
+        path = name or path
         said, _local.sink = _local.sink, None
         for message in dict.fromkeys(said):
             warnings.warn(f"{path}: {message}", ImageWarning, stacklevel=2)
 
 
-def _load(path: str | Path, size: tuple[int, int], prep: Preprocessing) -> np.ndarray:
+def _load(path: str | Path | IO[bytes], size: tuple[int, int], prep: Preprocessing) -> np.ndarray:
     Image = _pil()
     with Image.open(path) as image:
         drafted, orientation = None, 0

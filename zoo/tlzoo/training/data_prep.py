@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -188,11 +189,25 @@ def decode(splits: Splits, size: tuple[int, int], cfg: TrainConfig, reporter: Re
            prep: Preprocessing | None = None) -> Splits:  # fmt: skip
     """Every part decoded (by ``prep``'s resize policy) and held in memory (the strategies that go over the
     images every epoch)."""
+    from .. import store
+    from ..decode import SQUASH
+
     names = {"train": "training", "val": "validation", "test": "test"}
-    kept, skipped, decoded = {}, {}, {}
+    kept, skipped = {}, {}
+    decoded: dict[str, Any] = {}  # in-memory arrays, or the store's (tlzoo.store.StoreImages)
+    use_store = cfg.cache
     for name, part in splits.parts():
         assert isinstance(part, datamod.ImageList)
         with reporter.task(f"loading {names[name]} images", len(part)) as advance:
+            if use_store:
+                try:
+                    filled = store.images(cache_root().parent, part.paths, size, prep or SQUASH,
+                                          threads=cfg.workers or None, strict=cfg.strict, progress=advance)  # fmt: skip
+                    kept[name], skipped[name], decoded[name] = filled.kept, filled.skipped, filled.images
+                    continue
+                except store.StoreUnavailable as exc:
+                    reporter.warn(f"{exc}: decoding into memory instead")
+                    use_store = False
             images, index, lost = datamod.decode_all(part.paths, size, strict=cfg.strict, progress=lambda: advance(1),
                                                      threads=cfg.workers or None, prep=prep)  # fmt: skip
         kept[name], skipped[name], decoded[name] = index, lost, images
