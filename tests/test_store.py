@@ -186,3 +186,20 @@ def test_a_store_over_its_cap_is_not_grown(tmp_path, cache, monkeypatch):
     with pytest.raises(store.StoreUnavailable, match=r"over its cap of 0\.0 GiB \(TLZOO_STORE_MAX_GB raises it"):
         store.images(cache, files_of(data), (64, 64), PREP)
     assert not list((cache / "store").glob("*/seg-*.u8")) if (cache / "store").exists() else True
+
+
+def test_tlzoo_cache_lists_sizes_and_clears_each_kind(tmp_path, cache):
+    data = write_folder(tmp_path / "d", per_class=3, size=40)
+    store.images(cache, files_of(data), SIZE, PREP)
+    (cache / "features").mkdir(parents=True)
+    (cache / "features" / "x.npz").write_bytes(b"\0" * 1000)
+    env = {"TLZOO_CACHE": str(cache)}
+    listed = json.loads(run_tlzoo("cache", "list", "--json", env=env).stdout)
+    expected_store = sum(p.stat().st_size for p in (cache / "store").rglob("*") if p.is_file())
+    assert listed["store"]["bytes"] == expected_store > 9 * 24 * 24 * 3
+    assert listed["features"] == {"bytes": 1000, "files": 1} and listed["exports"]["bytes"] == 0
+    done = run_tlzoo("cache", "clear", "store", env=env)
+    assert done.returncode == 0 and "cleared store" in done.stdout
+    assert not (cache / "store").exists() and (cache / "features" / "x.npz").exists()
+    refused = run_tlzoo("cache", "clear", "everything", env=env)
+    assert refused.returncode == 2 and "give one of features, store, exports or all" in refused.stderr

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from . import advise_cmd, compare_cmd, datasets_cmd, describe, evaluate, export, list_backbones, plugins_cmd, predict, spec_cmd, train, weights_cmd
+from . import advise_cmd, cache_cmd, compare_cmd, datasets_cmd, describe, evaluate, export, list_backbones, plugins_cmd, predict, spec_cmd, train, weights_cmd
 
 app = typer.Typer(
     name="tlzoo",
@@ -57,3 +57,4 @@ app.command("advise")(advise_cmd.advise)
 app.command("datasets")(datasets_cmd.datasets)
 app.command("spec")(spec_cmd.spec)
 app.add_typer(weights_cmd.app, name="weights")
+app.add_typer(cache_cmd.app, name="cache")

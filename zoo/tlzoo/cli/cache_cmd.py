@@ -1,0 +1,94 @@
+"""tlzoo cache: what tlzoo's cache holds (features, the decoded-pixel store, exports), how large, and clearing it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import UsageError
+from .common import console, handle_errors, print_json
+
+app = typer.Typer(help="List, size and clear tlzoo's cache (features, decoded pixels, exports).", no_args_is_help=True)
+
+KINDS = ("features", "store", "exports")
+
+
+def _root() -> Path:
+    from ..training.cache import cache_root
+
+    return cache_root().parent
+
+
+def _parts(root: Path) -> dict[str, list[Path]]:
+    """Each kind's files and folders (the feature cache's aliases count with its entries)."""
+    features = root / "features"
+    return {
+        "features": [p for p in features.iterdir() if p.name != "engines"] if features.is_dir() else [],
+        "store": [root / "store"] if (root / "store").is_dir() else [],
+        "exports": [p for p in (features / "engines", root / "tensorrt") if p.is_dir()],
+    }
+
+
+def _size(paths: list[Path]) -> tuple[int, int]:
+    """(bytes, files) under ``paths``."""
+    total = count = 0
+    for path in paths:
+        for f in [path] if path.is_file() else path.rglob("*"):
+            if f.is_file():
+                total += f.stat().st_size
+                count += 1
+    return total, count
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+@app.command("list")
+@handle_errors
+def list_(json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """What the cache holds, by kind, with sizes (TLZOO_CACHE moves it; TLZOO_STORE_MAX_GB caps the store)."""
+    from ..store import max_bytes
+
+    root = _root()
+    rows = {kind: _size(paths) for kind, paths in _parts(root).items()}
+    if json:
+        print_json({"root": str(root), "store_cap_bytes": max_bytes(),
+                    **{kind: {"bytes": b, "files": n} for kind, (b, n) in rows.items()}})  # fmt: skip
+        return
+    console.print(f"tlzoo cache: {root}", markup=False, highlight=False)
+    what = {"features": "bottleneck features and their aliases", "store": "decoded pixels (fine-tune, two-stage, scratch)",
+            "exports": "the feature engines' ONNX exports and TensorRT engines"}  # fmt: skip
+    for kind, (b, n) in rows.items():
+        console.print(f"  {kind:<9} {_human(b):>10} in {n} file(s): {what[kind]}", markup=False, highlight=False)
+    console.print(f"  the store's cap: {_human(max_bytes())} (TLZOO_STORE_MAX_GB)", markup=False, highlight=False)
+
+
+@app.command("clear")
+@handle_errors
+def clear(
+    kind: Annotated[str, typer.Argument(help="features | store | exports | all")],
+) -> None:
+    """Delete one kind of cached data (or all of it); a later run recomputes what it needs."""
+    kind = kind.strip().lower()
+    if kind not in (*KINDS, "all"):
+        raise UsageError(f"tlzoo cache clear {kind!r}: give one of {', '.join(KINDS)} or all")
+    root = _root()
+    parts = _parts(root)
+    freed = 0
+    for name in KINDS if kind == "all" else (kind,):
+        size, _ = _size(parts[name])
+        for path in parts[name]:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        freed += size
+    console.print(f"cleared {kind} from {root}: {_human(freed)} freed", markup=False, highlight=False)
