@@ -203,3 +203,14 @@ def test_tlzoo_cache_lists_sizes_and_clears_each_kind(tmp_path, cache):
     assert not (cache / "store").exists() and (cache / "features" / "x.npz").exists()
     refused = run_tlzoo("cache", "clear", "everything", env=env)
     assert refused.returncode == 2 and "give one of features, store, exports or all" in refused.stderr
+
+
+def test_a_fill_publishes_a_segment_per_chunk_and_reads_across_them(tmp_path, cache, monkeypatch):
+    monkeypatch.setattr(store, "SEGMENT_BYTES", 4 * 24 * 24 * 3)  # four samples a segment
+    data = write_folder(tmp_path / "d", per_class=5, size=40)
+    files = files_of(data)
+    filled = store.images(cache, files, SIZE, PREP)
+    assert len(list((cache / "store").glob("*/seg-*.u8"))) == 4  # 15 samples: 4 + 4 + 4 + 3
+    order = np.random.default_rng(1).permutation(len(files))
+    expected = np.stack([load_image(p, SIZE, PREP) for p in files])
+    np.testing.assert_array_equal(filled.images[order], expected[order])

@@ -42,6 +42,7 @@ from .specs import Preprocessing
 MAGIC = b"TLZSTOR1"
 HEADER = 32  # magic, then int64 count, int32 H, int32 W, int32 channels, int32 reserved
 DEFAULT_MAX_GB = 20.0
+SEGMENT_BYTES = 256 << 20  # a fill publishes a segment every 256 MiB of samples
 
 
 class StoreUnavailable(Exception):
@@ -270,8 +271,19 @@ def images(cache: Path, files: list[str], size: tuple[int, int], prep: Preproces
         _check_room(bucket, need)
         new_digests: list[str] = []
         new_pixels: list[np.ndarray] = []
+        chunk = max(1, SEGMENT_BYTES // bucket.sample_bytes())  # memory holds one segment's worth, not the dataset
+
+        def flush() -> None:
+            if new_digests:
+                try:
+                    bucket.write_segment(new_digests, np.stack(new_pixels))
+                except OSError as exc:
+                    raise StoreUnavailable(_fault_text(exc, bucket.root, need)) from None
+                new_digests.clear()
+                new_pixels.clear()
+
         with ThreadPoolExecutor(threads or available_cores(), thread_name_prefix="tlzoo-store") as pool:
-            for i, result in zip(unknown, pool.map(lambda i: _read_and_decode(files[i], size, prep), unknown)):
+            for i, result in zip(unknown, _ahead(pool, lambda i: _read_and_decode(files[i], size, prep), unknown)):
                 digest, pixels, why = result
                 if why is not None:
                     if strict:
@@ -283,14 +295,13 @@ def images(cache: Path, files: list[str], size: tuple[int, int], prep: Preproces
                     if digest not in bucket.where and digest not in new_digests:
                         new_digests.append(digest)
                         new_pixels.append(pixels)
+                        if len(new_digests) >= chunk:
+                            flush()
+                            bucket.refresh()
                 if progress is not None:
                     progress(1)
-        if new_digests:
-            try:
-                bucket.write_segment(new_digests, np.stack(new_pixels))
-            except OSError as exc:
-                raise StoreUnavailable(_fault_text(exc, bucket.root, need)) from None
-            bucket.refresh()
+        flush()
+        bucket.refresh()
         names.save()
     elif progress is not None:
         progress(len(files))
@@ -301,6 +312,20 @@ def images(cache: Path, files: list[str], size: tuple[int, int], prep: Preproces
     keys = np.asarray([[remap[int(s)], int(t)] for s, t in keys], np.int64).reshape(-1, 2)
     paths = [str(bucket.segments[i].path) for i in used]
     return Filled(StoreImages(paths, keys, size), kept, [(files[i], skipped[i]) for i in sorted(skipped)], len(unknown))
+
+
+def _ahead(pool: ThreadPoolExecutor, work: Callable[[int], Any], items: list[int], depth: int = 256) -> Any:
+    """``pool.map(work, items)`` in order, keeping at most ``depth`` results ahead of the consumer (``map`` would
+    submit every item at once and hold what is done before it is consumed)."""
+    from collections import deque
+
+    pending: deque[Any] = deque()
+    position = 0
+    while position < len(items) or pending:
+        while position < len(items) and len(pending) < depth:
+            pending.append(pool.submit(work, items[position]))
+            position += 1
+        yield pending.popleft().result()
 
 
 def _read_and_decode(path: str, size: tuple[int, int], prep: Preprocessing) -> tuple[str, np.ndarray | None, str | None]:
