@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from tlzoo import data as datamod
-from tlzoo import store
+from tlzoo import locks, store
 from tlzoo.decode import load_image
+from tlzoo.locks import release_leases
 from tlzoo.specs import TORCHVISION_IMAGENET
 from tlzoo.training.config import TrainConfig
 from tlzoo.training.run import train
@@ -37,8 +38,8 @@ def cache(tmp_path, monkeypatch):
 def decodes(monkeypatch):
     """How many files the store decoded."""
     seen: list[str] = []
-    real = store._read_and_decode
-    monkeypatch.setattr(store, "_read_and_decode", lambda path, size, prep: (seen.append(path), real(path, size, prep))[1])
+    real = store._decode
+    monkeypatch.setattr(store, "_decode", lambda data, path, size, prep: (seen.append(path), real(data, path, size, prep))[1])
     return seen
 
 
@@ -116,26 +117,93 @@ def test_a_worker_gets_a_small_pickle_that_reopens_the_store_by_path(tmp_path, c
 
 
 FILL = """
-import sys
+import sys, time
 from pathlib import Path
-from tlzoo import store
+from tlzoo import locks, store
 from tlzoo.specs import TORCHVISION_IMAGENET
+real = store._decode
+def slow(*args):  # decoding that takes long enough for the fillers to overlap
+    time.sleep(0.01)
+    return real(*args)
+store._decode = slow
 files = sys.argv[2:]
 filled = store.images(Path(sys.argv[1]), files, (24, 24), TORCHVISION_IMAGENET.with_resize("crop", crop_fraction=0.875))
-print(len(filled.kept))
+print(len(filled.kept), filled.decoded)
 """
 
 
-def test_concurrent_fillers_both_succeed_and_agree(tmp_path, cache):
+def _fillers(cache: Path, files: list[str], envs: list[dict[str, str]]) -> list[tuple[int, int]]:
+    procs = [subprocess.Popen([sys.executable, "-c", FILL, str(cache), *files], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, **env}) for env in envs]  # fmt: skip
+    outputs = [p.communicate(timeout=300)[0].split() for p in procs]
+    assert [p.returncode for p in procs] == [0] * len(envs)
+    return [(int(kept), int(decoded)) for kept, decoded in outputs]
+
+
+@pytest.mark.parametrize("envs", [
+    [{}, {}, {}],  # three runs on one folder at once: one decodes, the others wait for its segments
+    [{"LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": "3"} for r in range(3)],  # torchrun: a shard each, then the rest
+], ids=["independent", "torchrun-ranks"])  # fmt: skip
+def test_concurrent_fillers_decode_each_image_once_and_agree(tmp_path, cache, envs):
     data = write_folder(tmp_path / "d", per_class=30, size=40)
     files = files_of(data)
-    fillers = [subprocess.Popen([sys.executable, "-c", FILL, str(cache), *files], stdout=subprocess.PIPE, text=True)
-               for _ in range(3)]  # fmt: skip
-    outputs = [p.communicate(timeout=300)[0].strip() for p in fillers]
-    assert [p.returncode for p in fillers] == [0, 0, 0] and outputs == [str(len(files))] * 3
+    results = _fillers(cache, files, envs)
+    assert [kept for kept, _ in results] == [len(files)] * 3
+    assert sum(decoded for _, decoded in results) == len(files), results  # nothing decoded twice
+    if "LOCAL_RANK" in envs[0]:
+        assert all(decoded > 0 for _, decoded in results), results  # every rank did its share
+    assert not list((cache / "store").glob("*/*.lock")) and not list((cache / "store").glob("*/in-use-*"))
     filled = store.images(cache, files, SIZE, PREP)
     assert filled.decoded == 0
     np.testing.assert_array_equal(filled.images[np.arange(len(files))], np.stack([load_image(p, SIZE, PREP) for p in files]))
+
+
+def test_a_lock_left_by_a_dead_filler_is_broken(tmp_path, cache, decodes):
+    data = write_folder(tmp_path / "d", per_class=3, size=40)
+    files = files_of(data)
+    bucket = store.Bucket(cache, PREP, SIZE)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock = bucket.path / "fill-0-of-1.lock"
+    lock.write_text(json.dumps({"host": locks.HOST, "pid": int(dead.stdout), "since": 0, "id": "x"}))
+    filled = store.images(cache, files, SIZE, PREP)
+    assert filled.decoded == len(files) == len(decodes) and not lock.exists()
+    # A live holder's lock is respected; another host's, only until its heartbeat is older than STALE_AFTER.
+    live = locks.FileLock(tmp_path / "l.lock")
+    assert live.acquire() and not locks.FileLock(tmp_path / "l.lock").acquire()
+    live.release()
+    (tmp_path / "l.lock").write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": 0, "id": "y"}))
+    assert not locks.FileLock(tmp_path / "l.lock").acquire()
+    old = (tmp_path / "l.lock").stat().st_mtime - locks.STALE_AFTER - 1
+    os.utime(tmp_path / "l.lock", (old, old))
+    taker = locks.FileLock(tmp_path / "l.lock")
+    assert taker.acquire() and json.loads((tmp_path / "l.lock").read_text())["pid"] == os.getpid()
+    taker.release()
+    assert not (tmp_path / "l.lock").exists()
+
+
+def test_eviction_removes_the_least_recently_used_bucket_never_one_in_use(tmp_path, cache, monkeypatch):
+    data = write_folder(tmp_path / "d", per_class=3, size=40)
+    files = files_of(data)
+    sizes = [(24, 24), (28, 28), (32, 32)]
+    for i, size in enumerate(sizes):  # three buckets, used in this order
+        store.images(cache, files, size, PREP)
+        release_leases()
+        used = store.Bucket(cache, PREP, size, use=False).path / store.LAST_USED
+        os.utime(used, (1000 + i, 1000 + i))
+    paths = {size: store.Bucket(cache, PREP, size, use=False).path for size in sizes}
+    seg = {size: store._bucket_bytes(paths[size]) for size in sizes}
+    store.Bucket(cache, PREP, (24, 24))  # the oldest is in use (by this process): the next oldest goes
+    need = 36 * 36 * 3 * len(files)
+    monkeypatch.setenv("TLZOO_STORE_MAX_GB", str((sum(seg.values()) - seg[(28, 28)] + need) / 2**30))
+    store.images(cache, files, (36, 36), PREP)
+    assert [paths[s].exists() for s in sizes] == [True, False, True]
+    assert not list((cache / "store").glob(".removed-*"))
+    # When even eviction cannot make room, the store is not grown: the run streams.
+    monkeypatch.setenv("TLZOO_STORE_MAX_GB", str(need / 2 / 2**30))
+    with pytest.raises(store.StoreUnavailable, match="over its cap"):
+        store.images(cache, files, (40, 40), PREP)
+    assert paths[(24, 24)].exists(), "a bucket in use is never evicted"
+    release_leases()
 
 
 def _fine_tune(data: Path, out: Path, backbone: str = "torch/resnet18", **kw: object) -> dict:
@@ -175,8 +243,8 @@ def test_a_full_or_unwritable_cache_warns_and_the_run_decodes_into_memory(tmp_pa
                      env={"TLZOO_CACHE": str(cache), "TLZOO_FAULT": "write:seg-*", "TLZOO_FAULT_ERRNO": fault})  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert said in done.stderr and "decoding into memory instead" in done.stderr and "Traceback" not in done.stderr
-    left = [p.name for p in (cache / "store").rglob("*") if p.is_file() and p.name != "names.json"]
-    assert left == [], left  # no partial store file
+    left = [p.name for p in (cache / "store").rglob("*") if p.is_file() and p.name not in ("names.json", "last-used")]
+    assert left == [], left  # no partial store file, no lock, no in-use marker
     assert json.loads((tmp_path / "out" / "resnet18-fine-tune" / "metrics.json").read_text())["n"] == 3
 
 
@@ -198,8 +266,13 @@ def test_tlzoo_cache_lists_sizes_and_clears_each_kind(tmp_path, cache):
     expected_store = sum(p.stat().st_size for p in (cache / "store").rglob("*") if p.is_file())
     assert listed["store"]["bytes"] == expected_store > 9 * 24 * 24 * 3
     assert listed["features"] == {"bytes": 1000, "files": 1} and listed["exports"]["bytes"] == 0
+    # This process still uses the store (as a run does until it ends): clear leaves it.
     done = run_tlzoo("cache", "clear", "store", env=env)
-    assert done.returncode == 0 and "cleared store" in done.stdout
+    assert done.returncode == 0 and "kept 1 decoded-pixel store bucket(s) that a running tlzoo process" in done.stdout
+    assert list((cache / "store").glob("*/seg-*.u8"))
+    release_leases()
+    done = run_tlzoo("cache", "clear", "store", env=env)
+    assert done.returncode == 0 and "cleared store" in done.stdout and "kept" not in done.stdout
     assert not (cache / "store").exists() and (cache / "features" / "x.npz").exists()
     refused = run_tlzoo("cache", "clear", "everything", env=env)
     assert refused.returncode == 2 and "give one of features, store, exports or all" in refused.stderr

@@ -15,6 +15,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    local_size: int = 1  # the processes on this node
 
     @property
     def main(self) -> bool:
@@ -28,7 +29,8 @@ class World:
 def world() -> World:
     try:
         return World(rank=int(os.environ.get("RANK", "0")), size=int(os.environ.get("WORLD_SIZE", "1")),
-                     local_rank=int(os.environ.get("LOCAL_RANK", "0")))  # fmt: skip
+                     local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+                     local_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # fmt: skip
     except ValueError:
         return World()
 

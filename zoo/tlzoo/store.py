@@ -14,10 +14,15 @@ The store is an optimisation, and faults are handled as the feature cache's are:
   writable mapping (a full disk on a mapped page is SIGBUS) and never truncated in place;
 - its size is checked against its header before it is mapped (reading past the end of a truncated mapped
   file is SIGBUS too); a segment that fails the check is set aside and its images decoded again;
-- fillers need no lock: each writes its own segment, so two processes filling at once cost some duplicate
-  decoding, never a wrong or torn read;
+- fillers coordinate through lock files (:class:`tlzoo.locks.FileLock`: ``O_EXCL``, broken when its holder
+  died): the files to decode are cut into one shard per process of the node (torchrun's ``LOCAL_WORLD_SIZE``;
+  one shard otherwise); each process fills its own shard, then waits for, or takes over, the others', so no
+  image is decoded twice and nobody waits on one rank alone. A second run started during a fill waits for
+  the first's segments rather than decoding the same files again;
 - an unwritable cache, a full disk (checked before filling, and on write) or a store over its size cap
-  (``TLZOO_STORE_MAX_GB``, default 20) leaves the caller to decode as before, with one warning.
+  (``TLZOO_STORE_MAX_GB``, default 20) leaves the caller to decode as before, with one warning. Before
+  giving up on the cap, the least recently used buckets are evicted, never one a live process is using
+  (:class:`tlzoo.locks.Lease`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import io
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,12 +43,15 @@ from typing import Any
 import numpy as np
 
 from .decode import available_cores, load_image, recipe
+from .locks import FileLock, in_use, lease
 from .specs import Preprocessing
 
 MAGIC = b"TLZSTOR1"
 HEADER = 32  # magic, then int64 count, int32 H, int32 W, int32 channels, int32 reserved
 DEFAULT_MAX_GB = 20.0
 SEGMENT_BYTES = 256 << 20  # a fill publishes a segment every 256 MiB of samples
+LAST_USED = "last-used"  # touched by every run that reads a bucket: eviction removes the oldest first
+WAIT_POLL = 0.25  # seconds between looks at a shard another process is filling
 
 
 class StoreUnavailable(Exception):
@@ -100,14 +109,26 @@ def _read_segment(path: Path, size: tuple[int, int]) -> Segment | None:
 class Bucket:
     """The samples of one decode recipe and size."""
 
-    def __init__(self, cache: Path, prep: Preprocessing, size: tuple[int, int]) -> None:
+    def __init__(self, cache: Path, prep: Preprocessing, size: tuple[int, int], *, use: bool = True) -> None:
         self.root = store_root(cache)
         self.path = self.root / bucket_key(prep, size)
         self.prep, self.size = prep, size
         self.segments: list[Segment] = []
         self.where: dict[str, tuple[int, int]] = {}  # sha256 -> (segment, slot)
         self.damaged: list[Path] = []
+        if use:
+            self.use()
         self.refresh()
+
+    def use(self) -> None:
+        """Mark the bucket in use by this process (eviction and ``tlzoo cache clear`` pass it over) and recently
+        used (LRU order). Quietly nothing on a read-only cache."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / LAST_USED).touch()
+        except OSError:
+            return
+        lease(self.path)
 
     def refresh(self) -> None:
         self.segments, self.where, self.damaged = [], {}, []
@@ -252,66 +273,131 @@ class Filled:
     decoded: int
 
 
+class Writer:
+    """New samples gathered into segments of at most :data:`SEGMENT_BYTES`, each published as soon as it is full
+    (memory holds one segment's worth, never the dataset), with their files' aliases."""
+
+    def __init__(self, bucket: Bucket, names: _Names, need: int) -> None:
+        self.bucket, self.names, self.need = bucket, names, need
+        self.chunk = max(1, SEGMENT_BYTES // bucket.sample_bytes())
+        self.digests: list[str] = []
+        self.pixels: list[np.ndarray] = []
+
+    def add(self, path: str, digest: str, pixels: np.ndarray | None) -> None:
+        """``path``'s content is ``digest``; ``pixels`` are its samples (None: the store has them already)."""
+        self.names.set(path, digest)
+        if pixels is not None and digest not in self.bucket.where and digest not in self.digests:
+            self.digests.append(digest)
+            self.pixels.append(pixels)
+            if len(self.digests) >= self.chunk:
+                self.flush()
+
+    def flush(self) -> None:
+        """Publish what is gathered. Raises :class:`StoreUnavailable` when it cannot be written."""
+        if self.digests:
+            try:
+                self.bucket.write_segment(self.digests, np.stack(self.pixels))
+            except OSError as exc:
+                raise StoreUnavailable(_fault_text(exc, self.bucket.root, self.need)) from None
+            self.digests, self.pixels = [], []
+            self.bucket.refresh()
+        self.names.save()  # after the segment: a waiting filler that finds the alias finds the pixels too
+
+
 def images(cache: Path, files: list[str], size: tuple[int, int], prep: Preprocessing, *, threads: int | None = None,
            strict: bool = False, progress: Callable[[int], None] | None = None) -> Filled:  # fmt: skip
     """``files`` decoded at ``size`` by ``prep``, from the store: the ones it lacks are read once (their sha256 and
-    their pixels from the same bytes), decoded on a pool of threads and published as one new segment.
+    their pixels from the same bytes), decoded on a pool of threads and published in new segments. A file whose
+    content the store holds under another name is read and hashed, not decoded.
+
+    Under torchrun, the node's processes fill disjoint shards (see the module's docstring).
 
     Raises :class:`StoreUnavailable` (the caller decodes without the store) when the cache cannot be written,
     the disk has no room for the new samples, or the store would grow past its cap."""
-    from .errors import DataError
+    from .distributed import world
 
     bucket = Bucket(cache, prep, size)
     names = _Names(store_root(cache))
-    digests = [names.get(p) for p in files]
-    unknown = [i for i, d in enumerate(digests) if d is None or d not in bucket.where]
+    digests: list[str | None] = [names.get(p) for p in files]
+
+    def missing(i: int) -> bool:
+        return digests[i] is None or digests[i] not in bucket.where
+
+    unknown = [i for i in range(len(files)) if missing(i)]
     skipped: dict[int, str] = {}
+    decoded = [0]
+    told = [0]
+
+    def tell(n: int) -> None:
+        if progress is not None and n:
+            progress(n)
+        told[0] += n
+
     if unknown:
         need = len(unknown) * bucket.sample_bytes()
         _check_room(bucket, need)
-        new_digests: list[str] = []
-        new_pixels: list[np.ndarray] = []
-        chunk = max(1, SEGMENT_BYTES // bucket.sample_bytes())  # memory holds one segment's worth, not the dataset
-
-        def flush() -> None:
-            if new_digests:
-                try:
-                    bucket.write_segment(new_digests, np.stack(new_pixels))
-                except OSError as exc:
-                    raise StoreUnavailable(_fault_text(exc, bucket.root, need)) from None
-                new_digests.clear()
-                new_pixels.clear()
-
+        writer = Writer(bucket, names, need)
+        job = world()
+        shards, mine = max(1, job.local_size), job.local_rank % max(1, job.local_size)
         with ThreadPoolExecutor(threads or available_cores(), thread_name_prefix="tlzoo-store") as pool:
-            for i, result in zip(unknown, _ahead(pool, lambda i: _read_and_decode(files[i], size, prep), unknown)):
-                digest, pixels, why = result
-                if why is not None:
-                    if strict:
-                        raise DataError(f"cannot read image {files[i]}: {why}")
-                    skipped[i] = why
-                elif pixels is not None:
-                    digests[i] = digest
-                    names.set(files[i], digest)
-                    if digest not in bucket.where and digest not in new_digests:
-                        new_digests.append(digest)
-                        new_pixels.append(pixels)
-                        if len(new_digests) >= chunk:
-                            flush()
-                            bucket.refresh()
-                if progress is not None:
-                    progress(1)
-        flush()
-        bucket.refresh()
+            for shard in [(mine + k) % shards for k in range(shards)]:
+                lock = FileLock(bucket.path / f"fill-{shard}-of-{shards}.lock")
+                while True:
+                    todo = [i for i in unknown if i % shards == shard and i not in skipped and missing(i)]
+                    if not todo:
+                        break
+                    if lock.acquire():
+                        try:
+                            _fill(pool, files, todo, digests, bucket, writer, lock, skipped, decoded, strict, tell)
+                        finally:
+                            lock.release()
+                        break
+                    # Another process fills this shard: take what it publishes, and the shard if it stops.
+                    time.sleep(WAIT_POLL)
+                    names.reload()
+                    bucket.refresh()
+                    for i in todo:
+                        digests[i] = digests[i] or names.get(files[i])
         names.save()
-    elif progress is not None:
-        progress(len(files))
+    tell(len(files) - told[0])
     kept = np.asarray([i for i in range(len(files)) if i not in skipped], np.int64)
     keys = np.asarray([bucket.where[digests[i]] for i in kept], np.int64).reshape(-1, 2)  # type: ignore[index]
     used = sorted(set(keys[:, 0].tolist()))
     remap = {old: new for new, old in enumerate(used)}
     keys = np.asarray([[remap[int(s)], int(t)] for s, t in keys], np.int64).reshape(-1, 2)
     paths = [str(bucket.segments[i].path) for i in used]
-    return Filled(StoreImages(paths, keys, size), kept, [(files[i], skipped[i]) for i in sorted(skipped)], len(unknown))
+    return Filled(StoreImages(paths, keys, size), kept, [(files[i], skipped[i]) for i in sorted(skipped)], decoded[0])
+
+
+def _fill(pool: ThreadPoolExecutor, files: list[str], todo: list[int], digests: list[str | None], bucket: Bucket,
+          writer: Writer, lock: FileLock, skipped: dict[int, str], decoded: list[int], strict: bool,
+          tell: Callable[[int], None]) -> None:  # fmt: skip
+    """Read, hash and (when the store lacks the content) decode ``todo``, publishing a segment per chunk."""
+    from .errors import DataError
+
+    size, prep = bucket.size, bucket.prep
+
+    def work(i: int) -> tuple[str, np.ndarray | None, str | None]:
+        try:
+            data, digest = _read(files[i])
+            if digest in bucket.where:
+                return digest, None, None
+            return digest, _decode(data, files[i], size, prep), None
+        except Exception as exc:  # PIL raises many types for truncated or non-image files
+            return "", None, f"{type(exc).__name__}: {exc}"
+
+    for i, (digest, pixels, why) in zip(todo, _ahead(pool, work, todo)):
+        lock.beat()
+        if why is not None:
+            if strict:
+                raise DataError(f"cannot read image {files[i]}: {why}")
+            skipped[i] = why
+        else:
+            digests[i] = digest
+            decoded[0] += pixels is not None
+            writer.add(files[i], digest, pixels)
+        tell(1)
+    writer.flush()
 
 
 def _ahead(pool: ThreadPoolExecutor, work: Callable[[int], Any], items: list[int], depth: int = 256) -> Any:
@@ -328,14 +414,15 @@ def _ahead(pool: ThreadPoolExecutor, work: Callable[[int], Any], items: list[int
         yield pending.popleft().result()
 
 
-def _read_and_decode(path: str, size: tuple[int, int], prep: Preprocessing) -> tuple[str, np.ndarray | None, str | None]:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-        pixels = load_image(io.BytesIO(data), size, prep, name=path)
-    except Exception as exc:  # PIL raises many types for truncated or non-image files
-        return "", None, f"{type(exc).__name__}: {exc}"
-    return hashlib.sha256(data).hexdigest(), pixels, None
+def _read(path: str) -> tuple[bytes, str]:
+    """A file's bytes and their sha256: the one read that both the key and the pixels come from."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def _decode(data: bytes, path: str, size: tuple[int, int], prep: Preprocessing) -> np.ndarray:
+    return load_image(io.BytesIO(data), size, prep, name=path)
 
 
 def _check_room(bucket: Bucket, need: int) -> None:
@@ -343,18 +430,80 @@ def _check_room(bucket: Bucket, need: int) -> None:
     probe = root
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    if not os.access(probe, os.W_OK):
+    if not os.access(probe, os.W_OK) or (bucket.path.is_dir() and not os.access(bucket.path, os.W_OK)):
         raise StoreUnavailable(f"the decoded-pixel store {root} is not writable")
     free = shutil.disk_usage(probe).free
     if free < need + (256 << 20):
         raise StoreUnavailable(f"the disk holding {root} has {free / 2**30:.1f} GiB free and the store needs "
                                f"{need / 2**30:.2f} GiB more")  # fmt: skip
-    used = sum(p.stat().st_size for p in root.glob("*/seg-*.u8")) if root.is_dir() else 0
     cap = max_bytes()
+    used = evict(root, cap - need, keep=bucket.path)
     if used + need > cap:
         raise StoreUnavailable(f"the decoded-pixel store {root} would grow to {(used + need) / 2**30:.2f} GiB, over "
                                f"its cap of {cap / 2**30:.1f} GiB (TLZOO_STORE_MAX_GB raises it; tlzoo cache clear "
                                f"store empties it)")  # fmt: skip
+
+
+def _bucket_bytes(path: Path) -> int:
+    total = 0
+    for f in path.glob("seg-*.u8"):
+        try:
+            total += f.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def _last_used(path: Path) -> float:
+    try:
+        return (path / LAST_USED).stat().st_mtime
+    except OSError:
+        return path.stat().st_mtime if path.exists() else 0.0
+
+
+def buckets(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+
+
+def remove_bucket(path: Path) -> bool:
+    """Remove one bucket: moved aside by one rename (a reader never sees it half gone), then deleted. False when
+    it could not be moved (Windows cannot rename or delete a file another process has mapped)."""
+    aside = path.parent / f".removed-{uuid.uuid4().hex}"
+    try:
+        os.rename(path, aside)
+    except OSError:
+        return False
+    shutil.rmtree(aside, ignore_errors=True)
+    return True
+
+
+def evict(root: Path, budget: int, *, keep: Path | None = None) -> int:
+    """Remove the least recently used buckets until the store holds at most ``budget`` bytes, never ``keep`` nor
+    a bucket a live process uses. Returns the bytes the store holds afterwards."""
+    sizes = {path: _bucket_bytes(path) for path in buckets(root)}
+    used = sum(sizes.values())
+    for path in sorted(sizes, key=_last_used):
+        if used <= budget:
+            break
+        if path == keep or in_use(path):
+            continue
+        if remove_bucket(path):
+            used -= sizes[path]
+    return used
+
+
+def clear(root: Path) -> tuple[int, int]:
+    """Remove every bucket no live process uses (``tlzoo cache clear store``): (bytes freed, buckets kept)."""
+    freed = kept = 0
+    for path in buckets(root):
+        size = _bucket_bytes(path)
+        if not in_use(path) and remove_bucket(path):
+            freed += size
+        else:
+            kept += 1
+    if not kept and root.is_dir():
+        shutil.rmtree(root, ignore_errors=True)
+    return freed, kept
 
 
 def _fault_text(exc: OSError, root: Path, need: int) -> str:
@@ -366,16 +515,21 @@ def _fault_text(exc: OSError, root: Path, need: int) -> str:
 
 
 class _Names:
-    """path, size, mtime, inode, ctime -> the file's sha256, remembered so that unchanged files are not read."""
+    """path, size, mtime, inode, ctime -> the file's sha256, remembered so that unchanged files are not read.
+    Saved merged with what other processes saved meanwhile (their fills' aliases are kept)."""
 
     def __init__(self, root: Path) -> None:
         self.path = root / "names.json"
+        self.known: dict[str, str] = {}
+        self.mine: dict[str, str] = {}
+        self.reload()
+
+    def reload(self) -> None:
         try:
             data = json.loads(self.path.read_text())
-            self.known: dict[str, str] = data if isinstance(data, dict) else {}
         except (OSError, ValueError):
-            self.known = {}
-        self.changed = False
+            data = {}
+        self.known = {**(data if isinstance(data, dict) else {}), **self.mine}
 
     @staticmethod
     def _key(path: str) -> str | None:
@@ -392,16 +546,17 @@ class _Names:
 
     def set(self, path: str, digest: str) -> None:
         key = self._key(path)
-        if key:
-            self.known[key] = digest
-            self.changed = True
+        if key and self.known.get(key) != digest:
+            self.known[key] = self.mine[key] = digest
 
     def save(self) -> None:
-        if not self.changed:
+        if not self.mine:
             return
         from .rundir import atomic_write_json
 
+        self.reload()
         try:
             atomic_write_json(self.path, self.known)
         except OSError:  # the aliases are an optimisation too: the files are hashed again next time
-            pass
+            return
+        self.mine = {}

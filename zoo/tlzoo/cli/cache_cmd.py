@@ -80,10 +80,16 @@ def clear(
     kind = kind.strip().lower()
     if kind not in (*KINDS, "all"):
         raise UsageError(f"tlzoo cache clear {kind!r}: give one of {', '.join(KINDS)} or all")
+    from .. import store
+
     root = _root()
     parts = _parts(root)
-    freed = 0
+    freed = kept = 0
     for name in KINDS if kind == "all" else (kind,):
+        if name == "store":  # a store another run is reading stays (it would lose its images mid-epoch)
+            size, kept = store.clear(store.store_root(root))
+            freed += size
+            continue
         size, _ = _size(parts[name])
         for path in parts[name]:
             if path.is_dir():
@@ -92,3 +98,6 @@ def clear(
                 path.unlink(missing_ok=True)
         freed += size
     console.print(f"cleared {kind} from {root}: {_human(freed)} freed", markup=False, highlight=False)
+    if kept:
+        console.print(f"kept {kept} decoded-pixel store bucket(s) that a running tlzoo process is using",
+                      markup=False, highlight=False)  # fmt: skip

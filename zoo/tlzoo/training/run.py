@@ -64,6 +64,17 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
     they decide which options are refused for a strategy they do not fit and which are reported unused.
     ``overrides`` are options given together with ``resume``: only the device and workers may change.
     """
+    from ..locks import release_leases
+
+    try:
+        return _train(config, reporter, resume=resume, exist_ok=exist_ok, given=given, overrides=overrides)
+    finally:
+        release_leases()  # the decoded-pixel store this run read may be evicted or cleared again
+
+
+def _train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path | None = None,
+           exist_ok: bool = False, given: Collection[str] | None = None,
+           overrides: dict[str, Any] | None = None) -> TrainResult:  # fmt: skip
     job = world()
     # Under torchrun every rank runs this function; rank 0 alone prints and writes.
     reporter = (reporter or Reporter()) if job.main else Reporter()
