@@ -91,6 +91,12 @@ def test_compare_two_backbones_three_strategies_every_format(tiny_data, tmp_path
             assert row["onnx_latency_ms"] > 0 and row["peak_memory_mb"] > 0
         failed = by[(backbone, "scratch:lr=1e30")]  # fails only once it trains: the loss overflows
         assert failed["status"] == "failed" and "training diverged" in failed["error"], failed
+    # Every image is decoded once per decode recipe: by the first combination of each backbone (feature
+    # extraction fills the decoded-pixel store), never by the ones after it.
+    n_images = sum(1 for f in tiny_data.rglob("*") if f.is_file())
+    for backbone in ("torch/resnet18", "keras/vgg16"):
+        assert by[(backbone, "feature-extract")]["images_decoded"] == n_images
+        assert by[(backbone, "fine-tune:freeze=8")]["images_decoded"] == 0
     # The failing combination is recorded; the ranked leaderboard puts the successes first.
     assert [r["status"] for r in board] == ["ok"] * 4 + ["failed"] * 2
     saved = json.loads((out / "leaderboard.json").read_text())

@@ -217,11 +217,11 @@ def test_a_run_over_the_store_equals_a_streamed_one_and_the_second_decodes_nothi
     data = write_folder(tmp_path / "d", per_class=8)
     from_store = _fine_tune(data, tmp_path / "a", backbone)
     n = len(decodes)
-    assert n == 24
+    assert n == 24 == from_store["images_decoded"]
     streamed = _fine_tune(data, tmp_path / "b", backbone, cache=False)
-    assert len(decodes) == n  # --no-cache neither reads nor writes the store
+    assert len(decodes) == n and streamed["images_decoded"] == 24  # --no-cache neither reads nor writes the store
     again = _fine_tune(data, tmp_path / "c", backbone)
-    assert len(decodes) == n, "a second run decodes nothing"
+    assert len(decodes) == n and again["images_decoded"] == 0, "a second run decodes nothing"
     if backbone.startswith("torch"):  # the store is the framework's input either way: once is enough here
         other_split = _fine_tune(data, tmp_path / "e", backbone, seed=3)
         assert len(decodes) == n, "another split of the same files decodes nothing"
@@ -287,3 +287,32 @@ def test_a_fill_publishes_a_segment_per_chunk_and_reads_across_them(tmp_path, ca
     order = np.random.default_rng(1).permutation(len(files))
     expected = np.stack([load_image(p, SIZE, PREP) for p in files])
     np.testing.assert_array_equal(filled.images[order], expected[order])
+
+
+def test_feature_extraction_fills_the_store_and_the_runs_after_it_decode_nothing(tmp_path, cache, decodes, monkeypatch):
+    data = write_folder(tmp_path / "d", per_class=6)
+
+    def run(strategy: str, out: str, **kw: object) -> dict:
+        cfg = TrainConfig(data=str(data), backbone="torch/resnet18", weights="none", strategy=strategy,
+                          image_size=32, batch_size=8, epochs=1, out_dir=str(tmp_path / out), **kw)  # type: ignore[arg-type]
+        return train(cfg).metrics
+
+    extracted = run("feature-extract", "a")
+    assert extracted["images_decoded"] == 18 == len(decodes) and extracted["feature_cache"] == "miss"
+    tuned = run("fine-tune", "b", freeze="0")
+    assert tuned["images_decoded"] == 0 and len(decodes) == 18
+    # Features missing from the feature cache (another tap) are extracted from the stored pixels: no decode,
+    # and the same features as decoding gives.
+    tapped = run("feature-extract", "c", tap="8")
+    assert tapped["feature_cache"] == "miss" and tapped["images_decoded"] == 0 and len(decodes) == 18
+    fresh = run("feature-extract", "f", tap="8", cache=False)
+    assert fresh["images_decoded"] == 18 and len(decodes) == 18  # --no-cache: decoded without the store
+    assert tapped["log_loss"] == pytest.approx(fresh["log_loss"], abs=1e-6)
+    # Over its cap, feature extraction streams and says so; nothing is written.
+    for i in range(3):
+        Image.fromarray(make_image("red", 200 + i, 40)).save(data / "red" / f"more{i}.png")
+    before = sorted(p.name for p in (cache / "store").rglob("seg-*.u8"))
+    monkeypatch.setenv("TLZOO_STORE_MAX_GB", "0.000001")
+    capped = run("feature-extract", "e", tap="7")
+    assert capped["images_decoded"] == 3, decodes[18:]
+    assert sorted(p.name for p in (cache / "store").rglob("seg-*.u8")) == before

@@ -266,7 +266,16 @@ class KerasEngine(Engine):
         order = self.set_rng(epoch).permutation(len(labels))
         total, correct = 0.0, 0
         if self.strategy is not None:
-            data = tf.data.Dataset.from_tensor_slices((images[order], labels[order].astype(np.int64))).batch(batch_size)
+            # Batches gathered one at a time (images may be the decoded-pixel store, larger than RAM); never
+            # from_tensor_slices, which would copy the whole set and embed it in the graph as a constant.
+            def batches() -> Any:
+                for start in range(0, len(order), batch_size):
+                    idx = order[start : start + batch_size]
+                    yield images[idx], labels[idx].astype(np.int64)
+
+            shape = (None, *images.shape[1:])
+            data = tf.data.Dataset.from_generator(batches, output_signature=(
+                tf.TensorSpec(shape, tf.uint8), tf.TensorSpec((None,), tf.int64))).prefetch(2)  # fmt: skip
             sizes = [len(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
             for n, (x, y) in zip(sizes, self.strategy.experimental_distribute_dataset(data)):
                 loss, right = self._step(x, y, tf.constant(n))

@@ -205,7 +205,7 @@ def run_combination(combo: Combination, common: list[str], out_dir: Path, timeou
         status="ok", run_dir=summary["run_dir"], accuracy=metrics["accuracy"], log_loss=metrics["log_loss"],
         macro_f1=metrics["macro_f1"], train_s=metrics["train_seconds"], images_per_s=images_per_s,
         trainable_params=metrics["trainable_params"], peak_memory_mb=metrics.get("peak_memory_mb"),
-        split=metrics["split"], feature_cache=metrics.get("feature_cache"),
+        split=metrics["split"], feature_cache=metrics.get("feature_cache"), images_decoded=metrics.get("images_decoded"),
     )  # fmt: skip
     return row
 

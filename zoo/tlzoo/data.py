@@ -122,19 +122,22 @@ def default_threads() -> int:
 
 
 def decode_batches(paths: list[str], size: tuple[int, int], *, batch_size: int, threads: int | None = None,
-                   strict: bool = False, prep: Preprocessing | None = None) -> Iterator[DecodedBatch]:  # fmt: skip
+                   strict: bool = False, prep: Preprocessing | None = None,
+                   load: Callable[[str], np.ndarray] | None = None) -> Iterator[DecodedBatch]:  # fmt: skip
     """Decode ``paths`` in order (by ``prep``'s resize policy, see :func:`tlzoo.decode.load_image`),
     ``batch_size`` at a time, on a pool of threads that works at most three batches ahead of the consumer:
     memory holds a few batches, never the dataset. Unreadable files (and images over the pixel limit) are
-    reported in their batch's ``skipped`` (``strict``: raise :class:`DataError` instead)."""
+    reported in their batch's ``skipped`` (``strict``: raise :class:`DataError` instead). ``load(path)``, when
+    given, replaces the decoder (the decoded-pixel store's :class:`tlzoo.store.Stream`)."""
     ahead = 3 * batch_size
+    read = load or (lambda path: load_image(path, size, prep))
     with ThreadPoolExecutor(threads or default_threads(), thread_name_prefix="tlzoo-decode") as pool:
         pending: deque[Future[np.ndarray]] = deque()
         submitted = 0
         for start in range(0, len(paths), batch_size):
             stop = min(start + batch_size, len(paths))
             while submitted < min(len(paths), stop + ahead):
-                pending.append(pool.submit(load_image, paths[submitted], size, prep))
+                pending.append(pool.submit(read, paths[submitted]))
                 submitted += 1
             index, images, skipped = [], [], []
             for i in range(start, stop):

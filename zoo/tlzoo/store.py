@@ -32,6 +32,7 @@ import io
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -131,18 +132,19 @@ class Bucket:
         lease(self.path)
 
     def refresh(self) -> None:
-        self.segments, self.where, self.damaged = [], {}, []
-        if not self.path.is_dir():
-            return
-        for path in sorted(self.path.glob("seg-*.u8")):
+        segments: list[Segment] = []
+        where: dict[str, tuple[int, int]] = {}
+        damaged: list[Path] = []
+        for path in sorted(self.path.glob("seg-*.u8")) if self.path.is_dir() else []:
             segment = _read_segment(path, self.size)
             if segment is None:
-                self.damaged.append(path)
+                damaged.append(path)
                 continue
-            index = len(self.segments)
-            self.segments.append(segment)
             for slot, digest in enumerate(segment.digests):
-                self.where.setdefault(digest, (index, slot))
+                where.setdefault(digest, (len(segments), slot))
+            segments.append(segment)
+        # Swapped whole (a thread reading ``where`` meanwhile sees the old state or the new one, never half).
+        self.segments, self.where, self.damaged = segments, where, damaged
         for path in self.damaged:  # set aside, so the images it held are decoded again (never read)
             try:
                 path.unlink()
@@ -277,8 +279,8 @@ class Writer:
     """New samples gathered into segments of at most :data:`SEGMENT_BYTES`, each published as soon as it is full
     (memory holds one segment's worth, never the dataset), with their files' aliases."""
 
-    def __init__(self, bucket: Bucket, names: _Names, need: int) -> None:
-        self.bucket, self.names, self.need = bucket, names, need
+    def __init__(self, bucket: Bucket, names: _Names, need: int, *, refresh: bool = True) -> None:
+        self.bucket, self.names, self.need, self.refresh = bucket, names, need, refresh
         self.chunk = max(1, SEGMENT_BYTES // bucket.sample_bytes())
         self.digests: list[str] = []
         self.pixels: list[np.ndarray] = []
@@ -300,8 +302,64 @@ class Writer:
             except OSError as exc:
                 raise StoreUnavailable(_fault_text(exc, self.bucket.root, self.need)) from None
             self.digests, self.pixels = [], []
-            self.bucket.refresh()
+            if self.refresh:
+                self.bucket.refresh()
         self.names.save()  # after the segment: a waiting filler that finds the alias finds the pixels too
+
+
+class Stream:
+    """Feature extraction's reads, from threads: a file's pixels from the store when it holds them, else decoded
+    and added to it (within its cap: :meth:`start` says when it cannot be). Unlike :func:`images`, it takes no
+    lock: it reads each file as its batch comes, and two runs filling at once only publish a duplicate sample."""
+
+    def __init__(self, cache: Path, size: tuple[int, int], prep: Preprocessing) -> None:
+        self.bucket = Bucket(cache, prep, size)
+        self.names = _Names(store_root(cache))
+        self.size, self.prep = size, prep
+        self.writer: Writer | None = None
+        self.decoded = 0
+        self._guard = threading.Lock()
+
+    def start(self, n: int) -> str | None:
+        """Make room for at most ``n`` new samples; the reason when the store will not be filled."""
+        need = n * self.bucket.sample_bytes()
+        try:
+            _check_room(self.bucket, need)
+        except StoreUnavailable as exc:
+            return str(exc)
+        self.writer = Writer(self.bucket, self.names, need, refresh=False)
+        return None
+
+    def load(self, path: str) -> np.ndarray:
+        digest = self.names.get(path)
+        where = self.bucket.where.get(digest) if digest else None
+        if where is None:
+            data, digest = _read(path)
+            where = self.bucket.where.get(digest)
+            if where is None:
+                pixels = _decode(data, path, self.size, self.prep)
+                with self._guard:
+                    self.decoded += 1
+                    if self.writer is not None:
+                        self.writer.add(path, digest, pixels)
+                return pixels
+            with self._guard:
+                self.names.set(path, digest)
+        segment, slot = where
+        return np.array(self.bucket.segments[segment].pixels[slot])
+
+    def close(self) -> str | None:
+        """Publish what is left; the reason when it could not be written."""
+        with self._guard:
+            try:
+                if self.writer is not None:
+                    self.writer.flush()
+                else:
+                    self.names.save()
+            except StoreUnavailable as exc:
+                self.writer = None
+                return str(exc)
+        return None
 
 
 def images(cache: Path, files: list[str], size: tuple[int, int], prep: Preprocessing, *, threads: int | None = None,

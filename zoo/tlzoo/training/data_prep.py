@@ -32,6 +32,7 @@ class Splits:
     classes: list[str]
     root: Path
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    decoded: int = 0  # images decoded (not read from the decoded-pixel store) by :func:`decode`
 
     @property
     def eval_name(self) -> str:
@@ -196,6 +197,7 @@ def decode(splits: Splits, size: tuple[int, int], cfg: TrainConfig, reporter: Re
     kept, skipped = {}, {}
     decoded: dict[str, Any] = {}  # in-memory arrays, or the store's (tlzoo.store.StoreImages)
     use_store = cfg.cache
+    count = 0
     for name, part in splits.parts():
         assert isinstance(part, datamod.ImageList)
         with reporter.task(f"loading {names[name]} images", len(part)) as advance:
@@ -204,6 +206,7 @@ def decode(splits: Splits, size: tuple[int, int], cfg: TrainConfig, reporter: Re
                     filled = store.images(cache_root().parent, part.paths, size, prep or SQUASH,
                                           threads=cfg.workers or None, strict=cfg.strict, progress=advance)  # fmt: skip
                     kept[name], skipped[name], decoded[name] = filled.kept, filled.skipped, filled.images
+                    count += filled.decoded
                     continue
                 except store.StoreUnavailable as exc:
                     reporter.warn(f"{exc}: decoding into memory instead")
@@ -211,7 +214,9 @@ def decode(splits: Splits, size: tuple[int, int], cfg: TrainConfig, reporter: Re
             images, index, lost = datamod.decode_all(part.paths, size, strict=cfg.strict, progress=lambda: advance(1),
                                                      threads=cfg.workers or None, prep=prep)  # fmt: skip
         kept[name], skipped[name], decoded[name] = index, lost, images
+        count += len(part)
     out = readable(splits, kept, skipped)
+    out.decoded = count
     for name, part in out.parts():
         setattr(out, name, datamod.ImageSet(decoded[name], part.labels, part.paths, part.classes))
     return out

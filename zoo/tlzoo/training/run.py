@@ -23,7 +23,7 @@ from .. import data as datamod
 from ..adapters import adapter_for, framework_spec
 from ..backbone import Backbone, check_input_size, get_backbone
 from ..distributed import world
-from .. import feature_engines, model_card
+from .. import feature_engines, model_card, store
 from ..errors import DataError, TlzooError, UsageError
 from ..freeze import parse_freeze, parse_unit
 from ..decode import recipe as decode_recipe
@@ -286,7 +286,7 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
         if resume is None and comm.main:
             files.write_split(splits.rows())
         history = _fit(engine, model.backbone, splits, config, reporter, run_dir, resume is not None)
-        extra = {"compile": engine.compile_record()}
+        extra = {"compile": engine.compile_record(), "images_decoded": int(sum(comm.gather(splits.decoded)))}
         if engine.compile_note:
             reporter.warn(f"--compile {config.compile}: {engine.compile_note}")
         eval_proba = probabilities(engine.logits(splits.eval_set.images), engine.output)  # type: ignore[union-attr]
@@ -359,7 +359,7 @@ def _job_record(engine: Engine, n_train: int) -> dict[str, Any]:
 
 
 def _features(model: Model, key: dict[str, Any], part: datamod.ImageList, cfg: TrainConfig, reporter: Reporter,
-              what: str, comm: Collective, run: Callable[[], Any]) -> tuple[feature_cache.Entry, bool]:  # fmt: skip
+              what: str, comm: Collective, run: Callable[[], Any], decoded: list[int]) -> tuple[feature_cache.Entry, bool]:  # fmt: skip
     """The features of ``part``'s readable images: from the cache (found by the files, nothing decoded), or
     decoded and extracted a batch at a time."""
     slot = feature_cache.Slot(key, part)
@@ -373,8 +373,16 @@ def _features(model: Model, key: dict[str, Any], part: datamod.ImageList, cfg: T
             return entry, True
     # Under torchrun each rank extracts every world_size-th image; the shards are gathered back in order.
     positions = np.arange(comm.rank, len(part), comm.world_size)
+    # The decoded-pixel store gives the images it holds and takes the ones decoded here (within its cap), so a
+    # fine-tune or another backbone of the same input after this run decodes nothing.
+    stream = store.Stream(feature_cache.cache_root().parent, model.size, model.preprocessing) if cfg.cache else None
+    why_not = stream.start(len(positions)) if stream is not None else None
     with reporter.task(f"extracting {what} features", len(positions)) as advance:
-        shard = _extract(model, part.subset(positions), cfg, run, advance) if len(positions) else None
+        shard = _extract(model, part.subset(positions), cfg, run, advance, stream) if len(positions) else None
+    why_not = (stream.close() if stream is not None else None) or why_not
+    if why_not and comm.main:
+        reporter.info(f"decoded-pixel store not filled: {why_not}")
+    decoded[0] += stream.decoded if stream is not None else len(positions)
     entry = _merge(comm.gather(shard), comm.world_size)
     if cfg.cache and comm.main:
         try:
@@ -386,11 +394,12 @@ def _features(model: Model, key: dict[str, Any], part: datamod.ImageList, cfg: T
 
 
 def _extract(model: Model, files: datamod.ImageList, cfg: TrainConfig, run: Callable[[], Any],
-             advance: Callable[[int], None]) -> feature_cache.Entry:  # fmt: skip
-    """Decode on a pool of threads while the backbone runs on the batch before."""
+             advance: Callable[[int], None], stream: store.Stream | None) -> feature_cache.Entry:  # fmt: skip
+    """Decode (or read from the store) on a pool of threads while the backbone runs on the batch before."""
     feats, kept, skipped = [], [], []
     for batch in datamod.decode_batches(files.paths, model.size, batch_size=cfg.batch_size, threads=cfg.workers or None,
-                                        strict=cfg.strict, prep=model.preprocessing):  # fmt: skip
+                                        strict=cfg.strict, prep=model.preprocessing,
+                                        load=stream.load if stream is not None else None):  # fmt: skip
         skipped += batch.skipped
         if len(batch.index):
             feats.append(model.backbone.extract_features(batch.images, tap=model.tap, batch_size=cfg.batch_size,
@@ -442,10 +451,11 @@ def _feature_extract(model: Model, splits: Splits, cfg: TrainConfig, reporter: R
 
     key = model.feature_key()
     hits, feats, kept, skipped = {}, {}, {}, {}
+    decoded = [0]  # images this rank decoded (the feature cache and the pixel store spare the rest)
     for i, (name, part) in enumerate(parts):
         assert isinstance(part, datamod.ImageList)
         left[0] = sum(len(p) for _, p in parts[i:]) // comm.world_size
-        entry, hits[name] = _features(model, key, part, cfg, reporter, name, comm, run)
+        entry, hits[name] = _features(model, key, part, cfg, reporter, name, comm, run, decoded)
         feats[name], kept[name], skipped[name] = entry.features, entry.kept, entry.skipped
     choice = runners[0].choice if runners and isinstance(runners[0], feature_engines.Auto) else None
     if choice is not None and choice.line():
@@ -462,6 +472,7 @@ def _feature_extract(model: Model, splits: Splits, cfg: TrainConfig, reporter: R
     extra = {
         "feature_cache": "hit" if all(hits.values()) else ("partial" if any(hits.values()) else "miss"),
         "feature_seconds": round(feature_seconds, 3), "head_seconds": round(head_seconds, 3), "head": cfg.head,
+        "images_decoded": int(sum(comm.gather(decoded[0]))),
         "feature_engine": choice.engine if choice is not None else cfg.feature_engine,
         **({"feature_engine_auto": choice.record()} if choice is not None else {}),
     }  # fmt: skip
