@@ -6,10 +6,14 @@
    feature cache, minus the same run with every feature cached, per image, against onnxruntime's batch-32 rate
    on the same run's exported classifier (goal >= 0.8x; the fixed costs count).
 
-    python benchmarks/input_pipeline.py [--images 8] [--rounds 5] [--no-features]
+3. peak anonymous memory (RssAnon summed over the process tree, sampled from /proc every 50 ms; the decoded-pixel
+   store's page-cache pages do not count) of a one-epoch fine-tune at 224 px over N and 8N JPEGs, through the
+   store (goal: ratio <= 1.2) and decoded into memory as before (``--no-cache``);
+4. decodes counted (each run's ``images_decoded``) across a compare of four strategies and a second run.
 
-Writes benchmarks/results/input_pipeline.json. Peak memory over 1,000 and 8,000 images and decodes counted across
-a compare need the decoded-pixel store (the second half of "Images in") and are not measured here yet.
+    python benchmarks/input_pipeline.py [--images 8] [--rounds 5] [--no-features] [--no-memory] [--memory-n 1000]
+
+Writes benchmarks/results/input_pipeline.json.
 """
 
 from __future__ import annotations
@@ -52,7 +56,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--no-features", action="store_true", help="only the decoding part")
+    parser.add_argument("--no-features", action="store_true", help="skip feature extraction end to end")
+    parser.add_argument("--no-memory", action="store_true", help="skip peak memory and the decode counts")
+    parser.add_argument("--memory-n", type=int, default=1000, help="N of the peak-memory part (N and 8N images)")
     args = parser.parse_args()
     from tlzoo.decode import load_image
     from tlzoo.specs import TORCHVISION_IMAGENET
@@ -83,6 +89,9 @@ def main() -> None:
     }  # fmt: skip
     if not args.no_features:
         result["feature_extraction"] = feature_extraction()
+    if not args.no_memory:
+        result["peak_memory"] = peak_memory(args.memory_n)
+        result["decodes"] = decode_counts()
     write("input_pipeline", result)
     for name in times:
         print(f"{name:>22}: {median[name]:7.2f} ms/image ({result['speedup_vs_full_decode'][name]:.2f}x)")
@@ -91,6 +100,11 @@ def main() -> None:
         fe = result["feature_extraction"]
         print(f"feature extraction end to end: {fe['end_to_end_images_per_s']} images/s against onnxruntime batch 32 "
               f"{fe['onnxruntime_b32_images_per_s']} ({fe['ratio']}x)")
+    if "peak_memory" in result:
+        for mode, row in result["peak_memory"]["runs"].items():
+            print(f"peak RssAnon, {mode}: " + ", ".join(f"{n} images {mb} MiB" for n, mb in row["peak_mib"].items())
+                  + f" (ratio {row['ratio']})")
+        print("images decoded: " + ", ".join(f"{k} {v}" for k, v in result["decodes"]["images_decoded"].items()))
 
 
 def feature_extraction() -> dict:
@@ -132,6 +146,108 @@ def feature_extraction() -> dict:
     return {"images": n, "cold_s": round(cold_s, 2), "cached_s": round(cached_s, 2),
             "end_to_end_images_per_s": round(e2e, 1), "onnxruntime_b32_images_per_s": round(ort_rate, 1),
             "ratio": round(e2e / ort_rate, 2), "goal": ">= 0.8"}  # fmt: skip
+
+
+def _tree_rss_anon(pid: int) -> int:
+    """RssAnon (bytes) of ``pid`` and all its descendants."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    total += int(line.split()[1]) * 1024
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def _peak_rss_anon(cmd: list[str], env: dict[str, str]) -> tuple[int, float, dict]:
+    """Run ``cmd``; its tree's peak RssAnon, its wall time and its JSON output."""
+    import json
+    import subprocess
+
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss_anon(proc.pid))
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {err[-2000:]}")
+    return peak, time.perf_counter() - started, json.loads(out)
+
+
+def _jpeg_folder(folder: Path, n: int, classes: int = 10) -> Path:
+    """``n`` 320x240 JPEGs in ``classes`` class folders: crops of scikit-image's photographs, tinted per class."""
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    sources = [np.asarray(Image.fromarray(a).resize((640, 480))) for a in
+               (data.chelsea(), data.coffee(), data.astronaut(), data.rocket())]  # fmt: skip
+    for i in range(n):
+        c = i % classes
+        src = sources[i % len(sources)]
+        y, x = rng.integers(0, 240), rng.integers(0, 320)
+        crop = src[y : y + 240, x : x + 320].astype(np.float32) * (0.6 + 0.04 * c)
+        (folder / f"c{c}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(crop, 0, 255).astype(np.uint8)).save(folder / f"c{c}" / f"{i:05d}.jpg", quality=85)
+    return folder
+
+
+def peak_memory(n: int) -> dict:
+    """Peak RssAnon of a one-epoch fine-tune at 224 px over ``n`` and ``8 n`` images: through the decoded-pixel
+    store (a cold store: the fill is part of the run) and decoded into memory (``--no-cache``), interleaved."""
+    import os
+
+    from _common import tlzoo_cmd
+
+    work = Path(tempfile.mkdtemp(prefix="tlzoo-memory-"))
+    sizes = [n, 8 * n]
+    folders = {m: _jpeg_folder(work / f"data{m}", m) for m in sizes}
+    runs: dict[str, dict] = {"store": {"peak_mib": {}, "wall_s": {}}, "in memory (--no-cache)": {"peak_mib": {}, "wall_s": {}}}
+    for m in sizes:
+        for mode, extra in (("store", []), ("in memory (--no-cache)", ["--no-cache"])):
+            env = {**os.environ, "TLZOO_CACHE": str(work / f"cache-{m}-{len(extra)}")}
+            cmd = tlzoo_cmd("train", "--data", str(folders[m]), "--backbone", "mobilenet_v2", "--weights", "none",
+                            "--strategy", "fine-tune", "--freeze", "48", "--epochs", "1", "--image-size", "224",
+                            "--batch-size", "32", "--json", "--quiet", "--out-dir", str(work / "runs"),
+                            "--name", f"r{m}{len(extra)}", *extra)  # fmt: skip
+            peak, wall, summary = _peak_rss_anon(cmd, env)
+            runs[mode]["peak_mib"][str(m)] = round(peak / 2**20)
+            runs[mode]["wall_s"][str(m)] = round(wall, 1)
+            print(f"  {mode}, {m} images: peak RssAnon {peak / 2**20:.0f} MiB, {wall:.0f} s, "
+                  f"{summary.get('images_decoded')} decoded")  # fmt: skip
+    for row in runs.values():
+        row["ratio"] = round(row["peak_mib"][str(8 * n)] / row["peak_mib"][str(n)], 2)
+    return {"backbone": "mobilenet_v2 (random weights, --freeze 48)", "image_size": 224, "epochs": 1,
+            "images": sizes, "runs": runs, "goal": "store ratio <= 1.2"}  # fmt: skip
+
+
+def decode_counts() -> dict:
+    """Each run's images_decoded: a compare of four strategies on the digits at 64 px, then one more run."""
+    import json
+    import os
+    import subprocess
+
+    from _common import tlzoo_cmd
+
+    work = Path(tempfile.mkdtemp(prefix="tlzoo-decodes-"))
+    env = {**os.environ, "TLZOO_CACHE": str(work / "cache")}
+    common = ["--image-size", "64", "--epochs", "1", "--weights", "none"]
+    done = subprocess.run(tlzoo_cmd("compare", "--backbones", "mobilenet_v2", "--strategies",
+                                    "feature-extract,fine-tune,two-stage,scratch", "--no-onnx", "--json",
+                                    "--out", str(work / "cmp"), *common), capture_output=True, text=True, env=env)  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"compare failed: {done.stderr[-2000:]}")
+    counts = {f"compare {r['strategy']}": r["images_decoded"] for r in json.loads(done.stdout)}
+    again = subprocess.run(tlzoo_cmd("train", "--strategy", "fine-tune", "--json", "--quiet", "--out-dir",
+                                     str(work / "runs"), *common), capture_output=True, text=True, env=env, check=True)  # fmt: skip
+    counts["a second fine-tune run"] = json.loads(again.stdout)["images_decoded"]
+    return {"data": "the embedded digits (1,797 images), 64 px, mobilenet_v2", "images_decoded": counts}
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from PIL import Image
 from tlzoo import data as datamod
 from tlzoo import locks, store
 from tlzoo.decode import load_image
+from tlzoo.errors import DataError
 from tlzoo.locks import release_leases
 from tlzoo.specs import TORCHVISION_IMAGENET
 from tlzoo.training.config import TrainConfig
@@ -165,8 +166,15 @@ def test_a_lock_left_by_a_dead_filler_is_broken(tmp_path, cache, decodes):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     lock = bucket.path / "fill-0-of-1.lock"
     lock.write_text(json.dumps({"host": locks.HOST, "pid": int(dead.stdout), "since": 0, "id": "x"}))
+    orphan = bucket.path / f".tlzoo-tmp.{int(dead.stdout)}.seg-0123.u8"  # the segment it was writing when killed
+    orphan.write_bytes(b"\0" * 1000)
     filled = store.images(cache, files, SIZE, PREP)
-    assert filled.decoded == len(files) == len(decodes) and not lock.exists()
+    assert filled.decoded == len(files) == len(decodes) and not lock.exists() and not orphan.exists()
+    # --strict stops at an unreadable file mid-fill: the segment being written is removed, not left half-done.
+    (data / "red" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="cannot read image"):
+        store.images(cache, files_of(data) + files, (20, 20), PREP, strict=True)
+    assert not [p for p in bucket.root.rglob("*") if p.name.startswith(".tlzoo-tmp")]
     # A live holder's lock is respected; another host's, only until its heartbeat is older than STALE_AFTER.
     live = locks.FileLock(tmp_path / "l.lock")
     assert live.acquire() and not locks.FileLock(tmp_path / "l.lock").acquire()

@@ -19,19 +19,11 @@ import time
 import uuid
 from pathlib import Path
 
+from .rundir import process_alive
+
 HOST = socket.gethostname()
 STALE_AFTER = 120.0  # seconds without a heartbeat after which another host's lock is taken as abandoned
 BEAT_EVERY = 5.0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):  # exists, owned by someone else (or a platform that cannot tell)
-        return True
-    return True
 
 
 def _owner_gone(text: str, age: float, stale_after: float) -> bool:
@@ -43,7 +35,7 @@ def _owner_gone(text: str, age: float, stale_after: float) -> bool:
     except (ValueError, KeyError, TypeError):
         return age > stale_after
     if host == HOST:
-        return not _alive(pid)
+        return not process_alive(pid)
     return age > stale_after
 
 

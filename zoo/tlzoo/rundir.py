@@ -54,7 +54,7 @@ def reclaim_temp_files(folder: Path) -> int:
         pid_text = entry.name[len(TEMP_PREFIX) :].split(".", 1)[0]
         try:
             stale = time.time() - entry.lstat().st_mtime > STALE_AFTER_S
-            if not stale and pid_text.isdigit() and _alive(int(pid_text)):
+            if not stale and pid_text.isdigit() and process_alive(int(pid_text)):
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
@@ -66,7 +66,8 @@ def reclaim_temp_files(folder: Path) -> int:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (this one included)."""
     if pid == os.getpid():
         return True
     try:

@@ -45,10 +45,11 @@ import numpy as np
 
 from .decode import available_cores, load_image, recipe
 from .locks import FileLock, in_use, lease
+from .rundir import reclaim_temp_files
 from .specs import Preprocessing
 
-MAGIC = b"TLZSTOR1"
-HEADER = 32  # magic, then int64 count, int32 H, int32 W, int32 channels, int32 reserved
+MAGIC = b"TLZSTOR2"
+HEADER = 32  # magic, then int64 count, int32 H, int32 W, int32 channels, int32 reserved; the samples; their sha256s
 DEFAULT_MAX_GB = 20.0
 SEGMENT_BYTES = 256 << 20  # a fill publishes a segment every 256 MiB of samples
 LAST_USED = "last-used"  # touched by every run that reads a bucket: eviction removes the oldest first
@@ -96,15 +97,63 @@ def _read_segment(path: Path, size: tuple[int, int]) -> Segment | None:
             h, w, c, _ = (int(v) for v in np.frombuffer(head, np.int32, 4, 16))
             if (h, w, c) != (size[0], size[1], 3) or count < 0:
                 return None
+            expected = HEADER + count * h * w * c + 32 * count
+            if os.fstat(f.fileno()).st_size != expected:
+                return None
+            f.seek(HEADER + count * h * w * c)
             digests = f.read(32 * count)
-        expected = HEADER + 32 * count + count * h * w * c
-        if len(digests) != 32 * count or os.path.getsize(path) != expected:
-            return None
-        pixels = np.memmap(path, np.uint8, "r", offset=HEADER + 32 * count, shape=(count, h, w, c)) if count else \
+        pixels = np.memmap(path, np.uint8, "r", offset=HEADER, shape=(count, h, w, c)) if count else \
             np.zeros((0, h, w, c), np.uint8)  # fmt: skip
     except (OSError, ValueError):
         return None
     return Segment(path, [digests[i * 32 : (i + 1) * 32].hex() for i in range(count)], pixels)
+
+
+class SegmentFile:
+    """One segment being written: each sample at its final offset as it comes (ordinary writes, so memory holds
+    none of them), then the digests and the header, ``fsync``, and the rename that publishes it. Raises OSError
+    (a full disk, an unwritable cache); :meth:`abort` removes the partial file."""
+
+    def __init__(self, folder: Path, size: tuple[int, int]) -> None:
+        from .rundir import temp_prefix
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.final = folder / f"seg-{uuid.uuid4().hex}.u8"
+        self.tmp = folder / f"{temp_prefix()}{self.final.name}"
+        self.size, self.sample = size, size[0] * size[1] * 3
+        self.digests: list[str] = []
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+    def add(self, digest: str, pixels: np.ndarray) -> None:
+        from .rundir import fault_point
+
+        if not self.digests:
+            fault_point(f"write:{self.final.name}")
+        _pwrite_all(self.fd, np.ascontiguousarray(pixels, np.uint8).tobytes(), HEADER + len(self.digests) * self.sample)
+        self.digests.append(digest)
+
+    def publish(self) -> Path:
+        count = len(self.digests)
+        head = np.zeros(HEADER, np.uint8)
+        head[:8] = np.frombuffer(MAGIC, np.uint8)
+        head[8:16] = np.frombuffer(np.int64(count).tobytes(), np.uint8)
+        head[16:32] = np.frombuffer(np.asarray([self.size[0], self.size[1], 3, 0], np.int32).tobytes(), np.uint8)
+        _pwrite_all(self.fd, b"".join(bytes.fromhex(d) for d in self.digests), HEADER + count * self.sample)
+        _pwrite_all(self.fd, head.tobytes(), 0)
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+        os.replace(self.tmp, self.final)
+        return self.final
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = -1
+        self.tmp.unlink(missing_ok=True)
 
 
 class Bucket:
@@ -130,6 +179,7 @@ class Bucket:
         except OSError:
             return
         lease(self.path)
+        reclaim_temp_files(self.path)  # half-written segments of fillers that were killed
 
     def refresh(self) -> None:
         segments: list[Segment] = []
@@ -155,32 +205,14 @@ class Bucket:
         return self.size[0] * self.size[1] * 3
 
     def write_segment(self, digests: list[str], pixels: np.ndarray) -> None:
-        """Publish ``pixels`` (n, H, W, 3) under ``digests`` as a new segment: ordinary writes to a temporary
-        file, then a rename. Raises OSError (a full disk, an unwritable cache)."""
-        from .rundir import fault_point, temp_prefix
-
-        self.path.mkdir(parents=True, exist_ok=True)
-        final = self.path / f"seg-{uuid.uuid4().hex}.u8"
-        tmp = self.path / f"{temp_prefix()}{final.name}"
-        head = np.zeros(HEADER, np.uint8)
-        head[:8] = np.frombuffer(MAGIC, np.uint8)
-        head[8:16] = np.frombuffer(np.int64(len(digests)).tobytes(), np.uint8)
-        head[16:32] = np.frombuffer(np.asarray([self.size[0], self.size[1], 3, 0], np.int32).tobytes(), np.uint8)
+        """Publish ``pixels`` (n, H, W, 3) under ``digests`` as a new segment (see :class:`SegmentFile`)."""
+        segment = SegmentFile(self.path, self.size)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                offset = 0
-                for block in (head.tobytes(), b"".join(bytes.fromhex(d) for d in digests)):
-                    offset += _pwrite_all(fd, block, offset)
-                fault_point(f"write:{final.name}")
-                for i in range(0, len(pixels), 64):
-                    offset += _pwrite_all(fd, np.ascontiguousarray(pixels[i : i + 64]).tobytes(), offset)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
+            for digest, sample in zip(digests, pixels):
+                segment.add(digest, sample)
+            segment.publish()
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            segment.abort()
             raise
 
     def gather(self, keys: list[tuple[int, int]], out: np.ndarray | None = None) -> np.ndarray:
@@ -276,35 +308,52 @@ class Filled:
 
 
 class Writer:
-    """New samples gathered into segments of at most :data:`SEGMENT_BYTES`, each published as soon as it is full
-    (memory holds one segment's worth, never the dataset), with their files' aliases."""
+    """New samples written into segments of at most :data:`SEGMENT_BYTES` as they come (memory holds none of
+    them), each published as soon as it is full, with their files' aliases."""
 
     def __init__(self, bucket: Bucket, names: _Names, need: int, *, refresh: bool = True) -> None:
         self.bucket, self.names, self.need, self.refresh = bucket, names, need, refresh
         self.chunk = max(1, SEGMENT_BYTES // bucket.sample_bytes())
-        self.digests: list[str] = []
-        self.pixels: list[np.ndarray] = []
+        self.file: SegmentFile | None = None
+        self.pending: set[str] = set()
 
     def add(self, path: str, digest: str, pixels: np.ndarray | None) -> None:
-        """``path``'s content is ``digest``; ``pixels`` are its samples (None: the store has them already)."""
+        """``path``'s content is ``digest``; ``pixels`` are its samples (None: the store has them already).
+        Raises :class:`StoreUnavailable` when they cannot be written."""
         self.names.set(path, digest)
-        if pixels is not None and digest not in self.bucket.where and digest not in self.digests:
-            self.digests.append(digest)
-            self.pixels.append(pixels)
-            if len(self.digests) >= self.chunk:
-                self.flush()
+        if pixels is None or digest in self.bucket.where or digest in self.pending:
+            return
+        try:
+            if self.file is None:
+                self.file = SegmentFile(self.bucket.path, self.bucket.size)
+            self.file.add(digest, pixels)
+        except OSError as exc:
+            self.abort()
+            raise StoreUnavailable(_fault_text(exc, self.bucket.root, self.need)) from None
+        self.pending.add(digest)
+        if len(self.file.digests) >= self.chunk:
+            self.flush()
 
     def flush(self) -> None:
-        """Publish what is gathered. Raises :class:`StoreUnavailable` when it cannot be written."""
-        if self.digests:
+        """Publish what is written. Raises :class:`StoreUnavailable` when it cannot be."""
+        if self.file is not None:
             try:
-                self.bucket.write_segment(self.digests, np.stack(self.pixels))
+                self.file.publish()
             except OSError as exc:
+                self.abort()
                 raise StoreUnavailable(_fault_text(exc, self.bucket.root, self.need)) from None
-            self.digests, self.pixels = [], []
+            self.file = None
+            self.pending.clear()
             if self.refresh:
                 self.bucket.refresh()
         self.names.save()  # after the segment: a waiting filler that finds the alias finds the pixels too
+
+    def abort(self) -> None:
+        """Remove the segment being written (an error, an interrupt): nothing partial is left."""
+        if self.file is not None:
+            self.file.abort()
+            self.file = None
+        self.pending.clear()
 
 
 class Stream:
@@ -318,6 +367,7 @@ class Stream:
         self.size, self.prep = size, prep
         self.writer: Writer | None = None
         self.decoded = 0
+        self.why_not: str | None = None
         self._guard = threading.Lock()
 
     def start(self, n: int) -> str | None:
@@ -341,7 +391,10 @@ class Stream:
                 with self._guard:
                     self.decoded += 1
                     if self.writer is not None:
-                        self.writer.add(path, digest, pixels)
+                        try:
+                            self.writer.add(path, digest, pixels)
+                        except StoreUnavailable as exc:  # the image is fine: only the store stops filling
+                            self.writer, self.why_not = None, str(exc)
                 return pixels
             with self._guard:
                 self.names.set(path, digest)
@@ -349,7 +402,7 @@ class Stream:
         return np.array(self.bucket.segments[segment].pixels[slot])
 
     def close(self) -> str | None:
-        """Publish what is left; the reason when it could not be written."""
+        """Publish what is left; the reason when the store could not be filled."""
         with self._guard:
             try:
                 if self.writer is not None:
@@ -357,9 +410,15 @@ class Stream:
                 else:
                     self.names.save()
             except StoreUnavailable as exc:
-                self.writer = None
-                return str(exc)
-        return None
+                self.why_not = str(exc)
+            self.writer = None
+        return self.why_not
+
+    def abort(self) -> None:
+        with self._guard:
+            if self.writer is not None:
+                self.writer.abort()
+            self.writer = None
 
 
 def images(cache: Path, files: list[str], size: tuple[int, int], prep: Preprocessing, *, threads: int | None = None,
@@ -444,18 +503,22 @@ def _fill(pool: ThreadPoolExecutor, files: list[str], todo: list[int], digests: 
         except Exception as exc:  # PIL raises many types for truncated or non-image files
             return "", None, f"{type(exc).__name__}: {exc}"
 
-    for i, (digest, pixels, why) in zip(todo, _ahead(pool, work, todo)):
-        lock.beat()
-        if why is not None:
-            if strict:
-                raise DataError(f"cannot read image {files[i]}: {why}")
-            skipped[i] = why
-        else:
-            digests[i] = digest
-            decoded[0] += pixels is not None
-            writer.add(files[i], digest, pixels)
-        tell(1)
-    writer.flush()
+    try:
+        for i, (digest, pixels, why) in zip(todo, _ahead(pool, work, todo)):
+            lock.beat()
+            if why is not None:
+                if strict:
+                    raise DataError(f"cannot read image {files[i]}: {why}")
+                skipped[i] = why
+            else:
+                digests[i] = digest
+                decoded[0] += pixels is not None
+                writer.add(files[i], digest, pixels)
+            tell(1)
+        writer.flush()
+    except BaseException:  # --strict, an interrupt: no partial segment is left behind
+        writer.abort()
+        raise
 
 
 def _ahead(pool: ThreadPoolExecutor, work: Callable[[int], Any], items: list[int], depth: int = 256) -> Any:

@@ -377,8 +377,13 @@ def _features(model: Model, key: dict[str, Any], part: datamod.ImageList, cfg: T
     # fine-tune or another backbone of the same input after this run decodes nothing.
     stream = store.Stream(feature_cache.cache_root().parent, model.size, model.preprocessing) if cfg.cache else None
     why_not = stream.start(len(positions)) if stream is not None else None
-    with reporter.task(f"extracting {what} features", len(positions)) as advance:
-        shard = _extract(model, part.subset(positions), cfg, run, advance, stream) if len(positions) else None
+    try:
+        with reporter.task(f"extracting {what} features", len(positions)) as advance:
+            shard = _extract(model, part.subset(positions), cfg, run, advance, stream) if len(positions) else None
+    except BaseException:
+        if stream is not None:
+            stream.abort()  # no partial segment left behind
+        raise
     why_not = (stream.close() if stream is not None else None) or why_not
     if why_not and comm.main:
         reporter.info(f"decoded-pixel store not filled: {why_not}")
