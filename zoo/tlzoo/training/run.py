@@ -160,7 +160,10 @@ class Model:
     def preprocessing(self) -> Preprocessing:
         """The backbone's preprocessing with the resize its weights were published with, or ``--resize``."""
         resize = None if self.config.resize == "auto" else self.config.resize
-        return self.spec.preprocessing_for(published_weights(self.spec, self.config.weights), resize)
+        # scratch loads no weights (its --weights is not used): it decodes as --weights none does, so it shares
+        # the decoded-pixel store with the other strategies of a compare.
+        weights = None if self.config.strategy == "scratch" else self.config.weights
+        return self.spec.preprocessing_for(published_weights(self.spec, weights), resize)
 
     @cached_property
     def weights_sha256(self) -> str | None:
