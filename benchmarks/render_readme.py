@@ -138,6 +138,12 @@ def speed() -> str:
             rows.append(f"| | `--compile on` (inductor) vs tlzoo eager, img/s, after {training['compile_seconds']:.0f} s of "
                         f"compiling | {t[compiled]:.1f} vs {ours:.1f} | {training['compiled_vs_eager']:.2f}x | "
                         + (f"pays after about {pays:,} training images here |" if pays else "does not pay here |"))
+    feed = load("feed_speed")
+    if feed:
+        f = feed["images_per_s"]
+        rows.append(f"| training feed (`benchmarks/feed_speed.py`, {feed['date']}) | tinynet at 64 px from the store: tlzoo "
+                    f"with augmentation vs a bare loop without, img/s | {f['tlzoo train_epoch (augmentation on)']:.0f} vs "
+                    f"{f['bare loop (no augmentation)']:.0f} | {feed['ratio']:.2f}x | >= 0.8x |")
     if not rows:
         return "_not measured yet: run `make bench`._"
     m = (alloc or feats or heads or training or cached)

@@ -58,7 +58,7 @@ def throughput_comparison(backbone: str, image_size: int, freeze: int, batch_siz
 
     Both train the same model (same frozen units, frozen norms in inference mode, Dropout+Linear
     head, AdamW) on the same decoded images with the same crop augmentation and batch size. tlzoo's
-    side is ``TorchEngine.train_epoch``, exactly what ``tlzoo train`` runs each epoch (DataLoader,
+    side is ``TorchEngine.train_epoch``, exactly what ``tlzoo train`` runs each epoch (its feed,
     augmentation, normalization, mixed-precision and loss checks). The two alternate ``rounds``
     times so that a busy moment on the machine hits both; the medians are compared.
     """

@@ -5,7 +5,7 @@
 The same model (torchvision MobileNetV2, random init, every layer trained), the same data (digits at
 128 px, batch 32, AdamW) and the process's allocator (tlzoo.allocator's setting, applied at import):
 - tlzoo: the torch framework plugin's Engine.train_epoch, as `tlzoo train --strategy scratch` runs it
-  (DataLoader, augmentation off, loss and accuracy bookkeeping);
+  (its feed: batches gathered ahead on a thread, augmentation off, loss and accuracy summed on the device);
 - tuned loop: channels_last weights and inputs, pre-normalized tensors, the bare step;
 - naive loop: NCHW weights and inputs, the bare step;
 - tlzoo --compile on: the same train_epoch with the step compiled by torch.compile (inductor); its one-off

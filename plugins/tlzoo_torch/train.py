@@ -1,9 +1,14 @@
-"""Training a torch classifier: mixed precision and channels_last on CUDA, DataLoader workers,
-and nothing that assumes a single process (DistributedSampler/DDP when torch.distributed is up)."""
+"""Training a torch classifier: mixed precision and channels_last on CUDA, a feed that keeps the device busy
+(batches gathered ahead on threads, augmented on the device, loss and accuracy summed there and read once an
+epoch), and nothing that assumes a single process (DistributedSampler/DDP when torch.distributed is up)."""
 
 from __future__ import annotations
 
 import math
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,6 +23,8 @@ from torch import nn
 from tlzoo.errors import TrainingDiverged
 from tlzoo.rundir import atomic_write
 from tlzoo.specs import Preprocessing
+from tlzoo.training import augment as augmentation
+from tlzoo.training import compile_payoff as payoff
 from tlzoo.training.engine import Engine, ProgressFn
 from tlzoo.training.heads import HeadParams
 
@@ -100,34 +107,72 @@ def normalize(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     return (x - mean) / std
 
 
-class _Images(torch.utils.data.Dataset):
-    def __init__(self, images: np.ndarray, labels: np.ndarray, augment: list[str], size: tuple[int, int]) -> None:
-        self.images, self.labels = images, labels
-        from torchvision.transforms import v2
+def augment_batch(x: torch.Tensor, theta: np.ndarray | None) -> torch.Tensor:
+    """Each image of ``x`` (N, C, H, W, float) resampled through its own affine matrix (see
+    :mod:`tlzoo.training.augment`): one ``affine_grid`` + ``grid_sample`` for the batch, on ``x``'s device."""
+    if theta is None:
+        return x
+    matrices = torch.from_numpy(theta).to(x.device, dtype=torch.float32, non_blocking=True)
+    grid = nn.functional.affine_grid(matrices, list(x.shape), align_corners=False)
+    out = nn.functional.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return out.contiguous(memory_format=torch.channels_last)
 
-        ops: list[Any] = []
-        if "crop" in augment:
-            ops.append(v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True))
-        if "flip" in augment:
-            ops.append(v2.RandomHorizontalFlip())
-        self.transform = v2.Compose(ops) if ops else None
 
-    def __len__(self) -> int:
-        return len(self.labels)
+class Feed:
+    """Training batches, gathered ahead of the device on a pool of threads (made once per engine, not every
+    epoch): each batch is one gather of its rows from the images (the decoded-pixel store's
+    :class:`tlzoo.store.StoreImages` or an array: no per-image Python), into pinned memory on CUDA, copied to the
+    device without blocking while the batch before it computes."""
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = torch.from_numpy(self.images[i])  # HWC uint8
-        if self.transform is not None:
-            image = self.transform(image.permute(2, 0, 1)).permute(1, 2, 0)
-        return image, int(self.labels[i])
+    def __init__(self, device: torch.device, threads: int) -> None:
+        self.device, self.threads = device, max(1, threads)
+        self.pin = device.type == "cuda"
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tlzoo-feed")
+
+    def _gather(self, images: Any, labels: np.ndarray, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(np.ascontiguousarray(images[rows]))
+        y = torch.from_numpy(np.asarray(labels[rows], np.int64))
+        return (x.pin_memory(), y.pin_memory()) if self.pin else (x, y)
+
+    def batches(self, images: Any, labels: np.ndarray, order: np.ndarray,
+                batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+        starts = iter(range(0, len(order), batch_size))
+        pending: deque[Future[tuple[torch.Tensor, torch.Tensor]]] = deque()
+
+        def submit() -> None:
+            start = next(starts, None)
+            if start is not None:
+                pending.append(self.pool.submit(self._gather, images, labels, order[start : start + batch_size]))
+
+        for _ in range(self.threads + 1):
+            submit()
+        try:
+            while pending:
+                x, y = pending.popleft().result()
+                submit()
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        finally:  # an error in the step: nothing more is gathered
+            for future in pending:
+                future.cancel()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 COMPILE_BACKEND = "inductor"  # torch.compile's default; tests that only check the wiring use "eager"
+CHECK_EVERY = 50  # steps between looks at the epoch's summed loss for a non-finite value
+
+
+def _check_finite(total: torch.Tensor, seen: int) -> None:
+    value = float(total)  # the one read that waits for the device
+    if not math.isfinite(value):
+        raise TrainingDiverged(value / max(seen, 1))
 
 
 class TorchEngine(Engine):
     state_suffix = ".pt"
     can_compile = True
+    decides_by_payoff = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -141,6 +186,11 @@ class TorchEngine(Engine):
         self._compiled: nn.Module | None = None  # torch.compile of the training model, made at its first step
         self._compiled_ran = False
         self._indices: list[int] = []
+        self._feed: Feed | None = None
+        self._steps_run = 0  # training steps so far, every stage (for --compile auto's probe)
+        self._eager_step_s = 0.0
+        if self._device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # autotuned convolutions: --seed repeats within a tolerance
         torch.manual_seed(self.seed)
         self.model: TorchClassifier | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -261,57 +311,78 @@ class TorchEngine(Engine):
     def train_epoch(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, augment: list[str],
                     epoch: int, workers: int, progress: ProgressFn | None) -> tuple[float, float]:  # fmt: skip
         assert self.model is not None and self.optimizer is not None
-        # Augmentation and dropout draw from the global generators: seeding them from (seed, epoch) makes a
-        # resumed run continue exactly as the uninterrupted one would have.
+        # Dropout draws from the global generators and augmentation from a generator of (seed, epoch, rank):
+        # a resumed run continues exactly as the uninterrupted one would have.
         self.seed_epoch(epoch)
         torch.manual_seed(self.epoch_seed(epoch))
-        dataset = _Images(images, labels, augment, self.backbone.input_size)
-        generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+        n = len(labels)
         sampler: Any
         if self.distributed:
             # Each rank a disjoint shard (padded by repeating a few images so every rank takes the same number
             # of steps, as DDP needs); the shuffle depends on the run's seed and the epoch.
-            sampler = torch.utils.data.DistributedSampler(dataset, seed=self.seed, shuffle=True, drop_last=False)
+            sampler = torch.utils.data.DistributedSampler(range(n), seed=self.seed, shuffle=True, drop_last=False)
             sampler.set_epoch(epoch)
-            torch.manual_seed(self.epoch_seed(epoch) + self.rank)  # different augmentations on each shard
+            torch.manual_seed(self.epoch_seed(epoch) + self.rank)  # different dropout on each shard
         else:
-            sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
+            sampler = torch.utils.data.RandomSampler(range(n), generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
         self._indices = [int(i) for i in sampler]
-        n_local = len(self._indices)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, sampler=self._indices,
-            num_workers=workers, pin_memory=self._device.type == "cuda",
-            drop_last=n_local > batch_size and n_local % batch_size == 1,  # a batch of one breaks BatchNorm
-        )  # fmt: skip
+        order = np.asarray(self._indices, np.int64)
+        if len(order) > batch_size and len(order) % batch_size == 1:
+            order = order[:-1]  # a batch of one breaks BatchNorm
+        draws = augmentation.generator(self.seed, epoch, self.rank)
+        size = self.backbone.input_size
+        if self._feed is None or self._feed.threads != max(1, workers):
+            if self._feed is not None:
+                self._feed.close()
+            self._feed = Feed(self._device, workers)
         model = self._training_model()
         model.train()
-        total, correct, seen = 0.0, 0, 0
-        for batch, target in loader:
-            x, y = self._to_input(batch), target.to(self._device)
-            if self._compiled is not None and not self._compiled_ran:  # compiling happens here, at the first batch
+        probe_from = 0.0
+        # Summed on the device and read once an epoch (reading a loss every step waits for the device every step);
+        # a non-finite loss is looked for every CHECK_EVERY steps and at the end.
+        total = torch.zeros((), dtype=torch.float64, device=self._device)
+        correct = torch.zeros((), dtype=torch.int64, device=self._device)
+        seen = 0
+        for step, (batch, y) in enumerate(self._feed.batches(images, labels, order, batch_size)):
+            x = augment_batch(self._to_input(batch), augmentation.affine(len(y), size, augment, draws))
+            if self.probes_compile and self._steps_run == payoff.WARM_STEPS:
+                probe_from = self._clock()
+            elif self.probes_compile and self._steps_run == payoff.PROBE_STEPS:
+                per_step = (self._clock() - probe_from) / (payoff.PROBE_STEPS - payoff.WARM_STEPS)
+                self._eager_step_s = per_step
+                if self.decide_compile(per_step, self._steps_run, batch_size):
+                    model = self._training_model()
+                    model.train()
+            if self._compiled is not None and not self._compiled_ran:  # compiling happens here, at its first batch
+                self.say("compiling the training step (torch.compile, inductor): a minute or more the first time")
+                started = self._clock()
                 try:
-                    loss_value, out = self._step(model, x, y)
-                except TrainingDiverged:
-                    raise
+                    loss, out = self._step(model, x, y)
                 except Exception as exc:  # noqa: BLE001 - inductor's failures have no common type
                     self.compile_failed(exc)  # raises under --compile on
                     self._compiled = None
                     model = self._training_model()
                     model.train()
-                    loss_value, out = self._step(model, x, y)
+                    loss, out = self._step(model, x, y)
+                else:
+                    self._record_compile(self._clock() - started, batch_size)
                 self._compiled_ran = True
             else:
-                loss_value, out = self._step(model, x, y)
-            total += loss_value * len(y)
-            correct += int((out.argmax(1) == y).sum())
+                loss, out = self._step(model, x, y)
+            total += loss.detach().double() * len(y)
+            correct += (out.detach().argmax(1) == y).sum()
             seen += len(y)
+            self._steps_run += 1
+            if (step + 1) % CHECK_EVERY == 0:
+                _check_finite(total, seen)
             if progress is not None:
                 progress(len(y))
+        _check_finite(total, seen)
         if self.distributed:  # the whole training set's loss and accuracy, not this shard's
-            sums = torch.tensor([total, float(correct), float(seen)], dtype=torch.float64, device=self._device)
+            sums = torch.stack([total, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=self._device)])
             torch.distributed.all_reduce(sums)
-            total, correct, seen = float(sums[0]), int(sums[1]), int(sums[2])
-        return total / max(seen, 1), correct / max(seen, 1)
+            return float(sums[0]) / max(float(sums[2]), 1.0), float(sums[1]) / max(float(sums[2]), 1.0)
+        return float(total) / max(seen, 1), int(correct) / max(seen, 1)
 
     def _training_model(self) -> nn.Module:
         """The model the training steps call: DDP-wrapped under torchrun, compiled where :attr:`compiles`."""
@@ -319,23 +390,41 @@ class TorchEngine(Engine):
         if not self.compiles:
             return model
         if self._compiled is None:
+            from tlzoo.training.cache import cache_root
+
+            payoff.use_cache_for_inductor(cache_root().parent)
             self._compiled = torch.compile(model, backend=COMPILE_BACKEND)
         return self._compiled
 
-    def _step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
-        """One optimizer step on a batch; returns its mean loss and the logits."""
+    def _clock(self) -> float:
+        """Seconds, once the device has finished what was queued (a step's time, not its launch's)."""
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+        return time.perf_counter()
+
+    def _record_compile(self, first_step_s: float, batch_size: int) -> None:
+        """The first compiled step's time, less an eager step's, as this model's compile time here."""
+        from tlzoo.training.cache import cache_root
+
+        payoff.remember(cache_root().parent, self.compile_key(batch_size), max(first_step_s - self._eager_step_s, 0.0))
+
+    def device_name(self) -> str:
+        return torch.cuda.get_device_name(self._device) if self._device.type == "cuda" else str(self._device)
+
+    def framework_version(self) -> str:
+        return f"torch {torch.__version__}"
+
+    def _step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on a batch; returns its mean loss and the logits, on the device (not read here)."""
         assert self.optimizer is not None
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self._device.type, dtype=self.amp_dtype, enabled=self._device.type == "cuda"):
             out = model(x)
             loss = nn.functional.cross_entropy(out.float(), y)
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(loss_value)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return loss_value, out
+        return loss, out
 
     def logits(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         assert self.model is not None

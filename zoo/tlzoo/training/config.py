@@ -93,9 +93,9 @@ class TrainConfig:
     augment: str = _setting("auto", "auto | none | flip,crop (or flip+crop; auto: on for fine-tune, two-stage and scratch).", DATA,
                             per_strategy=True)
     strict: bool = _setting(False, "Stop on an unreadable image instead of skipping it.", DATA)
-    workers: int = _setting(0, "Data-loading workers: processes that read fine-tune's, two-stage's and scratch's "
-                            "batches from the decoded-pixel store and augment them (0: none, the training process "
-                            "itself); threads that decode images (0: one per core the process may use).", DATA, min=0)
+    workers: int = _setting(0, "Data-loading threads: those that gather fine-tune's, two-stage's and scratch's "
+                            "batches from the decoded-pixel store ahead of the device (torch; 0: one), and those "
+                            "that decode images (0: one per core the process may use).", DATA, min=0)
     strategy: str = _setting("feature-extract", "feature-extract | fine-tune | two-stage | scratch (default: "
                              "feature-extract; fine-tune when --freeze is given).", STRATEGY, short="-s",
                              choices=tuple(STRATEGIES))

@@ -56,8 +56,12 @@ class Engine(Collective, ABC):
         self.job_info: dict[str, Any] = {}  # what the run records about its ranks or replicas
         self.compile_mode = "auto"
         self.compile_note = ""  # why a compiled training step was given up
+        self.compile_decision: Any = None  # --compile auto's tlzoo.training.compile_payoff.Decision, once made
+        self.planned_steps = 0  # the run's training steps, all stages (for auto's eager estimate)
+        self.say: Callable[[str], None] = lambda line: None  # a line for the user (the run's reporter)
 
     can_compile = False  # whether this engine can compile its training step (--compile)
+    decides_by_payoff = False  # --compile auto on a GPU: decided by tlzoo.training.compile_payoff (else: compile)
 
     def set_compile(self, mode: str) -> None:
         """``--compile``: ``auto`` (compile the training step on a GPU, where it pays), ``on`` or ``off``. An
@@ -70,11 +74,48 @@ class Engine(Collective, ABC):
         self.compile_mode = mode
 
     @property
+    def on_gpu(self) -> bool:
+        return self.device.startswith(("cuda", "gpu"))
+
+    @property
     def compiles(self) -> bool:
-        """Whether the training step is compiled (or will be, at its first batch)."""
-        on_gpu = self.device.startswith(("cuda", "gpu"))
-        wanted = self.compile_mode == "on" or (self.compile_mode == "auto" and on_gpu)
+        """Whether the training step is compiled (or will be, at its next batch)."""
+        if self.compile_mode == "auto" and self.on_gpu and self.decides_by_payoff:
+            wanted = self.compile_decision is not None and self.compile_decision.compile
+        else:
+            wanted = self.compile_mode == "on" or (self.compile_mode == "auto" and self.on_gpu)
         return self.can_compile and wanted and not self.compile_note
+
+    @property
+    def probes_compile(self) -> bool:
+        """Whether ``--compile auto`` has still to decide (it times the first steps, then asks :meth:`decide_compile`)."""
+        return (self.compile_mode == "auto" and self.on_gpu and self.decides_by_payoff and self.can_compile
+                and self.compile_decision is None and not self.compile_note)  # fmt: skip
+
+    def compile_key(self, batch_size: int) -> str:
+        """What a compile time is recorded under: model, input shape, batch, device and framework versions."""
+        from .compile_payoff import record_key
+
+        return record_key(self.backbone.spec.id, self.backbone.input_size, batch_size, self.device_name(),
+                          self.framework_version())  # fmt: skip
+
+    def device_name(self) -> str:
+        return self.device
+
+    def framework_version(self) -> str:
+        return ""
+
+    def decide_compile(self, step_seconds: float, steps_done: int, batch_size: int) -> bool:
+        """``--compile auto``'s decision from the eager step time; says it, and returns whether to compile."""
+        from .cache import cache_root
+        from .compile_payoff import decide, recorded
+
+        left = max(self.planned_steps - steps_done, 0)
+        # Rank 0's decision on every rank: the ranks of a data-parallel job train the same way.
+        self.compile_decision = self.broadcast(decide(recorded(cache_root().parent, self.compile_key(batch_size)),
+                                                      step_seconds * left))  # fmt: skip
+        self.say(f"--compile auto: {self.compile_decision.why}")
+        return self.compiles
 
     def compile_failed(self, exc: BaseException) -> None:
         """The first compiled step failed: under ``--compile on`` that is the user's error, one line; under
@@ -87,7 +128,12 @@ class Engine(Collective, ABC):
         self.compile_note = f"compiling failed, trained uncompiled ({why})"
 
     def compile_record(self) -> dict[str, Any]:
-        return {"asked": self.compile_mode, "compiled": self.compiles,
+        from .compile_payoff import PROBE_STEPS
+
+        why = self.compile_decision.why if self.compile_decision is not None else None
+        if self.probes_compile:  # auto never got to decide
+            why = f"the run ended within the {PROBE_STEPS} eager steps auto times before deciding: eager"
+        return {"asked": self.compile_mode, "compiled": self.compiles, **({"why": why} if why else {}),
                 **({"note": self.compile_note} if self.compile_note else {})}  # fmt: skip
 
     @property

@@ -586,6 +586,10 @@ def _fit(engine: Engine, backbone: Backbone, splits: Splits, cfg: TrainConfig, r
          resuming: bool) -> list[dict[str, Any]]:  # fmt: skip
     stages = stages_for(cfg, len(backbone.units))
     engine.build()
+    # What --compile auto weighs its compile time against, and where it says what it decided.
+    per_epoch = math.ceil(len(splits.train) / max(engine.world_size, 1) / cfg.batch_size)
+    engine.planned_steps = per_epoch * sum(stage.epochs for stage in stages)
+    engine.say = reporter.info
     state_path = RunFiles(run_dir).state(engine.state_suffix)
     progress: dict[str, Any] = {"stage": 0, "epoch": 0, "history": [], "best": float("inf"), "waited": 0}
     if resuming:
