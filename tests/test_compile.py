@@ -70,11 +70,22 @@ def test_a_compile_that_fails_is_one_line_under_on_and_recorded_under_auto(tiny_
     with pytest.raises(UsageError, match=r"--compile on: compiling the training step failed here \(.*no compiler here"):
         train(config(tiny_data, tmp_path, "on", backbone="torch/resnet18", compile="on"))
     assert not (tmp_path / "runs" / "on").exists()  # nothing half-written
-    # auto compiles on a GPU: stand one in, as far as the engine's choice goes
+    # auto decides on a GPU: stand one in, as far as the engine's choice goes
     monkeypatch.setattr(torch_train.TorchEngine, "device", property(lambda self: "cuda:0"))
+    short = train(config(tiny_data, tmp_path, "short", backbone="torch/resnet18", epochs=1))
+    record = short.summary["compile"]  # a run shorter than auto's 20 timed eager steps never compiles
+    assert record["asked"] == "auto" and record["compiled"] is False and "note" not in record
+    assert record["why"] == "the run ended within the 20 eager steps auto times before deciding: eager"
+    # A run auto decides to compile (its probe shortened, any run long enough) whose compile fails.
+    from tlzoo.training import compile_payoff
+
+    monkeypatch.setattr(compile_payoff, "WARM_STEPS", 0)
+    monkeypatch.setattr(compile_payoff, "PROBE_STEPS", 1)
+    monkeypatch.setattr(compile_payoff, "NO_RECORD_MIN_S", 0.0)
     result = train(config(tiny_data, tmp_path, "auto", backbone="torch/resnet18", epochs=1))
     record = result.summary["compile"]
     assert record["asked"] == "auto" and record["compiled"] is False
+    assert "no compile time recorded" in record["why"]
     assert record["note"].startswith("compiling failed, trained uncompiled (") and "no compiler here" in record["note"]
 
 
