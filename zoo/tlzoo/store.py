@@ -215,21 +215,6 @@ class Bucket:
             segment.abort()
             raise
 
-    def gather(self, keys: list[tuple[int, int]], out: np.ndarray | None = None) -> np.ndarray:
-        """The samples at ``keys`` ((segment, slot) pairs) into ``out`` (made when None): one vectorised take per
-        segment, in sorted slot order."""
-        h, w = self.size
-        out = np.empty((len(keys), h, w, 3), np.uint8) if out is None else out
-        if not keys:
-            return out
-        pairs = np.asarray(keys, np.int64).reshape(-1, 2)
-        for seg in np.unique(pairs[:, 0]):
-            positions = np.flatnonzero(pairs[:, 0] == seg)
-            slots = pairs[positions, 1]
-            order = np.argsort(slots, kind="stable")
-            out[positions[order]] = self.segments[int(seg)].pixels[slots[order]]
-        return out
-
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> int:
     view = memoryview(data)
@@ -276,9 +261,14 @@ class StoreImages:
         return self._rows(index)
 
     def _rows(self, index: Any) -> np.ndarray:
-        rows = self._keys[index]
+        return self.gather(np.arange(len(self))[index])
+
+    def gather(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The images at ``indices`` into ``out`` (made when None): one vectorised take per segment, in sorted
+        slot order (sequential reads of the mapped files), with no per-image Python."""
+        rows = self._keys[np.asarray(indices, np.int64)]
         maps = self._segments()
-        out = np.empty((len(rows), self._size[0], self._size[1], 3), np.uint8)
+        out = np.empty((len(rows), self._size[0], self._size[1], 3), np.uint8) if out is None else out
         for seg in np.unique(rows[:, 0]) if len(rows) else []:
             positions = np.flatnonzero(rows[:, 0] == seg)
             slots = rows[positions, 1]

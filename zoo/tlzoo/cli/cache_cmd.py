@@ -64,7 +64,7 @@ def list_(json: Annotated[bool, typer.Option("--json", help="Machine-readable ou
                     **{kind: {"bytes": b, "files": n} for kind, (b, n) in rows.items()}})  # fmt: skip
         return
     console.print(f"tlzoo cache: {root}", markup=False, highlight=False)
-    what = {"features": "bottleneck features and their aliases", "store": "decoded pixels (fine-tune, two-stage, scratch)",
+    what = {"features": "bottleneck features and their aliases", "store": "decoded pixels (every strategy reads and fills it)",
             "exports": "the feature engines' ONNX exports and TensorRT engines"}  # fmt: skip
     for kind, (b, n) in rows.items():
         console.print(f"  {kind:<9} {_human(b):>10} in {n} file(s): {what[kind]}", markup=False, highlight=False)
