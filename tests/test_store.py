@@ -196,9 +196,9 @@ def test_eviction_removes_the_least_recently_used_bucket_never_one_in_use(tmp_pa
     for i, size in enumerate(sizes):  # three buckets, used in this order
         store.images(cache, files, size, PREP)
         release_leases()
-        used = store.Bucket(cache, PREP, size, use=False).path / store.LAST_USED
+        used = store.store_root(cache) / store.bucket_key(PREP, size) / store.LAST_USED
         os.utime(used, (1000 + i, 1000 + i))
-    paths = {size: store.Bucket(cache, PREP, size, use=False).path for size in sizes}
+    paths = {size: store.store_root(cache) / store.bucket_key(PREP, size) for size in sizes}
     seg = {size: store._bucket_bytes(paths[size]) for size in sizes}
     store.Bucket(cache, PREP, (24, 24))  # the oldest is in use (by this process): the next oldest goes
     need = 36 * 36 * 3 * len(files)

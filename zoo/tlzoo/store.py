@@ -159,15 +159,14 @@ class SegmentFile:
 class Bucket:
     """The samples of one decode recipe and size."""
 
-    def __init__(self, cache: Path, prep: Preprocessing, size: tuple[int, int], *, use: bool = True) -> None:
+    def __init__(self, cache: Path, prep: Preprocessing, size: tuple[int, int]) -> None:
         self.root = store_root(cache)
         self.path = self.root / bucket_key(prep, size)
         self.prep, self.size = prep, size
         self.segments: list[Segment] = []
         self.where: dict[str, tuple[int, int]] = {}  # sha256 -> (segment, slot)
         self.damaged: list[Path] = []
-        if use:
-            self.use()
+        self.use()
         self.refresh()
 
     def use(self) -> None:
@@ -203,17 +202,6 @@ class Bucket:
 
     def sample_bytes(self) -> int:
         return self.size[0] * self.size[1] * 3
-
-    def write_segment(self, digests: list[str], pixels: np.ndarray) -> None:
-        """Publish ``pixels`` (n, H, W, 3) under ``digests`` as a new segment (see :class:`SegmentFile`)."""
-        segment = SegmentFile(self.path, self.size)
-        try:
-            for digest, sample in zip(digests, pixels):
-                segment.add(digest, sample)
-            segment.publish()
-        except BaseException:
-            segment.abort()
-            raise
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> int:
@@ -354,7 +342,6 @@ class Stream:
     def __init__(self, cache: Path, size: tuple[int, int], prep: Preprocessing) -> None:
         self.bucket = Bucket(cache, prep, size)
         self.names = _Names(store_root(cache))
-        self.size, self.prep = size, prep
         self.writer: Writer | None = None
         self.decoded = 0
         self.why_not: str | None = None
@@ -374,10 +361,9 @@ class Stream:
         digest = self.names.get(path)
         where = self.bucket.where.get(digest) if digest else None
         if where is None:
-            data, digest = _read(path)
+            digest, pixels = _read_new(path, self.bucket)
             where = self.bucket.where.get(digest)
-            if where is None:
-                pixels = _decode(data, path, self.size, self.prep)
+            if pixels is not None:
                 with self._guard:
                     self.decoded += 1
                     if self.writer is not None:
@@ -449,22 +435,28 @@ def images(cache: Path, files: list[str], size: tuple[int, int], prep: Preproces
         with ThreadPoolExecutor(threads or available_cores(), thread_name_prefix="tlzoo-store") as pool:
             for shard in [(mine + k) % shards for k in range(shards)]:
                 lock = FileLock(bucket.path / f"fill-{shard}-of-{shards}.lock")
-                while True:
-                    todo = [i for i in unknown if i % shards == shard and i not in skipped and missing(i)]
-                    if not todo:
-                        break
+
+                def todo() -> list[int]:
+                    return [i for i in unknown if i % shards == shard and i not in skipped and missing(i)]
+
+                def catch_up() -> None:  # what other processes have published meanwhile
+                    names.reload()
+                    bucket.refresh()
+                    for i in todo():
+                        digests[i] = digests[i] or names.get(files[i])
+
+                while todo():
                     if lock.acquire():
                         try:
-                            _fill(pool, files, todo, digests, bucket, writer, lock, skipped, decoded, strict, tell)
+                            catch_up()  # the holder before may have published this shard just now
+                            if todo():
+                                _fill(pool, files, todo(), digests, bucket, writer, lock, skipped, decoded, strict, tell)
                         finally:
                             lock.release()
                         break
                     # Another process fills this shard: take what it publishes, and the shard if it stops.
                     time.sleep(WAIT_POLL)
-                    names.reload()
-                    bucket.refresh()
-                    for i in todo:
-                        digests[i] = digests[i] or names.get(files[i])
+                    catch_up()
         names.save()
     tell(len(files) - told[0])
     kept = np.asarray([i for i in range(len(files)) if i not in skipped], np.int64)
@@ -482,14 +474,9 @@ def _fill(pool: ThreadPoolExecutor, files: list[str], todo: list[int], digests: 
     """Read, hash and (when the store lacks the content) decode ``todo``, publishing a segment per chunk."""
     from .errors import DataError
 
-    size, prep = bucket.size, bucket.prep
-
     def work(i: int) -> tuple[str, np.ndarray | None, str | None]:
         try:
-            data, digest = _read(files[i])
-            if digest in bucket.where:
-                return digest, None, None
-            return digest, _decode(data, files[i], size, prep), None
+            return (*_read_new(files[i], bucket), None)
         except Exception as exc:  # PIL raises many types for truncated or non-image files
             return "", None, f"{type(exc).__name__}: {exc}"
 
@@ -534,6 +521,13 @@ def _read(path: str) -> tuple[bytes, str]:
 
 def _decode(data: bytes, path: str, size: tuple[int, int], prep: Preprocessing) -> np.ndarray:
     return load_image(io.BytesIO(data), size, prep, name=path)
+
+
+def _read_new(path: str, bucket: Bucket) -> tuple[str, np.ndarray | None]:
+    """``path``'s sha256, and its pixels decoded from the same read when ``bucket`` lacks that content (None
+    when it holds it already)."""
+    data, digest = _read(path)
+    return digest, None if digest in bucket.where else _decode(data, path, bucket.size, bucket.prep)
 
 
 def _check_room(bucket: Bucket, need: int) -> None:

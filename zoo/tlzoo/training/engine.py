@@ -78,9 +78,13 @@ class Engine(Collective, ABC):
         return self.device.startswith(("cuda", "gpu"))
 
     @property
+    def _auto_by_payoff(self) -> bool:
+        return self.compile_mode == "auto" and self.on_gpu and self.decides_by_payoff
+
+    @property
     def compiles(self) -> bool:
         """Whether the training step is compiled (or will be, at its next batch)."""
-        if self.compile_mode == "auto" and self.on_gpu and self.decides_by_payoff:
+        if self._auto_by_payoff:
             wanted = self.compile_decision is not None and self.compile_decision.compile
         else:
             wanted = self.compile_mode == "on" or (self.compile_mode == "auto" and self.on_gpu)
@@ -89,8 +93,7 @@ class Engine(Collective, ABC):
     @property
     def probes_compile(self) -> bool:
         """Whether ``--compile auto`` has still to decide (it times the first steps, then asks :meth:`decide_compile`)."""
-        return (self.compile_mode == "auto" and self.on_gpu and self.decides_by_payoff and self.can_compile
-                and self.compile_decision is None and not self.compile_note)  # fmt: skip
+        return self._auto_by_payoff and self.can_compile and self.compile_decision is None and not self.compile_note
 
     def compile_key(self, batch_size: int) -> str:
         """What a compile time is recorded under: model, input shape, batch, device and framework versions."""
