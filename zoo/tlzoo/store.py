@@ -362,7 +362,6 @@ class Stream:
         where = self.bucket.where.get(digest) if digest else None
         if where is None:
             digest, pixels = _read_new(path, self.bucket)
-            where = self.bucket.where.get(digest)
             if pixels is not None:
                 with self._guard:
                     self.decoded += 1
@@ -374,6 +373,7 @@ class Stream:
                 return pixels
             with self._guard:
                 self.names.set(path, digest)
+            where = self.bucket.where[digest]  # _read_new decodes nothing only for content the bucket holds
         segment, slot = where
         return np.array(self.bucket.segments[segment].pixels[slot])
 
