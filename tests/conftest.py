@@ -24,6 +24,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # Tests never download and never touch the user's caches.
     cache = Path(tempfile.mkdtemp(prefix="tlzoo-test-cache-"))
     os.environ["TLZOO_OFFLINE"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_HOME"] = str(cache / "huggingface")
     os.environ["TLZOO_CACHE"] = str(cache / "tlzoo")  # features, the decoded-pixel store, compile times
     os.environ["TORCH_HOME"] = str(cache / "torch")
     os.environ["KERAS_HOME"] = str(cache / "keras")

@@ -16,13 +16,24 @@ def test_builtin_backbones_over_both_frameworks():
     specs = tlzoo.list_backbones()
     assert {s.name for s in specs if s.framework == "torch"} == TORCH_NAMES
     assert {s.name for s in specs if s.framework == "keras"} == KERAS_NAMES
-    assert len(specs) == 20
+    assert len([s for s in specs if s.framework in ("torch", "keras")]) == 20
+    assert len([s for s in specs if s.framework == "timm"]) == 1151  # the timm plugin (tests/test_timm.py)
+
+
+def test_timm_backbones_never_take_torchvisions_short_names():
+    reg = get_registry()
+    for name in ("vgg16", "resnet50", "densenet121", "convnext_tiny", "efficientnet_b0", "inception_v3"):
+        assert reg.resolve(f"timm/{name}").framework == "timm"
+        assert reg.resolve(name).framework == "torch", name
+    assert reg.resolve("xception").id == "keras/xception" and reg.resolve("timm/xception65").framework == "timm"
+    assert reg.resolve("vit_small_patch14_dinov2").id == "timm/vit_small_patch14_dinov2"  # unique: its own short name
 
 
 def test_filters_like_list_models():
     assert [s.id for s in tlzoo.list_backbones(pattern="vgg*")] == [
-        "torch/vgg16", "keras/vgg16", "torch/vgg19", "keras/vgg19"
-    ]
+        "timm/vgg11", "timm/vgg11_bn", "timm/vgg13", "timm/vgg13_bn",
+        "torch/vgg16", "keras/vgg16", "timm/vgg16", "timm/vgg16_bn", "torch/vgg19", "keras/vgg19", "timm/vgg19", "timm/vgg19_bn"
+    ]  # fmt: skip
     assert [s.id for s in tlzoo.list_backbones(framework="keras", pattern="*net*")] == [
         "keras/densenet121", "keras/efficientnet_b0", "keras/mobilenet_v2", "keras/resnet50"
     ]

@@ -69,11 +69,14 @@ def _front(prep: Preprocessing, size: tuple[int, int], layout: str, opset: int, 
     ratio = node("Div", [target, hw], "f_ratio")
     r0 = node("Gather", [ratio, const("f_i0", 0, np.int64)], "f_r0", axis=0)
     r1 = node("Gather", [ratio, const("f_i1", 1, np.int64)], "f_r1", axis=0)
-    if prep.resize == "squash":
+    if prep.resize == "squash" and prep.crop_fraction >= 1.0:
         y = resize(x, const("f_target_i", [h, w], np.int64), "f_resized")
-    elif prep.resize == "crop":
-        scale = node("Div", [node("Max", [r0, r1], "f_cover"), const("f_fraction", prep.crop_fraction)], "f_scale")
-        region = node("Div", [target, scale], "f_region")
+    elif prep.resize in ("squash", "crop"):  # the centre region, then resized (keeping the aspect for crop)
+        if prep.resize == "crop":
+            scale = node("Div", [node("Max", [r0, r1], "f_cover"), const("f_fraction", prep.crop_fraction)], "f_scale")
+            region = node("Div", [target, scale], "f_region")
+        else:
+            region = node("Mul", [hw, const("f_fraction", prep.crop_fraction)], "f_region")
         start = node("Round", [node("Div", [node("Sub", [hw, region], "f_spare"), const("f_two", 2.0)], "f_half")], "f_start_f")
         end = node("Add", [start, node("Round", [region], "f_region_r")], "f_end_f")
         as_int = {"to": TensorProto.INT64}
@@ -120,9 +123,9 @@ def _front(prep: Preprocessing, size: tuple[int, int], layout: str, opset: int, 
 
 def feed(images: np.ndarray, prep: Preprocessing, size: tuple[int, int]) -> np.ndarray:
     """Images the decoder already brought to ``size`` by ``prep``, as input for a raw-input graph that gives
-    the same pixels: for ``crop``, each is centred on a canvas as large as the crop fraction says, which the
-    graph crops away again (squash and pad leave an image of the input size as it is)."""
-    if prep.resize != "crop" or prep.crop_fraction >= 1.0:
+    the same pixels: for ``crop`` and ``squash`` with a crop fraction, each is centred on a canvas as large as
+    the crop fraction says, which the graph crops away again (pad leaves an image of the input size as it is)."""
+    if prep.resize == "pad" or prep.crop_fraction >= 1.0:
         return np.ascontiguousarray(images)
     h, w = size
     ch, cw = round(h / prep.crop_fraction), round(w / prep.crop_fraction)

@@ -42,7 +42,9 @@ class TorchUnit:
     whole_subtree: bool = False  # a block unit (unit_modules): every parameter under its module
 
     def parameters(self) -> list[nn.Parameter]:
-        params = [p for m in self.modules + self.norms for p in m.parameters(recurse=self.whole_subtree)]
+        # A weight layer's own sub-layers (timm's MixedConv2d holds one convolution per kernel size) are part of it.
+        params = [p for m in self.modules for p in m.parameters()]
+        params += [p for m in self.norms for p in m.parameters(recurse=self.whole_subtree)]
         if self.whole_subtree:
             params = list({id(p): p for p in params}.values())  # a block's norms are inside it
         return params + self.extra_params
@@ -60,10 +62,11 @@ def _forward_order(model: nn.Module, modules: list[nn.Module], input_size: tuple
 
     hooks = [m.register_forward_hook(record) for m in modules]
     was_training = model.training
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))  # "meta": a spec generator's build
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, 3, *input_size))
+            model(torch.zeros(1, 3, *input_size, device=device))
     finally:
         for h in hooks:
             h.remove()
@@ -71,19 +74,23 @@ def _forward_order(model: nn.Module, modules: list[nn.Module], input_size: tuple
     return order
 
 
-def trace_units(model: nn.Module, input_size: tuple[int, int], unit_modules: tuple[str, ...] = ()) -> list[TorchUnit]:
+def trace_units(model: nn.Module, input_size: tuple[int, int], unit_modules: tuple[str, ...] = (),
+                weight_layers: tuple[type, ...] = WEIGHT_LAYERS) -> list[TorchUnit]:  # fmt: skip
     """Weight layers in forward order, each with the normalization layers that follow it; or, when the
     spec names ``unit_modules``, those modules (transformer blocks, say) in forward order, each with its
-    whole sub-tree."""
+    whole sub-tree. ``weight_layers`` may add a library's own weight-layer classes (timm's mixed and
+    conditional convolutions); a weight layer inside another one is part of it, not a unit of its own."""
     if unit_modules:
         return _block_units(model, input_size, unit_modules)
     names = {id(m): n for n, m in model.named_modules()}
-    order = _forward_order(model, [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS + NORM_LAYERS)], input_size)
+    inner = {id(sub) for m in model.modules() if isinstance(m, weight_layers) for sub in m.modules() if sub is not m}
+    candidates = [m for m in model.modules() if isinstance(m, weight_layers + NORM_LAYERS) and id(m) not in inner]
+    order = _forward_order(model, candidates, input_size)
     units: list[TorchUnit] = []
     leading_norms: list[nn.Module] = []
     for module in order:
         name = names[id(module)]
-        if isinstance(module, WEIGHT_LAYERS):
+        if isinstance(module, weight_layers):
             units.append(TorchUnit(name=name, kind=type(module).__name__, modules=[module], last_member=name))
             units[-1].norms.extend(leading_norms)
             leading_norms = []
@@ -92,7 +99,7 @@ def trace_units(model: nn.Module, input_size: tuple[int, int], unit_modules: tup
             units[-1].last_member = name
         else:
             leading_norms.append(module)
-    _assign_loose_parameters(model, units)
+    _assign_loose_parameters(model, units, weight_layers)
     return units
 
 
@@ -114,12 +121,13 @@ def _block_units(model: nn.Module, input_size: tuple[int, int], patterns: tuple[
     return units
 
 
-def _assign_loose_parameters(model: nn.Module, units: list[TorchUnit]) -> None:
+def _assign_loose_parameters(model: nn.Module, units: list[TorchUnit], weight_layers: tuple[type, ...]) -> None:
     """Parameters held directly by container modules (ConvNeXt's layer_scale, say) join the
     last unit inside that container: they scale or shift its output."""
     owner_unit = {id(m): u for u in units for m in u.modules + u.norms}
+    inside = {id(sub) for u in units for m in u.modules for sub in m.modules()}
     for container_name, container in model.named_modules():
-        if isinstance(container, WEIGHT_LAYERS + NORM_LAYERS):
+        if isinstance(container, weight_layers + NORM_LAYERS) or id(container) in inside:
             continue
         own = list(container.parameters(recurse=False))
         if not own or not units:
@@ -213,13 +221,21 @@ def reduced_precision(backbone: Backbone, model: nn.Module, dtype: torch.dtype =
 
 class TorchBackbone(Backbone):
     framework = "torch"
+    weight_layers: tuple[type, ...] = WEIGHT_LAYERS  # what a freeze unit is, beside the spec's unit_modules
 
     def __init__(self, spec, model, input_size, weights):  # type: ignore[no-untyped-def]
         if not isinstance(model, nn.Module):
             raise UsageError(f"builder of {spec.id} returned {type(model).__name__}, not a torch.nn.Module")
         super().__init__(spec, FrozenNormsStayInEval(model), input_size, weights)
         self.model.eval()
-        self._units = trace_units(self.model.model, input_size, spec.unit_modules)
+        self._units = trace_units(self.model.model, input_size, spec.unit_modules, self.weight_layers)
+
+    def fx_helpers(self) -> tuple[Any, Any]:
+        """``(get_graph_node_names, create_feature_extractor)`` that trace this model for ``--tap``
+        (torchvision's; a library with its own leaf modules, like timm, brings its own)."""
+        from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+        return get_graph_node_names, create_feature_extractor
 
     @property
     def units(self) -> list[Unit]:
@@ -256,8 +272,7 @@ class TorchBackbone(Backbone):
     def feature_model(self, tap: int | None = None) -> nn.Module:
         if tap is None:
             return self.model
-        from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
-
+        get_graph_node_names, create_feature_extractor = self.fx_helpers()
         node = self._units[tap].last_member
         try:
             nodes = get_graph_node_names(self.model.model)[1]

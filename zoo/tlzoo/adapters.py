@@ -107,6 +107,14 @@ class FrameworkAdapter(ABC):
 
         atomic_write(dest, fetch)
 
+    def import_file(self, source: Path, dest: Path) -> None:
+        """Put a user's weights file at ``dest`` for ``tlzoo weights import FILE --backbone ID``: copied as it is
+        by default; an adapter may check or convert it (timm's stores every tag as safetensors). Never execute
+        code from the file."""
+        from .weights import atomic_copy
+
+        atomic_copy(source, dest)
+
     def converter(self, format: str) -> Callable[..., None] | None:
         """The function that converts a loaded classifier to an export format (``onnx``), or None.
 

@@ -157,8 +157,8 @@ def measure(backbone_name: str, samples: list[Any], *, budget_s: float, image_si
     t0 = time.perf_counter()
     labels = [s.label for s in samples]
     spec = get_registry().resolve(backbone_name)
-    size = check_input_size(spec, image_size)
     pretrained = weights.lower() not in ("none", "random", "scratch")
+    size = check_input_size(spec, image_size, published(spec, weights if pretrained else None))
     if pretrained:
         preflight(spec, weights)
     backbone = get_backbone(spec, pretrained=weights if pretrained else False, input_size=size, seed=seed)

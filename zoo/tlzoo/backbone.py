@@ -18,7 +18,7 @@ from . import freeze as freeze_mod
 from .errors import PluginError, TlzooError, UsageError, WeightsError
 from .plugins import load_object
 from .registry import get_registry
-from .specs import BackboneSpec
+from .specs import BackboneSpec, WeightsSpec
 from .weights import ResolvedWeights, resolve
 
 
@@ -155,9 +155,11 @@ class Backbone(ABC):
         return np.concatenate(out, axis=0)
 
 
-def check_input_size(spec: BackboneSpec, size: int | tuple[int, int] | None) -> tuple[int, int]:
+def check_input_size(spec: BackboneSpec, size: int | tuple[int, int] | None,
+                     weights: WeightsSpec | None = None) -> tuple[int, int]:  # fmt: skip
+    """``size`` checked against the backbone's limits; None: the size ``weights`` were trained at."""
     if size is None:
-        return spec.input_size
+        return spec.input_size_for(weights)
     hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if min(hw) < spec.min_input_size:
         raise UsageError(
@@ -192,11 +194,11 @@ def get_backbone(
     ``seed`` seeds the framework first, so a random initialisation is reproducible.
     """
     spec = name if isinstance(name, BackboneSpec) else get_registry().resolve(name, framework)
-    size = check_input_size(spec, input_size)
     if isinstance(pretrained, ResolvedWeights):
         weights: ResolvedWeights | None = pretrained
     else:
         weights = resolve(spec, ("auto" if pretrained else None) if isinstance(pretrained, bool) else pretrained)
+    size = check_input_size(spec, input_size, spec.weights_by_tag(weights.tag) if weights else None)
     backbone = build(spec, weights, size, seed=seed)
     # Parameter counts are declared at the spec's input size: a ViT's position embeddings grow with the image.
     at_spec_size = tuple(backbone.input_size) == tuple(spec.input_size)

@@ -25,7 +25,7 @@ from .specs import Preprocessing
 
 DEFAULT_MAX_PIXELS = 90_000_000
 # Bump when decoding changes the pixels it gives for the same file and recipe.
-DECODE_FORMAT = 2
+DECODE_FORMAT = 3
 SQUASH = Preprocessing(mode="raw", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), value_range=255.0)
 
 # EXIF orientation -> (Pillow's transpose, whether it swaps width and height); as ImageOps.exif_transpose.
@@ -143,12 +143,21 @@ def _scales(width: float, height: float, size: tuple[int, int], prep: Preprocess
     """Output pixels per source pixel along x and y for an upright ``width`` x ``height`` image."""
     h, w = size
     if prep.resize == "squash":
-        return w / width, h / height
+        return _whole(w / prep.crop_fraction) / width, _whole(h / prep.crop_fraction) / height
     if prep.resize == "crop":
+        if width <= height and w == h:  # a square input: the short side to floor(size / crop fraction)
+            return _whole(w / prep.crop_fraction) / width, _whole(w / prep.crop_fraction) / width
+        if h == w:
+            return _whole(h / prep.crop_fraction) / height, _whole(h / prep.crop_fraction) / height
         s = max(w / width, h / height) / prep.crop_fraction
     else:  # pad
         s = min(w / width, h / height)
     return s, s
+
+
+def _whole(size: float) -> int:
+    """floor(size), as timm computes its resize size, forgiving float error (224 / 0.875 is 256)."""
+    return math.floor(size + 1e-6)
 
 
 def _plan(width: float, height: float, size: tuple[int, int],
@@ -156,12 +165,14 @@ def _plan(width: float, height: float, size: tuple[int, int],
     """(source box, resized size (w, h), where it goes on the output (x, y)) for an upright region."""
     h, w = size
     sx, sy = _scales(width, height, size, prep)
-    if prep.resize == "squash":
-        return (0.0, 0.0, width, height), (w, h), (0, 0)
-    if prep.resize == "crop":
-        bw, bh = w / sx, h / sy
-        x0, y0 = (width - bw) / 2, (height - bh) / 2
-        return (x0, y0, x0 + bw, y0 + bh), (w, h), (0, 0)
+    if prep.resize in ("squash", "crop"):
+        # As torchvision's and timm's evaluation transforms do it: resize to whole pixels (the short side, or
+        # both for squash, to floor(size / crop fraction), the other side truncated), then crop the centre at a
+        # whole-pixel offset. One resample of the matching source box gives exactly those pixels.
+        rw, rh = math.floor(width * sx + 1e-6), math.floor(height * sy + 1e-6)
+        left, top = round((rw - w) / 2), round((rh - h) / 2)
+        fx, fy = rw / width, rh / height
+        return (left / fx, top / fy, (left + w) / fx, (top + h) / fy), (w, h), (0, 0)
     rw, rh = max(1, min(w, round(width * sx))), max(1, min(h, round(height * sy)))
     return (0.0, 0.0, width, height), (rw, rh), ((w - rw) // 2, (h - rh) // 2)
 

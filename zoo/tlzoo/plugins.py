@@ -8,7 +8,8 @@ Plugins come from three places, in this order:
 3. plugins registered in-process with :func:`register_plugin` (tests do this).
 
 ``TLZOO_DISABLE_PLUGIN_AUTOLOAD=1`` skips third-party entry points (tlzoo's
-own built-ins still load), as ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` does for pytest.
+own built-ins still load), as ``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` does for pytest;
+``TLZOO_DISABLE_PLUGINS=timm,other`` skips plugins by name, built-ins included.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ ENTRY_POINT_GROUP = "tlzoo"
 DISTRIBUTION = "tlzoo"
 ENV_PLUGINS = "TLZOO_PLUGINS"
 ENV_DISABLE_AUTOLOAD = "TLZOO_DISABLE_PLUGIN_AUTOLOAD"
+ENV_DISABLE = "TLZOO_DISABLE_PLUGINS"  # plugin names never loaded, built-ins included (pytest's -p no:NAME)
 # Used only when tlzoo's own distribution metadata is missing (running from a
 # bare checkout): the same modules its entry points name.
-BUILTIN_MODULES = {"torch": "tlzoo_torch", "torchvision": "tlzoo_torchvision", "keras": "tlzoo_keras", "onnx": "tlzoo_onnx"}
+BUILTIN_MODULES = {"torch": "tlzoo_torch", "torchvision": "tlzoo_torchvision", "keras": "tlzoo_keras", "onnx": "tlzoo_onnx",
+                   "timm": "tlzoo_timm"}
 
 
 @dataclass
@@ -215,12 +218,13 @@ def _load() -> PluginHost:
 
 def _load_entry_points(host: PluginHost) -> None:
     autoload = os.environ.get(ENV_DISABLE_AUTOLOAD, "").strip().lower() in ("", "0", "false", "no")
+    disabled = {n.strip() for n in os.environ.get(ENV_DISABLE, "").split(",") if n.strip()}
     seen_builtin = False
     for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=_builtin_first):
         dist_name = ep.dist.name if ep.dist is not None else ""
         builtin = _normalize(dist_name) == DISTRIBUTION
         seen_builtin = seen_builtin or builtin
-        if not builtin and not autoload:
+        if (not builtin and not autoload) or ep.name in disabled:
             continue
         version = ep.dist.version if ep.dist is not None else ""
         source = "built-in" if builtin else f"entry point ({dist_name})"
@@ -241,7 +245,8 @@ def _load_entry_points(host: PluginHost) -> None:
         _note_heavy_imports(host, ep.name, before)
     if not seen_builtin:
         for name, module in BUILTIN_MODULES.items():
-            _load_module(host, module, source="built-in", name=name)
+            if name not in disabled:
+                _load_module(host, module, source="built-in", name=name)
 
 
 def _load_module(host: PluginHost, module: str, *, source: str, name: str | None = None) -> None:

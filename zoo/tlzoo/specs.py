@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Literal
 
 TAP_LAYOUTS = ("", "channels_first", "channels_last")
@@ -32,7 +33,8 @@ class Preprocessing:
     (torchvision's ImageNet mean/std), ``caffe`` (BGR, mean subtraction on 0..255), ``tf`` (scaled to
     -1..1) or ``raw`` (the model normalizes itself).
 
-    ``resize``, as fastai names them: ``squash`` stretches the whole image to the input size;
+    ``resize``, as fastai names them: ``squash`` stretches the whole image to the input size (with a
+    ``crop_fraction`` below 1, its centre ``crop_fraction`` of each side: timm's ``squash`` crop mode);
     ``crop`` scales it, keeping its aspect, until it covers the input size divided by
     ``crop_fraction``, then takes the centre (torchvision's and timm's evaluation transform:
     ``Resize(256)`` then ``CenterCrop(224)`` is ``crop`` with 224/256); ``pad`` scales it to fit
@@ -60,9 +62,12 @@ class Preprocessing:
 
     def with_resize(self, resize: str | None = None, *, crop_fraction: float | None = None,
                     interpolation: str | None = None) -> Preprocessing:  # fmt: skip
-        """This preprocessing with another resize policy, crop fraction or interpolation (None keeps each)."""
-        return dataclasses.replace(self, resize=resize or self.resize,
-                                   crop_fraction=self.crop_fraction if crop_fraction is None else float(crop_fraction),
+        """This preprocessing with another resize policy, crop fraction or interpolation (None keeps each; a
+        change to ``squash`` or ``pad`` without a crop fraction takes the whole image)."""
+        if crop_fraction is None:
+            whole = resize in ("squash", "pad") and resize != self.resize
+            crop_fraction = 1.0 if whole else self.crop_fraction
+        return dataclasses.replace(self, resize=resize or self.resize, crop_fraction=float(crop_fraction),
                                    interpolation=interpolation or self.interpolation)  # fmt: skip
 
     def pad_colour(self) -> tuple[int, int, int]:
@@ -72,7 +77,7 @@ class Preprocessing:
 
     def resize_text(self) -> str:
         """``crop 0.875 bilinear``: the resize in words, for run summaries and model cards."""
-        fraction = f" {self.crop_fraction:g}" if self.resize == "crop" else ""
+        fraction = f" {self.crop_fraction:g}" if self.resize == "crop" or self.crop_fraction < 1.0 else ""
         return f"{self.resize}{fraction} {self.interpolation}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,8 +115,11 @@ class WeightsSpec:
     Keras publishes md5 hashes for its application weights.
 
     ``resize``, ``crop_fraction`` and ``interpolation`` are the evaluation transform the weights were
-    published with (torchvision documents one per tag); empty or 0 means the backbone's own
-    :class:`Preprocessing` (see :meth:`BackboneSpec.preprocessing_for`).
+    published with (torchvision documents one per tag); ``input_size``, ``mean`` and ``std`` the input
+    size and normalization they were trained with, where they differ from the backbone's (timm's tags of
+    one architecture do); empty or 0 means the backbone's own (see :meth:`BackboneSpec.preprocessing_for`
+    and :meth:`BackboneSpec.input_size_for`). An empty ``file_hash`` means nothing was published to check
+    the file against: tlzoo records its sha256 when it is first used and checks it from then on.
     """
 
     tag: str
@@ -125,8 +133,17 @@ class WeightsSpec:
     resize: str = ""
     crop_fraction: float = 0.0
     interpolation: str = ""
+    input_size: tuple[int, ...] = ()
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    license: str = ""
 
     def __post_init__(self) -> None:
+        for name, kind, n in (("input_size", int, 2), ("mean", float, 3), ("std", float, 3)):
+            value = tuple(kind(v) for v in getattr(self, name))  # JSON gives lists
+            if value and len(value) != n:
+                raise ValueError(f"weights {self.tag}: {name} must have {n} values, got {value}")
+            object.__setattr__(self, name, value)
         if self.resize and self.resize not in RESIZE_POLICIES:
             raise ValueError(f"weights {self.tag}: resize {self.resize!r} is not one of {', '.join(RESIZE_POLICIES)}")
         if self.interpolation and self.interpolation not in INTERPOLATIONS:
@@ -181,7 +198,7 @@ class BackboneSpec:
     preprocessing: Preprocessing
     min_input_size: int = 32
     weights: tuple[WeightsSpec, ...] = ()
-    units: tuple[UnitSpec, ...] = ()
+    units: Sequence[UnitSpec] = ()  # a plugin may give a lazy sequence: its len() must not load it
     family: str = ""
     description: str = ""
     license: str = ""
@@ -212,7 +229,15 @@ class BackboneSpec:
         if weights is not None:
             prep = prep.with_resize(weights.resize or None, crop_fraction=weights.crop_fraction or None,
                                     interpolation=weights.interpolation or None)  # fmt: skip
+            if weights.mean or weights.std:
+                prep = dataclasses.replace(prep, mean=weights.mean or prep.mean, std=weights.std or prep.std)
         return prep.with_resize(resize) if resize else prep
+
+    def input_size_for(self, weights: WeightsSpec | None = None) -> tuple[int, int]:
+        """The input size these weights were trained at (the backbone's when they name none)."""
+        if weights is not None and weights.input_size:
+            return (weights.input_size[0], weights.input_size[1])
+        return self.input_size
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -285,6 +310,7 @@ class FrameworkSpec:
     head_only_runs: bool = False
     description: str = ""
     modules: tuple[str, ...] = ()  # the framework's top-level modules: a plugin importing them at load is reported
+    catalog: bool = False  # a whole external registry (timm's): a plain `tlzoo list-backbones` shows its families
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:

@@ -71,11 +71,13 @@ def verify(path: Path, weights: WeightsSpec) -> None:
 
 @dataclass(frozen=True)
 class ResolvedWeights:
-    """A local file that is safe to load, and what it is."""
+    """A local file that is safe to load, and what it is. ``verified``: it matches a published hash;
+    ``recorded``: nothing was published, and it matches the sha256 recorded when it was first used."""
 
     path: Path
     tag: str
     verified: bool
+    recorded: bool = False
 
 
 # Keras says weights="imagenet", torchvision weights="DEFAULT": both mean the backbone's best
@@ -124,7 +126,55 @@ def resolve(spec: BackboneSpec, weights: str | None) -> ResolvedWeights | None:
     if not path.is_file():
         _download(spec, chosen, path)
     verify(path, chosen)
-    return ResolvedWeights(path=path, tag=chosen.tag, verified=bool(chosen.file_hash))
+    if not chosen.file_hash:
+        check_recorded(spec, chosen, path)
+    return ResolvedWeights(path=path, tag=chosen.tag, verified=bool(chosen.file_hash), recorded=not chosen.file_hash)
+
+
+RECORDED = "sha256-recorded.json"
+
+
+def recorded_file() -> Path:
+    """Where tlzoo keeps the sha256 of weights files that came without a published hash."""
+    base = os.environ.get("TLZOO_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "tlzoo")
+    return Path(base).expanduser() / "weights" / RECORDED
+
+
+def recorded_sha256(spec: BackboneSpec, weights: WeightsSpec) -> str | None:
+    return _records().get(_record_key(spec, weights))
+
+
+def check_recorded(spec: BackboneSpec, weights: WeightsSpec, path: Path, *, record: bool = False) -> None:
+    """Trust on first use, for weights published without a hash (timm's, some of Keras'): the file's sha256 is
+    recorded the first time it is used (or whenever ``record``: a deliberate ``tlzoo weights import``) and must
+    match from then on, so a file that changes on disk is never loaded silently."""
+    from .rundir import atomic_write_json
+
+    digest = file_digest(path, "sha256")
+    records, key = _records(), _record_key(spec, weights)
+    known = records.get(key)
+    if known is not None and known != digest and not record:
+        raise WeightsError(f"{path} is not the file {spec.id} {weights.tag} was first used with: its sha256 is "
+                           f"{digest[:16]}..., recorded {known[:16]}... in {recorded_file()}. Delete it and fetch it "
+                           f"again, or `tlzoo weights import FILE --backbone {spec.id}.{weights.tag}` to take the "
+                           f"new file.")  # fmt: skip
+    if known != digest:
+        records[key] = digest
+        atomic_write_json(recorded_file(), records)
+
+
+def _record_key(spec: BackboneSpec, weights: WeightsSpec) -> str:
+    return f"{spec.id}.{weights.tag}:{weights.file_name}"
+
+
+def _records() -> dict[str, str]:
+    import json
+
+    try:
+        data = json.loads(recorded_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 _WEIGHT_SUFFIXES = {".pth", ".pt", ".h5", ".keras", ".safetensors"}
@@ -228,6 +278,26 @@ def import_files(sources: list[Path], specs: list[BackboneSpec]) -> list[tuple[P
         names = ", ".join(str(s) for s in sources)
         raise UsageError(f"no known pretrained weights file found in {names}")
     return imported
+
+
+def import_for_backbone(source: Path, spec: BackboneSpec, tag: str | None) -> Path:
+    """Make ``source`` the weights file of one of ``spec``'s tags (its default tag when None): checked
+    against the published hash where there is one, put in place by the framework's adapter (which may convert
+    it), and its sha256 recorded."""
+    from .adapters import adapter_for
+
+    if not source.is_file():
+        raise UsageError(f"{source} is not a file")
+    chosen = choose(spec, tag) if tag else spec.default_weights
+    if chosen is None:
+        raise UsageError(f"{spec.id} has no pretrained weights to import a file for")
+    if chosen.file_hash:
+        verify(source, chosen)
+    dest = cached_path(spec, chosen)
+    adapter_for(spec.framework).import_file(source, dest)
+    if not chosen.file_hash:
+        check_recorded(spec, chosen, dest, record=True)
+    return dest
 
 
 def atomic_copy(src: Path, dest: Path) -> None:

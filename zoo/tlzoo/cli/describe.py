@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from ..registry import get_registry
-from ..specs import BackboneSpec, UnitSpec
-from ..weights import cached_path, is_cached
+from ..specs import BackboneSpec, UnitSpec, WeightsSpec
+from ..weights import cached_path, is_cached, recorded_sha256
 from .common import console, escape, handle_errors, human, print_json, warn_plugins
 
 
@@ -68,11 +68,30 @@ def _print_summary(spec: BackboneSpec, n_units: int) -> None:
         where = cached_path(spec, w)
         state = f"on disk: {where}" if is_cached(spec, w) else f"not on disk (would be {where})"
         metrics = ", ".join(f"{k} {v:g}" for k, v in w.metrics.items())
-        console.print(f"  weights      {w.tag}: {w.file_name} ({w.dataset} {metrics}; resize "
-                      f"{spec.preprocessing_for(w).resize_text()}) {state}", markup=False)  # fmt: skip
+        about = "; ".join(x for x in (f"{w.dataset} {metrics}".strip(), _tag_transform(spec, w),
+                                      f"license {w.license}" if w.license else "", _hash_text(spec, w)) if x)  # fmt: skip
+        console.print(f"  weights      {w.tag}: {w.file_name} ({about}) {state}", markup=False)
     if not spec.weights:
         console.print("  weights      none (random initialisation only)")
 
 
 def _fmt(values: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def _tag_transform(spec: BackboneSpec, weights: WeightsSpec) -> str:
+    prep, size = spec.preprocessing_for(weights), spec.input_size_for(weights)
+    text = f"resize {prep.resize_text()}"
+    if size != spec.input_size:
+        text += f" at {size[0]}x{size[1]}"
+    if (prep.mean, prep.std) != (spec.preprocessing.mean, spec.preprocessing.std):
+        text += f", mean={_fmt(prep.mean)} std={_fmt(prep.std)}"
+    return text
+
+
+def _hash_text(spec: BackboneSpec, weights: WeightsSpec) -> str:
+    if weights.file_hash:
+        return f"{weights.hash_algorithm} published"
+    known = recorded_sha256(spec, weights)
+    return (f"no published hash: sha256 {known[:16]}... recorded at first use, checked at every use" if known else
+            "no published hash: its sha256 is recorded at first use and checked at every use after")  # fmt: skip

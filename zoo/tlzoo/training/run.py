@@ -89,7 +89,8 @@ def _train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Pat
         config, notes = config.checked(given)
     unused = config.unused(given)
     spec = get_registry().resolve(config.backbone, config.framework)
-    size = check_input_size(spec, config.image_size)
+    size = check_input_size(spec, config.image_size,
+                            published_weights(spec, None if config.strategy == "scratch" else config.weights))
     _check_units(spec, config)  # --freeze 99 fails here, before any image is decoded
     if config.threads is not None:
         adapter_for(spec.framework).set_threads(config.threads)
@@ -264,7 +265,9 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
         files.write_labels(splits.classes)
     reporter.info(f"run directory: {run_dir}")
     weights, tap = model.weights, model.tap
-    if weights is not None and not weights.verified:
+    if weights is not None and weights.recorded:
+        reporter.info(f"{weights.path} has no published hash: it matches the sha256 recorded when it was first used")
+    elif weights is not None and not weights.verified:
         reporter.warn(f"{weights.path} has no published hash to check it against")
     units = model.units
     reporter.info(
