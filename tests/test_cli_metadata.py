@@ -43,8 +43,8 @@ def test_metadata_commands_import_no_framework(args):
 def test_list_backbones_json_lists_18_over_both_frameworks():
     result = run_tlzoo("list-backbones", "--json")
     rows = json.loads(result.stdout)
-    assert len(rows) == 20
-    assert {r["framework"] for r in rows} == {"torch", "keras"}
+    assert len([r for r in rows if r["framework"] in ("torch", "keras")]) == 20
+    assert {r["framework"] for r in rows} == {"torch", "keras", "timm"}
     vgg = next(r for r in rows if r["id"] == "torch/vgg16")
     assert vgg == {
         "id": "torch/vgg16", "name": "vgg16", "framework": "torch", "input_size": [224, 224], "feature_dim": 512,
@@ -75,13 +75,13 @@ def test_describe_shows_preprocessing_and_weights():
     assert "mode=caffe: BGR, values 0..255, mean=(103.939, 116.779, 123.68)" in out
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in out
     out = run_tlzoo("describe", "mobilenet_v2").stdout
-    assert "IMAGENET1K_V1: mobilenet_v2-b0353104.pth (ImageNet-1K acc@1 71.878, acc@5 90.286; resize crop 0.875 bilinear)" in out
+    assert "IMAGENET1K_V1: mobilenet_v2-b0353104.pth (ImageNet-1K acc@1 71.878, acc@5 90.286; resize crop 0.875 bilinear; sha256 published)" in out
 
 
 def test_unknown_backbone_exits_2_with_suggestions_and_no_traceback():
     result = run_tlzoo("describe", "resnet5")
     assert result.returncode == 2
-    assert "unknown backbone 'resnet5'. Did you mean: resnet50, resnet18" in " ".join(result.stderr.split())
+    assert "unknown backbone 'resnet5'. Did you mean: resnet50," in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr
 
 

@@ -66,7 +66,7 @@ def test_in_process_plugin_registers_and_unregisters():
 def test_broken_plugin_is_reported_and_the_rest_still_lists():
     tlzoo.register_plugin(BrokenPlugin(), name="broken")
     ids = {s.id for s in tlzoo.list_backbones()}
-    assert len(ids) == 20
+    assert len(ids) == 1171  # tlzoo's 20 and timm's 1,151
     status = get_host().statuses["broken"]
     assert status.errors == ["register_backbones() raised RuntimeError: boom"]
 
@@ -114,7 +114,7 @@ def test_plugin_option_and_env_var_load_modules(plugin_dir):
 def test_module_that_fails_to_import_warns_in_one_line_and_exits_zero(plugin_dir):
     result = run_tlzoo("list-backbones", "--json", env={"TLZOO_PLUGINS": "bad_plugin"})
     assert result.returncode == 0
-    assert len(json.loads(result.stdout)) == 20
+    assert len(json.loads(result.stdout)) == 1171
     warning = [line for line in result.stderr.splitlines() if "warning" in line]
     assert warning == [
         "tlzoo: warning: plugin 'bad_plugin': import failed: ModuleNotFoundError: No module named "
@@ -137,7 +137,7 @@ def test_a_plugin_that_calls_sys_exit_at_import_is_reported_not_fatal(tmp_path):
     result = run_tlzoo("--plugin", "exits_at_import", "list-backbones", "--json", env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     assert "plugin 'exits_at_import': import failed: SystemExit: 3" in result.stderr
-    assert len(json.loads(result.stdout)) == 20
+    assert len(json.loads(result.stdout)) == 1171
 
 
 class MisspeltPlugin:
@@ -239,7 +239,7 @@ def test_backbone_of_a_framework_no_plugin_provides_is_reported():
     tlzoo.register_plugin(JaxPlugin(), name="jaxish")
     assert "jax/flaxnet" not in get_registry().backbones
     assert get_host().statuses["jaxish"].errors == [
-        "backbone jax/flaxnet: framework 'jax' is not provided by any installed plugin (installed: torch, keras)"
+        "backbone jax/flaxnet: framework 'jax' is not provided by any installed plugin (installed: torch, keras, timm)"
     ]
 
 

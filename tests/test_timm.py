@@ -107,8 +107,10 @@ def test_tags_carry_timms_preprocessing_and_licenses():
     assert prep.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
     convnext = reg.resolve("timm/convnext_tiny")
     big = convnext.weights_by_tag("in12k_ft_in1k_384")
-    assert convnext.input_size_for(big) == (384, 384) and convnext.input_size == (288, 288)
+    assert [w.tag for w in convnext.weights][:2] == ["in12k_ft_in1k", "in12k_ft_in1k_384"]  # timm's default first
+    assert convnext.input_size_for(big) == (384, 384) and convnext.input_size == (224, 224)
     assert convnext.preprocessing_for(big).resize_text() == "squash bicubic"
+    assert convnext.preprocessing.resize_text() == "crop 0.95 bicubic"
     assert {w.license for w in reg.resolve("timm/convnextv2_atto").weights} == {"cc-by-nc-4.0"}
 
 

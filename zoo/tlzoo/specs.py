@@ -241,6 +241,7 @@ class BackboneSpec:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
+        data["weights"] = [dataclasses.asdict(w) for w in self.weights]  # a plugin's lazy sequence, too
         data["units"] = [[u.name, u.kind, u.params] for u in self.units]
         return data
 
