@@ -103,7 +103,7 @@ class Lazy(Sequence[T]):
     architecture's units and tags without loading the units file or making 1,826 weights specs."""
 
     def __init__(self, count: int, load: Callable[[], tuple[T, ...]]) -> None:
-        self.count, self._load_items = count, load
+        self._count, self._load_items = count, load
         self._items: tuple[T, ...] | None = None
 
     def _load(self) -> tuple[T, ...]:
@@ -112,7 +112,7 @@ class Lazy(Sequence[T]):
         return self._items
 
     def __len__(self) -> int:
-        return self.count
+        return self._count
 
     @overload
     def __getitem__(self, index: int) -> T: ...
@@ -190,7 +190,8 @@ def _specs() -> tuple[BackboneSpec, ...]:
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        data, preps = snapshot(), {}
+        data = snapshot()
+        preps: dict[tuple[Any, ...], Preprocessing] = {}
         return tuple(spec_of(row, data.get("timm_version", ""), preps) for row in data["backbones"])
     finally:
         if was_enabled:

@@ -61,13 +61,20 @@ def safetensors_header(path: Path) -> dict[str, Any]:
     return header
 
 
+def _copy(source: Path, dest: Path) -> None:
+    def copy(tmp: Path) -> None:
+        shutil.copyfile(source, tmp)
+
+    atomic_write(dest, copy)
+
+
 def import_file(source: Path, dest: Path) -> None:
     """A ``.safetensors`` file is checked and stored as it is; a ``.pth``/``.pt``/``.bin`` checkpoint is read
     with ``torch.load(weights_only=True)`` (timm's own reader: it unwraps ``state_dict``/``model`` and prefers
     EMA weights) and stored as safetensors."""
     if source.suffix == ".safetensors":
         safetensors_header(source)
-        atomic_write(dest, lambda tmp: shutil.copyfile(source, tmp))
+        _copy(source, dest)
         return
     if source.suffix not in (".pth", ".pt", ".bin"):
         raise WeightsError(f"{source}: give a .safetensors file, or a .pth/.pt/.bin state dict")

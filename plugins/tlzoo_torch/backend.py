@@ -83,7 +83,8 @@ def trace_units(model: nn.Module, input_size: tuple[int, int], unit_modules: tup
     if unit_modules:
         return _block_units(model, input_size, unit_modules)
     names = {id(m): n for n, m in model.named_modules()}
-    inner = {id(sub) for m in model.modules() if isinstance(m, weight_layers) for sub in m.modules() if sub is not m}
+    layers: list[nn.Module] = [m for m in model.modules() if isinstance(m, weight_layers)]
+    inner = {id(sub) for m in layers for sub in m.modules() if sub is not m}
     candidates = [m for m in model.modules() if isinstance(m, weight_layers + NORM_LAYERS) and id(m) not in inner]
     order = _forward_order(model, candidates, input_size)
     units: list[TorchUnit] = []

@@ -197,7 +197,7 @@ class BackboneSpec:
     num_params: int
     preprocessing: Preprocessing
     min_input_size: int = 32
-    weights: tuple[WeightsSpec, ...] = ()
+    weights: Sequence[WeightsSpec] = ()  # a plugin may give a lazy sequence: its len() must not load it
     units: Sequence[UnitSpec] = ()  # a plugin may give a lazy sequence: its len() must not load it
     family: str = ""
     description: str = ""
@@ -230,7 +230,8 @@ class BackboneSpec:
             prep = prep.with_resize(weights.resize or None, crop_fraction=weights.crop_fraction or None,
                                     interpolation=weights.interpolation or None)  # fmt: skip
             if weights.mean or weights.std:
-                prep = dataclasses.replace(prep, mean=weights.mean or prep.mean, std=weights.std or prep.std)
+                mean, std = weights.mean or prep.mean, weights.std or prep.std  # 3 each: checked by WeightsSpec
+                prep = dataclasses.replace(prep, mean=(mean[0], mean[1], mean[2]), std=(std[0], std[1], std[2]))
         return prep.with_resize(resize) if resize else prep
 
     def input_size_for(self, weights: WeightsSpec | None = None) -> tuple[int, int]:
