@@ -26,12 +26,13 @@ def test_wheel_contains_only_tlzoo_named_top_level_packages(tmp_path):
     [wheel] = tmp_path.glob("tlzoo-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
-    assert top == {"tlzoo", "tlzoo_torch", "tlzoo_torchvision", "tlzoo_keras", "tlzoo_onnx"}
+    assert top == {"tlzoo", "tlzoo_torch", "tlzoo_torchvision", "tlzoo_keras", "tlzoo_onnx", "tlzoo_timm"}
     assert "tlzoo_torchvision/backbones.json" in names and "tlzoo_keras/backbones.json" in names
+    assert "tlzoo_timm/index.json" in names and "tlzoo_timm/units.json.gz" in names
     assert "tlzoo/cli/app.py" in names and "tlzoo/py.typed" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "[tlzoo]\nkeras = tlzoo_keras\nonnx = tlzoo_onnx\ntorch = tlzoo_torch\ntorchvision = tlzoo_torchvision" in text
+    assert "[tlzoo]\nkeras = tlzoo_keras\nonnx = tlzoo_onnx\ntimm = tlzoo_timm\ntorch = tlzoo_torch\ntorchvision = tlzoo_torchvision" in text
     assert "tlzoo = tlzoo.cli.app:main" in text
 
 
@@ -104,7 +105,7 @@ def test_plugins_written_for_tlzoo_0_1_still_load():
 
 def test_third_party_plugin_lists_describes_and_builds(tinynet_site):
     env = {"PYTHONPATH": os.pathsep.join([str(tinynet_site), os.environ.get("PYTHONPATH", "")])}
-    listing = run_tlzoo("list-backbones", "--json", "--filter", "tiny*", env=env)
+    listing = run_tlzoo("list-backbones", "--json", "--filter", "torch/tiny*", env=env)
     assert listing.returncode == 0, listing.stderr
     assert [r["id"] for r in json.loads(listing.stdout)] == ["torch/tinynet"]
     plugins = {r["name"]: r for r in json.loads(run_tlzoo("plugins", "--json", env=env).stdout)}
@@ -126,4 +127,4 @@ def test_third_party_plugin_lists_describes_and_builds(tinynet_site):
 def test_autoload_switch_skips_third_party_but_keeps_builtins(tinynet_site):
     env = {"PYTHONPATH": str(tinynet_site), "TLZOO_DISABLE_PLUGIN_AUTOLOAD": "1"}
     ids = [r["id"] for r in json.loads(run_tlzoo("list-backbones", "--json", env=env).stdout)]
-    assert "torch/tinynet" not in ids and len(ids) == 20
+    assert "torch/tinynet" not in ids and len(ids) == 1171  # tlzoo's 20 and its timm plugin's 1,151

@@ -270,6 +270,31 @@ def test_a_changed_weights_file_is_refused_and_a_wrong_one_fails_in_one_line(tin
         import_for_backbone(tmp_path / "junk.safetensors", spec, None)
 
 
+def test_a_hugging_face_cache_that_holds_the_tag_is_used_offline(tiny, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+    import torch
+    from safetensors.torch import save_file
+
+    from tlzoo.backbone import get_backbone
+
+    from .timm_reduced import REDUCED
+
+    arch, shrink, size = REDUCED["tiny_dinov2"]
+    hub = tmp_path / "hf" / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    repo = hub / "models--timm--vit_small_patch14_dinov2.lvd142m"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    torch.manual_seed(2)
+    source = timm.create_model(arch, img_size=size, **shrink)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(repo / "snapshots" / commit / "model.safetensors"))
+    backbone = get_backbone(tiny["tiny_dinov2"], pretrained="lvd142m", input_size=size)  # TLZOO_OFFLINE=1 here
+    assert backbone.weights.path.name == "vit_small_patch14_dinov2.lvd142m.safetensors" and backbone.weights.recorded
+    torch.testing.assert_close(backbone.model.model.blocks[1].mlp.fc2.weight, source.blocks[1].mlp.fc2.weight)
+
+
 def test_reduced_clip_exports_checked_and_offline_fails_at_once(tiny, tmp_path):
     data = write_folder(tmp_path / "data", per_class=6, size=32)
     env = {"TLZOO_PLUGINS": "tests.timm_reduced"}

@@ -8,11 +8,14 @@ It is built here, once for every framework, and joined in front of the framework
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tlzoo.decode import WHOLE
 from tlzoo.specs import Preprocessing
 
 FRONT_OUTPUT = "tlzoo_pixels"
@@ -71,18 +74,28 @@ def _front(prep: Preprocessing, size: tuple[int, int], layout: str, opset: int, 
     r1 = node("Gather", [ratio, const("f_i1", 1, np.int64)], "f_r1", axis=0)
     if prep.resize == "squash" and prep.crop_fraction >= 1.0:
         y = resize(x, const("f_target_i", [h, w], np.int64), "f_resized")
-    elif prep.resize in ("squash", "crop"):  # the centre region, then resized (keeping the aspect for crop)
-        if prep.resize == "crop":
-            scale = node("Div", [node("Max", [r0, r1], "f_cover"), const("f_fraction", prep.crop_fraction)], "f_scale")
-            region = node("Div", [target, scale], "f_region")
+    elif prep.resize in ("squash", "crop"):
+        # As the decoder (and torchvision's and timm's transforms): resize to whole pixels, then crop the centre at a
+        # whole-pixel offset (tlzoo.decode._plan).
+        whole_h, whole_w = math.floor(h / prep.crop_fraction + WHOLE), math.floor(w / prep.crop_fraction + WHOLE)
+        if prep.resize == "squash":
+            sizes = const("f_whole", [whole_h, whole_w])
         else:
-            region = node("Mul", [hw, const("f_fraction", prep.crop_fraction)], "f_region")
-        start = node("Round", [node("Div", [node("Sub", [hw, region], "f_spare"), const("f_two", 2.0)], "f_half")], "f_start_f")
-        end = node("Add", [start, node("Round", [region], "f_region_r")], "f_end_f")
+            if h == w:  # the short side to floor(size / crop fraction)
+                short = node("Min", [node("Gather", [hw, "f_i0"], "f_h0", axis=0),
+                                     node("Gather", [hw, "f_i1"], "f_w0", axis=0)], "f_short")  # fmt: skip
+                scale = node("Div", [const("f_whole_side", float(whole_h)), short], "f_scale")
+            else:
+                scale = node("Div", [node("Max", [r0, r1], "f_cover"), const("f_fraction", prep.crop_fraction)], "f_scale")
+            sizes = node("Floor", [node("Add", [node("Mul", [hw, scale], "f_sizes_raw"), const("f_eps", WHOLE)],
+                                        "f_sizes_eps")], "f_sizes")  # fmt: skip
         as_int = {"to": TensorProto.INT64}
-        cropped = node("Slice", [x, node("Cast", [start], "f_start", **as_int), node("Cast", [end], "f_end", **as_int),
-                                 const("f_axes", [2, 3], np.int64)], "f_cropped")  # fmt: skip
-        y = resize(cropped, const("f_target_i", [h, w], np.int64), "f_resized")
+        resized = resize(x, node("Cast", [sizes], "f_sizes_i", **as_int), "f_resized_whole")
+        start = node("Round", [node("Div", [node("Sub", [sizes, target], "f_spare"), const("f_two", 2.0)], "f_half")],
+                     "f_start_f")  # fmt: skip
+        start_i = node("Cast", [start], "f_start", **as_int)
+        end_i = node("Add", [start_i, const("f_target_i", [h, w], np.int64)], "f_end")
+        y = node("Slice", [resized, start_i, end_i, const("f_axes", [2, 3], np.int64)], "f_resized")
     else:  # pad: fit inside, fill the rest with the mean colour
         scale = node("Min", [r0, r1], "f_fit")
         fitted = node("Min", [node("Max", [node("Round", [node("Mul", [hw, scale], "f_scaled")], "f_scaled_r"),
@@ -128,7 +141,7 @@ def feed(images: np.ndarray, prep: Preprocessing, size: tuple[int, int]) -> np.n
     if prep.resize == "pad" or prep.crop_fraction >= 1.0:
         return np.ascontiguousarray(images)
     h, w = size
-    ch, cw = round(h / prep.crop_fraction), round(w / prep.crop_fraction)
+    ch, cw = math.floor(h / prep.crop_fraction + WHOLE), math.floor(w / prep.crop_fraction + WHOLE)
     canvas = np.zeros((len(images), ch, cw, 3), np.uint8)
     top, left = round((ch - h) / 2), round((cw - w) / 2)
     canvas[:, top : top + h, left : left + w] = images

@@ -31,6 +31,11 @@ class TimmAdapter(TorchAdapter):
 
         download(weights, dest)
 
+    def find_local(self, weights: Any, dest: Path) -> bool:
+        from .hub import find_local
+
+        return find_local(weights, dest)
+
     def import_file(self, source: Path, dest: Path) -> None:
         from .hub import import_file
 

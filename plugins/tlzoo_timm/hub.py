@@ -18,20 +18,39 @@ HUB = "hf-hub:"
 FILENAME = "model.safetensors"
 
 
+def _hub(weights: Any) -> tuple[str, str | None]:
+    repo, _, revision = weights.url[len(HUB):].partition("@")
+    return repo, revision or None
+
+
+def find_local(weights: Any, dest: Path) -> bool:
+    """The tag's ``model.safetensors`` from a Hugging Face cache that already holds it (``HF_HOME``), linked or
+    copied to ``dest``; False when there is none (or the tag is not on the hub)."""
+    if not weights.url.startswith(HUB):
+        return False
+    if offline():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, revision = _hub(weights)
+    cached = try_to_load_from_cache(repo, FILENAME, revision=revision)
+    if not isinstance(cached, str):
+        return False
+    _link_or_copy(Path(cached), dest)
+    return True
+
+
 def download(weights: Any, dest: Path) -> None:
-    """The tag's ``model.safetensors`` from the hub, or from a Hugging Face cache that already holds it."""
+    """The tag's ``model.safetensors`` from the hub, at the revision timm names (into the Hugging Face cache,
+    then linked to ``dest``)."""
     if not weights.url.startswith(HUB):
         raise WeightsError(f"timm publishes {weights.tag} only at {weights.url or 'no address'}, not on the Hugging "
                            f"Face hub: fetch it yourself, then `tlzoo weights import FILE --backbone "
                            f"timm/{dest.name.split('.')[0]}.{weights.tag}`")  # fmt: skip
-    if offline():
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub import hf_hub_download
 
-    repo, _, revision = weights.url[len(HUB):].partition("@")
-    cached = try_to_load_from_cache(repo, FILENAME, revision=revision or None)
-    source = cached if isinstance(cached, str) else hf_hub_download(repo, FILENAME, revision=revision or None)
-    _link_or_copy(Path(source), dest)
+    repo, revision = _hub(weights)
+    _link_or_copy(Path(hf_hub_download(repo, FILENAME, revision=revision)), dest)
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:

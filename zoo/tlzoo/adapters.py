@@ -107,6 +107,11 @@ class FrameworkAdapter(ABC):
 
         atomic_write(dest, fetch)
 
+    def find_local(self, weights: WeightsSpec, dest: Path) -> bool:
+        """Put at ``dest`` a copy of ``weights`` that another tool already keeps on this machine (timm's: a
+        Hugging Face cache), and say whether there was one. Asked before any download, offline too."""
+        return False
+
     def import_file(self, source: Path, dest: Path) -> None:
         """Put a user's weights file at ``dest`` for ``tlzoo weights import FILE --backbone ID``: copied as it is
         by default; an adapter may check or convert it (timm's stores every tag as safetensors). Never execute

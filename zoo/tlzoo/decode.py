@@ -26,6 +26,7 @@ from .specs import Preprocessing
 DEFAULT_MAX_PIXELS = 90_000_000
 # Bump when decoding changes the pixels it gives for the same file and recipe.
 DECODE_FORMAT = 3
+WHOLE = 1e-3  # float error forgiven when a size is floored to whole pixels (the ONNX front's float32 too)
 SQUASH = Preprocessing(mode="raw", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), value_range=255.0)
 
 # EXIF orientation -> (Pillow's transpose, whether it swaps width and height); as ImageOps.exif_transpose.
@@ -157,7 +158,7 @@ def _scales(width: float, height: float, size: tuple[int, int], prep: Preprocess
 
 def _whole(size: float) -> int:
     """floor(size), as timm computes its resize size, forgiving float error (224 / 0.875 is 256)."""
-    return math.floor(size + 1e-6)
+    return math.floor(size + WHOLE)
 
 
 def _plan(width: float, height: float, size: tuple[int, int],
@@ -169,7 +170,7 @@ def _plan(width: float, height: float, size: tuple[int, int],
         # As torchvision's and timm's evaluation transforms do it: resize to whole pixels (the short side, or
         # both for squash, to floor(size / crop fraction), the other side truncated), then crop the centre at a
         # whole-pixel offset. One resample of the matching source box gives exactly those pixels.
-        rw, rh = math.floor(width * sx + 1e-6), math.floor(height * sy + 1e-6)
+        rw, rh = math.floor(width * sx + WHOLE), math.floor(height * sy + WHOLE)
         left, top = round((rw - w) / 2), round((rh - h) / 2)
         fx, fy = rw / width, rh / height
         return (left / fx, top / fy, (left + w) / fx, (top + h) / fy), (w, h), (0, 0)

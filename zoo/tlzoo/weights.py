@@ -200,6 +200,11 @@ def _download(spec: BackboneSpec, weights: WeightsSpec, dest: Path) -> None:
         f"Put {weights.file_name} (from {weights.url}) in {dest.parent}, "
         f"or run `tlzoo weights import FILE_OR_FOLDER`."
     )
+    from .adapters import adapter_for
+
+    if adapter_for(spec.framework).find_local(weights, dest):
+        verify(dest, weights)
+        return
     if offline():
         raise WeightsError(
             f"pretrained weights {weights.tag} for {spec.id} are not on disk: expected {dest}. "
