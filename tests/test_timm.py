@@ -295,16 +295,18 @@ def test_a_hugging_face_cache_that_holds_the_tag_is_used_offline(tiny, tmp_path,
     torch.testing.assert_close(backbone.model.model.blocks[1].mlp.fc2.weight, source.blocks[1].mlp.fc2.weight)
 
 
-def test_reduced_clip_exports_checked_and_offline_fails_at_once(tiny, tmp_path):
+def test_reduced_clip_dinov2_and_convnextv2_export_checked_and_offline_fails_at_once(tiny, tmp_path):
     data = write_folder(tmp_path / "data", per_class=6, size=32)
     env = {"TLZOO_PLUGINS": "tests.timm_reduced"}
     common = ["--data", str(data), "--weights", "none", "--out-dir", str(tmp_path / "runs"), "--json"]
-    run = run_tlzoo("train", "-b", "timm/tiny_clip", "--tap", "blocks.1", *common, env=env)
-    assert run.returncode == 0, run.stderr[-2000:]
-    export = run_tlzoo("export", "onnx", str(tmp_path / "runs" / "tiny_clip-feature-extract"), "--json", env=env)
-    assert export.returncode == 0, export.stderr[-2000:]
-    report = json.loads(export.stdout)
-    assert report["check"] == "passed" and report["max_abs_diff"] < 1e-4 and report["top1_agreement"] == 1.0
+    for name, extra in [("tiny_clip", ["--tap", "blocks.1"]), ("tiny_dinov2", ["--image-size", "56"]),
+                        ("tiny_convnextv2", ["--strategy", "fine-tune", "--freeze", "8", "--epochs", "1"])]:
+        run = run_tlzoo("train", "-b", f"timm/{name}", *extra, *common, "--name", name, env=env)
+        assert run.returncode == 0, run.stderr[-2000:]
+        export = run_tlzoo("export", "onnx", str(tmp_path / "runs" / name), "--json", env=env)
+        assert export.returncode == 0, (name, export.stderr[-2000:])
+        report = json.loads(export.stdout)
+        assert report["check"] == "passed" and report["max_abs_diff"] < 1e-4 and report["top1_agreement"] == 1.0, name
     offline = run_tlzoo("train", "-b", "timm/vit_small_patch14_dinov2", "--data", str(data), "--out-dir",
                         str(tmp_path / "runs"))  # fmt: skip
     assert offline.returncode != 0

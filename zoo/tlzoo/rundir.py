@@ -175,7 +175,7 @@ def package_versions() -> dict[str, str]:
 
     versions = {}
     for name in ("tlzoo", "torch", "torchvision", "tensorflow", "keras", "numpy", "scikit-learn", "onnx",
-                 "onnxruntime-gpu", "onnxruntime", "pillow"):  # fmt: skip
+                 "onnxruntime-gpu", "onnxruntime", "pillow", "timm", "safetensors"):  # fmt: skip
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
