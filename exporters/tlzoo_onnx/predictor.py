@@ -54,10 +54,9 @@ def provider_chain(choice: str) -> list[Any]:
 
 
 def _trt_cache() -> Path:
-    import os
+    from tlzoo.cachedir import tlzoo_cache
 
-    base = os.environ.get("TLZOO_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "tlzoo")
-    path = Path(base).expanduser() / "tensorrt"
+    path = tlzoo_cache() / "tensorrt"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import gc
 import gzip
 import json
-import os
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, TypeVar, overload
 
 from tlzoo import BackboneSpec, FrameworkSpec, hookimpl
+from tlzoo.cachedir import tlzoo_cache
 from tlzoo.specs import Preprocessing, WeightsSpec, units_from_rows
 
 __version__ = "0.1.0"
@@ -36,8 +36,7 @@ CROP_MODES = {"center": "crop", "squash": "squash", "border": "pad"}
 
 def weights_cache() -> Path:
     """``$TLZOO_CACHE/weights/timm`` (default ``~/.cache/tlzoo/weights/timm``): one safetensors file per tag."""
-    base = os.environ.get("TLZOO_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "tlzoo")
-    return Path(base).expanduser() / "weights" / "timm"
+    return tlzoo_cache() / "weights" / "timm"
 
 
 def family_of_module(module: str) -> str:

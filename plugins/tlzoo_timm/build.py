@@ -7,14 +7,12 @@ architecture's own checkpoint conversion (a 518-px DINOv2 file into a 224-px mod
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-from tlzoo.weights import offline
+from .hub import respect_tlzoo_offline
 
-if offline():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read by huggingface_hub when it is imported
+respect_tlzoo_offline()
 
 import timm  # noqa: E402
 from timm.models import get_pretrained_cfg  # noqa: E402

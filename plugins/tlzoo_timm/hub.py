@@ -11,11 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from tlzoo.errors import WeightsError
-from tlzoo.rundir import atomic_write
+from tlzoo.rundir import atomic_copy, atomic_write
 from tlzoo.weights import offline
 
 HUB = "hf-hub:"
 FILENAME = "model.safetensors"
+
+
+def respect_tlzoo_offline() -> None:
+    """``TLZOO_OFFLINE=1`` means ``HF_HUB_OFFLINE=1``, which huggingface_hub reads when it is imported: call this
+    before importing it (or timm), so an offline machine fails at once instead of retrying for 46 s."""
+    if offline():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _hub(weights: Any) -> tuple[str, str | None]:
@@ -28,8 +35,7 @@ def find_local(weights: Any, dest: Path) -> bool:
     copied to ``dest``; False when there is none (or the tag is not on the hub)."""
     if not weights.url.startswith(HUB):
         return False
-    if offline():
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    respect_tlzoo_offline()
     from huggingface_hub import try_to_load_from_cache
 
     repo, revision = _hub(weights)
@@ -80,20 +86,13 @@ def safetensors_header(path: Path) -> dict[str, Any]:
     return header
 
 
-def _copy(source: Path, dest: Path) -> None:
-    def copy(tmp: Path) -> None:
-        shutil.copyfile(source, tmp)
-
-    atomic_write(dest, copy)
-
-
 def import_file(source: Path, dest: Path) -> None:
     """A ``.safetensors`` file is checked and stored as it is; a ``.pth``/``.pt``/``.bin`` checkpoint is read
     with ``torch.load(weights_only=True)`` (timm's own reader: it unwraps ``state_dict``/``model`` and prefers
     EMA weights) and stored as safetensors."""
     if source.suffix == ".safetensors":
         safetensors_header(source)
-        _copy(source, dest)
+        atomic_copy(source, dest)
         return
     if source.suffix not in (".pth", ".pt", ".bin"):
         raise WeightsError(f"{source}: give a .safetensors file, or a .pth/.pt/.bin state dict")

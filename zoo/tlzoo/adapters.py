@@ -116,7 +116,7 @@ class FrameworkAdapter(ABC):
         """Put a user's weights file at ``dest`` for ``tlzoo weights import FILE --backbone ID``: copied as it is
         by default; an adapter may check or convert it (timm's stores every tag as safetensors). Never execute
         code from the file."""
-        from .weights import atomic_copy
+        from .rundir import atomic_copy
 
         atomic_copy(source, dest)
 

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def atomic_copy(src: Path, dest: Path) -> None:
+    """Copy ``src`` to ``dest`` through a temporary file: ``dest`` is the whole old file or the whole new one."""
+
+    def copy(tmp: Path) -> None:
+        shutil.copyfile(src, tmp)
+
+    atomic_write(dest, copy)
 
 
 def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = "") -> None:

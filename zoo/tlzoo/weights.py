@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cachedir import tlzoo_cache
 from .data import hash_file
 from .errors import UsageError, WeightsError
+from .rundir import atomic_copy
 from .specs import BackboneSpec, WeightsSpec
 
 ENV_OFFLINE = "TLZOO_OFFLINE"
@@ -136,8 +137,7 @@ RECORDED = "sha256-recorded.json"
 
 def recorded_file() -> Path:
     """Where tlzoo keeps the sha256 of weights files that came without a published hash."""
-    base = os.environ.get("TLZOO_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "tlzoo")
-    return Path(base).expanduser() / "weights" / RECORDED
+    return tlzoo_cache() / "weights" / RECORDED
 
 
 def recorded_sha256(spec: BackboneSpec, weights: WeightsSpec) -> str | None:
@@ -303,12 +303,3 @@ def import_for_backbone(source: Path, spec: BackboneSpec, tag: str | None) -> Pa
     if not chosen.file_hash:
         check_recorded(spec, chosen, dest, record=True)
     return dest
-
-
-def atomic_copy(src: Path, dest: Path) -> None:
-    from .rundir import atomic_write
-
-    def copy(tmp: Path) -> None:
-        shutil.copyfile(src, tmp)
-
-    atomic_write(dest, copy)

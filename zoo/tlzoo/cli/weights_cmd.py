@@ -49,8 +49,8 @@ def import_(
 def _import_for(backbone: str, sources: list[Path], package: str | None) -> None:
     if package or len(sources) != 1:
         raise UsageError("--backbone takes exactly one weights FILE (and no --package)")
-    name, _, tag = backbone.partition("/")[2].partition(".") if "/" in backbone else backbone.partition(".")
-    spec = get_registry().resolve(backbone.split("/")[0] + "/" + name if "/" in backbone else name)
+    name, _, tag = backbone.partition(".")  # backbone ids and names hold no dot: what follows one is the tag
+    spec = get_registry().resolve(name)
     dest = import_for_backbone(sources[0], spec, tag or None)
     console.print(f"imported {sources[0].name} -> {dest} ({spec.id} {tag or spec.weights[0].tag})", markup=False)
 

@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..cachedir import tlzoo_cache
 from ..data import ImageList
 from ..rundir import atomic_write, atomic_write_json, reclaim_temp_files
 
 
 def cache_root() -> Path:
-    base = os.environ.get("TLZOO_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "tlzoo")
-    return Path(base).expanduser() / "features"
+    return tlzoo_cache() / "features"
 
 
 def cache_key(**parts: Any) -> str:
