@@ -10,7 +10,8 @@ import pytest
 
 from .conftest import run_tlzoo
 
-HEAVY = ("torch", "tensorflow", "keras", "onnxruntime", "onnx", "torchvision", "tf2onnx")
+# numpy is no framework, but importing it (and tearing it down) costs these commands about a sixth of their time.
+HEAVY = ("torch", "tensorflow", "keras", "onnxruntime", "onnx", "torchvision", "tf2onnx", "timm", "numpy")
 
 PROBE = """
 import runpy, sys

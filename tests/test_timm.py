@@ -42,7 +42,7 @@ def tiny(monkeypatch, tmp_path):
 
 
 def _rows() -> dict:
-    return {row["name"]: row for row in tlzoo_timm.snapshot()["backbones"]}
+    return {row["name"]: row for row in tlzoo_timm.index_rows()}
 
 
 @same_timm

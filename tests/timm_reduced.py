@@ -25,9 +25,9 @@ def build(*, spec: Any, weights: str | None, input_size: tuple[int, int]) -> Any
 
 
 def reduced_specs() -> list[BackboneSpec]:
-    from tlzoo_timm import snapshot, spec_of
+    from tlzoo_timm import index_rows, spec_of
 
-    rows = {row["name"]: row for row in snapshot()["backbones"]}
+    rows = {row["name"]: row for row in index_rows()}
     specs = []
     for name, (arch, _, size) in REDUCED.items():
         real = spec_of(rows[arch])

@@ -20,7 +20,7 @@ from typing import Any, Callable, TypeVar, overload
 
 from tlzoo import BackboneSpec, FrameworkSpec, hookimpl
 from tlzoo.cachedir import tlzoo_cache
-from tlzoo.specs import Preprocessing, WeightsSpec, units_from_rows
+from tlzoo.specs import Preprocessing, UnitSpec, WeightsSpec, units_from_rows
 
 __version__ = "0.1.0"
 HERE = Path(__file__).parent
@@ -76,17 +76,82 @@ def compact_weights(row: dict[str, Any], arch_row: dict[str, Any]) -> dict[str, 
     return {k: v for k, v in row.items() if k == "tag" or v != getattr(derived, k)}
 
 
-def expand_weights(arch_row: dict[str, Any], row: dict[str, Any]) -> WeightsSpec:
-    arch, tag, prep = arch_row["name"], row["tag"], arch_row["preprocessing"]
+def expand_weights(arch_row: dict[str, Any], row: dict[str, Any] | str) -> WeightsSpec:
+    """A weights row of the index (a bare tag when nothing differs from what the architecture implies) as a spec."""
+    return _expand(arch_row["name"], arch_row["preprocessing"], arch_row["license"], row)
+
+
+def _expand(arch: str, prep: dict[str, Any], license: str, row: dict[str, Any] | str) -> WeightsSpec:
+    if isinstance(row, str):
+        row = {"tag": row}
+    tag = row["tag"]
     defaults = {"file_name": WEIGHTS_FILE.format(arch=arch, tag=tag), "file_hash": "", "url": f"hf-hub:timm/{arch}.{tag}",
-                "source": "timm", "dataset": tag, "license": arch_row["license"], "resize": prep["resize"],
+                "source": "timm", "dataset": tag, "license": license, "resize": prep["resize"],
                 "crop_fraction": prep["crop_fraction"], "interpolation": prep["interpolation"]}  # fmt: skip
     return WeightsSpec(**{**defaults, **row})
 
 
+def _expand_all(arch: str, prep: dict[str, Any], license: str, rows: list[Any]) -> tuple[WeightsSpec, ...]:
+    return tuple(_expand(arch, prep, license, row) for row in rows)
+
+
+def _units_of(arch: str) -> tuple[UnitSpec, ...]:
+    return units_from_rows(_all_units().get(arch, []))
+
+
+# index.json is column-wise: one list per field, preprocessings and unit-module sets stored once and referred
+# to by position, a tag with nothing of its own stored as its bare name. Parsed, it is a few thousand objects
+# instead of a hundred thousand: `tlzoo list-backbones` pays about a quarter of what row dicts cost.
+INDEX_FORMAT = 2
+COLUMNS = ("name", "family", "input_size", "fixed_input_size", "feature_dim", "num_params", "preprocessing",
+           "weights", "license", "unit_modules", "tap_layout", "input_multiple", "min_input_size", "units",
+           "group_matcher")  # fmt: skip
+SHARED = {"preprocessing": "preprocessings", "unit_modules": "unit_module_sets"}
+
+
+def pack_index(rows: list[dict[str, Any]], header: dict[str, Any]) -> dict[str, Any]:
+    """Rows (one dict per architecture, as :func:`_generate.describe` makes them) in the index's column form."""
+    index: dict[str, Any] = {**header, "format": INDEX_FORMAT, "preprocessings": [], "unit_module_sets": []}
+    positions: dict[str, dict[str, int]] = {field: {} for field in SHARED}
+    columns: dict[str, list[Any]] = {c: [] for c in COLUMNS}
+    for row in rows:
+        if set(row) != set(COLUMNS):
+            raise ValueError(f"{row.get('name')}: index row fields {sorted(row)} are not {sorted(COLUMNS)}")
+        for c in COLUMNS:
+            value = row[c]
+            if c in SHARED:
+                key = json.dumps(value, sort_keys=True)
+                if key not in positions[c]:
+                    positions[c][key] = len(index[SHARED[c]])
+                    index[SHARED[c]].append(value)
+                value = positions[c][key]
+            elif c == "weights":
+                value = [w["tag"] if set(w) == {"tag"} else w for w in value]
+            columns[c].append(value)
+    index["columns"] = columns
+    return index
+
+
+def index_rows(index: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The index (by default the shipped one) as one dict per architecture: the inverse of :func:`pack_index`."""
+    index = snapshot() if index is None else index
+    columns = index["columns"]
+    rows = []
+    for values in zip(*(columns[c] for c in COLUMNS)):
+        row = dict(zip(COLUMNS, values))
+        for c, table in SHARED.items():
+            row[c] = index[table][row[c]]
+        row["weights"] = [{"tag": w} if isinstance(w, str) else w for w in row["weights"]]
+        rows.append(row)
+    return rows
+
+
 @lru_cache(maxsize=1)
 def snapshot() -> dict[str, Any]:
-    return json.loads(INDEX.read_text(encoding="utf-8"))
+    index = json.loads(INDEX.read_text(encoding="utf-8"))
+    if index.get("format") != INDEX_FORMAT:
+        raise ValueError(f"{INDEX} is not in index format {INDEX_FORMAT}: regenerate it (python -m tlzoo_timm._generate)")
+    return index
 
 
 @lru_cache(maxsize=1)
@@ -101,13 +166,15 @@ class Lazy(Sequence[T]):
     """A sequence read on first use whose ``len()`` reads nothing: ``tlzoo list-backbones`` counts each
     architecture's units and tags without loading the units file or making 1,826 weights specs."""
 
-    def __init__(self, count: int, load: Callable[[], tuple[T, ...]]) -> None:
-        self._count, self._load_items = count, load
+    __slots__ = ("_count", "_make", "_args", "_items")  # a thousand of them per listing: no dict, no closure each
+
+    def __init__(self, count: int, make: Callable[..., tuple[T, ...]], *args: Any) -> None:
+        self._count, self._make, self._args = count, make, args
         self._items: tuple[T, ...] | None = None
 
     def _load(self) -> tuple[T, ...]:
         if self._items is None:
-            self._items = self._load_items()
+            self._items = self._make(*self._args)
         return self._items
 
     def __len__(self) -> int:
@@ -136,33 +203,37 @@ class Lazy(Sequence[T]):
         return self._load()
 
 
-def spec_of(row: dict[str, Any], version: str = "", preps: dict[tuple[Any, ...], Preprocessing] | None = None) -> BackboneSpec:
-    family = row["family"]
-    p = row["preprocessing"]
-    key = (*p["mean"], *p["std"], p["interpolation"], p["resize"], p["crop_fraction"])
-    prep = None if preps is None else preps.get(key)
-    if prep is None:  # architectures share a few dozen preprocessings: made once each
-        prep = Preprocessing.from_dict(p)
-        if preps is not None:
-            preps[key] = prep
+def spec_of(row: dict[str, Any], version: str = "") -> BackboneSpec:
+    """One index row (see :func:`index_rows`) as a backbone spec."""
+    prep = Preprocessing.from_dict(row["preprocessing"])
+    source = f"timm {version or snapshot().get('timm_version', '')}"
+    return _spec(prep, tuple(row["unit_modules"]), source, *(row[c] for c in COLUMNS))
+
+
+def _spec(prep: Preprocessing, unit_modules: tuple[str, ...], source: str, name: str, family: str,
+          input_size: list[int], fixed_input_size: bool, feature_dim: int, num_params: int, prep_row: dict[str, Any],
+          weights: list[Any], license: str, _unit_modules: Any, tap_layout: str, input_multiple: int,
+          min_input_size: int, units: int, group_matcher: bool) -> BackboneSpec:  # fmt: skip
+    """A spec from one architecture's values in :data:`COLUMNS` order (``prep`` and ``unit_modules`` made once
+    for every architecture that shares them)."""
     return BackboneSpec(
-        name=row["name"],
+        name=name,
         framework="timm",
         builder="tlzoo_timm.build:build",
-        input_size=(row["input_size"][0], row["input_size"][1]),
-        feature_dim=row["feature_dim"],
-        num_params=row["num_params"],
+        input_size=(input_size[0], input_size[1]),
+        feature_dim=feature_dim,
+        num_params=num_params,
         preprocessing=prep,
-        min_input_size=row["min_input_size"],
-        weights=Lazy(len(row["weights"]), lambda: tuple(expand_weights(row, w) for w in row["weights"])),
-        units=Lazy(row["units"], lambda: units_from_rows(_all_units().get(row["name"], []))),
+        min_input_size=min_input_size,
+        weights=Lazy(len(weights), _expand_all, name, prep_row, license, weights),
+        units=Lazy(units, _units_of, name),
         family=family,
-        description=f"timm {family}: {row['name']} ({len(row['weights'])} pretrained tags)",
-        license=row["license"],
-        source=f"timm {version or snapshot().get('timm_version', '')}: timm.create_model({row['name']!r})",
-        unit_modules=tuple(row["unit_modules"]),
-        tap_layout=row["tap_layout"],
-        input_multiple=row["input_multiple"],
+        description=f"timm {family}: {name} ({len(weights)} pretrained tags)",
+        license=license,
+        source=f"{source}: timm.create_model({name!r})",
+        unit_modules=unit_modules,
+        tap_layout=tap_layout,
+        input_multiple=input_multiple,
     )
 
 
@@ -184,14 +255,25 @@ def register_frameworks() -> list[FrameworkSpec]:
 
 @lru_cache(maxsize=1)
 def _specs() -> tuple[BackboneSpec, ...]:
-    # Tens of thousands of small objects, none of them garbage: the cyclic collector would scan them again and
+    # Thousands of small objects, none of them garbage: the cyclic collector would scan them again and
     # again while they are made (a tenth of `tlzoo list-backbones`' time).
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        data = snapshot()
-        preps: dict[tuple[Any, ...], Preprocessing] = {}
-        return tuple(spec_of(row, data.get("timm_version", ""), preps) for row in data["backbones"])
+        index = snapshot()
+        columns = index["columns"]
+        preps = [Preprocessing.from_dict(p) for p in index["preprocessings"]]  # a few dozen, shared
+        unit_sets = [tuple(m) for m in index["unit_module_sets"]]
+        source = f"timm {index.get('timm_version', '')}"
+        tables = index["preprocessings"]
+        at = COLUMNS.index("preprocessing"), COLUMNS.index("unit_modules")
+        specs = []
+        for values in zip(*(columns[c] for c in COLUMNS)):
+            row = list(values)
+            p, m = row[at[0]], row[at[1]]
+            row[at[0]] = tables[p]
+            specs.append(_spec(preps[p], unit_sets[m], source, *row))
+        return tuple(specs)
     finally:
         if was_enabled:
             gc.enable()

@@ -3,9 +3,10 @@
     python -m tlzoo_timm._generate [--only ARCH ...]
 
 Writes ``index.json`` (what ``tlzoo list-backbones`` reads: one row per architecture with pretrained
-weights, one weights row per tag) and ``units.json.gz`` (each architecture's freeze units, read by
-``describe`` and when a backbone is built). Feature widths, parameter counts and units come from
-building each architecture on torch's ``meta`` device: no memory, no weights, no compute.
+weights, one weights row per tag, stored column-wise by ``pack_index``) and ``units.json.gz`` (each
+architecture's freeze units, read by ``describe`` and when a backbone is built). Feature widths,
+parameter counts and units come from building each architecture on torch's ``meta`` device: no memory,
+no weights, no compute.
 tests/test_timm.py checks the snapshot against the installed timm.
 """
 
@@ -25,7 +26,7 @@ import torch
 
 from tlzoo_torch.backend import trace_units
 
-from . import INDEX, UNITS, compact_weights, family_of_module, preprocessing_row, weights_row
+from . import INDEX, UNITS, compact_weights, family_of_module, index_rows, pack_index, preprocessing_row, weights_row
 from .units import block_unit_modules, input_multiple, tap_layout, weight_layers
 
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     rows: dict[str, Any] = {}
     units: dict[str, Any] = {}
     if args.only:
-        rows = {r["name"]: r for r in json.loads(INDEX.read_text())["backbones"]}
+        rows = {r["name"]: r for r in index_rows()}
         units = json.loads(gzip.decompress(UNITS.read_bytes()))
     failed = {}
     t0 = time.time()
@@ -101,8 +102,8 @@ def main(argv: list[str] | None = None) -> None:
             failed[arch] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
         if i % 50 == 0:
             print(f"{i}/{len(tags)} {arch} {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
-    index = {"generator": f"timm {timm.__version__}", "timm_version": timm.__version__,
-             "not_built": failed, "backbones": [rows[a] for a in sorted(rows)]}  # fmt: skip
+    index = pack_index([rows[a] for a in sorted(rows)],
+                       {"generator": f"timm {timm.__version__}", "timm_version": timm.__version__, "not_built": failed})
     INDEX.write_text(json.dumps(index, separators=(",", ":")) + "\n")
     UNITS.write_bytes(gzip.compress(json.dumps(units, separators=(",", ":")).encode(), mtime=0))
     print(f"wrote {INDEX} ({len(rows)} architectures; {len(failed)} not built) and {UNITS}")

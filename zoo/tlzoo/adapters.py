@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, TypeAlias
 
 from .errors import PluginError, UsageError
 from .plugins import load_object
 from .specs import BackboneSpec, FrameworkSpec, WeightsSpec
+
+if TYPE_CHECKING:  # numpy is not on the path of `tlzoo list-backbones`, which reads weights caches from here
+    import numpy as np
 
 # The types below live in modules that use adapters (tlzoo.backbone, tlzoo.training.engine,
 # tlzoo.weights); naming them here as Any keeps the module graph free of cycles.
@@ -31,7 +32,7 @@ Engine = Any  # tlzoo.training.engine.Engine
 ResolvedWeights = Any  # tlzoo.weights.ResolvedWeights
 
 # What a head trainer returns: the dense layers' weights (in, out) and biases, and one history row per epoch.
-MLPResult = tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]
+MLPResult: TypeAlias = "tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]"
 
 
 class FrameworkAdapter(ABC):

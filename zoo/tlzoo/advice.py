@@ -18,12 +18,12 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
-from .training.heads import one_blas_thread
+
+if TYPE_CHECKING:
+    import numpy as np
 
 TAP_DEPTHS = (0.25, 0.5, 0.75)  # earlier taps, as fractions of the units; the final features are always read
 MAX_PER_CLASS = 40  # the probe's sample: enough for a stable cross-validated accuracy, few enough for minutes
@@ -101,6 +101,8 @@ class Advice:
 
 def summarize(labels: list[str]) -> dict[str, Any]:
     """Images per class and balance, from the labels of the whole dataset."""
+    import numpy as np
+
     counts = Counter(labels)
     per_class = sorted(counts.values())
     return {
@@ -111,6 +113,8 @@ def summarize(labels: list[str]) -> dict[str, Any]:
 
 
 def _sample(labels: list[str], per_class: int, seed: int) -> np.ndarray:
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     chosen = []
     for label in sorted(set(labels)):
@@ -121,11 +125,14 @@ def _sample(labels: list[str], per_class: int, seed: int) -> np.ndarray:
 
 def probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int) -> tuple[float, float]:
     """Cross-validated accuracy of a standardized logistic regression on ``features``: mean and spread."""
+    import numpy as np
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
+    from .training.heads import one_blas_thread
 
     folds = int(min(5, np.bincount(labels).min()))
     if folds < 2:
@@ -149,6 +156,8 @@ def measure(backbone_name: str, samples: list[Any], *, budget_s: float, image_si
             weights: str, reporter: Any) -> Evidence:  # fmt: skip
     """The evidence for one backbone on the scanned ``samples``, within ``budget_s`` seconds (the sample shrinks
     to fit)."""
+    import numpy as np
+
     from . import data as datamod
     from .backbone import check_input_size, get_backbone
     from .registry import get_registry

@@ -220,13 +220,13 @@ def _load_entry_points(host: PluginHost) -> None:
     autoload = os.environ.get(ENV_DISABLE_AUTOLOAD, "").strip().lower() in ("", "0", "false", "no")
     disabled = {n.strip() for n in os.environ.get(ENV_DISABLE, "").split(",") if n.strip()}
     seen_builtin = False
-    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=_builtin_first):
-        dist_name = ep.dist.name if ep.dist is not None else ""
+    read: dict[metadata.Distribution, tuple[str, str]] = {}
+    found = [(ep, *_dist_info(ep, read)) for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)]
+    for ep, dist_name, version in sorted(found, key=_builtin_first):
         builtin = _normalize(dist_name) == DISTRIBUTION
         seen_builtin = seen_builtin or builtin
         if (not builtin and not autoload) or ep.name in disabled:
             continue
-        version = ep.dist.version if ep.dist is not None else ""
         source = "built-in" if builtin else f"entry point ({dist_name})"
         if ep.name in host.statuses:
             if not builtin:  # a third party may not replace or shadow a plugin by taking its name
@@ -282,10 +282,22 @@ def warn_broken_plugins(echo: Callable[[str], None] | None = None) -> None:
                 echo(text.rstrip())
 
 
-def _builtin_first(ep: metadata.EntryPoint) -> tuple[int, int, str]:
+def _dist_info(ep: metadata.EntryPoint, read: dict[metadata.Distribution, tuple[str, str]]) -> tuple[str, str]:
+    """The name and version of the distribution that declares ``ep``. Each ``Distribution.name`` or ``.version``
+    parses the METADATA file again, a few milliseconds each: ``read`` keeps them per distribution."""
+    dist = ep.dist
+    if dist is None:
+        return "", ""
+    if dist not in read:
+        meta = dist.metadata
+        read[dist] = (meta["Name"] or "", meta["Version"] or "")
+    return read[dist]
+
+
+def _builtin_first(found: tuple[metadata.EntryPoint, str, str]) -> tuple[int, int, str]:
     """tlzoo's own plugins first, in BUILTIN_MODULES order (torch's framework first: its backbones own the
     short names both frameworks have), then third-party plugins by name."""
-    dist_name = ep.dist.name if ep.dist is not None else ""
+    ep, dist_name, _ = found
     builtin = _normalize(dist_name) == DISTRIBUTION
     order = list(BUILTIN_MODULES)
     return (0 if builtin else 1, order.index(ep.name) if builtin and ep.name in order else len(order), ep.name)

@@ -31,13 +31,14 @@ class Registry:
     short_names: dict[str, str] = field(default_factory=dict)  # short name -> the id it means
     shadowed: dict[str, str] = field(default_factory=dict)  # id whose short name another backbone holds -> that id
 
-    def _order(self, spec: BackboneSpec) -> tuple[str, int, str]:
-        rank = builtins.list(self.frameworks_by_name).index(spec.framework) if spec.framework in self.frameworks_by_name else 99
-        return (spec.name, rank, spec.framework)
+    def framework_rank(self) -> dict[str, int]:
+        """Each framework's position in registration order (a backbone of an unregistered one sorts last)."""
+        return {name: i for i, name in enumerate(self.frameworks_by_name)}
 
     def list(self, framework: str | None = None, pattern: str | None = None) -> builtins.list[BackboneSpec]:
         """Backbones sorted by name then framework, filtered like timm's ``list_models``."""
-        specs = sorted(self.backbones.values(), key=self._order)
+        rank = self.framework_rank()
+        specs = sorted(self.backbones.values(), key=lambda s: (s.name, rank.get(s.framework, 99), s.framework))
         if framework:
             self.check_framework(framework)
             specs = [s for s in specs if s.framework == framework]
@@ -159,12 +160,12 @@ def _known_framework(reg: Registry, spec: BackboneSpec) -> str | None:
 def _claim_short_names(reg: Registry, host: Any) -> None:
     """Built-ins first, then plugins in load order; within one plugin, frameworks in registration order."""
     builtin = {name for name, status in host.statuses.items() if status.source == "built-in"}
-    load_order = builtins.list(host.statuses)
+    load_order = {name: i for i, name in enumerate(host.statuses)}
+    rank = reg.framework_rank()
 
     def order(spec: BackboneSpec) -> tuple[int, int, int]:
         owner = reg.owners.get(f"backbone {spec.id}", "")
-        position = load_order.index(owner) if owner in load_order else len(load_order)
-        return (0 if owner in builtin else 1, reg._order(spec)[1], position)
+        return (0 if owner in builtin else 1, rank.get(spec.framework, 99), load_order.get(owner, len(load_order)))
 
     for spec in sorted(reg.backbones.values(), key=order):
         holder = reg.short_names.get(spec.name)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cachedir import tlzoo_cache
-from .data import hash_file
 from .errors import UsageError, WeightsError
 from .rundir import atomic_copy
 from .specs import BackboneSpec, WeightsSpec
@@ -49,6 +48,8 @@ def file_digest(path: Path, algorithm: str) -> str:
 
 @functools.lru_cache(maxsize=32)
 def _digest(path: str, algorithm: str, size: int, mtime_ns: int) -> str:
+    from .data import hash_file  # numpy comes with tlzoo.data: not on `tlzoo list-backbones`' path
+
     return hash_file(path, algorithm)
 
 
