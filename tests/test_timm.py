@@ -295,6 +295,106 @@ def test_a_hugging_face_cache_that_holds_the_tag_is_used_offline(tiny, tmp_path,
     torch.testing.assert_close(backbone.model.model.blocks[1].mlp.fc2.weight, source.blocks[1].mlp.fc2.weight)
 
 
+class _LocalHub:
+    """The Hugging Face hub's file endpoint (``/REPO/resolve/REVISION/FILE``: HEAD for the commit, etag and size,
+    GET for the bytes) on 127.0.0.1, serving the files it is given, and recording every request."""
+
+    COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        import hashlib
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        hub = self
+        self.requests: list[tuple[str, str]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_HEAD(self) -> None:
+                self._answer(body=False)
+
+            def do_GET(self) -> None:
+                self._answer(body=True)
+
+            def _answer(self, body: bool) -> None:
+                hub.requests.append((self.command, self.path))
+                data = files.get(self.path)
+                if data is None:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", hub.COMMIT)
+                self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # a free port
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_tag_is_downloaded_from_the_hub_once_recorded_and_then_used_offline(tiny, tmp_path, monkeypatch):
+    import hashlib
+
+    import huggingface_hub.constants
+    import torch
+    from safetensors.torch import save_file
+
+    from tlzoo.backbone import get_backbone
+    from tlzoo.errors import WeightsError
+    from tlzoo.weights import cache_dir, recorded_sha256
+
+    from .timm_reduced import REDUCED
+
+    spec = tiny["tiny_convnextv2"]
+    arch, shrink, size = REDUCED["tiny_convnextv2"]
+    tag = spec.weights[0].tag
+    assert spec.weights[0].url == f"hf-hub:timm/{arch}.{tag}"  # timm's hub id, no revision pinned: the main branch
+    torch.manual_seed(3)
+    source = timm.create_model(arch, **shrink)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    data = (tmp_path / "model.safetensors").read_bytes()
+    hub = _LocalHub({f"/timm/{arch}.{tag}/resolve/main/model.safetensors": data})
+    try:
+        monkeypatch.delenv("TLZOO_OFFLINE")
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+        backbone = get_backbone(spec, pretrained=tag, input_size=size)
+        fetched = list(hub.requests)
+        with pytest.raises(WeightsError) as missing:  # a tag the hub does not hold: one line, nothing left behind
+            get_backbone(spec, pretrained=spec.weights[1].tag, input_size=size)
+    finally:
+        hub.close()
+    assert "\n" not in str(missing.value) and f"{spec.weights[1].tag} for timm/tiny_convnextv2" in str(missing.value)
+    assert "could not be downloaded (RemoteEntryNotFoundError: 404 Client Error. Entry Not Found" in str(missing.value)
+    assert sorted(p.name for p in cache_dir("timm").iterdir()) == [f"{arch}.{tag}.safetensors"]
+    assert ("GET", f"/timm/{arch}.{tag}/resolve/main/model.safetensors") in fetched, fetched
+    path = backbone.weights.path
+    assert path.name == f"{arch}.{tag}.safetensors" and path.read_bytes() == data
+    # timm publishes no hashes: the file's sha256 was recorded at first use, and is what is checked from now on.
+    assert recorded_sha256(spec, spec.weights[0]) == hashlib.sha256(data).hexdigest()
+    # Into the hub's own cache too, at the commit the hub named (other tools find it there).
+    assert (tmp_path / "hf" / "hub" / f"models--timm--{arch}.{tag}" / "snapshots" / _LocalHub.COMMIT / "model.safetensors").is_file()
+    torch.testing.assert_close(backbone.model.model.stages[0].blocks[0].conv_dw.weight, source.stages[0].blocks[0].conv_dw.weight)
+    monkeypatch.setenv("TLZOO_OFFLINE", "1")  # the hub is gone: tlzoo's cache serves the tag
+    again = get_backbone(spec, pretrained=tag, input_size=size)
+    assert again.weights.path == path and again.weights.recorded
+
+
 def test_reduced_clip_dinov2_and_convnextv2_export_checked_and_offline_fails_at_once(tiny, tmp_path):
     data = write_folder(tmp_path / "data", per_class=6, size=32)
     env = {"TLZOO_PLUGINS": "tests.timm_reduced"}

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from tlzoo import __version__
-from tlzoo.errors import TlzooError, UsageError
+from tlzoo.errors import TlzooError, UsageError, one_line
 from tlzoo.rundir import fault_point, reclaim_temp_files, temp_prefix
 from tlzoo.trained import TrainedRun, load_run
 
@@ -168,7 +168,7 @@ def _convert(run: TrainedRun, path: Path, opset: int, batch: int | None, raw: bo
         raise
     except Exception as exc:
         raise PluginError(f"the {run.framework} framework's ONNX conversion of {run.meta.backbone} failed: "
-                          f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc  # fmt: skip
+                          f"{type(exc).__name__}: {one_line(exc)}") from exc  # fmt: skip
     if raw:
         from .front import prepend
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tlzoo.errors import UsageError
+from tlzoo.errors import UsageError, one_line
 
 from . import DEFAULT_OPSET as OPSET  # the exporter's: torch's exporter writes it without a version conversion
 ATOL = 1e-3  # relative to the features' scale: float32 graphs reorder sums, nothing more
@@ -55,7 +55,7 @@ def engine(backbone: Any, tap: int | None, cache_dir: Path) -> Callable[[np.ndar
             raise
         except Exception as exc:
             raise UsageError(f"--feature-engine onnxruntime: {spec.id} could not be exported to ONNX "
-                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                             f"({type(exc).__name__}: {one_line(exc, 200)}); "
                              f"use --feature-engine framework") from exc  # fmt: skip
         _check(_runner(tmp, layout, [CPU]), probe, expected, spec.id, ATOL)  # the file itself, in fp32
 

@@ -24,6 +24,7 @@ from typing import Any
 import timm
 import torch
 
+from tlzoo.errors import one_line
 from tlzoo_torch.backend import trace_units
 
 from . import INDEX, UNITS, compact_weights, family_of_module, index_rows, pack_index, preprocessing_row, weights_row
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             rows[arch], units[arch] = describe(arch, tags[arch])
         except Exception as exc:  # noqa: BLE001 - one architecture that cannot be built on meta is reported, not fatal
-            failed[arch] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            failed[arch] = f"{type(exc).__name__}: {one_line(exc, 200)}"
         if i % 50 == 0:
             print(f"{i}/{len(tags)} {arch} {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
     index = pack_index([rows[a] for a in sorted(rows)],

@@ -10,7 +10,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from tlzoo.errors import WeightsError
+from tlzoo.errors import WeightsError, one_line
 from tlzoo.rundir import atomic_copy, atomic_write
 from tlzoo.weights import offline
 
@@ -103,7 +103,7 @@ def import_file(source: Path, dest: Path) -> None:
         state = load_state_dict(str(source), weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a pickle with code, or not a checkpoint at all
         raise WeightsError(f"{source} could not be read as a state dict without running code "
-                           f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from exc  # fmt: skip
+                           f"({type(exc).__name__}: {one_line(exc, 200)})") from exc  # fmt: skip
     tensors = {k: v.detach().clone().contiguous() for k, v in state.items() if hasattr(v, "detach")}
     if not tensors:
         raise WeightsError(f"{source} holds no tensors")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import freeze as freeze_mod
-from .errors import PluginError, TlzooError, UsageError, WeightsError
+from .errors import PluginError, TlzooError, UsageError, WeightsError, one_line
 from .plugins import load_object
 from .registry import get_registry
 from .specs import BackboneSpec, WeightsSpec
@@ -229,7 +229,7 @@ def build(spec: BackboneSpec, weights: ResolvedWeights | None, size: tuple[int, 
     except Exception as exc:
         if weights is None:
             raise PluginError(f"the builder of {spec.id} ({spec.builder}) failed: {type(exc).__name__}: "
-                              f"{' '.join(str(exc).split())[:300]}") from exc  # fmt: skip
+                              f"{one_line(exc)}") from exc  # fmt: skip
         raise WeightsError(weights_failure(weights.path, spec, exc)) from exc
     return adapter.wrap(spec, model, size, weights)
 

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def one_line(exc: object, limit: int = 300) -> str:
+    """A message (a library's exception often spans lines: request ids, stack notes) as one line of at most
+    ``limit`` characters, for an error that must stay one line."""
+    return " ".join(str(exc).split())[:limit]
+
+
 class TlzooError(Exception):
     """A problem the user can fix; ``exit_code`` is what the CLI exits with."""
 

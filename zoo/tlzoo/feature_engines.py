@@ -196,11 +196,11 @@ class Auto:
 
 def _safely(call: Callable[[], Any]) -> Any:
     """``call()``, or why it failed as a short string: auto passes over an engine that cannot run, never stops."""
-    from .errors import UsageError
+    from .errors import UsageError, one_line
 
     try:
         return call()
     except UsageError as exc:
         return str(exc)
     except Exception as exc:  # a plugin's engine is third-party code: report it, run on without it
-        return f"failed ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
+        return f"failed ({type(exc).__name__}: {one_line(exc, 160)})"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cachedir import tlzoo_cache
-from .errors import UsageError, WeightsError
+from .errors import UsageError, WeightsError, one_line
 from .rundir import atomic_copy
 from .specs import BackboneSpec, WeightsSpec
 
@@ -219,7 +219,7 @@ def _download(spec: BackboneSpec, weights: WeightsSpec, dest: Path) -> None:
     except Exception as exc:
         raise WeightsError(
             f"pretrained weights {weights.tag} for {spec.id} are not on disk ({dest}) and could not be "
-            f"downloaded ({type(exc).__name__}: {exc}). {how_to}"
+            f"downloaded ({type(exc).__name__}: {one_line(exc)}). {how_to}"
         ) from exc
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..backbone import Backbone
+from ..errors import one_line
 from .heads import HeadParams
 
 ProgressFn = Callable[[int], None]
@@ -125,7 +126,7 @@ class Engine(Collective, ABC):
         ``auto`` training goes on uncompiled and the run records why."""
         from ..errors import UsageError
 
-        why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        why = f"{type(exc).__name__}: {one_line(exc)}"
         if self.compile_mode == "on":
             raise UsageError(f"--compile on: compiling the training step failed here ({why}); use --compile off") from exc
         self.compile_note = f"compiling failed, trained uncompiled ({why})"
