@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import TlzooError, UsageError, WeightsError
+from .errors import TlzooError, UsageError, WeightsError, one_line
 from .runfiles import CLASSIFIER, ClassifierMeta, RunFiles
 from .specs import Preprocessing
 
@@ -86,7 +86,7 @@ def load_run(run_dir: Path | str) -> TrainedRun:
     except TlzooError:
         raise
     except Exception as exc:  # a checkpoint or classifier.json that was edited, truncated or swapped
-        why = " ".join(str(exc).split())[:300]
+        why = one_line(exc)
         raise UsageError(f"{run_dir}: the trained model does not load ({type(exc).__name__}: {why}); "
                          f"its files were edited or are corrupt: train it again") from None  # fmt: skip
     run = TrainedRun(run_dir=run_dir, meta=meta, model=model)
