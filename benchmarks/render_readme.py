@@ -106,8 +106,9 @@ def speed() -> str:
     if feats:
         f = feats["images_per_second"]
         ort = f["onnxruntime, exported classifier"]
-        names = ("tlzoo torch (folded, channels_last, inference_mode)", "tlzoo --feature-engine onnxruntime",
-                 "tlzoo --feature-engine auto (export cached)", "torch channels_last, batch norms kept (tlzoo before)")
+        names = ("tlzoo torch (folded, oneDNN graph)", "tlzoo --feature-engine onnxruntime",
+                 "tlzoo --feature-engine auto (export cached)", "torch folded, eager, channels_last (tlzoo before)",
+                 "torch channels_last, batch norms kept (tlzoo earlier)")
         first = f"feature extraction (`benchmarks/feature_speed.py`, {feats['date']})"
         chose = feats.get("auto_chose") or []
         for i, name in enumerate(n for n in names if n in f):
@@ -138,6 +139,14 @@ def speed() -> str:
             rows.append(f"| | `--compile on` (inductor) vs tlzoo eager, img/s, after {training['compile_seconds']:.0f} s of "
                         f"compiling | {t[compiled]:.1f} vs {ours:.1f} | {training['compiled_vs_eager']:.2f}x | "
                         + (f"pays after about {pays:,} training images here |" if pays else "does not pay here |"))
+    pipeline = load("input_pipeline")
+    fe = (pipeline or {}).get("feature_extraction")
+    if fe:
+        when = fe.get("measured", pipeline["date"]) if pipeline else ""
+        rows.append(f"| feature extraction end to end (`benchmarks/input_pipeline.py`, {when}) | the main job cold minus "
+                    f"fully cached, per image, vs onnxruntime batch 32 on its export, img/s (median of "
+                    f"{len(fe.get('rounds', [])) or 1} rounds) | {fe['end_to_end_images_per_s']:.1f} vs "
+                    f"{fe['onnxruntime_b32_images_per_s']:.1f} | {fe['ratio']:.2f}x | >= 0.8x |")
     feed = load("feed_speed")
     if feed:
         f = feed["images_per_s"]

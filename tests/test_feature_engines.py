@@ -284,13 +284,63 @@ def test_train_with_auto_measures_the_cached_onnxruntime_export_against_the_fram
     assert metrics["accuracy"] == json.loads(small.stdout)["accuracy"]
 
 
+@pytest.mark.parametrize("tap", [None, "5"])
+def test_on_the_cpu_the_frozen_backbone_runs_as_one_onednn_graph_checked_against_eager(tap):
+    from tlzoo_torch.backend import OptimizedForCpu, fold_batch_norms
+
+    backbone = get_backbone("torch/resnet18", input_size=32, seed=0)
+    unit = backbone.resolve_tap(tap)
+    model = backbone.inference_model(unit)
+    assert isinstance(model, OptimizedForCpu)
+    graph = str(model.scripted.graph)
+    assert "mkldnn_convolution" in graph and "aten::batch_norm" not in graph  # oneDNN's, batch norms folded
+    images = np.random.default_rng(5).integers(0, 256, size=(5, 32, 32, 3)).astype("uint8")
+    eager = backbone._run(fold_batch_norms(backbone.feature_model(unit)), backbone.preprocess(images))
+    got = backbone.extract_features(images, tap=unit, batch_size=2)  # batches of 2 and 1 through one graph
+    assert got.shape == eager.shape == (5, 512 if tap is None else 64)
+    np.testing.assert_allclose(got, eager, rtol=1e-5, atol=1e-5 * float(np.abs(eager).max()))
+
+
+def test_the_onednn_graph_is_refused_when_its_features_drift_or_it_cannot_be_made(monkeypatch):
+    import torch
+    from tlzoo_torch.backend import OptimizedForCpu, optimized_for_cpu
+
+    backbone = get_backbone("torch/resnet18", input_size=32, seed=0)
+    images = np.random.default_rng(6).integers(0, 256, size=(3, 32, 32, 3)).astype("uint8")
+    expected = backbone.extract_features(images)
+    optimize = torch.jit.optimize_for_inference
+
+    class Drifting(torch.nn.Module):  # a graph whose features are 1 % off: the check must keep the eager model
+        def __init__(self, graph) -> None:  # type: ignore[no-untyped-def]
+            super().__init__()
+            self.graph = graph
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.graph(x) * 1.01
+
+    monkeypatch.setattr(torch.jit, "optimize_for_inference", lambda m: Drifting(optimize(m)))
+    eager = backbone.inference_model(None)
+    assert not isinstance(eager, OptimizedForCpu)
+    np.testing.assert_allclose(backbone.extract_features(images), expected, rtol=1e-5, atol=1e-5)
+    assert isinstance(optimized_for_cpu(backbone, eager, tolerance=0.02), OptimizedForCpu)  # within a looser check
+
+    def refuses(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("TorchScript cannot trace this model")
+
+    monkeypatch.setattr(torch.jit, "trace", refuses)
+    assert not isinstance(backbone.inference_model(None), OptimizedForCpu)  # runs eagerly, no error
+    np.testing.assert_allclose(backbone.extract_features(images), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_reduced_precision_is_kept_only_where_the_features_stay_close():
     import torch
     from tlzoo_torch.backend import reduced_precision
 
     # On a GPU the framework engine tries fp16; bfloat16 exercises the same check on this CPU.
+    from tlzoo_torch.backend import fold_batch_norms
+
     backbone = get_backbone("torch/resnet18", input_size=32, seed=0)
-    model = backbone.inference_model(None)
+    model = fold_batch_norms(backbone.feature_model(None))  # what inference_model moves to the GPU
     images = np.random.default_rng(4).integers(0, 256, size=(3, 32, 32, 3)).astype("uint8")
     expected = backbone.extract_features(images)
     low = reduced_precision(backbone, model, dtype=torch.bfloat16, tolerance=0.1)

@@ -7,6 +7,7 @@ order, not the order modules happen to be declared in.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,6 +221,50 @@ def reduced_precision(backbone: Backbone, model: nn.Module, dtype: torch.dtype =
     return candidate if np.isfinite(got).all() and difference <= tolerance else model
 
 
+CPU_TOLERANCE = 1e-4  # largest feature difference to eager's, relative to the features' scale, oneDNN's graph may make
+
+
+class OptimizedForCpu(nn.Module):
+    """A frozen model as one TorchScript graph that oneDNN has rewritten for inference (its layout kept
+    between layers, each activation fused into the convolution before it); made by :func:`optimized_for_cpu`."""
+
+    _tlzoo_channels_last = True  # the graph picks its own layouts
+
+    def __init__(self, scripted: Any) -> None:
+        super().__init__()
+        self.scripted = scripted
+        self.register_buffer("placement", torch.zeros(()), persistent=False)  # where and in what dtype it runs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scripted(x)
+
+
+def optimized_for_cpu(backbone: Backbone, model: nn.Module, tolerance: float = CPU_TOLERANCE) -> nn.Module:
+    """``model`` (frozen, fp32, on the CPU) traced, frozen and optimized for inference by oneDNN when its
+    features on a probe batch stay within ``tolerance`` of the eager model's; else ``model`` itself.
+    MobileNetV2 at 224 px extracts 1.3x faster on 2 cores (benchmarks/feature_speed.py). TorchScript is
+    deprecated in favour of torch.compile, whose cold compile takes longer on a CPU than most extractions;
+    a model TorchScript cannot trace, or a torch without it, runs eagerly."""
+    import copy
+    import warnings
+
+    h, w = backbone.input_size
+    probe = np.random.default_rng(0).normal(size=(2, h, w, 3)).astype(np.float32)
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notices and tracer warnings
+            example = backbone.to_tensor(probe)
+            traced = torch.jit.trace(copy.deepcopy(model).eval(), example, check_trace=False)
+            candidate = OptimizedForCpu(torch.jit.optimize_for_inference(torch.jit.freeze(traced)))
+            expected, got = backbone._run(model, probe), backbone._run(candidate, probe)
+    except Exception:  # noqa: BLE001 - whatever TorchScript cannot take runs eagerly
+        return model
+    scale = max(float(np.abs(expected).max()), 1e-6)
+    if got.shape != expected.shape or not np.isfinite(got).all():
+        return model
+    return candidate if float(np.abs(got - expected).max()) / scale <= tolerance else model
+
+
 class TorchBackbone(Backbone):
     framework = "torch"
     weight_layers: tuple[type, ...] = WEIGHT_LAYERS  # what a freeze unit is, beside the spec's unit_modules
@@ -294,10 +339,10 @@ class TorchBackbone(Backbone):
 
     def inference_model(self, tap: int | None = None, device: str | None = None) -> nn.Module:
         model = fold_batch_norms(self.feature_model(tap))
-        if not device:
-            return model
-        model = model.to(torch.device(device))
-        return reduced_precision(self, model) if torch.device(device).type == "cuda" else model
+        kind = torch.device(device).type if device else "cpu"
+        if kind == "cpu":
+            return optimized_for_cpu(self, model)
+        return reduced_precision(self, model.to(torch.device(device))) if kind == "cuda" else model.to(device)
 
     def parameter_arrays(self) -> list[np.ndarray]:
         return [t.detach().cpu().numpy() for t in self.model.state_dict().values()]
@@ -315,9 +360,9 @@ class TorchBackbone(Backbone):
             model._tlzoo_channels_last = True
         try:
             with torch.inference_mode():
-                weight = next(model.parameters())
+                weight = next(itertools.chain(model.parameters(), model.buffers()), None)
                 x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).permute(0, 3, 1, 2)
-                out = model(x.to(device=weight.device, dtype=weight.dtype))
+                out = model(x if weight is None else x.to(device=weight.device, dtype=weight.dtype))
         finally:
             model.train(was_training)
         return out.float().cpu().numpy()
