@@ -24,8 +24,8 @@ AUTO = "auto"
 
 # An engine whose one-off preparation (an export, say) is not done yet is tried by ``auto`` only when the
 # framework would take at least this long on the images left: a backbone's ONNX export and check costs a few
-# seconds (7 s for MobileNetV2 at 224 px on 2 cores) and onnxruntime runs ~1.1x the torch backbone (folded, oneDNN graph)
-# there, so it pays from about a minute of extraction.
+# seconds (7 s for MobileNetV2 at 224 px on 2 cores) and onnxruntime runs ~1.1x the torch backbone (folded, as a
+# oneDNN graph) there, so it pays from about a minute of extraction.
 PREPARE_FROM_SECONDS = 60.0
 SAMPLES = 3  # timed batches per engine, taken in turn so that a machine slowing down slows both
 # Measuring one engine takes 3 + 2 * SAMPLES batches (warm-ups included); a job of fewer than twice that runs on
