@@ -1,4 +1,5 @@
-"""The torch training feed: per-image augmentation on the device, drawn reproducibly, and the epoch's sums."""
+"""The training feed: batches gathered ahead on the feed's threads (torch and Keras), per-image augmentation on the
+device drawn reproducibly (torch), and the epoch's sums read once with non-finite losses still caught (both)."""
 
 from __future__ import annotations
 
@@ -158,3 +159,61 @@ def test_compile_auto_times_the_first_steps_then_compiles_and_records_the_compil
     long, _ = _engine(monkeypatch, tmp_path / "cache", 3_000)
     long.train_epoch(images, labels, batch_size=2, augment=[], epoch=0, workers=0, progress=None)
     assert long.compiles and "under the 40 s it should save: compiling" in long.compile_record()["why"]
+
+
+class _RecordingImages:
+    """An image array that records which thread gathers each batch (the store's StoreImages is read the same way)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.shape, self.threads = array, array.shape, []
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        import threading
+
+        self.threads.append(threading.current_thread().name)
+        return self.array[rows]
+
+
+def _keras_engine():  # type: ignore[no-untyped-def]
+    from tlzoo.backbone import get_backbone
+    from tlzoo.registry import get_registry
+    from tlzoo_keras import train as keras_train
+
+    spec = get_registry().resolve("vgg16", "keras")
+    engine = keras_train.KerasEngine(get_backbone(spec, pretrained=False, input_size=(32, 32), seed=0), 2, tap=None,
+                                     dropout=0.0, seed=0, device="cpu")  # fmt: skip
+    engine.build()
+    return engine
+
+
+def test_keras_batches_are_gathered_on_the_feed_threads_and_train_as_from_an_array():
+    images = np.random.default_rng(0).integers(0, 255, (40, 32, 32, 3), np.uint8)
+    labels = np.arange(40) % 2
+    results = []
+    for source in (images, _RecordingImages(images)):
+        engine = _keras_engine()
+        engine.configure(lr=1e-3, backbone_lr_mult=1.0, optimizer="sgd", momentum=0.9, nesterov=False, weight_decay=0.0)
+        results.append([engine.train_epoch(source, labels, batch_size=8, augment=["flip", "crop"], epoch=e, workers=2,
+                                           progress=None) for e in range(2)])  # fmt: skip
+    recorded = source.threads  # type: ignore[union-attr]
+    assert len(recorded) == 10 and all(name.startswith("tlzoo-feed") for name in recorded)
+    assert results[0] == results[1]  # the same batches, in the same order, whatever holds the images
+    assert all(np.isfinite(loss) and 0 <= acc <= 1 for loss, acc in results[0])
+
+
+def test_keras_a_non_finite_loss_stops_the_epoch_with_training_diverged(monkeypatch):
+    from tlzoo_keras import train as keras_train
+
+    engine = _keras_engine()
+    engine.configure(lr=1e30, backbone_lr_mult=1.0, optimizer="sgd", momentum=0.9, nesterov=False, weight_decay=0.0)
+    monkeypatch.setattr(keras_train, "CHECK_EVERY", 2)
+    steps = []
+    images = np.random.default_rng(0).integers(0, 255, (64, 32, 32, 3), np.uint8)
+    with pytest.raises(TrainingDiverged) as raised:
+        engine.train_epoch(images, np.arange(64) % 2, batch_size=4, augment=[], epoch=0, workers=0,
+                           progress=lambda n: steps.append(n))  # fmt: skip
+    assert "training diverged" in str(raised.value) and "not finite" in str(raised.value)
+    assert len(steps) < 16  # found at a check, not only at the epoch's end

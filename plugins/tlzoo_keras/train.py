@@ -4,6 +4,7 @@ can learn at a fraction of the head's learning rate (Keras has no per-layer rate
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import numpy as np  # noqa: E402
@@ -14,6 +15,7 @@ from tlzoo.errors import TrainingDiverged
 from tlzoo.rundir import atomic_write  # noqa: E402
 from tlzoo.specs import Preprocessing  # noqa: E402
 from tlzoo.training.engine import Engine, ProgressFn  # noqa: E402
+from tlzoo.training.feed import CHECK_EVERY, Prefetcher  # noqa: E402
 from tlzoo.training.heads import HeadParams  # noqa: E402
 
 MODEL_FILE = "model.keras"
@@ -47,6 +49,18 @@ def assemble(features: keras.Model, sizes: list[int], dropout: float, head: Head
     return keras.Model(features.input, make_head(features.output, sizes, dropout, head), name=f"tlzoo_{name}")
 
 
+def _check_finite(total: tf.Tensor, seen: int) -> None:
+    value = float(total)  # the one read that waits for the device
+    if not np.isfinite(value):
+        raise TrainingDiverged(value / max(seen, 1))
+
+
+def _tensors_on(device: str, x: np.ndarray, y: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
+    """A gathered batch as tensors on ``device`` (copied there on the feed's thread, ahead of its step)."""
+    with tf.device(device):
+        return tf.identity(x), tf.identity(y)
+
+
 def _optimizer(name: str, lr: float, momentum: float, nesterov: bool, weight_decay: float) -> keras.optimizers.Optimizer:
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate=lr, momentum=momentum, nesterov=nesterov)
@@ -69,6 +83,7 @@ class KerasEngine(Engine):
         self.body_vars: list[Any] = []
         self.optimizers: list[tuple[keras.optimizers.Optimizer, list[Any], float]] = []
         self._step: Any = None
+        self._feed: Prefetcher[Any] | None = None
 
     @property
     def device(self) -> str:
@@ -264,38 +279,45 @@ class KerasEngine(Engine):
         tf.random.set_seed(self.epoch_seed(epoch))
         self._reseed_layers(epoch)
         order = self.set_rng(epoch).permutation(len(labels))
-        total, correct = 0.0, 0
-        if self.strategy is not None:
-            # Batches gathered one at a time (images may be the decoded-pixel store, larger than RAM); never
-            # from_tensor_slices, which would copy the whole set and embed it in the graph as a constant.
-            def batches() -> Any:
-                for start in range(0, len(order), batch_size):
-                    idx = order[start : start + batch_size]
-                    yield images[idx], labels[idx].astype(np.int64)
-
-            shape = (None, *images.shape[1:])
-            data = tf.data.Dataset.from_generator(batches, output_signature=(
-                tf.TensorSpec(shape, tf.uint8), tf.TensorSpec((None,), tf.int64))).prefetch(2)  # fmt: skip
-            sizes = [len(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
-            for n, (x, y) in zip(sizes, self.strategy.experimental_distribute_dataset(data)):
-                loss, right = self._step(x, y, tf.constant(n))
-                if not np.isfinite(float(loss)):
-                    raise TrainingDiverged(float(loss))
-                total += float(loss) * n
-                correct += int(right)
-                if progress is not None:
-                    progress(n)
-            return total / len(order), correct / len(order)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            loss, right = self._step(tf.constant(images[idx]), tf.constant(labels[idx].astype(np.int64)))
-            if not np.isfinite(float(loss)):
-                raise TrainingDiverged(float(loss))
-            total += float(loss) * len(idx)
-            correct += int(right)
+        if self._feed is None or self._feed.threads != max(1, workers):
+            if self._feed is not None:
+                self._feed.close()
+            # Under MirroredStrategy tf.data splits each batch over the replicas; else each batch becomes a
+            # tensor on the device on the thread that gathered it.
+            if self.strategy is not None:
+                self._feed = Prefetcher(workers)
+            else:
+                where = "/GPU:0" if self.device == "gpu" else "/CPU:0"
+                self._feed = Prefetcher(workers, lambda x, y: _tensors_on(where, x, y))
+        # Summed on the device and read once an epoch, a non-finite loss looked for every CHECK_EVERY steps.
+        total, correct, seen = tf.zeros((), tf.float64), tf.zeros((), tf.int64), 0
+        for step, (n, (loss, right)) in enumerate(self._steps(images, labels, order, batch_size)):
+            total += tf.cast(loss, tf.float64) * n
+            correct += tf.cast(right, tf.int64)
+            seen += n
+            if (step + 1) % CHECK_EVERY == 0:
+                _check_finite(total, seen)
             if progress is not None:
-                progress(len(idx))
-        return total / len(order), correct / len(order)
+                progress(n)
+        _check_finite(total, seen)
+        return float(total) / len(order), int(correct) / len(order)
+
+    def _steps(self, images: Any, labels: np.ndarray, order: np.ndarray,
+               batch_size: int) -> Iterator[tuple[int, tuple[tf.Tensor, tf.Tensor]]]:  # fmt: skip
+        """``(images in the batch, (loss, correct))`` for each step of the epoch, batches from the feed."""
+        assert self._feed is not None
+        batches = self._feed.batches(images, labels, order, batch_size)
+        if self.strategy is None:
+            for x, y in batches:
+                yield int(y.shape[0]), self._step(x, y)
+            return
+        # Never from_tensor_slices, which would copy the whole set and embed it in the graph as a constant.
+        shape = (None, *images.shape[1:])
+        data = tf.data.Dataset.from_generator(lambda: batches, output_signature=(
+            tf.TensorSpec(shape, tf.uint8), tf.TensorSpec((None,), tf.int64))).prefetch(2)  # fmt: skip
+        sizes = [len(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+        for n, (x, y) in zip(sizes, self.strategy.experimental_distribute_dataset(data)):
+            yield n, self._step(x, y, tf.constant(n))
 
     def logits(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         assert self.model is not None

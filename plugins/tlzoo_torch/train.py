@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,6 +24,7 @@ from tlzoo.specs import Preprocessing
 from tlzoo.training import augment as augmentation
 from tlzoo.training import compile_payoff as payoff
 from tlzoo.training.engine import Engine, ProgressFn
+from tlzoo.training.feed import CHECK_EVERY, Prefetcher
 from tlzoo.training.heads import HeadParams
 
 MODEL_FILE = "model.pt"
@@ -119,48 +118,29 @@ def augment_batch(x: torch.Tensor, theta: np.ndarray | None) -> torch.Tensor:
 
 
 class Feed:
-    """Training batches, gathered ahead of the device on a pool of threads (made once per engine, not every
-    epoch): each batch is one gather of its rows from the images (the decoded-pixel store's
-    :class:`tlzoo.store.StoreImages` or an array: no per-image Python), into pinned memory on CUDA, copied to the
-    device without blocking while the batch before it computes."""
+    """Training batches from :class:`tlzoo.training.feed.Prefetcher` (gathered ahead on a pool of threads), into
+    pinned memory on CUDA, copied to the device without blocking while the batch before it computes."""
 
     def __init__(self, device: torch.device, threads: int) -> None:
-        self.device, self.threads = device, max(1, threads)
+        self.device = device
         self.pin = device.type == "cuda"
-        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tlzoo-feed")
+        self.prefetcher = Prefetcher(threads, self._tensors)
+        self.threads = self.prefetcher.threads
 
-    def _gather(self, images: Any, labels: np.ndarray, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(np.ascontiguousarray(images[rows]))
-        y = torch.from_numpy(np.asarray(labels[rows], np.int64))
-        return (x.pin_memory(), y.pin_memory()) if self.pin else (x, y)
+    def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+        return (tx.pin_memory(), ty.pin_memory()) if self.pin else (tx, ty)
 
     def batches(self, images: Any, labels: np.ndarray, order: np.ndarray,
                 batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
-        starts = iter(range(0, len(order), batch_size))
-        pending: deque[Future[tuple[torch.Tensor, torch.Tensor]]] = deque()
-
-        def submit() -> None:
-            start = next(starts, None)
-            if start is not None:
-                pending.append(self.pool.submit(self._gather, images, labels, order[start : start + batch_size]))
-
-        for _ in range(self.threads + 1):
-            submit()
-        try:
-            while pending:
-                x, y = pending.popleft().result()
-                submit()
-                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        finally:  # an error in the step: nothing more is gathered
-            for future in pending:
-                future.cancel()
+        for x, y in self.prefetcher.batches(images, labels, order, batch_size):
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.prefetcher.close()
 
 
 COMPILE_BACKEND = "inductor"  # torch.compile's default; tests that only check the wiring use "eager"
-CHECK_EVERY = 50  # steps between looks at the epoch's summed loss for a non-finite value
 
 
 def _check_finite(total: torch.Tensor, seen: int) -> None:
