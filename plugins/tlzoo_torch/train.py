@@ -282,6 +282,44 @@ class TorchEngine(Engine):
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
 
+    def free_memory(self) -> int | None:
+        if self._device.type != "cuda":
+            return None
+        free, _ = torch.cuda.mem_get_info(self._device)
+        return int(free + torch.cuda.memory_reserved(self._device) - torch.cuda.memory_allocated(self._device))
+
+    def step_memory(self, batch_size: int) -> int:
+        """The peak CUDA memory of a forward and backward pass on a random batch (as :meth:`_step` runs them,
+        eagerly), over what was allocated before; the batch norms' running statistics and the generators are
+        restored and the gradients dropped afterwards."""
+        assert self.model is not None
+        device = self._device
+        h, w = self.backbone.input_size
+        saved = [(b, b.detach().clone()) for b in self.model.buffers()]
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        try:
+            with torch.random.fork_rng(devices=[device]):
+                x = torch.randn(batch_size, 3, h, w, device=device).contiguous(memory_format=torch.channels_last)
+                y = torch.zeros(batch_size, dtype=torch.long, device=device)
+                self.model.train()
+                with torch.autocast(device.type, dtype=self.amp_dtype):
+                    loss = nn.functional.cross_entropy(self.model(x).float(), y)
+                loss.backward()
+                torch.cuda.synchronize(device)
+            return int(torch.cuda.max_memory_allocated(device) - before)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise MemoryError(str(exc)) from None
+        finally:
+            self.model.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for buffer, value in saved:
+                    buffer.copy_(value)
+            x = y = loss = None  # noqa: F841 - the probe's tensors go before the cache is emptied
+            torch.cuda.empty_cache()
+
     def _to_input(self, batch: torch.Tensor) -> torch.Tensor:
         # Batches arrive NHWC, so the NCHW view is already channels_last in memory: oneDNN's CPU
         # convolutions train about 25 % faster on it than on contiguous NCHW, cuDNN's too (no copy here).

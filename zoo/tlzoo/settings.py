@@ -29,7 +29,8 @@ class Setting:
     command line and ``256+128`` in a compare strategy string). ``default`` None means "not given";
     ``nullable`` False refuses None (a config file's ``epochs: null``).
     ``choices`` limits a str; ``min``/``max`` bound a number (or each number of ints), inclusive unless
-    ``min_open``/``max_open``. ``flag`` is the command-line spelling (default ``--name-with-dashes``),
+    ``min_open``/``max_open``. ``words`` are what a number setting also takes in place of a number
+    (``--batch-size auto``). ``flag`` is the command-line spelling (default ``--name-with-dashes``),
     ``short`` a one-letter alias; a bool gets ``--flag/--no-flag``. ``group`` is the help panel it is
     listed under.
 
@@ -56,6 +57,7 @@ class Setting:
     fits: Callable[[Any], bool] | None = None
     used: Callable[[Any], bool] | None = None
     per_strategy: bool = False
+    words: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.type not in TYPES:
@@ -78,6 +80,8 @@ class Setting:
         if self.type == "ints":
             return self._ints(value)
         if self.type in ("int", "float"):
+            if isinstance(value, str) and value.strip().lower() in self.words:
+                return value.strip().lower()
             return self._bounded(self._number(value))
         if isinstance(value, bool) and {"on", "off"} <= set(self.choices):
             return "on" if value else "off"  # YAML reads a config file's bare on/off as booleans
@@ -118,6 +122,7 @@ class Setting:
     def _number(self, value: Any) -> int | float:
         whole = self.type in ("int", "ints")
         want = "a whole number" if whole else "a number"
+        want += "".join(f" or {word}" for word in self.words)
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise UsageError(f"{self.option} must be {want}, got {value!r}")
         try:
@@ -176,7 +181,7 @@ class Setting:
                            rich_help_panel=self.group or None)  # fmt: skip
 
     def _cli_type(self) -> builtins.type:
-        return {"int": int, "float": float}.get(self.type, str)
+        return str if self.words else {"int": int, "float": float}.get(self.type, str)  # words: checked by check()
 
     def _cli_default(self) -> Any:
         return self.cli_text(self.default) if self.type == "ints" and self.default is not None else self.default

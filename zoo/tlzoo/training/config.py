@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
 import typing
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -94,7 +95,7 @@ class TrainConfig:
                             per_strategy=True)
     strict: bool = _setting(False, "Stop on an unreadable image instead of skipping it.", DATA)
     workers: int = _setting(0, "Data-loading threads: those that gather fine-tune's, two-stage's and scratch's "
-                            "batches from the decoded-pixel store ahead of the device (torch; 0: one), and those "
+                            "batches from the decoded-pixel store ahead of the device (0: one), and those "
                             "that decode images (0: one per core the process may use).", DATA, min=0)
     strategy: str = _setting("feature-extract", "feature-extract | fine-tune | two-stage | scratch (default: "
                              "feature-extract; fine-tune when --freeze is given).", STRATEGY, short="-s",
@@ -127,7 +128,10 @@ class TrainConfig:
         applies="--strategy feature-extract with a scikit-learn head (--head softmax, logreg-ovr or linear-svm)")
     epochs: int = _setting(10, "Epochs (two-stage: of stage 2; mlp head: max epochs).", OPTIMIZATION, min=1,
                            per_strategy=True, used=_trains_network)
-    batch_size: int = _setting(32, "Images per batch.", OPTIMIZATION, min=1, per_strategy=True)
+    batch_size: int | str = _setting(
+        32, "Images per batch, or auto: on a GPU the largest training batch that fits 60 % of its free memory (the "
+        "learning rate scaled by batch/32 after one epoch of warm-up); 32 on the CPU and for feature-extract.",
+        OPTIMIZATION, min=1, per_strategy=True, words=("auto",))
     lr: float = _setting(1e-3, "Learning rate of the head.", OPTIMIZATION, min=0, min_open=True, per_strategy=True,
                          used=_trains_network)
     backbone_lr_mult: float = _setting(0.1, "Backbone learning rate = lr x this.", OPTIMIZATION, min=0,
@@ -301,7 +305,10 @@ def _declared_settings() -> tuple[Setting, ...]:
         help_text, group, declared = f.metadata[SETTING]
         hint = hints[f.name]
         nullable = type(None) in typing.get_args(hint)
-        base = next(a for a in typing.get_args(hint) if a is not type(None)) if nullable else hint
+        # A number that also takes words (int | str, declared with words=...) is a number setting.
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        args = [a for a in typing.get_args(hint) if a is not type(None) and not (declared.get("words") and a is str)]
+        base = args[0] if union else hint
         kind = "ints" if typing.get_origin(base) is list else base.__name__
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
         settings.append(Setting(f.name, kind, default, help_text, group=group, nullable=nullable, **declared))

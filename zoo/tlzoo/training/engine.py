@@ -156,6 +156,17 @@ class Engine(Collective, ABC):
     @abstractmethod
     def set_lr_factor(self, factor: float) -> None: ...
 
+    def free_memory(self) -> int | None:
+        """Bytes the training device has free for ``--batch-size auto`` (what the framework's allocator holds
+        unused counts as free); None where it cannot say (the CPU), and the batch stays 32."""
+        return None
+
+    def step_memory(self, batch_size: int) -> int:
+        """Bytes one training step on a batch of ``batch_size`` takes on the device beyond the weights (activations
+        and gradients; not the optimizer's state), measured without changing the model, its optimizer or the
+        random generators. Raises MemoryError when the step does not fit. Needed where :meth:`free_memory` is not None."""
+        raise NotImplementedError
+
     @abstractmethod
     def train_epoch(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, augment: list[str],
                     epoch: int, workers: int, progress: ProgressFn | None) -> tuple[float, float]:  # fmt: skip

@@ -6,6 +6,7 @@ data -> backbone -> (cached features -> head) or (fine-tuning loop) -> run direc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import platform
 import sys
@@ -34,6 +35,7 @@ from ..registry import get_registry
 from ..rundir import fault_point, new_run_dir, package_versions, reclaim_temp_files
 from ..runfiles import (CONFUSION_MATRIX, ENVIRONMENT, FORMAT_VERSION, FULL_MODEL_FORMAT, HEAD, LEARNING_CURVES, METRICS,
                         REPORT, STATE_STEM, ClassifierMeta, RunFiles)  # fmt: skip
+from . import autobatch
 from . import cache as feature_cache
 from .config import TrainConfig
 from .data_prep import Splits, decode, plan, readable, recorded
@@ -279,6 +281,10 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
 
     extra: dict[str, Any] = {}
     if config.strategy == "feature-extract":
+        if config.batch_size == autobatch.AUTO:
+            reporter.info(f"--batch-size auto: {autobatch.DEFAULT} (feature-extract computes its features in batches "
+                          f"of {autobatch.DEFAULT}; auto sizes the batches of the strategies that train the backbone)")  # fmt: skip
+            config = dataclasses.replace(config, batch_size=autobatch.DEFAULT)
         splits, history, head, eval_features, extra = _feature_extract(model, splits, config, reporter, comm)
         if comm.main:
             files.write_split(splits.rows())  # the readable images: known once every part was read
@@ -291,8 +297,8 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
         engine.set_compile(config.compile)
         if resume is None and comm.main:
             files.write_split(splits.rows())
-        history = _fit(engine, model.backbone, splits, config, reporter, run_dir, resume is not None)
-        extra = {"compile": engine.compile_record(), "images_decoded": int(sum(comm.gather(splits.decoded)))}
+        history, batch = _fit(engine, model.backbone, splits, config, reporter, run_dir, resume is not None)
+        extra = {"compile": engine.compile_record(), "images_decoded": int(sum(comm.gather(splits.decoded))), **batch}
         if engine.compile_note:
             reporter.warn(f"--compile {config.compile}: {engine.compile_note}")
         eval_proba = probabilities(engine.logits(splits.eval_set.images), engine.output)  # type: ignore[union-attr]
@@ -586,12 +592,10 @@ def _lr_factor(schedule: str, epoch: int, epochs: int) -> float:
 
 
 def _fit(engine: Engine, backbone: Backbone, splits: Splits, cfg: TrainConfig, reporter: Reporter, run_dir: Path,
-         resuming: bool) -> list[dict[str, Any]]:  # fmt: skip
+         resuming: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+    """Train every stage; returns the history and what the run records of its batch size."""
     stages = stages_for(cfg, len(backbone.units))
     engine.build()
-    # What --compile auto weighs its compile time against, and where it says what it decided.
-    per_epoch = math.ceil(len(splits.train) / max(engine.world_size, 1) / cfg.batch_size)
-    engine.planned_steps = per_epoch * sum(stage.epochs for stage in stages)
     engine.say = reporter.info
     state_path = RunFiles(run_dir).state(engine.state_suffix)
     progress: dict[str, Any] = {"stage": 0, "epoch": 0, "history": [], "best": float("inf"), "waited": 0}
@@ -599,11 +603,24 @@ def _fit(engine: Engine, backbone: Backbone, splits: Splits, cfg: TrainConfig, r
         if not state_path.is_file():
             raise UsageError(f"{run_dir} has no resumable state ({state_path.name}); it finished or never started")
         progress = engine.peek_state(state_path)
+    auto = cfg.batch_size == autobatch.AUTO
+    if auto:
+        if "batch_size" in progress:  # a resumed run keeps the batch it started with, wherever it resumes
+            choice = autobatch.Choice(int(progress["batch_size"]), "the batch the run started with")
+        else:
+            choice = _auto_batch(engine, backbone, stages, splits, cfg)
+        reporter.info(choice.line(cfg.lr))
+        progress["batch_size"] = choice.batch_size
+        cfg = dataclasses.replace(cfg, batch_size=choice.batch_size)
+    scale = choice.lr_scale if auto else 1.0
+    # What --compile auto weighs its compile time against, and where it says what it decided.
+    per_epoch = math.ceil(len(splits.train) / max(engine.world_size, 1) / cfg.batch_size)
+    engine.planned_steps = per_epoch * sum(stage.epochs for stage in stages)
     for s_index, stage in enumerate(stages):
         if s_index < progress["stage"]:
             continue
         frozen = backbone.freeze(stage.freeze, all_norms=stage.norms_frozen)
-        engine.configure(lr=stage.lr, backbone_lr_mult=stage.backbone_lr_mult, optimizer=cfg.optimizer,
+        engine.configure(lr=stage.lr * scale, backbone_lr_mult=stage.backbone_lr_mult, optimizer=cfg.optimizer,
                          momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)  # fmt: skip
         if resuming:
             progress = engine.load_state(state_path)
@@ -611,7 +628,8 @@ def _fit(engine: Engine, backbone: Backbone, splits: Splits, cfg: TrainConfig, r
             reporter.info(f"resuming {run_dir} at {stage.name} epoch {progress['epoch'] + 1}")
         reporter.info(f"{stage.name}: {frozen_text(frozen, backbone.unit_names())}, "
                       f"{engine.trainable_params():,} trainable parameters, {stage.epochs} epochs")  # fmt: skip
-        _run_stage(engine, splits, cfg, reporter, run_dir, stage, s_index, progress, state_path)
+        _run_stage(engine, splits, cfg, reporter, run_dir, stage, s_index, progress, state_path,
+                   warmup=auto and choice.warms_up)  # fmt: skip
         progress.update(stage=s_index + 1, epoch=0, waited=0)
     engine.barrier()  # rank 0 has written the best checkpoint
     engine.load_model_weights(run_dir)  # the best epoch's checkpoint, on every rank
@@ -620,7 +638,25 @@ def _fit(engine: Engine, backbone: Backbone, splits: Splits, cfg: TrainConfig, r
         row = next(r for r in progress["history"] if r["epoch"] == kept)
         reporter.info(f"kept the best epoch: {kept} of {len(progress['history'])} (val_loss {row['val_loss']:.4f}, "
                       f"val_accuracy {row['val_accuracy']:.4f})")  # fmt: skip
-    return list(progress["history"])
+    record = {"batch_size": cfg.batch_size, **({"batch_size_auto": choice.record()} if auto else {})}
+    return list(progress["history"]), record
+
+
+def _auto_batch(engine: Engine, backbone: Backbone, stages: list[Stage], splits: Splits,
+                cfg: TrainConfig) -> autobatch.Choice:  # fmt: skip
+    """``--batch-size auto``: measured with the last stage's units trainable (two-stage's stage 2 trains the most),
+    the smallest choice over the ranks under torchrun (each measures its own device)."""
+    free = engine.free_memory()
+    if free is None:
+        return autobatch.unmeasured(engine.on_gpu, backbone.spec.framework)
+    hungriest = stages[-1]
+    backbone.freeze(hungriest.freeze, all_norms=hungriest.norms_frozen)
+    fixed = engine.trainable_params() * 4 * autobatch.optimizer_slots(cfg.optimizer, cfg.momentum)
+    name = hungriest.name if len(stages) > 1 else ""
+    mine = autobatch.choose(engine.step_memory, free, len(splits.train) // max(engine.world_size, 1),
+                            fixed_bytes=fixed, stage=name)  # fmt: skip
+    batches = engine.gather(mine.batch_size)
+    return mine if min(batches) == mine.batch_size else autobatch.Choice(min(batches), "the smallest rank's choice")
 
 
 def frozen_text(frozen: int, names: list[str]) -> str:
@@ -635,7 +671,9 @@ def frozen_text(frozen: int, names: list[str]) -> str:
 
 
 def _run_stage(engine: Engine, splits: Splits, cfg: TrainConfig, reporter: Reporter, run_dir: Path, stage: Stage,
-               s_index: int, progress: dict[str, Any], state_path: Path) -> None:  # fmt: skip
+               s_index: int, progress: dict[str, Any], state_path: Path, *, warmup: bool = False) -> None:  # fmt: skip
+    """The stage's epochs from ``progress``; ``warmup``: the stage's first epoch ramps the learning rate up step by
+    step (``--batch-size auto``'s scaled rates)."""
     from sklearn.metrics import log_loss
 
     augment = cfg.augment_list()
@@ -644,10 +682,14 @@ def _run_stage(engine: Engine, splits: Splits, cfg: TrainConfig, reporter: Repor
         how = "auto: on for the strategies that train the backbone" if cfg.augment.strip().lower() == "auto" else "--augment"
         reporter.info(f"augmentation: {', '.join(augment) or 'none'} ({how})")
     for epoch in range(progress["epoch"], stage.epochs):
-        engine.set_lr_factor(_lr_factor(cfg.schedule, epoch, stage.epochs))
+        factor = _lr_factor(cfg.schedule, epoch, stage.epochs)
+        engine.set_lr_factor(factor)
         t0 = time.perf_counter()
         try:
             with reporter.task(f"{stage.name} epoch {epoch + 1}/{stage.epochs}", len(splits.train)) as advance:
+                if warmup and epoch == 0:
+                    advance = _warming(engine, advance, factor, cfg.batch_size,
+                                       math.ceil(len(splits.train) / max(engine.world_size, 1)))  # fmt: skip
                 loss, acc = engine.train_epoch(
                     splits.train.images, splits.train.labels, batch_size=cfg.batch_size, augment=augment,
                     epoch=len(progress["history"]), workers=cfg.workers, progress=advance,
@@ -689,6 +731,21 @@ def _run_stage(engine: Engine, splits: Splits, cfg: TrainConfig, reporter: Repor
         if cfg.patience and progress["waited"] >= cfg.patience:
             reporter.info(f"early stopping: validation loss has not improved for {cfg.patience} epochs")
             break
+
+
+def _warming(engine: Engine, advance: Callable[[int], None], factor: float, batch: int,
+             total: int) -> Callable[[int], None]:  # fmt: skip
+    """``advance`` that also ramps the learning rate to ``factor`` over an epoch of ``total`` images, step by step."""
+    seen = 0
+    engine.set_lr_factor(factor * autobatch.warmup_factor(seen, batch, total))
+
+    def step(n: int) -> None:
+        nonlocal seen
+        advance(n)
+        seen += n
+        engine.set_lr_factor(factor * autobatch.warmup_factor(seen, batch, total))
+
+    return step
 
 
 # ---------------------------------------------------------------- run directory files
