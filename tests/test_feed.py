@@ -217,3 +217,40 @@ def test_keras_a_non_finite_loss_stops_the_epoch_with_training_diverged(monkeypa
                            progress=lambda n: steps.append(n))  # fmt: skip
     assert "training diverged" in str(raised.value) and "not finite" in str(raised.value)
     assert len(steps) < 16  # found at a check, not only at the epoch's end
+
+
+def test_the_feed_measures_how_long_its_consumer_waited_for_batches():
+    import time
+
+    from tlzoo.training.feed import Prefetcher
+
+    class Slow:  # 50 ms a gather: a feed slower than its consumer
+        def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+            time.sleep(0.05)
+            return np.zeros((len(rows), 2, 2, 3), np.uint8)
+
+    labels, order = np.zeros(40, np.int64), np.arange(40)
+    feed = Prefetcher(1)
+    assert len(list(feed.batches(Slow(), labels, order, 5))) == 8
+    assert 0.3 <= feed.waited <= 1.0  # ~ 8 x 50 ms, the consumer doing nothing
+    fast = np.zeros((40, 2, 2, 3), np.uint8)
+    for _ in feed.batches(fast, labels, order, 5):
+        time.sleep(0.02)  # a consumer slower than its feed waits (almost) never
+    assert feed.waited < 0.05
+    feed.close()
+
+
+def test_the_history_records_each_epochs_feed_wait(tmp_path, monkeypatch):
+    import csv
+
+    from tlzoo.training.config import TrainConfig
+    from tlzoo.training.run import train
+
+    from .datagen import write_folder
+
+    monkeypatch.setenv("TLZOO_CACHE", str(tmp_path / "cache"))
+    data = write_folder(tmp_path / "data", per_class=6)
+    result = train(TrainConfig(data=str(data), backbone="torch/resnet18", weights="none", image_size=32, epochs=2,
+                               strategy="fine-tune", patience=0, out_dir=str(tmp_path / "runs")))  # fmt: skip
+    rows = list(csv.DictReader((result.run_dir / "history.csv").open()))
+    assert len(rows) == 2 and all(0 <= float(r["feed_seconds"]) <= float(r["seconds"]) for r in rows)

@@ -300,6 +300,7 @@ class KerasEngine(Engine):
             if progress is not None:
                 progress(n)
         _check_finite(total, seen)
+        self.feed_seconds = self._feed.waited
         return float(total) / len(order), int(correct) / len(order)
 
     def _steps(self, images: Any, labels: np.ndarray, order: np.ndarray,

@@ -396,6 +396,7 @@ class TorchEngine(Engine):
             if progress is not None:
                 progress(len(y))
         _check_finite(total, seen)
+        self.feed_seconds = self._feed.prefetcher.waited
         if self.distributed:  # the whole training set's loss and accuracy, not this shard's
             sums = torch.stack([total, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=self._device)])
             torch.distributed.all_reduce(sums)

@@ -61,6 +61,7 @@ class Engine(Collective, ABC):
         self.planned_steps = 0  # the run's training steps, all stages (for auto's eager estimate)
         self.say: Callable[[str], None] = lambda line: None  # a line for the user (the run's reporter)
 
+    feed_seconds = 0.0  # how long the last train_epoch waited for its batches (the feed's stall; 0: not measured)
     can_compile = False  # whether this engine can compile its training step (--compile)
     decides_by_payoff = False  # --compile auto on a GPU: decided by tlzoo.training.compile_payoff (else: compile)
 

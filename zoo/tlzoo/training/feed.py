@@ -4,11 +4,13 @@ Each batch is one gather of its rows from the images (the decoded-pixel store's
 :class:`tlzoo.store.StoreImages`, or an array: no per-image Python), made on a worker thread while the step
 before it computes. An engine's ``convert`` runs on that thread too (torch pins the batch for an asynchronous
 copy to the GPU; Keras makes it a tensor on its device). ``--workers N`` is the number of threads (at least
-one). An engine makes its :class:`Prefetcher` once, not every epoch.
+one). An engine makes its :class:`Prefetcher` once, not every epoch, and reports how long each epoch waited
+on it (``feed_seconds`` in the run's history: the share of an epoch the input path, not the device, set).
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,6 +37,7 @@ class Prefetcher(Generic[T]):
         self.threads = max(1, threads)
         self.convert = convert
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tlzoo-feed")
+        self.waited = 0.0  # seconds the last ``batches`` kept its consumer waiting for a batch (the feed's stall)
 
     def _gather(self, images: Any, labels: np.ndarray, rows: np.ndarray) -> T:
         return self.convert(np.ascontiguousarray(images[rows]), np.asarray(labels[rows], np.int64))
@@ -50,9 +53,12 @@ class Prefetcher(Generic[T]):
 
         for _ in range(self.threads + 1):
             submit()
+        self.waited = 0.0
         try:
             while pending:
+                started = time.perf_counter()
                 batch = pending.popleft().result()
+                self.waited += time.perf_counter() - started
                 submit()
                 yield batch
         finally:  # an error in the step: nothing more is gathered

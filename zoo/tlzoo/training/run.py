@@ -710,6 +710,7 @@ def _run_stage(engine: Engine, splits: Splits, cfg: TrainConfig, reporter: Repor
             "epoch": len(progress["history"]) + 1, "stage": stage.name, "loss": loss, "accuracy": acc,
             "val_loss": val_loss, "val_accuracy": float((proba.argmax(1) == splits.val.labels).mean()),
             "seconds": round(seconds, 3), "images_per_second": round(len(splits.train) / seconds, 2),
+            "feed_seconds": round(engine.feed_seconds, 3),
         }  # fmt: skip
         progress["history"].append(row)
         if val_loss < progress["best"] - 1e-6:
