@@ -278,7 +278,8 @@ class KerasEngine(Engine):
         self.seed_epoch(epoch)  # see TorchEngine.train_epoch
         tf.random.set_seed(self.epoch_seed(epoch))
         self._reseed_layers(epoch)
-        order = self.set_rng(epoch).permutation(len(labels))
+        quasi = self.quasi_random_order(images, epoch)  # a store larger than memory: read a block at a time
+        order = self.set_rng(epoch).permutation(len(labels)) if quasi is None else quasi
         if self._feed is None or self._feed.threads != max(1, workers):
             if self._feed is not None:
                 self._feed.close()

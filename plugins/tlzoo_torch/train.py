@@ -343,7 +343,8 @@ class TorchEngine(Engine):
             torch.manual_seed(self.epoch_seed(epoch) + self.rank)  # different dropout on each shard
         else:
             sampler = torch.utils.data.RandomSampler(range(n), generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
-        self._indices = [int(i) for i in sampler]
+        quasi = self.quasi_random_order(images, epoch)  # a store larger than memory: read a block at a time
+        self._indices = [int(i) for i in (sampler if quasi is None else quasi)]
         order = np.asarray(self._indices, np.int64)
         if len(order) > batch_size and len(order) % batch_size == 1:
             order = order[:-1]  # a batch of one breaks BatchNorm

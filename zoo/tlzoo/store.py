@@ -242,6 +242,14 @@ class StoreImages:
     def __len__(self) -> int:
         return len(self._keys)
 
+    @property
+    def nbytes(self) -> int:
+        return len(self._keys) * self._size[0] * self._size[1] * 3
+
+    def physical_order(self) -> np.ndarray:
+        """The positions in the order their pixels lie in the store's files (segment, then slot)."""
+        return np.lexsort((self._keys[:, 1], self._keys[:, 0]))
+
     def __getitem__(self, index: Any) -> np.ndarray | StoreImages:
         if isinstance(index, (int, np.integer)):
             seg, slot = self._keys[int(index)]

@@ -233,6 +233,21 @@ class Engine(Collective, ABC):
     def set_rng(self, epoch: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, epoch])
 
+    def quasi_random_order(self, images: Any, epoch: int) -> np.ndarray | None:
+        """This rank's order of ``images`` for ``epoch`` when they are a decoded-pixel store larger than the memory
+        that could cache it (:mod:`tlzoo.training.order`; decided at the first epoch, and said), else None: the
+        engine shuffles as it always does."""
+        from . import order
+
+        if not hasattr(self, "_quasi_plan"):
+            self._quasi_plan = order.plan(images)
+            if self._quasi_plan:
+                self.say(self._quasi_plan)
+        if not self._quasi_plan:
+            return None
+        everyone = order.epoch_order(images, self.seed, epoch)
+        return order.shard(everyone, self.rank, self.world_size) if self.world_size > 1 else everyone
+
     def epoch_seed(self, epoch: int) -> int:
         """A seed for everything random in one epoch, derived from the run's seed and the epoch alone."""
         return int(np.random.SeedSequence([self.seed, epoch, 0x7E]).generate_state(1)[0])
