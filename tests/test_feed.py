@@ -254,3 +254,11 @@ def test_the_history_records_each_epochs_feed_wait(tmp_path, monkeypatch):
                                strategy="fine-tune", patience=0, out_dir=str(tmp_path / "runs")))  # fmt: skip
     rows = list(csv.DictReader((result.run_dir / "history.csv").open()))
     assert len(rows) == 2 and all(0 <= float(r["feed_seconds"]) <= float(r["seconds"]) for r in rows)
+
+
+def test_the_epoch_line_says_when_the_feed_sets_the_pace():
+    from tlzoo.training.reporter import format_epoch
+
+    row = {"epoch": 2, "stage": "fine-tune", "loss": 0.5, "seconds": 2.0, "images_per_second": 10.0}
+    assert format_epoch({**row, "feed_seconds": 0.6}) == "  epoch 2 fine-tune  loss 0.5000  2.0 s (30% waiting for batches)  10.0 img/s"
+    assert format_epoch({**row, "feed_seconds": 0.05}) == "  epoch 2 fine-tune  loss 0.5000  2.0 s  10.0 img/s"  # under 5 %

@@ -3,8 +3,9 @@ can learn at a fraction of the head's learning rate (Keras has no per-layer rate
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any, Callable
 
 import numpy as np  # noqa: E402
@@ -292,20 +293,22 @@ class KerasEngine(Engine):
                 self._feed = Prefetcher(workers, lambda x, y: _tensors_on(where, x, y))
         # Summed on the device and read once an epoch, a non-finite loss looked for every CHECK_EVERY steps.
         total, correct, seen = tf.zeros((), tf.float64), tf.zeros((), tf.int64), 0
-        for step, (n, (loss, right)) in enumerate(self._steps(images, labels, order, batch_size)):
-            total += tf.cast(loss, tf.float64) * n
-            correct += tf.cast(right, tf.int64)
-            seen += n
-            if (step + 1) % CHECK_EVERY == 0:
-                _check_finite(total, seen)
-            if progress is not None:
-                progress(n)
+        steps = self._steps(images, labels, order, batch_size)
+        with contextlib.closing(steps):  # an error or Ctrl-C: nothing more is gathered
+            for step, (n, (loss, right)) in enumerate(steps):
+                total += tf.cast(loss, tf.float64) * n
+                correct += tf.cast(right, tf.int64)
+                seen += n
+                if (step + 1) % CHECK_EVERY == 0:
+                    _check_finite(total, seen)
+                if progress is not None:
+                    progress(n)
         _check_finite(total, seen)
         self.feed_seconds = self._feed.waited
         return float(total) / len(order), int(correct) / len(order)
 
     def _steps(self, images: Any, labels: np.ndarray, order: np.ndarray,
-               batch_size: int) -> Iterator[tuple[int, tuple[tf.Tensor, tf.Tensor]]]:  # fmt: skip
+               batch_size: int) -> Generator[tuple[int, tuple[tf.Tensor, tf.Tensor]], None, None]:  # fmt: skip
         """``(images in the batch, (loss, correct))`` for each step of the epoch, batches from the feed."""
         assert self._feed is not None
         batches = self._feed.batches(images, labels, order, batch_size)

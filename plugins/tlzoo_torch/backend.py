@@ -253,7 +253,7 @@ def optimized_for_cpu(backbone: Backbone, model: nn.Module, tolerance: float = C
     try:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")  # TorchScript's deprecation notices and tracer warnings
-            example = backbone.to_tensor(probe)
+            example = torch.from_numpy(probe).permute(0, 3, 1, 2)
             traced = torch.jit.trace(copy.deepcopy(model).eval(), example, check_trace=False)
             candidate = OptimizedForCpu(torch.jit.optimize_for_inference(torch.jit.freeze(traced)))
             expected, got = backbone._run(model, probe), backbone._run(candidate, probe)

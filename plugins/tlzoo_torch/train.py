@@ -4,9 +4,10 @@ epoch), and nothing that assumes a single process (DistributedSampler/DDP when t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -132,7 +133,7 @@ class Feed:
         return (tx.pin_memory(), ty.pin_memory()) if self.pin else (tx, ty)
 
     def batches(self, images: Any, labels: np.ndarray, order: np.ndarray,
-                batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+                batch_size: int) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:  # fmt: skip
         for x, y in self.prefetcher.batches(images, labels, order, batch_size):
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
@@ -362,40 +363,42 @@ class TorchEngine(Engine):
         total = torch.zeros((), dtype=torch.float64, device=self._device)
         correct = torch.zeros((), dtype=torch.int64, device=self._device)
         seen = 0
-        for step, (batch, y) in enumerate(self._feed.batches(images, labels, order, batch_size)):
-            x = augment_batch(self._to_input(batch), augmentation.affine(len(y), size, augment, draws))
-            if self.probes_compile and self._steps_run == payoff.WARM_STEPS:
-                probe_from = self._clock()
-            elif self.probes_compile and self._steps_run == payoff.PROBE_STEPS:
-                per_step = (self._clock() - probe_from) / (payoff.PROBE_STEPS - payoff.WARM_STEPS)
-                self._eager_step_s = per_step
-                if self.decide_compile(per_step, self._steps_run, batch_size):
-                    model = self._training_model()
-                    model.train()
-            if self._compiled is not None and not self._compiled_ran:  # compiling happens here, at its first batch
-                self.say("compiling the training step (torch.compile, inductor): a minute or more the first time")
-                started = self._clock()
-                try:
-                    loss, out = self._step(model, x, y)
-                except Exception as exc:  # noqa: BLE001 - inductor's failures have no common type
-                    self.compile_failed(exc)  # raises under --compile on
-                    self._compiled = None
-                    model = self._training_model()
-                    model.train()
-                    loss, out = self._step(model, x, y)
+        batches = self._feed.batches(images, labels, order, batch_size)
+        with contextlib.closing(batches):  # an error or Ctrl-C: nothing more is gathered
+            for step, (batch, y) in enumerate(batches):
+                x = augment_batch(self._to_input(batch), augmentation.affine(len(y), size, augment, draws))
+                if self.probes_compile and self._steps_run == payoff.WARM_STEPS:
+                    probe_from = self._clock()
+                elif self.probes_compile and self._steps_run == payoff.PROBE_STEPS:
+                    per_step = (self._clock() - probe_from) / (payoff.PROBE_STEPS - payoff.WARM_STEPS)
+                    self._eager_step_s = per_step
+                    if self.decide_compile(per_step, self._steps_run, batch_size):
+                        model = self._training_model()
+                        model.train()
+                if self._compiled is not None and not self._compiled_ran:  # compiling happens here, at its first batch
+                    self.say("compiling the training step (torch.compile, inductor): a minute or more the first time")
+                    started = self._clock()
+                    try:
+                        loss, out = self._step(model, x, y)
+                    except Exception as exc:  # noqa: BLE001 - inductor's failures have no common type
+                        self.compile_failed(exc)  # raises under --compile on
+                        self._compiled = None
+                        model = self._training_model()
+                        model.train()
+                        loss, out = self._step(model, x, y)
+                    else:
+                        self._record_compile(self._clock() - started, batch_size)
+                    self._compiled_ran = True
                 else:
-                    self._record_compile(self._clock() - started, batch_size)
-                self._compiled_ran = True
-            else:
-                loss, out = self._step(model, x, y)
-            total += loss.detach().double() * len(y)
-            correct += (out.detach().argmax(1) == y).sum()
-            seen += len(y)
-            self._steps_run += 1
-            if (step + 1) % CHECK_EVERY == 0:
-                _check_finite(total, seen)
-            if progress is not None:
-                progress(len(y))
+                    loss, out = self._step(model, x, y)
+                total += loss.detach().double() * len(y)
+                correct += (out.detach().argmax(1) == y).sum()
+                seen += len(y)
+                self._steps_run += 1
+                if (step + 1) % CHECK_EVERY == 0:
+                    _check_finite(total, seen)
+                if progress is not None:
+                    progress(len(y))
         _check_finite(total, seen)
         self.feed_seconds = self._feed.prefetcher.waited
         if self.distributed:  # the whole training set's loss and accuracy, not this shard's

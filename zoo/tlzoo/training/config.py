@@ -184,6 +184,14 @@ class TrainConfig:
         check_feature_engine(self.feature_engine)
 
     @property
+    def batch(self) -> int:
+        """``--batch-size`` as a number: ``auto`` is resolved when training starts (see
+        :mod:`tlzoo.training.autobatch`), before anything batches images."""
+        if isinstance(self.batch_size, str):
+            raise AssertionError("--batch-size auto is resolved before training starts")
+        return self.batch_size
+
+    @property
     def uses_sklearn_head(self) -> bool:
         return self.strategy == "feature-extract" and self.head in SKLEARN_HEADS
 

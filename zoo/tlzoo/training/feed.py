@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
@@ -42,7 +42,7 @@ class Prefetcher(Generic[T]):
     def _gather(self, images: Any, labels: np.ndarray, rows: np.ndarray) -> T:
         return self.convert(np.ascontiguousarray(images[rows]), np.asarray(labels[rows], np.int64))
 
-    def batches(self, images: Any, labels: np.ndarray, order: np.ndarray, batch_size: int) -> Iterator[T]:
+    def batches(self, images: Any, labels: np.ndarray, order: np.ndarray, batch_size: int) -> Generator[T, None, None]:
         starts = iter(range(0, len(order), batch_size))
         pending: deque[Future[T]] = deque()
 

@@ -12,6 +12,9 @@ from .engine import ProgressFn
 _SHORT = {"accuracy": "acc", "val_accuracy": "val_acc"}
 
 
+FEED_SHOWN = 0.05  # share of an epoch spent waiting for batches from which the epoch line says so
+
+
 def format_epoch(row: dict[str, Any]) -> str:
     """One epoch as one short line: ``  epoch 2 fine-tune  loss 0.1624  acc 1.0000  val_loss ...  0.3 s  71.3 img/s``."""
     parts: list[str] = []
@@ -21,7 +24,12 @@ def format_epoch(row: dict[str, Any]) -> str:
         if key == "stage":
             parts.insert(0, f"epoch {row.get('epoch')} {value}")
         elif key == "seconds":
-            parts.append(f"{float(value):.1f} s")
+            waited = float(row.get("feed_seconds") or 0.0)
+            # The feed's stall is shown only where it sets the pace (history.csv always has it).
+            stall = f" ({waited / float(value):.0%} waiting for batches)" if waited >= FEED_SHOWN * float(value) > 0 else ""
+            parts.append(f"{float(value):.1f} s{stall}")
+        elif key == "feed_seconds":
+            continue
         elif key == "images_per_second":
             parts.append(f"{float(value):.1f} img/s")
         elif isinstance(value, float):

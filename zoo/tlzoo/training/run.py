@@ -414,12 +414,12 @@ def _extract(model: Model, files: datamod.ImageList, cfg: TrainConfig, run: Call
              advance: Callable[[int], None], stream: store.Stream | None) -> feature_cache.Entry:  # fmt: skip
     """Decode (or read from the store) on a pool of threads while the backbone runs on the batch before."""
     feats, kept, skipped = [], [], []
-    for batch in datamod.decode_batches(files.paths, model.size, batch_size=cfg.batch_size, threads=cfg.workers or None,
+    for batch in datamod.decode_batches(files.paths, model.size, batch_size=cfg.batch, threads=cfg.workers or None,
                                         strict=cfg.strict, prep=model.preprocessing,
                                         load=stream.load if stream is not None else None):  # fmt: skip
         skipped += batch.skipped
         if len(batch.index):
-            feats.append(model.backbone.extract_features(batch.images, tap=model.tap, batch_size=cfg.batch_size,
+            feats.append(model.backbone.extract_features(batch.images, tap=model.tap, batch_size=cfg.batch,
                                                          run=run()))  # fmt: skip
             kept.append(batch.index)
         advance(len(batch.index) + len(batch.skipped))
@@ -460,7 +460,7 @@ def _feature_extract(model: Model, splits: Splits, cfg: TrainConfig, reporter: R
             runners.append(feature_engines.runner(backbone, model.tap, cfg.feature_engine,
                                                   feature_cache.cache_root() / "engines",
                                                   device=model.engine.device if own else None,
-                                                  images=left[0], batch_size=cfg.batch_size))  # fmt: skip
+                                                  images=left[0], batch_size=cfg.batch))  # fmt: skip
             if not own:
                 reporter.info(f"feature engine: {cfg.feature_engine} ({time.perf_counter() - started:.1f} s to "
                               f"prepare, checked against {model.spec.framework})")  # fmt: skip
@@ -503,7 +503,7 @@ def _fit_head(feats: dict[str, np.ndarray], splits: Splits, cfg: TrainConfig, re
         head = fit_mlp(
             feats["train"], splits.train.labels, feats["val"], splits.val.labels, n, hidden=cfg.hidden,
             dropout=cfg.dropout, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-            patience=cfg.patience, batch_size=cfg.batch_size, seed=cfg.seed,
+            patience=cfg.patience, batch_size=cfg.batch, seed=cfg.seed,
             trainer=adapter_for(spec.framework).train_mlp,
             on_epoch=reporter.epoch,
         )  # fmt: skip
@@ -614,7 +614,7 @@ def _fit(engine: Engine, backbone: Backbone, splits: Splits, cfg: TrainConfig, r
         cfg = dataclasses.replace(cfg, batch_size=choice.batch_size)
     scale = choice.lr_scale if auto else 1.0
     # What --compile auto weighs its compile time against, and where it says what it decided.
-    per_epoch = math.ceil(len(splits.train) / max(engine.world_size, 1) / cfg.batch_size)
+    per_epoch = math.ceil(len(splits.train) / max(engine.world_size, 1) / cfg.batch)
     engine.planned_steps = per_epoch * sum(stage.epochs for stage in stages)
     for s_index, stage in enumerate(stages):
         if s_index < progress["stage"]:
@@ -638,7 +638,7 @@ def _fit(engine: Engine, backbone: Backbone, splits: Splits, cfg: TrainConfig, r
         row = next(r for r in progress["history"] if r["epoch"] == kept)
         reporter.info(f"kept the best epoch: {kept} of {len(progress['history'])} (val_loss {row['val_loss']:.4f}, "
                       f"val_accuracy {row['val_accuracy']:.4f})")  # fmt: skip
-    record = {"batch_size": cfg.batch_size, **({"batch_size_auto": choice.record()} if auto else {})}
+    record = {"batch_size": cfg.batch, **({"batch_size_auto": choice.record()} if auto else {})}
     return list(progress["history"]), record
 
 
@@ -688,10 +688,10 @@ def _run_stage(engine: Engine, splits: Splits, cfg: TrainConfig, reporter: Repor
         try:
             with reporter.task(f"{stage.name} epoch {epoch + 1}/{stage.epochs}", len(splits.train)) as advance:
                 if warmup and epoch == 0:
-                    advance = _warming(engine, advance, factor, cfg.batch_size,
+                    advance = _warming(engine, advance, factor, cfg.batch,
                                        math.ceil(len(splits.train) / max(engine.world_size, 1)))  # fmt: skip
                 loss, acc = engine.train_epoch(
-                    splits.train.images, splits.train.labels, batch_size=cfg.batch_size, augment=augment,
+                    splits.train.images, splits.train.labels, batch_size=cfg.batch, augment=augment,
                     epoch=len(progress["history"]), workers=cfg.workers, progress=advance,
                 )  # fmt: skip
         except KeyboardInterrupt:
