@@ -12,11 +12,10 @@ import numpy as np  # noqa: E402
 
 from .quiet import keras, tf  # noqa: E402  (TensorFlow without its start-up noise)
 
-from tlzoo.errors import TrainingDiverged
 from tlzoo.rundir import atomic_write  # noqa: E402
 from tlzoo.specs import Preprocessing  # noqa: E402
 from tlzoo.training.engine import Engine, ProgressFn  # noqa: E402
-from tlzoo.training.feed import CHECK_EVERY, Prefetcher  # noqa: E402
+from tlzoo.training.feed import CHECK_EVERY, Prefetcher, check_finite  # noqa: E402
 from tlzoo.training.heads import HeadParams  # noqa: E402
 
 MODEL_FILE = "model.keras"
@@ -48,12 +47,6 @@ def make_head(x: Any, sizes: list[int], dropout: float, params: HeadParams | Non
 def assemble(features: keras.Model, sizes: list[int], dropout: float, head: HeadParams | None, name: str) -> keras.Model:
     """The classifier: ``features`` followed by the head's dense layers (``head``'s weights when given)."""
     return keras.Model(features.input, make_head(features.output, sizes, dropout, head), name=f"tlzoo_{name}")
-
-
-def _check_finite(total: tf.Tensor, seen: int) -> None:
-    value = float(total)  # the one read that waits for the device
-    if not np.isfinite(value):
-        raise TrainingDiverged(value / max(seen, 1))
 
 
 def _tensors_on(device: str, x: np.ndarray, y: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
@@ -300,10 +293,10 @@ class KerasEngine(Engine):
                 correct += tf.cast(right, tf.int64)
                 seen += n
                 if (step + 1) % CHECK_EVERY == 0:
-                    _check_finite(total, seen)
+                    check_finite(total, seen)
                 if progress is not None:
                     progress(n)
-        _check_finite(total, seen)
+        check_finite(total, seen)
         self.feed_seconds = self._feed.waited
         return float(total) / len(order), int(correct) / len(order)
 

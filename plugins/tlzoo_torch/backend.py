@@ -8,6 +8,7 @@ order, not the order modules happen to be declared in.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,6 +203,24 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
 HALF_TOLERANCE = 1e-2  # largest feature difference to fp32's, relative to the features' scale, that fp16 may make
 
 
+def _checked(backbone: Backbone, model: nn.Module, make: Callable[[np.ndarray], nn.Module],
+             tolerance: float) -> nn.Module:  # fmt: skip
+    """``make(probe)``'s model when its features on a random probe batch have ``model``'s shape, are finite and
+    stay within ``tolerance`` of ``model``'s (relative to their scale); else ``model`` itself, as when making or
+    running the candidate fails."""
+    h, w = backbone.input_size
+    probe = np.random.default_rng(0).normal(size=(2, h, w, 3)).astype(np.float32)
+    try:
+        candidate = make(probe)
+        expected, got = backbone._run(model, probe), backbone._run(candidate, probe)
+    except Exception:  # noqa: BLE001 - a candidate the framework or device cannot make or run is not used
+        return model
+    if got.shape != expected.shape or not np.isfinite(got).all():
+        return model
+    scale = max(float(np.abs(expected).max()), 1e-6)
+    return candidate if float(np.abs(got - expected).max()) / scale <= tolerance else model
+
+
 def reduced_precision(backbone: Backbone, model: nn.Module, dtype: torch.dtype = torch.float16,
                       tolerance: float = HALF_TOLERANCE) -> nn.Module:  # fmt: skip
     """A copy of ``model`` in ``dtype`` when its features on a probe batch stay within ``tolerance`` of the
@@ -209,16 +228,7 @@ def reduced_precision(backbone: Backbone, model: nn.Module, dtype: torch.dtype =
     convolutions on the tensor cores in fp16, where the check allows."""
     import copy
 
-    h, w = backbone.input_size
-    probe = np.random.default_rng(0).normal(size=(2, h, w, 3)).astype(np.float32)
-    try:
-        candidate = copy.deepcopy(model).to(dtype)
-        expected, got = backbone._run(model, probe), backbone._run(candidate, probe)
-    except Exception:  # noqa: BLE001 - a model or device without kernels for this dtype runs in fp32
-        return model
-    scale = max(float(np.abs(expected).max()), 1e-6)
-    difference = float(np.abs(got - expected).max()) / scale
-    return candidate if np.isfinite(got).all() and difference <= tolerance else model
+    return _checked(backbone, model, lambda probe: copy.deepcopy(model).to(dtype), tolerance)
 
 
 CPU_TOLERANCE = 1e-4  # largest feature difference to eager's, relative to the features' scale, oneDNN's graph may make
@@ -242,27 +252,21 @@ class OptimizedForCpu(nn.Module):
 def optimized_for_cpu(backbone: Backbone, model: nn.Module, tolerance: float = CPU_TOLERANCE) -> nn.Module:
     """``model`` (frozen, fp32, on the CPU) traced, frozen and optimized for inference by oneDNN when its
     features on a probe batch stay within ``tolerance`` of the eager model's; else ``model`` itself.
-    MobileNetV2 at 224 px extracts 1.3x faster on 2 cores (benchmarks/feature_speed.py). TorchScript is
+    MobileNetV2 at 224 px extracts 1.14x faster on 2 cores (benchmarks/feature_speed.py). TorchScript is
     deprecated in favour of torch.compile, whose cold compile takes longer on a CPU than most extractions;
     a model TorchScript cannot trace, or a torch without it, runs eagerly."""
     import copy
     import warnings
 
-    h, w = backbone.input_size
-    probe = np.random.default_rng(0).normal(size=(2, h, w, 3)).astype(np.float32)
-    try:
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter("ignore")  # TorchScript's deprecation notices and tracer warnings
+    def graph(probe: np.ndarray) -> nn.Module:
+        with torch.inference_mode(False), torch.no_grad():
             example = torch.from_numpy(probe).permute(0, 3, 1, 2)
             traced = torch.jit.trace(copy.deepcopy(model).eval(), example, check_trace=False)
-            candidate = OptimizedForCpu(torch.jit.optimize_for_inference(torch.jit.freeze(traced)))
-            expected, got = backbone._run(model, probe), backbone._run(candidate, probe)
-    except Exception:  # noqa: BLE001 - whatever TorchScript cannot take runs eagerly
-        return model
-    scale = max(float(np.abs(expected).max()), 1e-6)
-    if got.shape != expected.shape or not np.isfinite(got).all():
-        return model
-    return candidate if float(np.abs(got - expected).max()) / scale <= tolerance else model
+            return OptimizedForCpu(torch.jit.optimize_for_inference(torch.jit.freeze(traced)))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notices and tracer warnings
+        return _checked(backbone, model, graph, tolerance)
 
 
 class TorchBackbone(Backbone):

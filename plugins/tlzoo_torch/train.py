@@ -5,7 +5,6 @@ epoch), and nothing that assumes a single process (DistributedSampler/DDP when t
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -19,13 +18,12 @@ _tune_allocator()  # before torch allocates its first buffers (see tlzoo.allocat
 import torch  # noqa: E402
 from torch import nn
 
-from tlzoo.errors import TrainingDiverged
 from tlzoo.rundir import atomic_write
 from tlzoo.specs import Preprocessing
 from tlzoo.training import augment as augmentation
 from tlzoo.training import compile_payoff as payoff
 from tlzoo.training.engine import Engine, ProgressFn
-from tlzoo.training.feed import CHECK_EVERY, Prefetcher
+from tlzoo.training.feed import CHECK_EVERY, Prefetcher, check_finite
 from tlzoo.training.heads import HeadParams
 
 MODEL_FILE = "model.pt"
@@ -126,7 +124,10 @@ class Feed:
         self.device = device
         self.pin = device.type == "cuda"
         self.prefetcher = Prefetcher(threads, self._tensors)
-        self.threads = self.prefetcher.threads
+
+    @property
+    def threads(self) -> int:
+        return self.prefetcher.threads
 
     def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         tx, ty = torch.from_numpy(x), torch.from_numpy(y)
@@ -142,12 +143,6 @@ class Feed:
 
 
 COMPILE_BACKEND = "inductor"  # torch.compile's default; tests that only check the wiring use "eager"
-
-
-def _check_finite(total: torch.Tensor, seen: int) -> None:
-    value = float(total)  # the one read that waits for the device
-    if not math.isfinite(value):
-        raise TrainingDiverged(value / max(seen, 1))
 
 
 class TorchEngine(Engine):
@@ -396,10 +391,10 @@ class TorchEngine(Engine):
                 seen += len(y)
                 self._steps_run += 1
                 if (step + 1) % CHECK_EVERY == 0:
-                    _check_finite(total, seen)
+                    check_finite(total, seen)
                 if progress is not None:
                     progress(len(y))
-        _check_finite(total, seen)
+        check_finite(total, seen)
         self.feed_seconds = self._feed.prefetcher.waited
         if self.distributed:  # the whole training set's loss and accuracy, not this shard's
             sums = torch.stack([total, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=self._device)])

@@ -10,6 +10,7 @@ on it (``feed_seconds`` in the run's history: the share of an epoch the input pa
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Generator
@@ -18,11 +19,21 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from ..errors import TrainingDiverged
+
 # Steps between looks at an epoch's loss, summed on the device, for a non-finite value: reading it every step
 # would wait for the device every step.
 CHECK_EVERY = 50
 
 T = TypeVar("T")
+
+
+def check_finite(total: Any, seen: int) -> None:
+    """Raise :class:`TrainingDiverged` when an epoch's summed loss (a framework's scalar tensor on its device)
+    is not finite: the one read of it that waits for the device."""
+    value = float(total)
+    if not math.isfinite(value):
+        raise TrainingDiverged(value / max(seen, 1))
 
 
 def _as_arrays(x: np.ndarray, y: np.ndarray) -> Any:
