@@ -262,3 +262,22 @@ def test_the_epoch_line_says_when_the_feed_sets_the_pace():
     row = {"epoch": 2, "stage": "fine-tune", "loss": 0.5, "seconds": 2.0, "images_per_second": 10.0}
     assert format_epoch({**row, "feed_seconds": 0.6}) == "  epoch 2 fine-tune  loss 0.5000  2.0 s (30% waiting for batches)  10.0 img/s"
     assert format_epoch({**row, "feed_seconds": 0.05}) == "  epoch 2 fine-tune  loss 0.5000  2.0 s  10.0 img/s"  # under 5 %
+
+
+def test_an_error_in_the_step_shuts_the_feed_threads_down_at_once():
+    from tlzoo.training.feed import Prefetcher
+
+    feed = Prefetcher(2)
+    images, labels = np.zeros((40, 2, 2, 3), np.uint8), np.zeros(40, np.int64)
+    with pytest.raises(KeyboardInterrupt):
+        for _ in feed.batches(images, labels, np.arange(40), 5):
+            raise KeyboardInterrupt  # Ctrl-C or SIGTERM during a step
+    assert feed.closed and all(not t.is_alive() for t in _joined(feed.pool._threads))
+    done = Prefetcher(1)
+    assert len(list(done.batches(images, labels, np.arange(40), 5))) == 8 and not done.closed  # an epoch run through
+
+
+def _joined(threads):  # type: ignore[no-untyped-def]
+    for t in threads:
+        t.join(timeout=5)
+    return threads

@@ -274,7 +274,7 @@ class KerasEngine(Engine):
         self._reseed_layers(epoch)
         quasi = self.quasi_random_order(images, epoch)  # a store larger than memory: read a block at a time
         order = self.set_rng(epoch).permutation(len(labels)) if quasi is None else quasi
-        if self._feed is None or self._feed.threads != max(1, workers):
+        if self._feed is None or self._feed.threads != max(1, workers) or self._feed.closed:
             if self._feed is not None:
                 self._feed.close()
             # Under MirroredStrategy tf.data splits each batch over the replicas; else each batch becomes a

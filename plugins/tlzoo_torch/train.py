@@ -346,7 +346,7 @@ class TorchEngine(Engine):
             order = order[:-1]  # a batch of one breaks BatchNorm
         draws = augmentation.generator(self.seed, epoch, self.rank)
         size = self.backbone.input_size
-        if self._feed is None or self._feed.threads != max(1, workers):
+        if self._feed is None or self._feed.threads != max(1, workers) or self._feed.prefetcher.closed:
             if self._feed is not None:
                 self._feed.close()
             self._feed = Feed(self._device, workers)

@@ -49,6 +49,7 @@ class Prefetcher(Generic[T]):
         self.convert = convert
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tlzoo-feed")
         self.waited = 0.0  # seconds the last ``batches`` kept its consumer waiting for a batch (the feed's stall)
+        self.closed = False  # closed (by an error in a step, or by its engine): the engine makes a new one
 
     def _gather(self, images: Any, labels: np.ndarray, rows: np.ndarray) -> T:
         return self.convert(np.ascontiguousarray(images[rows]), np.asarray(labels[rows], np.int64))
@@ -65,6 +66,7 @@ class Prefetcher(Generic[T]):
         for _ in range(self.threads + 1):
             submit()
         self.waited = 0.0
+        finished = False
         try:
             while pending:
                 started = time.perf_counter()
@@ -72,9 +74,13 @@ class Prefetcher(Generic[T]):
                 self.waited += time.perf_counter() - started
                 submit()
                 yield batch
-        finally:  # an error in the step: nothing more is gathered
+            finished = True
+        finally:  # an error or Ctrl-C in the step: nothing more is gathered, and the threads go now, not at exit
             for future in pending:
                 future.cancel()
+            if not finished:
+                self.close()
 
     def close(self) -> None:
+        self.closed = True
         self.pool.shutdown(wait=False, cancel_futures=True)
