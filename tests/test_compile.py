@@ -93,15 +93,19 @@ def test_keras_compiles_its_update_with_xla_and_augments_outside_it(tiny_data, t
     # RandomZoom's image op has no XLA kernel on the CPU: the augmentation stays outside the compiled update
     augmented = train(config(tiny_data, tmp_path, "augmented", backbone="keras/mobilenet_v2", compile="on", epochs=1))
     assert augmented.summary["compile"] == {"asked": "on", "compiled": True}
-    exact = {"dropout": 0.0, "augment": "none", "backbone": "keras/mobilenet_v2"}
+    # One batch an epoch (24 training images): the first epoch's loss is the initial weights' on the same batch,
+    # the second's the loss after one update. Compiled and plain must agree on both. More steps on a
+    # random-init network at 32 px (1x1 maps into batch norm) amplify float reorderings into 10-30 % apart.
+    exact = {"dropout": 0.0, "augment": "none", "backbone": "keras/mobilenet_v2", "batch_size": 32}
     plain = train(config(tiny_data, tmp_path, "plain", compile="off", **exact))
     xla = train(config(tiny_data, tmp_path, "xla", compile="on", **exact))
     assert xla.summary["compile"] == {"asked": "on", "compiled": True}
-    first = [run.history[0]["loss"] for run in (xla, plain)]
-    # the same initial weights and batches: XLA fuses and reorders, so the first epoch is close, not equal
-    # (later epochs drift apart: a random-init network on 24 images amplifies every difference)
-    np.testing.assert_allclose(first[0], first[1], rtol=0.1)
-    assert all(np.isfinite(row["loss"]) for row in xla.history) and len(xla.history) == 2
+    assert plain.summary["compile"] == {"asked": "off", "compiled": False}
+    losses = [[row["loss"] for row in run.history] for run in (xla, plain)]
+    assert len(losses[0]) == len(losses[1]) == 2
+    np.testing.assert_allclose(losses[0][0], losses[1][0], rtol=1e-4)  # measured 3e-6 at most over 8 datasets
+    np.testing.assert_allclose(losses[0][1], losses[1][1], rtol=1e-2)  # measured 7e-4 at most
+    assert losses[1][1] != losses[1][0]  # the update changed the model
 
 
 def test_an_engine_that_cannot_compile_refuses_on_and_config_files_say_on_plainly(tmp_path):
