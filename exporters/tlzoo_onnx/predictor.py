@@ -63,9 +63,9 @@ def _trt_cache() -> Path:
 
 def _cuda_driver_present() -> bool:
     """A CUDA provider without a driver fails noisily at session start; look before we ask."""
-    import ctypes.util
+    from tlzoo.decode import cuda_driver_present
 
-    return ctypes.util.find_library("cuda") is not None or Path("/proc/driver/nvidia/version").exists()
+    return cuda_driver_present()
 
 
 class Predictor:

@@ -27,6 +27,16 @@ def weights_cache() -> Path:
     return base / "hub" / "checkpoints"
 
 
+def gpu_decoder() -> str:
+    """The name of the adapter's GPU JPEG decoder (nvJPEG through torchvision), without importing torch."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"nvjpeg (torchvision {version('torchvision')}, torch {version('torch')})"
+    except PackageNotFoundError:
+        return "nvjpeg (torchvision)"
+
+
 @hookimpl
 def register_frameworks() -> list[FrameworkSpec]:
     return [
@@ -36,6 +46,7 @@ def register_frameworks() -> list[FrameworkSpec]:
             head_only_runs=True,
             adapter="tlzoo_torch.adapter:TorchAdapter",
             weights_cache="tlzoo_torch:weights_cache",
+            gpu_decoder="tlzoo_torch:gpu_decoder",
             input_layout="NCHW",
             description="PyTorch: CUDA mixed precision, DDP under torchrun, torch.onnx export",
         )

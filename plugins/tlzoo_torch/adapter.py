@@ -49,6 +49,14 @@ class TorchAdapter(FrameworkAdapter):
         prefix = weights.file_hash if weights.hash_algorithm == "sha256" else None
         torch.hub.download_url_to_file(weights.url, str(dest), hash_prefix=prefix, progress=True)
 
+    def image_decoder(self, device: str) -> Any:
+        """nvJPEG on a CUDA device (see :mod:`tlzoo_torch.nvjpeg`), when torchvision's CUDA decoder works here."""
+        if not str(device).startswith("cuda"):
+            return None
+        from .nvjpeg import working_decoder
+
+        return working_decoder(device)
+
     def converter(self, format: str) -> Callable[..., None] | None:
         if format == "onnx":
             from .onnx_export import convert

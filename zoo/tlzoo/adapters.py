@@ -25,6 +25,8 @@ from .specs import BackboneSpec, FrameworkSpec, WeightsSpec
 if TYPE_CHECKING:  # numpy is not on the path of `tlzoo list-backbones`, which reads weights caches from here
     import numpy as np
 
+    from .decode import ImageDecoder
+
 # The types below live in modules that use adapters (tlzoo.backbone, tlzoo.training.engine,
 # tlzoo.weights); naming them here as Any keeps the module graph free of cycles.
 Backbone = Any  # tlzoo.backbone.Backbone
@@ -128,6 +130,12 @@ class FrameworkAdapter(ABC):
         raw_input)``; what each keyword means is the exporter's documented contract. tlzoo's ONNX exporter always
         passes ``raw_input=False`` and joins its own raw-input front (``tlzoo_onnx.front``) to the result.
         """
+        return None
+
+    def image_decoder(self, device: str) -> ImageDecoder | None:
+        """A :class:`tlzoo.decode.ImageDecoder` that decodes JPEGs on ``device`` (the run's training engine's
+        device: ``cuda:0``, ``cpu``...), or None to leave every image to Pillow. Give one only where it works
+        (try it on a small JPEG first), and only where its framework spec's ``gpu_decoder`` names it."""
         return None
 
 

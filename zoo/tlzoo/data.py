@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .decode import available_cores, is_image_file, load_image
+from .decode import ImageDecoder, Jpeg, available_cores, decode_jpegs, is_image_file, load_image, read_for
 from .errors import DataError
 from .specs import Preprocessing
 
@@ -123,33 +123,55 @@ def default_threads() -> int:
 
 def decode_batches(paths: list[str], size: tuple[int, int], *, batch_size: int, threads: int | None = None,
                    strict: bool = False, prep: Preprocessing | None = None,
-                   load: Callable[[str], np.ndarray] | None = None) -> Iterator[DecodedBatch]:  # fmt: skip
+                   load: Callable[[str], np.ndarray | Jpeg] | None = None, decoder: ImageDecoder | None = None,
+                   decoded: Callable[[str, Jpeg, np.ndarray], None] | None = None) -> Iterator[DecodedBatch]:  # fmt: skip
     """Decode ``paths`` in order (by ``prep``'s resize policy, see :func:`tlzoo.decode.load_image`),
     ``batch_size`` at a time, on a pool of threads that works at most three batches ahead of the consumer:
     memory holds a few batches, never the dataset. Unreadable files (and images over the pixel limit) are
-    reported in their batch's ``skipped`` (``strict``: raise :class:`DataError` instead). ``load(path)``, when
-    given, replaces the decoder (the decoded-pixel store's :class:`tlzoo.store.Stream`)."""
+    reported in their batch's ``skipped`` (``strict``: raise :class:`DataError` instead).
+
+    ``decoder`` (a GPU's) takes the batch's JPEGs, the threads reading them; Pillow the rest. ``load(path)``,
+    when given, replaces the threads' read (the decoded-pixel store's :class:`tlzoo.store.Stream`): it gives
+    pixels, or a :class:`Jpeg` for ``decoder``, whose pixels then go to ``decoded(path, jpeg, pixels)``."""
     ahead = 3 * batch_size
-    read = load or (lambda path: load_image(path, size, prep))
+    read = load or (read_for(decoder, size, prep) if decoder is not None else lambda path: load_image(path, size, prep))
     with ThreadPoolExecutor(threads or default_threads(), thread_name_prefix="tlzoo-decode") as pool:
-        pending: deque[Future[np.ndarray]] = deque()
+        pending: deque[Future[np.ndarray | Jpeg]] = deque()
         submitted = 0
         for start in range(0, len(paths), batch_size):
             stop = min(start + batch_size, len(paths))
             while submitted < min(len(paths), stop + ahead):
                 pending.append(pool.submit(read, paths[submitted]))
                 submitted += 1
-            index, images, skipped = [], [], []
+            got: dict[int, np.ndarray | Jpeg | Exception] = {}
             for i in range(start, stop):
                 try:
-                    images.append(pending.popleft().result())
-                    index.append(i)
+                    got[i] = pending.popleft().result()
                 except Exception as exc:  # PIL raises many types for truncated or non-image files
+                    got[i] = exc
+            jpegs = [i for i, item in got.items() if isinstance(item, Jpeg)]
+            if jpegs:
+                assert decoder is not None, "a Jpeg is only read for a decoder"
+                out = decode_jpegs([(paths[i], got[i]) for i in jpegs], decoder, size, prep)  # type: ignore[misc]
+                for i, pixels in zip(jpegs, out):
+                    if decoded is not None and not isinstance(pixels, Exception):
+                        decoded(paths[i], got[i], pixels)  # type: ignore[arg-type]
+                    got[i] = pixels
+            index: list[int] = []
+            images: list[np.ndarray] = []
+            skipped: list[tuple[str, str]] = []
+            for i in range(start, stop):
+                item = got[i]
+                assert not isinstance(item, Jpeg)
+                if isinstance(item, Exception):
                     if strict:
                         for future in pending:
                             future.cancel()
-                        raise DataError(f"cannot read image {paths[i]}: {type(exc).__name__}: {exc}") from exc
-                    skipped.append((str(paths[i]), f"{type(exc).__name__}: {exc}"))
+                        raise DataError(f"cannot read image {paths[i]}: {type(item).__name__}: {item}") from item
+                    skipped.append((str(paths[i]), f"{type(item).__name__}: {item}"))
+                else:
+                    images.append(item)
+                    index.append(i)
             empty = np.zeros((0, size[0], size[1], 3), np.uint8)
             yield DecodedBatch(np.asarray(index, np.int64), np.stack(images) if images else empty, skipped)
 
@@ -343,11 +365,13 @@ def load(samples: list[Sample] | ImageList, size: tuple[int, int], classes: list
 
 def decode_all(paths: list[str], size: tuple[int, int], *, strict: bool = False,
                progress: Callable[[], None] | None = None, threads: int | None = None,
-               prep: Preprocessing | None = None) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:  # fmt: skip
+               prep: Preprocessing | None = None,
+               decoder: ImageDecoder | None = None) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:  # fmt: skip
     """Every readable image of ``paths`` in one array, their positions in ``paths``, and the unreadable ones
-    (``progress()`` after each image read)."""
+    (``progress()`` after each image read; ``decoder``: see :func:`decode_batches`)."""
     images, index, skipped = [], [], []
-    for batch in decode_batches(paths, size, batch_size=64, threads=threads, strict=strict, prep=prep):
+    for batch in decode_batches(paths, size, batch_size=64, threads=threads, strict=strict, prep=prep,
+                                decoder=decoder):  # fmt: skip
         images.append(batch.images)
         index.append(batch.index)
         skipped += batch.skipped

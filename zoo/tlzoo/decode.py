@@ -10,13 +10,16 @@ every cache key, so features decoded another way are never served.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import threading
 import warnings
+from dataclasses import dataclass
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 
@@ -108,12 +111,65 @@ def pillow_version() -> str:
     return str(__version__)
 
 
-def recipe(prep: Preprocessing) -> dict[str, Any]:
+def recipe(prep: Preprocessing, decoder: str | None = None) -> dict[str, Any]:
     """Everything that decides the pixels decoding gives for a file, beside its bytes and the size: part of
-    every cache key, so features decoded another way (sideways, squashed, by another decoder) never hit."""
-    return {"format": DECODE_FORMAT, "exif": "transpose", "decoder": f"pillow {pillow_version()}", "draft": True,
-            "resize": prep.resize, "crop_fraction": prep.crop_fraction, "interpolation": prep.interpolation,
-            **({"fill": list(prep.pad_colour())} if prep.resize == "pad" else {})}  # fmt: skip
+    every cache key, so features decoded another way (sideways, squashed, by another decoder) never hit.
+    ``decoder`` names the :class:`ImageDecoder` that takes the JPEGs (a GPU's), when one does."""
+    out = {"format": DECODE_FORMAT, "exif": "transpose", "decoder": f"pillow {pillow_version()}", "draft": True,
+           "resize": prep.resize, "crop_fraction": prep.crop_fraction, "interpolation": prep.interpolation,
+           **({"fill": list(prep.pad_colour())} if prep.resize == "pad" else {})}  # fmt: skip
+    if decoder:
+        out["jpeg_decoder"] = decoder  # its IDCT and chroma upsampling are not libjpeg-turbo's, and it drafts not
+    return out
+
+
+@dataclass(frozen=True)
+class Jpeg:
+    """A JPEG file's bytes as an :class:`ImageDecoder` takes them, with what its header says."""
+
+    data: bytes
+    width: int  # as stored, before the EXIF orientation turns it
+    height: int
+    orientation: int  # EXIF orientation, 1..8
+    digest: str = ""  # the bytes' sha256, where the decoded-pixel store keys them
+
+    @property
+    def upright(self) -> tuple[int, int]:
+        """(width, height) once turned upright."""
+        swapped = _ORIENTATIONS.get(self.orientation, (None, False))[1]
+        return (self.height, self.width) if swapped else (self.width, self.height)
+
+
+class ImageDecoder(Protocol):
+    """Decodes JPEGs a batch at a time somewhere other than Pillow (a framework's GPU decoder, offered by its
+    adapter's ``image_decoder``). Every other file, and every JPEG it gives None for, is decoded by Pillow."""
+
+    #: What the decode recipe records (versions included): pixels it gave are never served as another's.
+    name: str
+
+    def decode(self, jpegs: list[Jpeg], size: tuple[int, int], prep: Preprocessing) -> list[np.ndarray | None]:
+        """Each JPEG upright, as RGB uint8 (H, W, 3) at ``size`` by :func:`resize_plan` (a whole-image resample
+        antialiased as Pillow's, by ``prep.interpolation``), or None for one it cannot decode."""
+        ...
+
+
+def gpu_decodable(data: bytes) -> Jpeg | None:
+    """``data`` as a :class:`Jpeg` when an :class:`ImageDecoder` may take it: a JPEG in RGB or grey (not CMYK)
+    whose full-size pixels are within :func:`max_image_pixels` (a GPU decoder has no draft; Pillow drafts one
+    that is over). Reads the header only."""
+    if not data.startswith(b"\xff\xd8\xff"):
+        return None
+    Image = _pil()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format != "JPEG" or image.mode not in ("RGB", "L"):
+                return None
+            width, height = image.size
+            if width * height > max_image_pixels():
+                return None
+            return Jpeg(data, width, height, _orientation(image))
+    except Exception:  # a header Pillow cannot read: Pillow's own decode says why, file by file
+        return None
 
 
 def available_cores() -> int:
@@ -124,6 +180,13 @@ def available_cores() -> int:
         cores = os.cpu_count() or 1
     quota = _cgroup_quota()
     return max(1, min(cores, quota) if quota else cores)
+
+
+def cuda_driver_present() -> bool:
+    """Whether this machine has an NVIDIA driver (a CUDA device is likely), looked at without any framework."""
+    import ctypes.util
+
+    return ctypes.util.find_library("cuda") is not None or Path("/proc/driver/nvidia/version").exists()
 
 
 def _cgroup_quota() -> int | None:
@@ -161,21 +224,42 @@ def _whole(size: float) -> int:
     return math.floor(size + WHOLE)
 
 
-def _plan(width: float, height: float, size: tuple[int, int],
-          prep: Preprocessing) -> tuple[tuple[float, float, float, float], tuple[int, int], tuple[int, int]]:  # fmt: skip
-    """(source box, resized size (w, h), where it goes on the output (x, y)) for an upright region."""
+@dataclass(frozen=True)
+class Resize:
+    """How an upright image reaches the input size: resized whole to ``whole`` (w, h), then the input-size
+    region at ``crop`` (x, y) kept (squash, crop), or the whole placed at ``at`` (x, y) on the mean colour (pad).
+    Any decoder that resizes a whole image (a GPU's) follows it to give the pixels :func:`load_image` gives."""
+
+    whole: tuple[int, int]
+    crop: tuple[int, int]
+    at: tuple[int, int]
+
+
+def resize_plan(width: float, height: float, size: tuple[int, int], prep: Preprocessing) -> Resize:
+    """The :class:`Resize` of an upright ``width`` x ``height`` image to ``size`` = (H, W) by ``prep``'s policy."""
     h, w = size
     sx, sy = _scales(width, height, size, prep)
     if prep.resize in ("squash", "crop"):
         # As torchvision's and timm's evaluation transforms do it: resize to whole pixels (the short side, or
         # both for squash, to floor(size / crop fraction), the other side truncated), then crop the centre at a
-        # whole-pixel offset. One resample of the matching source box gives exactly those pixels.
+        # whole-pixel offset.
         rw, rh = math.floor(width * sx + WHOLE), math.floor(height * sy + WHOLE)
-        left, top = round((rw - w) / 2), round((rh - h) / 2)
+        return Resize((rw, rh), (round((rw - w) / 2), round((rh - h) / 2)), (0, 0))
+    rw, rh = max(1, min(w, round(width * sx))), max(1, min(h, round(height * sy)))
+    return Resize((rw, rh), (0, 0), ((w - rw) // 2, (h - rh) // 2))
+
+
+def _plan(width: float, height: float, size: tuple[int, int],
+          prep: Preprocessing) -> tuple[tuple[float, float, float, float], tuple[int, int], tuple[int, int]]:  # fmt: skip
+    """(source box, resized size (w, h), where it goes on the output (x, y)) for an upright region: one
+    resample of the box gives exactly the pixels of :func:`resize_plan`'s resize then crop."""
+    h, w = size
+    plan = resize_plan(width, height, size, prep)
+    if prep.resize in ("squash", "crop"):
+        (rw, rh), (left, top) = plan.whole, plan.crop
         fx, fy = rw / width, rh / height
         return (left / fx, top / fy, (left + w) / fx, (top + h) / fy), (w, h), (0, 0)
-    rw, rh = max(1, min(w, round(width * sx))), max(1, min(h, round(height * sy)))
-    return (0.0, 0.0, width, height), (rw, rh), ((w - rw) // 2, (h - rh) // 2)
+    return (0.0, 0.0, width, height), plan.whole, plan.at
 
 
 def load_image(path: str | Path | IO[bytes], size: tuple[int, int], prep: Preprocessing | None = None, *,
@@ -239,6 +323,42 @@ def _finish(rgb: Any, box: tuple[float, float, float, float], resized: tuple[int
         canvas.paste(out, at)
         out = canvas
     return np.asarray(out, dtype=np.uint8)
+
+
+def read_for(decoder: ImageDecoder | None, size: tuple[int, int],
+             prep: Preprocessing | None = None) -> Callable[[str], np.ndarray | Jpeg]:  # fmt: skip
+    """A thread's read of one file: its pixels (Pillow), or, for a JPEG ``decoder`` may take, the
+    :class:`Jpeg` left for :func:`decode_jpegs` to decode a batch at a time."""
+
+    def read(path: str) -> np.ndarray | Jpeg:
+        if decoder is None:
+            return load_image(path, size, prep)
+        data = Path(path).read_bytes()
+        jpeg = gpu_decodable(data)
+        return jpeg if jpeg is not None else load_image(io.BytesIO(data), size, prep, name=str(path))
+
+    return read
+
+
+def decode_jpegs(jpegs: list[tuple[str, Jpeg]], decoder: ImageDecoder, size: tuple[int, int],
+                 prep: Preprocessing | None = None) -> list[np.ndarray | Exception]:  # fmt: skip
+    """``(path, jpeg)`` pairs decoded by ``decoder`` in one batch; a JPEG it gives None for (or the batch, when
+    it fails) by Pillow. Each item is its pixels, or the exception that file raised."""
+    prep = prep or SQUASH
+    try:
+        got: list[np.ndarray | None] = list(decoder.decode([j for _, j in jpegs], size, prep))
+    except Exception:  # noqa: BLE001 - a decoder's failure is Pillow's work, file by file
+        got = [None] * len(jpegs)
+    out: list[np.ndarray | Exception] = []
+    for (path, jpeg), pixels in zip(jpegs, got):
+        if pixels is not None and pixels.shape == (*size, 3) and pixels.dtype == np.uint8:
+            out.append(pixels)
+            continue
+        try:
+            out.append(load_image(io.BytesIO(jpeg.data), size, prep, name=path))
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for a damaged file
+            out.append(exc)
+    return out
 
 
 def resize_array(pixels: np.ndarray, size: tuple[int, int], prep: Preprocessing | None = None) -> np.ndarray:

@@ -302,6 +302,10 @@ class FrameworkSpec:
     feature-extract run with published weights then keeps its head alone and
     records the backbone by id and weights hash (a run whose features are all
     cached then never builds the backbone nor imports the framework).
+    ``gpu_decoder`` is ``"module:function"`` returning the name of the GPU JPEG
+    decoder the adapter's ``image_decoder`` gives on a CUDA device (its
+    versions included), computed without importing the framework: the decode
+    recipe of a cached run's features names it. Empty: the framework has none.
     """
 
     name: str
@@ -310,6 +314,7 @@ class FrameworkSpec:
     input_layout: str = "NHWC"
     in_process_multi_device: bool = False
     head_only_runs: bool = False
+    gpu_decoder: str = ""
     description: str = ""
     modules: tuple[str, ...] = ()  # the framework's top-level modules: a plugin importing them at load is reported
     catalog: bool = False  # a whole external registry (timm's): a plain `tlzoo list-backbones` shows its families

@@ -37,13 +37,13 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .decode import available_cores, load_image, recipe
+from .decode import ImageDecoder, Jpeg, available_cores, decode_jpegs, gpu_decodable, load_image, recipe
 from .locks import FileLock, in_use, lease
 from .rundir import reclaim_temp_files
 from .specs import Preprocessing
@@ -53,6 +53,7 @@ HEADER = 32  # magic, then int64 count, int32 H, int32 W, int32 channels, int32 
 DEFAULT_MAX_GB = 20.0
 SEGMENT_BYTES = 256 << 20  # a fill publishes a segment every 256 MiB of samples
 LAST_USED = "last-used"  # touched by every run that reads a bucket: eviction removes the oldest first
+GPU_BATCH = 64  # JPEGs a GPU decoder takes at once while filling the store
 WAIT_POLL = 0.25  # seconds between looks at a shard another process is filling
 
 
@@ -73,8 +74,8 @@ def max_bytes() -> int:
     return int(gb * (1 << 30))
 
 
-def bucket_key(prep: Preprocessing, size: tuple[int, int]) -> str:
-    blob = json.dumps({"recipe": recipe(prep), "size": list(size)}, sort_keys=True).encode()
+def bucket_key(prep: Preprocessing, size: tuple[int, int], decoder: str | None = None) -> str:
+    blob = json.dumps({"recipe": recipe(prep, decoder), "size": list(size)}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
@@ -157,12 +158,13 @@ class SegmentFile:
 
 
 class Bucket:
-    """The samples of one decode recipe and size."""
+    """The samples of one decode recipe and size (``decoder``: the JPEGs are that :class:`ImageDecoder`'s)."""
 
-    def __init__(self, cache: Path, prep: Preprocessing, size: tuple[int, int]) -> None:
+    def __init__(self, cache: Path, prep: Preprocessing, size: tuple[int, int],
+                 decoder: ImageDecoder | None = None) -> None:  # fmt: skip
         self.root = store_root(cache)
-        self.path = self.root / bucket_key(prep, size)
-        self.prep, self.size = prep, size
+        self.path = self.root / bucket_key(prep, size, decoder.name if decoder is not None else None)
+        self.prep, self.size, self.decoder = prep, size, decoder
         self.segments: list[Segment] = []
         self.where: dict[str, tuple[int, int]] = {}  # sha256 -> (segment, slot)
         self.damaged: list[Path] = []
@@ -347,8 +349,9 @@ class Stream:
     and added to it (within its cap: :meth:`start` says when it cannot be). Unlike :func:`images`, it takes no
     lock: it reads each file as its batch comes, and two runs filling at once only publish a duplicate sample."""
 
-    def __init__(self, cache: Path, size: tuple[int, int], prep: Preprocessing) -> None:
-        self.bucket = Bucket(cache, prep, size)
+    def __init__(self, cache: Path, size: tuple[int, int], prep: Preprocessing,
+                 decoder: ImageDecoder | None = None) -> None:  # fmt: skip
+        self.bucket = Bucket(cache, prep, size, decoder)
         self.names = _Names(store_root(cache))
         self.writer: Writer | None = None
         self.decoded = 0
@@ -365,25 +368,33 @@ class Stream:
         self.writer = Writer(self.bucket, self.names, need, refresh=False)
         return None
 
-    def load(self, path: str) -> np.ndarray:
+    def load(self, path: str) -> np.ndarray | Jpeg:
+        """``path``'s pixels, or (a JPEG the bucket's decoder takes) its :class:`Jpeg` to decode in a batch and
+        hand to :meth:`add`."""
         digest = self.names.get(path)
         where = self.bucket.where.get(digest) if digest else None
         if where is None:
             digest, pixels = _read_new(path, self.bucket)
+            if isinstance(pixels, Jpeg):
+                return pixels
             if pixels is not None:
-                with self._guard:
-                    self.decoded += 1
-                    if self.writer is not None:
-                        try:
-                            self.writer.add(path, digest, pixels)
-                        except StoreUnavailable as exc:  # the image is fine: only the store stops filling
-                            self.writer, self.why_not = None, str(exc)
+                self.add(path, digest, pixels)
                 return pixels
             with self._guard:
                 self.names.set(path, digest)
             where = self.bucket.where[digest]  # _read_new decodes nothing only for content the bucket holds
         segment, slot = where
         return np.array(self.bucket.segments[segment].pixels[slot])
+
+    def add(self, path: str, digest: str, pixels: np.ndarray) -> None:
+        """A file decoded here (``digest``: its content's sha256), for the store to hold."""
+        with self._guard:
+            self.decoded += 1
+            if self.writer is not None:
+                try:
+                    self.writer.add(path, digest, pixels)
+                except StoreUnavailable as exc:  # the image is fine: only the store stops filling
+                    self.writer, self.why_not = None, str(exc)
 
     def close(self) -> str | None:
         """Publish what is left; the reason when the store could not be filled."""
@@ -406,10 +417,12 @@ class Stream:
 
 
 def images(cache: Path, files: list[str], size: tuple[int, int], prep: Preprocessing, *, threads: int | None = None,
-           strict: bool = False, progress: Callable[[int], None] | None = None) -> Filled:  # fmt: skip
+           strict: bool = False, progress: Callable[[int], None] | None = None,
+           decoder: ImageDecoder | None = None) -> Filled:  # fmt: skip
     """``files`` decoded at ``size`` by ``prep``, from the store: the ones it lacks are read once (their sha256 and
-    their pixels from the same bytes), decoded on a pool of threads and published in new segments. A file whose
-    content the store holds under another name is read and hashed, not decoded.
+    their pixels from the same bytes), decoded on a pool of threads (the JPEGs ``decoder`` takes: by it, a
+    batch at a time) and published in new segments. A file whose content the store holds under another name
+    is read and hashed, not decoded.
 
     Under torchrun, the node's processes fill disjoint shards (see the module's docstring).
 
@@ -417,7 +430,7 @@ def images(cache: Path, files: list[str], size: tuple[int, int], prep: Preproces
     the disk has no room for the new samples, or the store would grow past its cap."""
     from .distributed import world
 
-    bucket = Bucket(cache, prep, size)
+    bucket = Bucket(cache, prep, size, decoder)
     names = _Names(store_root(cache))
     digests: list[str | None] = [names.get(p) for p in files]
 
@@ -479,27 +492,50 @@ def images(cache: Path, files: list[str], size: tuple[int, int], prep: Preproces
 def _fill(pool: ThreadPoolExecutor, files: list[str], todo: list[int], digests: list[str | None], bucket: Bucket,
           writer: Writer, lock: FileLock, skipped: dict[int, str], decoded: list[int], strict: bool,
           tell: Callable[[int], None]) -> None:  # fmt: skip
-    """Read, hash and (when the store lacks the content) decode ``todo``, publishing a segment per chunk."""
+    """Read, hash and (when the store lacks the content) decode ``todo``, publishing a segment per chunk. JPEGs
+    the bucket's decoder takes wait for a batch of :data:`GPU_BATCH` and are decoded together."""
     from .errors import DataError
 
-    def work(i: int) -> tuple[str, np.ndarray | None, str | None]:
+    def work(i: int) -> tuple[str, np.ndarray | Jpeg | None, str | None]:
         try:
             return (*_read_new(files[i], bucket), None)
         except Exception as exc:  # PIL raises many types for truncated or non-image files
             return "", None, f"{type(exc).__name__}: {exc}"
 
+    def done(i: int, digest: str, pixels: np.ndarray | None, why: str | None) -> None:
+        lock.beat()
+        if why is not None:
+            if strict:
+                raise DataError(f"cannot read image {files[i]}: {why}")
+            skipped[i] = why
+        else:
+            digests[i] = digest
+            decoded[0] += pixels is not None
+            writer.add(files[i], digest, pixels)
+        tell(1)
+
+    waiting: list[tuple[int, Jpeg]] = []
+
+    def decode_waiting() -> None:
+        assert bucket.decoder is not None
+        got = decode_jpegs([(files[i], jpeg) for i, jpeg in waiting], bucket.decoder, bucket.size, bucket.prep)
+        for (i, jpeg), pixels in zip(waiting, got):
+            if isinstance(pixels, Exception):
+                done(i, "", None, f"{type(pixels).__name__}: {pixels}")
+            else:
+                done(i, jpeg.digest, pixels, None)
+        waiting.clear()
+
     try:
         for i, (digest, pixels, why) in zip(todo, _ahead(pool, work, todo)):
-            lock.beat()
-            if why is not None:
-                if strict:
-                    raise DataError(f"cannot read image {files[i]}: {why}")
-                skipped[i] = why
+            if isinstance(pixels, Jpeg):
+                waiting.append((i, pixels))
+                if len(waiting) >= GPU_BATCH:
+                    decode_waiting()
             else:
-                digests[i] = digest
-                decoded[0] += pixels is not None
-                writer.add(files[i], digest, pixels)
-            tell(1)
+                done(i, digest, pixels, why)
+        if waiting:
+            decode_waiting()
         writer.flush()
     except BaseException:  # --strict, an interrupt: no partial segment is left behind
         writer.abort()
@@ -531,11 +567,14 @@ def _decode(data: bytes, path: str, size: tuple[int, int], prep: Preprocessing) 
     return load_image(io.BytesIO(data), size, prep, name=path)
 
 
-def _read_new(path: str, bucket: Bucket) -> tuple[str, np.ndarray | None]:
+def _read_new(path: str, bucket: Bucket) -> tuple[str, np.ndarray | Jpeg | None]:
     """``path``'s sha256, and its pixels decoded from the same read when ``bucket`` lacks that content (None
-    when it holds it already)."""
+    when it holds it already; its :class:`Jpeg` when the bucket's decoder takes it)."""
     data, digest = _read(path)
-    return digest, None if digest in bucket.where else _decode(data, path, bucket.size, bucket.prep)
+    if digest in bucket.where:
+        return digest, None
+    jpeg = gpu_decodable(data) if bucket.decoder is not None else None
+    return digest, replace(jpeg, digest=digest) if jpeg is not None else _decode(data, path, bucket.size, bucket.prep)
 
 
 def _check_room(bucket: Bucket, need: int) -> None:

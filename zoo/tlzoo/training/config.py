@@ -97,6 +97,10 @@ class TrainConfig:
     workers: int = _setting(0, "Data-loading threads: those that gather fine-tune's, two-stage's and scratch's "
                             "batches from the decoded-pixel store ahead of the device (0: one), and those "
                             "that decode images (0: one per core the process may use).", DATA, min=0)
+    decoder: str = _setting("auto", "Who decodes JPEGs: auto (the framework's GPU decoder, nvJPEG for torch, when the "
+                            "run computes on a CUDA device; else Pillow), cpu (Pillow always: its pixels, drafted), "
+                            "gpu (the GPU decoder, refused where there is none).", DATA,
+                            choices=("auto", "cpu", "gpu"))  # fmt: skip
     strategy: str = _setting("feature-extract", "feature-extract | fine-tune | two-stage | scratch (default: "
                              "feature-extract; fine-tune when --freeze is given).", STRATEGY, short="-s",
                              choices=tuple(STRATEGIES))

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .. import data as datamod
+from ..decode import ImageDecoder
 from ..errors import DataError, UsageError
 from ..specs import Preprocessing
 from ..datasets import ensure_digits
@@ -187,9 +188,9 @@ def readable(splits: Splits, kept: dict[str, np.ndarray], skipped: dict[str, lis
 
 
 def decode(splits: Splits, size: tuple[int, int], cfg: TrainConfig, reporter: Reporter,
-           prep: Preprocessing | None = None) -> Splits:  # fmt: skip
-    """Every part decoded (by ``prep``'s resize policy) and held in memory (the strategies that go over the
-    images every epoch)."""
+           prep: Preprocessing | None = None, decoder: ImageDecoder | None = None) -> Splits:  # fmt: skip
+    """Every part decoded (by ``prep``'s resize policy; the JPEGs by ``decoder`` when given) into the store, or
+    into memory (the strategies that go over the images every epoch)."""
     from .. import store
     from ..decode import SQUASH
 
@@ -203,7 +204,7 @@ def decode(splits: Splits, size: tuple[int, int], cfg: TrainConfig, reporter: Re
         with reporter.task(f"loading {names[name]} images", len(part)) as advance:
             if use_store:
                 try:
-                    filled = store.images(cache_root().parent, part.paths, size, prep or SQUASH,
+                    filled = store.images(cache_root().parent, part.paths, size, prep or SQUASH, decoder=decoder,
                                           threads=cfg.workers or None, strict=cfg.strict, progress=advance)  # fmt: skip
                     kept[name], skipped[name], decoded[name] = filled.kept, filled.skipped, filled.images
                     count += filled.decoded
@@ -212,7 +213,7 @@ def decode(splits: Splits, size: tuple[int, int], cfg: TrainConfig, reporter: Re
                     reporter.warn(f"{exc}: decoding into memory instead")
                     use_store = False
             images, index, lost = datamod.decode_all(part.paths, size, strict=cfg.strict, progress=lambda: advance(1),
-                                                     threads=cfg.workers or None, prep=prep)  # fmt: skip
+                                                     threads=cfg.workers or None, prep=prep, decoder=decoder)  # fmt: skip
         kept[name], skipped[name], decoded[name] = index, lost, images
         count += len(part)
     out = readable(splits, kept, skipped)

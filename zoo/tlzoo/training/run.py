@@ -27,7 +27,7 @@ from ..distributed import world
 from .. import feature_engines, model_card, store
 from ..errors import DataError, TlzooError, UsageError
 from ..freeze import parse_freeze, parse_unit
-from ..decode import recipe as decode_recipe
+from ..decode import ImageDecoder, recipe as decode_recipe
 from ..specs import BackboneSpec, Preprocessing
 from ..weights import ResolvedWeights, file_digest, preflight as preflight_weights, published as published_weights
 from ..weights import resolve as resolve_weights
@@ -35,7 +35,7 @@ from ..registry import get_registry
 from ..rundir import fault_point, new_run_dir, package_versions, reclaim_temp_files
 from ..runfiles import (CONFUSION_MATRIX, ENVIRONMENT, FORMAT_VERSION, FULL_MODEL_FORMAT, HEAD, LEARNING_CURVES, METRICS,
                         REPORT, STATE_STEM, ClassifierMeta, RunFiles)  # fmt: skip
-from . import autobatch
+from . import autobatch, decoding
 from . import cache as feature_cache
 from .config import TrainConfig
 from .data_prep import Splits, decode, plan, readable, recorded
@@ -104,8 +104,10 @@ def _train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Pat
     splits = recorded(Path(resume), config) if resume is not None else plan(config, reporter)
     feature_extract = config.strategy == "feature-extract"
     model = Model(spec, config, size, len(splits.classes))
+    if config.decoder == "gpu":
+        model.decoder  # refused now where there is none, not at the first image
     if not feature_extract:
-        splits = decode(splits, size, config, reporter, model.preprocessing)
+        splits = decode(splits, size, config, reporter, model.preprocessing, model.decoder)
         splits.warn_skipped(reporter)
     splits.show_counts(reporter)
     comm: Collective = Collective()
@@ -182,6 +184,16 @@ class Model:
                                                        dropout=self.config.dropout, seed=self.config.seed,
                                                        device=self.config.device)  # fmt: skip
 
+    @cached_property
+    def decoder(self) -> ImageDecoder | None:
+        """Who decodes the run's JPEGs besides Pillow (``--decoder``; see :mod:`tlzoo.training.decoding`). Where no
+        CUDA device is possible it is None without building anything."""
+        cfg = self.config
+        if cfg.decoder != "gpu" and decoding.predicted(cfg.decoder, self.spec, cfg.device) is None:
+            return None
+        own = cfg.strategy != "feature-extract" or cfg.feature_engine in (feature_engines.FRAMEWORK, feature_engines.AUTO)
+        return decoding.resolve(cfg.decoder, self.spec, self.engine.device if own else None)
+
     @property
     def built(self) -> bool:
         return "backbone" in self.__dict__
@@ -206,14 +218,15 @@ class Model:
         return (self.config.strategy == "feature-extract" and self.weights is not None
                 and not self.weights.tag.startswith("file:") and framework_spec(self.spec.framework).head_only_runs)
 
-    def feature_key(self) -> dict[str, Any]:
-        """Everything the features depend on besides the image files (the cache key's model half)."""
+    def feature_key(self, decoder: str | None) -> dict[str, Any]:
+        """Everything the features depend on besides the image files (the cache key's model half); ``decoder``
+        names the JPEGs' decoder when it is not Pillow."""
         weights = {"sha256": self.weights_sha256} if self.weights is not None else {"random": self.backbone.weights_digest()}
         # auto keeps its features with the framework's: every engine it may pick is checked against them
         engine = self.config.feature_engine
         own = engine in (feature_engines.FRAMEWORK, feature_engines.AUTO)
         return {"backbone": self.spec.id, "weights": weights, "tap": self.tap, "size": list(self.size),
-                "preprocessing": self.preprocessing.to_dict(), "decode": decode_recipe(self.preprocessing),
+                "preprocessing": self.preprocessing.to_dict(), "decode": decode_recipe(self.preprocessing, decoder),
                 "tlzoo": __version__,
                 **({"engine": engine} if not own else {})}  # fmt: skip
 
@@ -387,7 +400,10 @@ def _features(model: Model, key: dict[str, Any], part: datamod.ImageList, cfg: T
     positions = np.arange(comm.rank, len(part), comm.world_size)
     # The decoded-pixel store gives the images it holds and takes the ones decoded here (within its cap), so a
     # fine-tune or another backbone of the same input after this run decodes nothing.
-    stream = store.Stream(feature_cache.cache_root().parent, model.size, model.preprocessing) if cfg.cache else None
+    decoder = model.decoder
+    if (decoder.name if decoder is not None else None) != key["decode"].get("jpeg_decoder"):
+        slot = feature_cache.Slot(model.feature_key(decoder.name if decoder is not None else None), part)
+    stream = store.Stream(feature_cache.cache_root().parent, model.size, model.preprocessing, decoder) if cfg.cache else None
     why_not = stream.start(len(positions)) if stream is not None else None
     try:
         with reporter.task(f"extracting {what} features", len(positions)) as advance:
@@ -414,9 +430,10 @@ def _extract(model: Model, files: datamod.ImageList, cfg: TrainConfig, run: Call
              advance: Callable[[int], None], stream: store.Stream | None) -> feature_cache.Entry:  # fmt: skip
     """Decode (or read from the store) on a pool of threads while the backbone runs on the batch before."""
     feats, kept, skipped = [], [], []
+    kept_by = (lambda path, jpeg, pixels: stream.add(path, jpeg.digest, pixels)) if stream is not None else None
     for batch in datamod.decode_batches(files.paths, model.size, batch_size=cfg.batch, threads=cfg.workers or None,
-                                        strict=cfg.strict, prep=model.preprocessing,
-                                        load=stream.load if stream is not None else None):  # fmt: skip
+                                        strict=cfg.strict, prep=model.preprocessing, decoder=model.decoder,
+                                        load=stream.load if stream is not None else None, decoded=kept_by):  # fmt: skip
         skipped += batch.skipped
         if len(batch.index):
             feats.append(model.backbone.extract_features(batch.images, tap=model.tap, batch_size=cfg.batch,
@@ -466,7 +483,8 @@ def _feature_extract(model: Model, splits: Splits, cfg: TrainConfig, reporter: R
                               f"prepare, checked against {model.spec.framework})")  # fmt: skip
         return runners[0]
 
-    key = model.feature_key()
+    # Looked up under the decoder the run expects (told without building anything); stored under the one used.
+    key = model.feature_key(decoding.predicted(cfg.decoder, model.spec, cfg.device))
     hits, feats, kept, skipped = {}, {}, {}, {}
     decoded = [0]  # images this rank decoded (the feature cache and the pixel store spare the rest)
     for i, (name, part) in enumerate(parts):
