@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -112,3 +114,42 @@ def test_embedded_digits_written_once_even_by_processes_starting_together(tmp_pa
     scanned = datamod.scan(tmp_path / "digits")
     assert len(scanned) == 1797 and sorted({s.label for s in scanned}) == [str(d) for d in range(10)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits"]  # no temporary folder left behind
+
+
+def test_predict_decodes_a_few_batches_ahead_on_threads_and_keeps_the_order(tmp_path, monkeypatch):
+    import threading
+
+    from tlzoo import inference
+
+    data = write_folder(tmp_path / "d", per_class=20)
+    (data / "red" / "010b.png").write_bytes(b"not an image")
+    started: list[object] = []
+    threads: set[str] = set()
+    real = inference.decode
+
+    def decode(item, size, prep=None):  # type: ignore[no-untyped-def]
+        threads.add(threading.current_thread().name)
+        started.append(item)
+        return real(item, size, prep)
+
+    monkeypatch.setattr(inference, "decode", decode)
+    monkeypatch.setattr("tlzoo.data.default_threads", lambda: 2)
+    predicted: list[int] = []
+
+    class ByColour:  # the class is the brightest mean channel: red, green, blue
+        classes = ["red", "green", "blue"]
+        input_size = (16, 16)
+        preprocessing = None
+
+        def predict_proba(self, images, batch_size=32):  # type: ignore[no-untyped-def]
+            assert len(started) <= sum(predicted) + len(images) + 3 * 8, "decoding runs at most three batches ahead"
+            predicted.append(len(images))
+            return np.eye(3)[images.reshape(len(images), -1, 3).mean(1).argmax(1)]
+
+    skipped = []
+    out = list(inference.predict_stream(ByColour(), [data], batch_size=8, on_skip=lambda n, why: skipped.append(n)))
+    assert len(out) == 60 and sum(predicted) == 60 and predicted[:7] == [8] * 7
+    assert [Path(p.path).parent.name for p in out] == [p.top[0][0] for p in out]  # each image's own prediction
+    assert [p.path for p in out] == sorted(p.path for p in out)  # in the folder's order
+    assert skipped == [str(data / "red" / "010b.png")]
+    assert threads and all(name.startswith("tlzoo-decode") for name in threads)

@@ -14,16 +14,20 @@ import hashlib
 import math
 import os
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from .decode import ImageDecoder, Jpeg, available_cores, decode_jpegs, is_image_file, load_image, read_for
 from .errors import DataError
 from .specs import Preprocessing
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -174,6 +178,18 @@ def decode_batches(paths: list[str], size: tuple[int, int], *, batch_size: int, 
                     index.append(i)
             empty = np.zeros((0, size[0], size[1], 3), np.uint8)
             yield DecodedBatch(np.asarray(index, np.int64), np.stack(images) if images else empty, skipped)
+
+
+def ahead(pool: ThreadPoolExecutor, work: Callable[[T], R], items: Sequence[T], depth: int = 256) -> Iterator[R]:
+    """``pool.map(work, items)`` in order, keeping at most ``depth`` results ahead of the consumer (``map`` would
+    submit every item at once and hold what is done before it is consumed)."""
+    pending: deque[Future[R]] = deque()
+    position = 0
+    while position < len(items) or pending:
+        while position < len(items) and len(pending) < depth:
+            pending.append(pool.submit(work, items[position]))
+            position += 1
+        yield pending.popleft().result()
 
 
 def scan(source: Path, *, exclude: tuple[Path, ...] = (), ignored: list[str] | None = None) -> list[Sample]:

@@ -102,21 +102,32 @@ def predict_stream(model: Classifier, sources: Iterable[Any], *, top_k: int = 5,
         names.clear()
         images.clear()
 
-    seen = 0
-    for name, item in list(iter_sources(sources)):  # every name checked before the first prediction
-        seen += 1
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .data import ahead, default_threads
+
+    def read(entry: tuple[str, Any]) -> np.ndarray | Exception:
         try:
-            images.append(decode(item, model.input_size, model.preprocessing))
+            return decode(entry[1], model.input_size, model.preprocessing)
         except Exception as exc:  # PIL raises many types for truncated or non-image files
-            why = f"{type(exc).__name__}: {exc}"
-            if strict:
-                raise UsageError(f"{name} is not an image tlzoo can read ({why}); without --strict it is skipped") from None
-            if on_skip is not None:
-                on_skip(name, why)
-            continue
-        names.append(name)
-        if len(images) == batch_size:
-            yield from flush()
+            return exc
+
+    entries = list(iter_sources(sources))  # every name checked before the first prediction
+    seen = len(entries)
+    # Decoded on a pool of threads (one per core the process may use), a few batches ahead of the model.
+    with ThreadPoolExecutor(default_threads(), thread_name_prefix="tlzoo-decode") as pool:
+        for (name, _), got in zip(entries, ahead(pool, read, entries, depth=3 * batch_size)):
+            if isinstance(got, Exception):
+                why = f"{type(got).__name__}: {got}"
+                if strict:
+                    raise UsageError(f"{name} is not an image tlzoo can read ({why}); without --strict it is skipped") from None
+                if on_skip is not None:
+                    on_skip(name, why)
+                continue
+            images.append(got)
+            names.append(name)
+            if len(images) == batch_size:
+                yield from flush()
     if images:
         yield from flush()
     if seen == 0:

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from .data import ahead
 from .decode import ImageDecoder, Jpeg, available_cores, decode_jpegs, gpu_decodable, load_image, recipe
 from .locks import FileLock, in_use, lease
 from .rundir import reclaim_temp_files
@@ -527,7 +528,7 @@ def _fill(pool: ThreadPoolExecutor, files: list[str], todo: list[int], digests: 
         waiting.clear()
 
     try:
-        for i, (digest, pixels, why) in zip(todo, _ahead(pool, work, todo)):
+        for i, (digest, pixels, why) in zip(todo, ahead(pool, work, todo)):
             if isinstance(pixels, Jpeg):
                 waiting.append((i, pixels))
                 if len(waiting) >= GPU_BATCH:
@@ -540,20 +541,6 @@ def _fill(pool: ThreadPoolExecutor, files: list[str], todo: list[int], digests: 
     except BaseException:  # --strict, an interrupt: no partial segment is left behind
         writer.abort()
         raise
-
-
-def _ahead(pool: ThreadPoolExecutor, work: Callable[[int], Any], items: list[int], depth: int = 256) -> Any:
-    """``pool.map(work, items)`` in order, keeping at most ``depth`` results ahead of the consumer (``map`` would
-    submit every item at once and hold what is done before it is consumed)."""
-    from collections import deque
-
-    pending: deque[Any] = deque()
-    position = 0
-    while position < len(items) or pending:
-        while position < len(items) and len(pending) < depth:
-            pending.append(pool.submit(work, items[position]))
-            position += 1
-        yield pending.popleft().result()
 
 
 def _read(path: str) -> tuple[bytes, str]:
