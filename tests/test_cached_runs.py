@@ -247,3 +247,18 @@ def test_features_decoded_by_another_recipe_are_not_served(data, tmp_path, monke
     assert padded.metrics["feature_cache"] == "miss"
     meta = json.loads((padded.run_dir / "classifier.json").read_text())
     assert meta["preprocessing"]["resize"] == "pad"
+
+
+def test_evaluate_lists_each_unreadable_image_with_its_reason_even_a_whole_batch_of_them(data, tmp_path, mobilenet_in_cache):
+    from tlzoo.evaluation import evaluate_model
+
+    run = train(config(data, tmp_path, "torch/mobilenet_v2", val_split=0.25)).run_dir
+    for i in range(3):  # with batch size 2: a whole batch of broken files, and one beside a readable image
+        (data / "red" / f"zz-{i}.png").write_bytes(b"not a png")
+    metrics = evaluate_model(run, data, batch_size=2)
+    skipped = {Path(s["path"]).name: s["error"] for s in metrics["skipped_images"]}
+    assert sorted(skipped) == ["zz-0.png", "zz-1.png", "zz-2.png"]
+    assert all(why.startswith("UnidentifiedImageError: cannot identify image file") for why in skipped.values()), skipped
+    assert metrics["n"] == 24  # every readable image scored
+    with pytest.raises(DataError, match=r"cannot read image .*zz-0.png: UnidentifiedImageError"):
+        evaluate_model(run, data, batch_size=2, strict=True)

@@ -1,7 +1,7 @@
 """Scoring a trained run or an exported model on a labelled dataset: the same metrics either way.
 
-Images are decoded and scored one batch at a time, so a dataset larger than memory streams through;
-unreadable images are skipped and listed.
+Images are decoded a few batches ahead on a pool of threads and scored one batch at a time, so a dataset
+larger than memory streams through; unreadable images are skipped and listed with the reason.
 """
 
 from __future__ import annotations
@@ -27,19 +27,15 @@ def evaluate_model(model: Path, data: Path, *, batch_size: int = 64, strict: boo
     unknown = sorted({s.label for s in samples} - set(classes))
     if unknown:
         raise UsageError(f"{data} has classes the model does not know: {', '.join(unknown)} (it knows {', '.join(classes)})")
+    files = datamod.labelled(samples, classes)
     probas, labels, skipped = [], [], []
-    for start in range(0, len(samples), batch_size):
-        batch = samples[start : start + batch_size]
-        try:
-            part = datamod.load(batch, size, classes, strict=strict, whole_classes=False, prep=loaded.preprocessing)
-        except DataError as exc:
-            if strict or not str(exc).startswith("no readable images"):
-                raise
-            skipped += [(str(s.path), "unreadable") for s in batch]
-            continue
-        skipped += part.skipped
-        probas.append(loaded.predict_proba(part.images, batch_size=batch_size))
-        labels.append(part.labels)
+    # Decoded on a pool of threads a few batches ahead, while the model scores the batch before.
+    for batch in datamod.decode_batches(files.paths, size, batch_size=batch_size, strict=strict,
+                                        prep=loaded.preprocessing):  # fmt: skip
+        skipped += batch.skipped
+        if len(batch.index):
+            probas.append(loaded.predict_proba(batch.images, batch_size=batch_size))
+            labels.append(files.labels[batch.index])
     if not probas:
         raise DataError(f"none of the {len(samples)} images in {data} could be read")
     metrics = classification_metrics(np.concatenate(labels), np.concatenate(probas), classes)
