@@ -76,7 +76,7 @@ def test_torch_features_run_on_a_copy_with_batch_norms_folded_into_the_convoluti
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max()))
     # The framework engine of a training run is the same folded copy.
     run = feature_engines.runner(backbone, unit, "framework", Path("unused"), device="cpu")
-    np.testing.assert_allclose(run(backbone.preprocess(images)), got, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(run(images), got, rtol=1e-6, atol=1e-6)  # it takes the uint8 batch
 
 
 def test_a_model_torch_fx_cannot_trace_runs_unfolded():
@@ -370,3 +370,32 @@ def test_the_onnxruntime_engine_falls_back_to_the_next_plan_when_a_check_fails(t
     images = np.zeros((2, 32, 32, 3), np.uint8)
     np.testing.assert_allclose(backbone.extract_features(images, run=run), backbone.extract_features(images),
                                rtol=1e-4, atol=1e-4)  # fmt: skip
+
+
+@pytest.mark.parametrize("preset", ["TORCHVISION_IMAGENET", "KERAS_CAFFE", "KERAS_TF"])
+def test_the_framework_engine_takes_uint8_and_normalizes_where_its_model_runs(preset, monkeypatch, tmp_path):
+    import torch
+    import tlzoo_torch.backend as backend
+
+    from tlzoo import specs
+    from tlzoo.preprocess import normalize
+
+    prep = getattr(specs, preset)
+    images = np.random.default_rng(4).integers(0, 256, size=(6, 32, 32, 3)).astype("uint8")
+    # on a device, by the host's arithmetic: the same values (a GPU's float32 ops round as numpy's do)
+    on_device = backend.normalized_on(images, prep, torch.device("cpu"))
+    assert on_device.dtype == torch.float32 and on_device.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_array_equal(on_device.permute(0, 2, 3, 1).numpy(), normalize(images, prep))
+    backbone = get_backbone("torch/resnet18", input_size=32, seed=0)
+    run = feature_engines.runner(backbone, None, "framework", tmp_path, device="cpu")
+    assert run.takes_uint8
+    host = run(images)  # on the CPU the host normalizes (numpy's table lookup)
+    seen = []
+    real = backend.normalized_on
+    monkeypatch.setattr(backend, "normalized_on", lambda *a: (seen.append(a[2]), real(*a))[1])
+    monkeypatch.setattr(backend, "HOST_NORMALIZED", ())  # the path a GPU takes, on the CPU
+    device_side = run(images)
+    assert [str(d) for d in seen] == ["cpu"]
+    np.testing.assert_allclose(device_side, host, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(host, backbone._run(backbone.inference_model(None, "cpu"), backbone.preprocess(images)),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip

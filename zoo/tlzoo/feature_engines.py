@@ -3,7 +3,9 @@
 ``framework`` is the backbone's own framework (the adapter's feature model). Plugins add others with
 ``register_feature_engines`` (tlzoo's ONNX plugin adds ``onnxruntime``: a checked, cached ONNX export of
 the frozen backbone). ``auto`` (the default) measures on the run's own batches and keeps the fastest
-(:class:`Auto`). Every engine maps a batch of preprocessed NHWC float32 images to pooled features.
+(:class:`Auto`). Every engine maps a batch of preprocessed NHWC float32 images to pooled features; the
+framework's own (and ``auto``) take the RGB uint8 batch instead (``takes_uint8``) and normalize it where the
+model runs.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def runner(backbone: Backbone, tap: int | None, name: str, cache_dir: Path, devi
         return Auto(backbone, tap, cache_dir, device, images=images, batch_size=batch_size)
     if name == FRAMEWORK:
         model = backbone.inference_model(tap, device)
-        return lambda batch: backbone._run(model, batch)
+        return Raw(lambda images: backbone.run_images(model, images))
     from .plugins import load_object
     from .registry import get_registry
 
@@ -79,6 +81,18 @@ def prepared(backbone: Backbone, tap: int | None, name: str, cache_dir: Path) ->
         return False
     probe = load_object(spec.prepared, f"feature engine {spec.name}")
     return bool(probe(backbone, tap, cache_dir))
+
+
+class Raw:
+    """A runner given RGB uint8 batches as decoded (``takes_uint8``): it normalizes them itself."""
+
+    takes_uint8 = True
+
+    def __init__(self, run: Runner) -> None:
+        self.run = run
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.run(images)
 
 
 @dataclass
@@ -120,7 +134,12 @@ class Auto:
     framework would take :data:`PREPARE_FROM_SECONDS` or more on the images left. A job of fewer than
     :data:`MIN_BATCHES` batches runs on the framework alone. An engine that cannot run this backbone is
     passed over with its reason, never an error.
+
+    It takes the RGB uint8 batches (``takes_uint8``): the framework's engine normalizes them where its model
+    runs, every other engine is given them normalized on the host (part of its timed cost).
     """
+
+    takes_uint8 = True
 
     def __init__(self, backbone: Backbone, tap: int | None, cache_dir: Path, device: str | None, *, images: int,
                  batch_size: int) -> None:  # fmt: skip
@@ -175,6 +194,8 @@ class Auto:
             if isinstance(made, str):
                 self.choice.passed_over[name] = f"cannot run: {made}"
                 continue
+            if not getattr(made, "takes_uint8", False):
+                made = self._normalizing(made)
             self.choice.prepare_seconds[name] = time.perf_counter() - t0
             self.runners[name], self.times[name] = made, []
             self.queue.append((name, False))
@@ -183,6 +204,10 @@ class Auto:
             self.queue += [(name, True) for name in measured] + [(FRAMEWORK, True)]
         if not measured:
             self.queue = []
+
+    def _normalizing(self, run: Runner) -> Raw:
+        """``run`` (which takes normalized batches) given the uint8 batches this engine takes."""
+        return Raw(lambda images: run(self.backbone.preprocess(images)))
 
     def _decide(self) -> None:
         rates = {n: 1.0 / float(np.median(t)) for n, t in self.times.items() if t}
