@@ -140,15 +140,26 @@ def gpu_standin(monkeypatch, tmp_path):
     return made
 
 
-def _run(data, tmp_path, name, **kw):  # type: ignore[no-untyped-def]
+def _run(data, tmp_path, name, reporter=None, **kw):  # type: ignore[no-untyped-def]
     cfg = TrainConfig(**{"data": str(data), "backbone": "torch/resnet18", "weights": "none", "image_size": 32,
                          "out_dir": str(tmp_path / "runs"), "name": name, "epochs": 1, "batch_size": 8, **kw})  # fmt: skip
-    return train(cfg)
+    return train(cfg, reporter)
 
 
 def test_a_run_decodes_its_jpegs_on_the_gpu_decoder_and_keys_its_caches_by_it(gpu_standin, tmp_path):
+    from tlzoo.training.reporter import Reporter
+
+    lines: list[str] = []
+
+    class Lines(Reporter):
+        def info(self, message: str) -> None:
+            lines.append(message)
+
     data = _jpeg_folder(tmp_path / "d")
-    first = _run(data, tmp_path, "gpu")
+    first = _run(data, tmp_path, "gpu", reporter=Lines())
+    said = [line for line in lines if line.startswith("JPEGs decoded")]
+    assert said == ["JPEGs decoded on the GPU by nvjpeg (test stand-in), other files by Pillow (--decoder cpu: all by "
+                    "Pillow)"], lines  # fmt: skip
     assert first.summary["feature_cache"] == "miss" and first.summary["images_decoded"] == 25
     assert [d.jpegs for d in gpu_standin] == [24], "the 24 JPEGs went to the GPU decoder, the PNG to Pillow"
     assert len(store.buckets(tmp_path / "cache" / "store")) == 1

@@ -107,7 +107,7 @@ def _train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Pat
     if config.decoder == "gpu":
         model.decoder  # refused now where there is none, not at the first image
     if not feature_extract:
-        splits = decode(splits, size, config, reporter, model.preprocessing, model.decoder)
+        splits = decode(splits, size, config, reporter, model.preprocessing, model.decoder_for(reporter))
         splits.warn_skipped(reporter)
     splits.show_counts(reporter)
     comm: Collective = Collective()
@@ -193,6 +193,15 @@ class Model:
             return None
         own = cfg.strategy != "feature-extract" or cfg.feature_engine in (feature_engines.FRAMEWORK, feature_engines.AUTO)
         return decoding.resolve(cfg.decoder, self.spec, self.engine.device if own else None)
+
+    def decoder_for(self, reporter: Reporter) -> ImageDecoder | None:
+        """:attr:`decoder`, said once when it is not Pillow."""
+        decoder = self.decoder
+        if decoder is not None and not self.__dict__.get("_decoder_said"):
+            self.__dict__["_decoder_said"] = True
+            reporter.info(f"JPEGs decoded on the GPU by {decoder.name}, other files by Pillow (--decoder cpu: all by "
+                          f"Pillow)")  # fmt: skip
+        return decoder
 
     @property
     def built(self) -> bool:
@@ -400,14 +409,14 @@ def _features(model: Model, key: dict[str, Any], part: datamod.ImageList, cfg: T
     positions = np.arange(comm.rank, len(part), comm.world_size)
     # The decoded-pixel store gives the images it holds and takes the ones decoded here (within its cap), so a
     # fine-tune or another backbone of the same input after this run decodes nothing.
-    decoder = model.decoder
+    decoder = model.decoder_for(reporter)
     if (decoder.name if decoder is not None else None) != key["decode"].get("jpeg_decoder"):
         slot = feature_cache.Slot(model.feature_key(decoder.name if decoder is not None else None), part)
     stream = store.Stream(feature_cache.cache_root().parent, model.size, model.preprocessing, decoder) if cfg.cache else None
     why_not = stream.start(len(positions)) if stream is not None else None
     try:
         with reporter.task(f"extracting {what} features", len(positions)) as advance:
-            shard = _extract(model, part.subset(positions), cfg, run, advance, stream) if len(positions) else None
+            shard = _extract(model, part.subset(positions), cfg, run, advance, stream, decoder) if len(positions) else None
     except BaseException:
         if stream is not None:
             stream.abort()  # no partial segment left behind
@@ -427,12 +436,13 @@ def _features(model: Model, key: dict[str, Any], part: datamod.ImageList, cfg: T
 
 
 def _extract(model: Model, files: datamod.ImageList, cfg: TrainConfig, run: Callable[[], Any],
-             advance: Callable[[int], None], stream: store.Stream | None) -> feature_cache.Entry:  # fmt: skip
+             advance: Callable[[int], None], stream: store.Stream | None,
+             decoder: ImageDecoder | None) -> feature_cache.Entry:  # fmt: skip
     """Decode (or read from the store) on a pool of threads while the backbone runs on the batch before."""
     feats, kept, skipped = [], [], []
     kept_by = (lambda path, jpeg, pixels: stream.add(path, jpeg.digest, pixels)) if stream is not None else None
     for batch in datamod.decode_batches(files.paths, model.size, batch_size=cfg.batch, threads=cfg.workers or None,
-                                        strict=cfg.strict, prep=model.preprocessing, decoder=model.decoder,
+                                        strict=cfg.strict, prep=model.preprocessing, decoder=decoder,
                                         load=stream.load if stream is not None else None, decoded=kept_by):  # fmt: skip
         skipped += batch.skipped
         if len(batch.index):
