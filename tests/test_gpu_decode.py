@@ -202,3 +202,17 @@ def test_decoder_gpu_is_refused_where_there_is_none(tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     with pytest.raises(UsageError, match="--decoder 'nvdec' is not known"):
         TrainConfig(decoder="nvdec").checked(set())
+
+
+def test_a_compare_string_takes_the_decoder_and_refuses_an_unknown_one(tmp_path):
+    from tlzoo.comparison import parse_strategies, plan
+
+    from .datagen import write_folder
+
+    assert parse_strategies("feature-extract:decoder=cpu,fine-tune:decoder=auto") == [
+        ("feature-extract", {"decoder": "cpu"}), ("fine-tune", {"decoder": "auto"})]
+    data = write_folder(tmp_path / "d", per_class=2)
+    combos = plan(data, ["mobilenet_v2"], "feature-extract:decoder=cpu", None)
+    assert [c.params for c in combos] == [{"decoder": "cpu"}]
+    with pytest.raises(UsageError, match="--decoder 'nvdec' is not known"):
+        plan(data, ["mobilenet_v2"], "feature-extract:decoder=nvdec", None)

@@ -100,7 +100,7 @@ class TrainConfig:
     decoder: str = _setting("auto", "Who decodes JPEGs: auto (the framework's GPU decoder, nvJPEG for torch, when the "
                             "run computes on a CUDA device; else Pillow), cpu (Pillow always: its pixels, drafted), "
                             "gpu (the GPU decoder, refused where there is none).", DATA,
-                            choices=("auto", "cpu", "gpu"))  # fmt: skip
+                            choices=("auto", "cpu", "gpu"), per_strategy=True)  # fmt: skip
     strategy: str = _setting("feature-extract", "feature-extract | fine-tune | two-stage | scratch (default: "
                              "feature-extract; fine-tune when --freeze is given).", STRATEGY, short="-s",
                              choices=tuple(STRATEGIES))
