@@ -52,7 +52,6 @@ class TorchUnit:
         return params + self.extra_params
 
 
-
 # Devices whose batches are normalized on the host (numpy's table lookup) rather than where the model runs.
 HOST_NORMALIZED = ("cpu",)
 
@@ -69,6 +68,7 @@ def normalized_on(images: np.ndarray, prep: Any, device: torch.device) -> torch.
     mean = torch.tensor(prep.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     std = torch.tensor(prep.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     return (x - mean) / std
+
 
 def _forward_order(model: nn.Module, modules: list[nn.Module], input_size: tuple[int, int]) -> list[nn.Module]:
     """``modules`` in the order one forward pass on a blank image runs them (those that never run left out)."""
@@ -386,7 +386,7 @@ class TorchBackbone(Backbone):
         if weight is None or weight.device.type in HOST_NORMALIZED:
             return self._run(model, self.preprocess(images))
         prep = self.spec.preprocessing
-        return self._forward(model, lambda device, dtype: normalized_on(images, prep, weight.device).to(dtype))
+        return self._forward(model, lambda device, dtype: normalized_on(images, prep, device).to(dtype))
 
     def _forward(self, model: Any, inputs: Callable[[torch.device | None, torch.dtype | None], torch.Tensor]) -> np.ndarray:
         """``model`` on ``inputs(device, dtype)`` (its parameters' device and dtype; None: it has none), in

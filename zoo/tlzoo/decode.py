@@ -15,8 +15,8 @@ import math
 import os
 import threading
 import warnings
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -132,12 +132,6 @@ class Jpeg:
     height: int
     orientation: int  # EXIF orientation, 1..8
     digest: str = ""  # the bytes' sha256, where the decoded-pixel store keys them
-
-    @property
-    def upright(self) -> tuple[int, int]:
-        """(width, height) once turned upright."""
-        swapped = _ORIENTATIONS.get(self.orientation, (None, False))[1]
-        return (self.height, self.width) if swapped else (self.width, self.height)
 
 
 class ImageDecoder(Protocol):
@@ -325,14 +319,12 @@ def _finish(rgb: Any, box: tuple[float, float, float, float], resized: tuple[int
     return np.asarray(out, dtype=np.uint8)
 
 
-def read_for(decoder: ImageDecoder | None, size: tuple[int, int],
+def read_for(decoder: ImageDecoder, size: tuple[int, int],
              prep: Preprocessing | None = None) -> Callable[[str], np.ndarray | Jpeg]:  # fmt: skip
     """A thread's read of one file: its pixels (Pillow), or, for a JPEG ``decoder`` may take, the
     :class:`Jpeg` left for :func:`decode_jpegs` to decode a batch at a time."""
 
     def read(path: str) -> np.ndarray | Jpeg:
-        if decoder is None:
-            return load_image(path, size, prep)
         data = Path(path).read_bytes()
         jpeg = gpu_decodable(data)
         return jpeg if jpeg is not None else load_image(io.BytesIO(data), size, prep, name=str(path))
