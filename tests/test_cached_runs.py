@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +116,71 @@ def test_head_only_run_and_a_cached_run_that_imports_no_framework(data, tmp_path
     for key in ("accuracy", "log_loss", "confusion_matrix", "n", "trainable_params", "units", "frozen_units"):
         assert second["metrics"][key] == first.metrics[key], key
     assert (Path(second["run_dir"]) / "head.npz").read_bytes() == (first.run_dir / "head.npz").read_bytes()
+
+
+def _empty_but_engines(cache: Path) -> None:
+    """A cold cache for the next run's images (no features, no decoded pixels), the engines' folder kept: the
+    exports and auto's memory, as on a machine where earlier runs used this backbone."""
+    shutil.rmtree(cache / "store", ignore_errors=True)
+    for entry in (cache / "features").iterdir():
+        if entry.name != "engines":
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+SLOWED = {"torch": "tlzoo_torch.backend:TorchBackbone", "keras": "tlzoo_keras.backend:KerasBackbone"}
+
+
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_auto_remembers_its_choice_and_a_later_run_reopens_the_export_without_the_framework(
+        tmp_path, request, monkeypatch, framework):  # fmt: skip
+    from tlzoo.plugins import load_object
+    from tlzoo.feature_engines import MIN_BATCHES
+
+    request.getfixturevalue("mobilenet_in_cache" if framework == "torch" else "keras_weights")
+    cache = tmp_path / "cache"
+    data = write_folder(tmp_path / "data", per_class=MIN_BATCHES)  # batches enough for auto to measure
+    cfg = config(data, tmp_path, f"{framework}/mobilenet_v2", batch_size=2)
+
+    def run(**kw) -> dict:
+        _empty_but_engines(cache)
+        return train(TrainConfig(**{**cfg.to_dict(), **kw})).metrics
+
+    train(TrainConfig(**{**cfg.to_dict(), "feature_engine": "onnxruntime"}))  # the export, prepared once
+    [export] = (cache / "features" / "engines").glob("*.onnx")
+    backbone = load_object(SLOWED[framework], "test")
+    slowed = backbone._run  # the framework made slower than onnxruntime, so that auto keeps the export
+    monkeypatch.setattr(backbone, "_run", lambda self, model, batch: (time.sleep(0.05), slowed(self, model, batch))[1])
+    measured = run()
+    monkeypatch.setattr(backbone, "_run", slowed)
+    assert measured["feature_engine"] == "onnxruntime", measured["feature_engine_auto"]
+    assert "remembered" not in measured["feature_engine_auto"]
+    [(key, record)] = json.loads((cache / "features" / "engines" / "auto.json").read_text()).items()
+    assert record["engine"] == "onnxruntime" and record["entry"]["file"] == export.name
+    assert record["images_per_second"] == measured["feature_engine_auto"]["images_per_second"]
+
+    # a later run, in a fresh process, on images not seen (emptied caches): the export is reopened from the
+    # memory, the framework never imported, and the features are the same
+    _empty_but_engines(cache)
+    later = cached_run_in_a_new_process(cfg)
+    assert later["imported"] == [], f"a run on a remembered engine imported {later['imported']}"
+    reopened = later["metrics"]
+    assert reopened["feature_cache"] == "miss" and reopened["feature_engine"] == "onnxruntime"
+    assert reopened["feature_engine_auto"]["remembered"] == {"measured": record["measured"],
+                                                             "images_per_second": record["images_per_second"]}
+    assert reopened["feature_engine_auto"]["images_per_second"] == {}  # nothing measured on this run
+    assert (reopened["accuracy"], reopened["confusion_matrix"]) == (measured["accuracy"], measured["confusion_matrix"])
+    assert reopened["log_loss"] == pytest.approx(measured["log_loss"], abs=1e-5)  # onnxruntime sessions may sum in another order
+
+    # an export changed since is not reopened: the backbone is built, exported again and measured again
+    export.write_bytes(export.read_bytes()[:-10])
+    changed = run()["feature_engine_auto"]
+    assert "remembered" not in changed and set(changed["images_per_second"]) == {"framework", "onnxruntime"}
+
+    # a malformed memory is ignored (auto measures) and written anew
+    (cache / "features" / "engines" / "auto.json").write_text(json.dumps({key: {"engine": 7}}))
+    again = run()["feature_engine_auto"]
+    assert "remembered" not in again and set(again["images_per_second"]) == {"framework", "onnxruntime"}
+    assert json.loads((cache / "features" / "engines" / "auto.json").read_text())[key]["engine"] == again["engine"]
 
 
 def test_head_only_run_refuses_other_weights(data, tmp_path, mobilenet_in_cache):

@@ -284,6 +284,41 @@ def test_train_with_auto_measures_the_cached_onnxruntime_export_against_the_fram
     assert metrics["accuracy"] == json.loads(small.stdout)["accuracy"]
 
 
+def test_a_remembered_framework_win_is_not_measured_again(engines, monkeypatch):
+    from tlzoo.engine_memory import Remembered
+
+    engines(direct=("_direct", "_ready"))
+    backbone = get_backbone("torch/resnet18", input_size=32, seed=0)
+    won = Remembered("framework", {"framework": 300.0, "direct": 200.0}, "2026-12-01T10:00:00+00:00")
+    run = feature_engines.runner(backbone, None, "auto", Path("unused"), images=len(IMAGES), batch_size=4, remembered=won)
+    features = backbone.extract_features(IMAGES, batch_size=4, run=run)
+    assert MADE == [] and run.choice.engine == "framework" and run.choice.images_per_second == {}
+    assert run.choice.line() == ("feature engine: framework (auto: remembered from 2026-12-01: 300 images/s against "
+                                 "direct 200, measured on an earlier run of this backbone on this machine)")
+    np.testing.assert_allclose(features, backbone.extract_features(IMAGES, batch_size=4), rtol=1e-6, atol=1e-6)
+
+
+def test_auto_memory_is_keyed_by_the_job_and_the_machine_and_keeps_the_newest_records(tmp_path, monkeypatch):
+    from tlzoo import engine_memory
+
+    job = {"backbone": "torch/resnet18", "weights": "ab" * 32, "tap": None, "size": [32, 32], "batch": 32, "device": "auto"}
+    assert engine_memory.key(job) == engine_memory.key(dict(job))
+    assert engine_memory.key(job) != engine_memory.key({**job, "batch": 64})
+    monkeypatch.setattr(engine_memory, "_cpu_name", lambda: "another processor")
+    other_machine = engine_memory.key(job)
+    monkeypatch.undo()
+    assert other_machine != engine_memory.key(job)
+    assert engine_memory.recall(tmp_path, "missing") is None
+    (tmp_path / engine_memory.FILE).write_text("not json")
+    assert engine_memory.recall(tmp_path, "k") is None
+    monkeypatch.setattr(engine_memory, "KEEP", 3)
+    for i in range(5):
+        engine_memory.remember(tmp_path, f"k{i}", "onnxruntime", {"framework": 1.0, "onnxruntime": 2.0 + i}, None)
+    kept = json.loads((tmp_path / engine_memory.FILE).read_text())
+    assert sorted(kept) == ["k2", "k3", "k4"]
+    assert engine_memory.recall(tmp_path, "k4").images_per_second == {"framework": 1.0, "onnxruntime": 6.0}
+
+
 @pytest.mark.parametrize("tap", [None, "5"])
 def test_on_the_cpu_the_frozen_backbone_runs_as_one_onednn_graph_checked_against_eager(tap):
     from tlzoo_torch.backend import OptimizedForCpu, fold_batch_norms

@@ -62,6 +62,7 @@ def register_feature_engines() -> list[FeatureEngineSpec]:
             name="onnxruntime",
             engine="tlzoo_onnx.features:engine",
             prepared="tlzoo_onnx.features:prepared",
+            reopen="tlzoo_onnx.features:reopen",
             description="the frozen backbone exported once to ONNX (checked against the framework, cached) and "
             "run by onnxruntime",
         )

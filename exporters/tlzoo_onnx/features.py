@@ -38,12 +38,12 @@ def engine(backbone: Any, tap: int | None, cache_dir: Path) -> Callable[[np.ndar
     layout = framework_spec(spec.framework).input_layout
     h, w = backbone.input_size
     path = _cached_path(backbone, tap, cache_dir)
-    probe = np.random.default_rng(0).normal(size=(2, h, w, 3)).astype(np.float32)
+    probe = _probe(h, w)
     model = backbone.feature_model(tap)  # a tap is traced by torch.fx: once, for the check and the export
     expected = backbone._run(model, probe)
     if path.is_file():
         try:
-            return _best_runner(path, layout, probe, expected, spec.id)
+            return _reopenable(_best_runner(path, layout, probe, expected, spec.id), path, layout, (h, w), expected, spec.id)
         except UsageError:
             path.unlink(missing_ok=True)  # damaged or stale: export again
 
@@ -60,7 +60,51 @@ def engine(backbone: Any, tap: int | None, cache_dir: Path) -> Callable[[np.ndar
         _check(_runner(tmp, layout, [CPU]), probe, expected, spec.id, ATOL)  # the file itself, in fp32
 
     atomic_write(path, write)
-    return _best_runner(path, layout, probe, expected, spec.id)
+    return _reopenable(_best_runner(path, layout, probe, expected, spec.id), path, layout, (h, w), expected, spec.id)
+
+
+class Engine:
+    """An opened export; ``entry`` is what :func:`reopen` needs to open it again without the framework."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], entry: dict[str, Any]) -> None:
+        self.run, self.entry = run, entry
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.run(batch)
+
+
+def _reopenable(run: Callable[[np.ndarray], np.ndarray], path: Path, layout: str, size: tuple[int, int],
+                expected: np.ndarray, backbone_id: str) -> Engine:  # fmt: skip
+    from tlzoo.weights import file_digest
+
+    return Engine(run, {"file": path.name, "sha256": file_digest(path, "sha256"), "layout": layout,
+                        "backbone": backbone_id, "size": list(size),
+                        "expected": [[float(v) for v in row] for row in np.asarray(expected, np.float32)]})  # fmt: skip
+
+
+def reopen(entry: dict[str, Any], cache_dir: Path) -> Engine:
+    """The export an earlier run opened (its :class:`Engine`'s ``entry``), opened again without the backbone's
+    framework: the file must have the recorded sha256 and reproduce the framework's features on the same check
+    batch, recorded then. Raises UsageError when anything does not match."""
+    from tlzoo.weights import file_digest
+
+    try:
+        path = Path(cache_dir) / str(entry["file"])
+        if path.name != entry["file"] or not path.is_file() or file_digest(path, "sha256") != entry["sha256"]:
+            raise UsageError(f"the cached export {path.name} is gone or changed")
+        layout, backbone_id = str(entry["layout"]), str(entry["backbone"])
+        expected = np.asarray(entry["expected"], np.float32)
+        h, w = (int(v) for v in entry["size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"a malformed engine record ({type(exc).__name__})") from None
+    probe = _probe(h, w)
+    return _reopenable(_best_runner(path, layout, probe, expected, backbone_id), path, layout, (h, w), expected,
+                       backbone_id)  # fmt: skip
+
+
+def _probe(h: int, w: int) -> np.ndarray:
+    """The check batch a new or cached export must give the framework's features on."""
+    return np.random.default_rng(0).normal(size=(2, h, w, 3)).astype(np.float32)
 
 
 def prepared(backbone: Any, tap: int | None, cache_dir: Path) -> bool:

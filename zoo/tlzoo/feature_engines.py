@@ -20,6 +20,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     from .backbone import Backbone
+    from .engine_memory import Remembered
+    from .specs import Preprocessing
 
 FRAMEWORK = "framework"
 AUTO = "auto"
@@ -53,12 +55,13 @@ def check(name: str) -> None:
 
 
 def runner(backbone: Backbone, tap: int | None, name: str, cache_dir: Path, device: str | None = None, *,
-           images: int = 0, batch_size: int = 32) -> Runner:  # fmt: skip
+           images: int = 0, batch_size: int = 32, remembered: Remembered | None = None) -> Runner:  # fmt: skip
     """The function that computes ``backbone``'s features (at unit ``tap``) with engine ``name``; the
     framework's own runs on ``device`` (as its training engine names it), a plugin's engine chooses its own.
-    ``auto`` is told how many ``images`` are left to extract, in batches of ``batch_size``."""
+    ``auto`` is told how many ``images`` are left to extract, in batches of ``batch_size``, and what an earlier
+    run measured (``remembered``: the framework won there, so nothing is measured again)."""
     if name == AUTO:
-        return Auto(backbone, tap, cache_dir, device, images=images, batch_size=batch_size)
+        return Auto(backbone, tap, cache_dir, device, images=images, batch_size=batch_size, remembered=remembered)
     if name == FRAMEWORK:
         model = backbone.inference_model(tap, device)
         return Raw(lambda images: backbone.run_images(model, images))
@@ -103,17 +106,31 @@ class Choice:
     images_per_second: dict[str, float] = field(default_factory=dict)  # median over the timed batches
     prepare_seconds: dict[str, float] = field(default_factory=dict)
     passed_over: dict[str, str] = field(default_factory=dict)  # engine -> why it was not measured
+    remembered: Remembered | None = None  # taken from an earlier run's measurement, not measured on this one
+
+    @property
+    def measured(self) -> bool:
+        """Whether this run timed more than one engine (a choice worth remembering)."""
+        return self.remembered is None and len(self.images_per_second) > 1
 
     def record(self) -> dict[str, Any]:
         return {"engine": self.engine, "images_per_second": {k: round(v, 1) for k, v in self.images_per_second.items()},
                 "prepare_seconds": {k: round(v, 2) for k, v in self.prepare_seconds.items()},
-                "passed_over": dict(self.passed_over)}  # fmt: skip
+                "passed_over": dict(self.passed_over),
+                **({"remembered": {"measured": self.remembered.measured,
+                                   "images_per_second": dict(self.remembered.images_per_second)}}
+                   if self.remembered is not None else {})}  # fmt: skip
 
     def line(self) -> str | None:
         """One line for the user, the engine kept and the evidence; None when no other engine was considered
         (none installed, or a job too small to measure on)."""
         rates = self.images_per_second
-        if len(rates) > 1:
+        if self.remembered is not None:
+            evidence = self.remembered.evidence()
+            if self.engine != FRAMEWORK:
+                evidence += f"; the {FRAMEWORK} was not loaded"
+            evidence += "; " + "; ".join(f"{n} {why}" for n, why in self.passed_over.items()) if self.passed_over else ""
+        elif len(rates) > 1:
             others = ", ".join(f"{name} {rate:.0f}" for name, rate in rates.items() if name != self.engine)
             evidence = f"{rates[self.engine]:.0f} images/s against {others}, measured on this run's batches"
             evidence += "".join(f"; {n} took {s:.1f} s to prepare" for n, s in self.prepare_seconds.items())
@@ -142,7 +159,7 @@ class Auto:
     takes_uint8 = True
 
     def __init__(self, backbone: Backbone, tap: int | None, cache_dir: Path, device: str | None, *, images: int,
-                 batch_size: int) -> None:  # fmt: skip
+                 batch_size: int, remembered: Remembered | None = None) -> None:  # fmt: skip
         from .registry import get_registry
 
         self.backbone, self.tap, self.cache_dir = backbone, tap, cache_dir
@@ -150,7 +167,10 @@ class Auto:
         self.left = images
         self.candidates = sorted(get_registry().feature_engines)
         self.choice = Choice()
+        self.entries: dict[str, dict[str, Any]] = {}  # what reopens each engine tried (see FeatureEngineSpec.reopen)
         self.done = len(self.candidates) == 0 or images < MIN_BATCHES * batch_size
+        if remembered is not None and remembered.engine == FRAMEWORK:  # an earlier run measured it: no need again
+            self.choice.remembered, self.done = remembered, True
         self.calls = 0
         self.runners: dict[str, Runner] = {FRAMEWORK: self.framework}
         self.times: dict[str, list[float]] = {FRAMEWORK: []}
@@ -194,6 +214,9 @@ class Auto:
             if isinstance(made, str):
                 self.choice.passed_over[name] = f"cannot run: {made}"
                 continue
+            entry = getattr(made, "entry", None)
+            if isinstance(entry, dict):
+                self.entries[name] = entry
             if not getattr(made, "takes_uint8", False):
                 made = self._normalizing(made)
             self.choice.prepare_seconds[name] = time.perf_counter() - t0
@@ -217,6 +240,39 @@ class Auto:
             if name != self.choice.engine:
                 del self.runners[name]  # free the engines not kept
         self.done = True
+
+
+class Reopened:
+    """auto's remembered engine, reopened from its entry without the backbone (``FeatureEngineSpec.reopen``):
+    the framework is neither imported nor built. It takes uint8 batches and normalizes them on the host."""
+
+    takes_uint8 = True
+
+    def __init__(self, run: Runner, prep: Preprocessing, choice: Choice) -> None:
+        self.run, self.prep, self.choice = run, prep, choice
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        from .preprocess import normalize
+
+        return self.run(normalize(images, self.prep))
+
+
+def reopen(remembered: Remembered, prep: Preprocessing, cache_dir: Path) -> Reopened | str:
+    """The remembered engine opened from its entry, or why it cannot be (no entry, an engine that cannot
+    reopen, a file changed or gone): auto then builds the backbone and measures again."""
+    from .plugins import load_object
+    from .registry import get_registry
+
+    spec = get_registry().feature_engines.get(remembered.engine)
+    if spec is None:
+        return f"{remembered.engine} is no longer installed"
+    if not spec.reopen or remembered.entry is None:
+        return f"{remembered.engine} cannot be opened without the framework"
+    entry = remembered.entry
+    made = _safely(lambda: load_object(spec.reopen, f"feature engine {spec.name}")(entry, cache_dir))
+    if isinstance(made, str):
+        return made
+    return Reopened(made, prep, Choice(engine=remembered.engine, remembered=remembered))
 
 
 def _safely(call: Callable[[], Any]) -> Any:

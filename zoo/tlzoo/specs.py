@@ -370,17 +370,25 @@ class FeatureEngineSpec:
     whether the engine's one-off work for this backbone (an export, say) is already in ``cache_dir``. It must
     be cheap: ``--feature-engine auto`` asks it to decide whether trying the engine can pay on a small job.
     Without it, auto treats the engine as not prepared.
+
+    ``reopen`` (optional, ``"module:function"``) lets auto's remembered choice (:mod:`tlzoo.engine_memory`) run
+    the engine without building the backbone or importing its framework. A ``run`` that can be reopened has
+    an ``entry`` attribute: a JSON-serialisable dict describing its prepared work (a file, its hash, the
+    framework's features on a check batch). ``reopen(entry, cache_dir) -> run`` opens it again; it must check
+    what it opens (the file's hash, the check batch's features) and raise :class:`tlzoo.errors.UsageError`
+    when anything does not match, and auto then builds the backbone and measures again.
     """
 
     name: str
     engine: str
     description: str = ""
     prepared: str = ""
+    reopen: str = ""
 
     def __post_init__(self) -> None:
         if not self.name.replace("-", "").replace("_", "").isalnum() or self.name in ("framework", "auto"):
             raise ValueError(f"feature engine name {self.name!r} must be a plain word other than 'framework' and 'auto'")
-        for what, value in (("engine", self.engine), ("prepared", self.prepared or ":")):
+        for what, value in (("engine", self.engine), ("prepared", self.prepared or ":"), ("reopen", self.reopen or ":")):
             if ":" not in value:
                 raise ValueError(f"feature engine {self.name}: {what} must be 'module:function', not {value!r}")
 

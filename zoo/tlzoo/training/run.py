@@ -24,7 +24,7 @@ from .. import data as datamod
 from ..adapters import adapter_for, framework_spec
 from ..backbone import Backbone, check_input_size, get_backbone
 from ..distributed import world
-from .. import feature_engines, model_card, store
+from .. import engine_memory, feature_engines, model_card, store
 from ..errors import DataError, TlzooError, UsageError
 from ..freeze import parse_freeze, parse_unit
 from ..decode import ImageDecoder, recipe as decode_recipe
@@ -438,7 +438,10 @@ def _features(model: Model, key: dict[str, Any], part: datamod.ImageList, cfg: T
 def _extract(model: Model, files: datamod.ImageList, cfg: TrainConfig, run: Callable[[], Any],
              advance: Callable[[int], None], stream: store.Stream | None,
              decoder: ImageDecoder | None) -> feature_cache.Entry:  # fmt: skip
-    """Decode (or read from the store) on a pool of threads while the backbone runs on the batch before."""
+    """Decode (or read from the store) on a pool of threads while the runner works on the batch before. The
+    runner is given the batch itself (a reopened engine has no backbone built to go through)."""
+    from ..preprocess import normalize
+
     feats, kept, skipped = [], [], []
     kept_by = (lambda path, jpeg, pixels: stream.add(path, jpeg.digest, pixels)) if stream is not None else None
     for batch in datamod.decode_batches(files.paths, model.size, batch_size=cfg.batch, threads=cfg.workers or None,
@@ -446,8 +449,10 @@ def _extract(model: Model, files: datamod.ImageList, cfg: TrainConfig, run: Call
                                         load=stream.load if stream is not None else None, decoded=kept_by):  # fmt: skip
         skipped += batch.skipped
         if len(batch.index):
-            feats.append(model.backbone.extract_features(batch.images, tap=model.tap, batch_size=cfg.batch,
-                                                         run=run()))  # fmt: skip
+            runner = run()
+            # the same normalization as Backbone.preprocess, for a runner that does not take uint8 batches
+            images = batch.images if getattr(runner, "takes_uint8", False) else normalize(batch.images, model.spec.preprocessing)
+            feats.append(np.asarray(runner(images)).astype(np.float32, copy=False))
             kept.append(batch.index)
         advance(len(batch.index) + len(batch.skipped))
     if not feats:
@@ -472,22 +477,35 @@ def _feature_extract(model: Model, splits: Splits, cfg: TrainConfig, reporter: R
     """Features of every part (cached or extracted), then the head on them. Returns the splits without their
     unreadable images, the history, the head, the evaluation split's features and what the run records."""
     t0 = time.perf_counter()
-    runners: list[Any] = []
     parts = list(splits.parts())
     left = [0]  # images this rank has still to extract, at most (for auto's choice)
+    own = cfg.feature_engine in (feature_engines.FRAMEWORK, feature_engines.AUTO)
+
+    engines = feature_cache.cache_root() / "engines"
+    # auto's measurement is remembered by backbone, weights, tap, size, batch, device and machine (published or
+    # file weights only: a random initialisation's digest would need the backbone built).
+    memory = engine_memory.key({"backbone": model.spec.id, "weights": model.weights_sha256, "tap": model.tap,
+                                "size": list(model.size), "batch": cfg.batch, "device": cfg.device}) \
+        if cfg.feature_engine == feature_engines.AUTO and cfg.cache and model.weights is not None else None  # fmt: skip
+
+    runners: list[Any] = []
 
     def run() -> Any:  # made on the first cache miss only: an engine may export the backbone first
         if not runners:
             started = time.perf_counter()
+            remembered = engine_memory.recall(engines, memory) if memory is not None else None
+            if remembered is not None and remembered.engine != feature_engines.FRAMEWORK:
+                reopened = feature_engines.reopen(remembered, model.spec.preprocessing, engines)
+                if not isinstance(reopened, str):  # the backbone is not built, its framework not imported
+                    runners.append(reopened)
+                    return reopened
             backbone = model.backbone
             backbone.freeze("all")
             # The framework's own engine runs where the run's training engine would (CUDA under --device auto);
             # a plugin's engine picks its own device, so no training engine is made for it.
-            own = cfg.feature_engine in (feature_engines.FRAMEWORK, feature_engines.AUTO)
-            runners.append(feature_engines.runner(backbone, model.tap, cfg.feature_engine,
-                                                  feature_cache.cache_root() / "engines",
-                                                  device=model.engine.device if own else None,
-                                                  images=left[0], batch_size=cfg.batch))  # fmt: skip
+            runners.append(feature_engines.runner(backbone, model.tap, cfg.feature_engine, engines,
+                                                  device=model.engine.device if own else None, images=left[0],
+                                                  batch_size=cfg.batch, remembered=remembered))  # fmt: skip
             if not own:
                 reporter.info(f"feature engine: {cfg.feature_engine} ({time.perf_counter() - started:.1f} s to "
                               f"prepare, checked against {model.spec.framework})")  # fmt: skip
@@ -502,9 +520,15 @@ def _feature_extract(model: Model, splits: Splits, cfg: TrainConfig, reporter: R
         left[0] = sum(len(p) for _, p in parts[i:]) // comm.world_size
         entry, hits[name] = _features(model, key, part, cfg, reporter, name, comm, run, decoded)
         feats[name], kept[name], skipped[name] = entry.features, entry.kept, entry.skipped
-    choice = runners[0].choice if runners and isinstance(runners[0], feature_engines.Auto) else None
+    made = runners[0] if runners else None
+    choice = made.choice if isinstance(made, (feature_engines.Auto, feature_engines.Reopened)) else None
     if choice is not None and choice.line():
         reporter.info(str(choice.line()))
+    if choice is not None and choice.measured and memory is not None and comm.main:
+        assert isinstance(made, feature_engines.Auto)
+        with contextlib.suppress(OSError):  # a read-only cache: the next run measures again
+            engine_memory.remember(engines, memory, choice.engine, choice.images_per_second,
+                                   made.entries.get(choice.engine))  # fmt: skip
     splits = readable(splits, kept, skipped)
     splits.warn_skipped(reporter)
     feature_seconds = time.perf_counter() - t0
