@@ -173,7 +173,18 @@ def test_auto_remembers_its_choice_and_a_later_run_reopens_the_export_without_th
 
     # an export changed since is not reopened: the backbone is built, exported again and measured again
     export.write_bytes(export.read_bytes()[:-10])
-    changed = run()["feature_engine_auto"]
+    from tlzoo.training.reporter import Reporter
+
+    said: list[str] = []
+
+    class Lines(Reporter):
+        def info(self, message: str) -> None:
+            said.append(message)
+
+    _empty_but_engines(cache)
+    changed = train(cfg, Lines()).metrics["feature_engine_auto"]
+    assert (f"feature engine auto: the remembered onnxruntime does not reopen (the cached export {export.name} is "
+            f"gone or changed); measuring again") in said, said
     assert "remembered" not in changed and set(changed["images_per_second"]) == {"framework", "onnxruntime"}
 
     # a malformed memory is ignored (auto measures) and written anew

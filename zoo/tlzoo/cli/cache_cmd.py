@@ -65,7 +65,7 @@ def list_(json: Annotated[bool, typer.Option("--json", help="Machine-readable ou
         return
     console.print(f"tlzoo cache: {root}", markup=False, highlight=False)
     what = {"features": "bottleneck features and their aliases", "store": "decoded pixels (every strategy reads and fills it)",
-            "exports": "the feature engines' ONNX exports and TensorRT engines"}  # fmt: skip
+            "exports": "the feature engines' ONNX exports, TensorRT engines and auto's measurements"}  # fmt: skip
     for kind, (b, n) in rows.items():
         console.print(f"  {kind:<9} {_human(b):>10} in {n} file(s): {what[kind]}", markup=False, highlight=False)
     console.print(f"  the store's cap: {_human(max_bytes())} (TLZOO_STORE_MAX_GB)", markup=False, highlight=False)

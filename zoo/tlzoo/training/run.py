@@ -499,6 +499,8 @@ def _feature_extract(model: Model, splits: Splits, cfg: TrainConfig, reporter: R
                 if not isinstance(reopened, str):  # the backbone is not built, its framework not imported
                     runners.append(reopened)
                     return reopened
+                reporter.info(f"feature engine auto: the remembered {remembered.engine} does not reopen ({reopened}); "
+                              f"measuring again")  # fmt: skip
             backbone = model.backbone
             backbone.freeze("all")
             # The framework's own engine runs where the run's training engine would (CUDA under --device auto);
