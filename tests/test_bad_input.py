@@ -117,6 +117,10 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("onnx-without-tlzoo-metadata", ["predict", "{w}/foreign.onnx", "{w}/data"], 2, "not one tlzoo exported"),
     ("onnx-metadata-not-json", ["predict", "{w}/notjson.onnx", "{w}/data"], 2, "metadata tlzoo.raw_input is not valid JSON"),
     ("predict-run-with-provider", ["predict", "{w}/run", "{w}/data", "--provider", "cuda"], 2, "--provider cuda is for exported model files"),
+    ("evaluate-run-with-provider", ["evaluate", "{w}/run", "--data", "{w}/data", "--provider", "cpu"], 2, "--provider cpu is for exported model files"),
+    ("predict-onnx-with-device", ["predict", "{w}/model.onnx", "{w}/data", "--device", "cuda"], 2, "--device cuda is for run directories"),
+    ("predict-run-on-a-missing-gpu", ["predict", "{w}/run", "{w}/data", "--device", "cuda"], 2, "--device cuda: torch sees no CUDA GPU on this machine"),
+    ("evaluate-run-on-no-device", ["evaluate", "{w}/run", "--data", "{w}/data", "--device", "tpu"], 2, "--device 'tpu' is not a device"),
     ("predict-only-unreadable", ["predict", "{w}/model.onnx", "{w}/brokenclass/broken"], 1, "none of the 2 image(s) given could be read"),
     ("predict-strict", ["predict", "{w}/model.onnx", "{w}/brokenclass/broken", "--strict"], 2, "is not an image tlzoo can read"),
     # compare

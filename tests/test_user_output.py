@@ -78,6 +78,12 @@ def test_predict_and_evaluate_from_a_run_directory_and_the_model_card(small, tmp
     assert len(lines) == 3 and all(line.startswith(str(tmp_path / "mixed")) for line in lines)
     rows = list(csv.DictReader(out.open()))
     assert [r["path"].rsplit("/", 1)[1] for r in rows] == ["0.png", "1.png", "2.png"]
+    assert predicted.stderr.strip().endswith(f"3 image(s) classified with {run} on torch (cpu); 1 unreadable image(s) "
+                                             f"skipped; written to {out}")  # fmt: skip
+    on_cpu = run_tlzoo("predict", str(run), str(tmp_path / "mixed"), "--top-k", "2", "--device", "cpu", "--json")
+    assert on_cpu.returncode == 0, on_cpu.stderr[-2000:]
+    assert json.loads(on_cpu.stdout)["provider"] == "torch (cpu)"
+    assert [r["path"] for r in json.loads(on_cpu.stdout)["predictions"]] == [r["path"] for r in rows]
     assert set(rows[0]) == {"path", "label1", "probability1", "label2", "probability2"}
     scored = run_tlzoo("evaluate", str(run), "--data", str(small), "--json", "--batch-size", "4")
     assert scored.returncode == 0, scored.stderr[-2000:]
@@ -159,3 +165,22 @@ def test_tensorboard_logs_every_epoch(small, tmp_path):
 def test_version():
     result = run_tlzoo("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"tlzoo {tlzoo.__version__}"
+
+
+@pytest.mark.parametrize("framework, missing", [
+    ("torch", "--device cuda:3: torch sees no CUDA GPU on this machine; use --device cpu (or auto)"),
+    ("keras", "--device cuda:3: TensorFlow sees 0 GPU(s) on this machine; use --device cpu (or auto)")])  # fmt: skip
+def test_where_a_run_directory_is_predicted_is_each_frameworks_device(framework, missing):
+    from tlzoo.adapters import FrameworkAdapter, adapter_for
+    from tlzoo.errors import UsageError
+
+    adapter = adapter_for(framework)
+    assert adapter.inference_device("cpu") == "cpu"
+    with pytest.raises(UsageError) as raised:
+        adapter.inference_device("cuda:3")
+    assert str(raised.value) == missing
+
+    # the default a third-party adapter gets when it says nothing about devices
+    assert FrameworkAdapter.inference_device(adapter, "auto") == "cpu"
+    with pytest.raises(UsageError, match=rf"^--device cuda: {type(adapter).__name__} runs trained classifiers on the CPU only"):
+        FrameworkAdapter.inference_device(adapter, "cuda")

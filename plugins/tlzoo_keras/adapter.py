@@ -47,6 +47,9 @@ class KerasAdapter(FrameworkAdapter):
     def classifier_logits(self, model: Any, batch: np.ndarray) -> np.ndarray:
         return np.asarray(model(batch, training=False))
 
+    def inference_device(self, request: str) -> str:
+        return keras_train.select_device(request)
+
     def download(self, weights: Any, dest: Path) -> None:
         keras.utils.get_file(
             weights.file_name, weights.url, file_hash=weights.file_hash,

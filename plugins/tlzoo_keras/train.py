@@ -63,6 +63,33 @@ def _optimizer(name: str, lr: float, momentum: float, nesterov: bool, weight_dec
     return keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay)
 
 
+def select_device(request: str) -> str:
+    """Keras places work itself: ``cpu`` hides the GPUs, and a GPU asked for by name (``gpu``, ``cuda``,
+    ``cuda:N``, ``N``) must exist and is the one left visible. Returns where work then runs (``gpu`` or ``cpu``)."""
+    from tlzoo.errors import UsageError
+
+    text = request.strip().lower()
+    gpus = tf.config.list_physical_devices("GPU")
+    if text == "cpu":
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # TensorFlow already initialised its devices in this process
+            pass
+    elif text != "auto":
+        if text.isdigit() or text in ("gpu", "cuda") or text.startswith("cuda:"):
+            index = int(text.rpartition(":")[2]) if ":" in text else int(text) if text.isdigit() else 0
+            if index >= len(gpus):
+                raise UsageError(f"--device {request}: TensorFlow sees {len(gpus)} GPU(s) on this machine; "
+                                 f"use --device cpu (or auto)")  # fmt: skip
+            try:
+                tf.config.set_visible_devices([gpus[index]], "GPU")
+            except RuntimeError:
+                pass
+        else:
+            raise UsageError(f"--device {request!r} is not a device for Keras: use auto, cpu, gpu or N")
+    return "gpu" if tf.config.get_visible_devices("GPU") else "cpu"
+
+
 class KerasEngine(Engine):
     state_suffix = ".npz"
     can_compile = True  # XLA: the training step's update (forward, backward, optimizer) under jit_compile
@@ -84,30 +111,10 @@ class KerasEngine(Engine):
         return "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
 
     def _apply_device(self) -> None:
-        """Keras places work itself: ``cpu`` hides the GPUs; a GPU asked for by name must exist."""
-        from tlzoo.errors import UsageError
-
-        text = self.device_request.strip().lower()
-        gpus = tf.config.list_physical_devices("GPU")
-        if text == "cpu":
-            try:
-                tf.config.set_visible_devices([], "GPU")
-            except RuntimeError:  # TensorFlow already initialised its devices in this process
-                pass
-        elif "," in text:
-            self._mirror([int(t) for t in text.split(",")], gpus)
-        elif text != "auto":
-            if text.isdigit() or text in ("gpu", "cuda") or text.startswith("cuda:"):
-                index = int(text.rpartition(":")[2]) if ":" in text else int(text) if text.isdigit() else 0
-                if index >= len(gpus):
-                    raise UsageError(f"--device {self.device_request}: TensorFlow sees {len(gpus)} GPU(s) on this machine; "
-                                     f"use --device cpu (or auto)")  # fmt: skip
-                try:
-                    tf.config.set_visible_devices([gpus[index]], "GPU")
-                except RuntimeError:
-                    pass
-            else:
-                raise UsageError(f"--device {self.device_request!r} is not a device for Keras: use auto, cpu, gpu or N")
+        if "," in self.device_request:
+            self._mirror([int(t) for t in self.device_request.split(",")], tf.config.list_physical_devices("GPU"))
+        else:
+            select_device(self.device_request)
 
     def _mirror(self, indices: list[int], gpus: list[Any]) -> None:
         """``--device 0,1``: one replica per GPU in this process (tf.distribute.MirroredStrategy)."""

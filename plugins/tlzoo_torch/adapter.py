@@ -40,8 +40,16 @@ class TorchAdapter(FrameworkAdapter):
     def classifier_logits(self, model: Any, batch: np.ndarray) -> np.ndarray:
         import torch
 
+        device = next(model.parameters()).device
         with torch.inference_mode():
-            return model(torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))).numpy()
+            x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))).to(device, non_blocking=True)
+            return model(x).float().cpu().numpy()
+
+    def inference_device(self, request: str) -> str:
+        return str(torch_train.pick_device(request))
+
+    def classifier_to(self, model: Any, device: str) -> Any:
+        return model.to(device)
 
     def download(self, weights: Any, dest: Path) -> None:
         import torch.hub

@@ -91,7 +91,22 @@ class FrameworkAdapter(ABC):
 
     @abstractmethod
     def classifier_logits(self, model: Any, batch: np.ndarray) -> np.ndarray:
-        """Logits of a loaded classifier for a preprocessed float32 NHWC batch."""
+        """Logits of a loaded classifier for a preprocessed float32 NHWC batch (on the host; the classifier runs
+        where :meth:`classifier_to` placed it)."""
+
+    def inference_device(self, request: str) -> str:
+        """Where ``tlzoo predict`` and ``tlzoo evaluate --device REQUEST`` run a run directory's classifier
+        (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``N``, ``mps``), as the framework names it. Called before the
+        classifier is loaded, so that a framework that fixes its devices when it starts can do so here. Raises
+        UsageError for a device this machine or framework lacks. Default: the CPU alone."""
+        if request.strip().lower() not in ("auto", "cpu"):
+            raise UsageError(f"--device {request}: {type(self).__name__} runs trained classifiers on the CPU only; "
+                             f"use --device cpu (or auto)")  # fmt: skip
+        return "cpu"
+
+    def classifier_to(self, model: Any, device: str) -> Any:
+        """The loaded classifier placed on ``device`` (from :meth:`inference_device`). Default: as it is."""
+        return model
 
     def set_threads(self, threads: int) -> None:
         """Use ``threads`` CPU threads for the framework's operations in this process (``--threads``)."""

@@ -17,11 +17,12 @@ from .inference import check_batch_options
 from .loading import open_model
 
 
-def evaluate_model(model: Path, data: Path, *, batch_size: int = 64, strict: bool = False) -> dict[str, Any]:
+def evaluate_model(model: Path, data: Path, *, batch_size: int = 64, strict: bool = False, provider: str = "auto",
+                   device: str = "auto") -> dict[str, Any]:  # fmt: skip
     from .training.metrics import classification_metrics
 
     check_batch_options(batch_size=batch_size)
-    loaded = open_model(model)
+    loaded = open_model(model, provider=provider, device=device)
     classes, size = loaded.classes, loaded.input_size
     samples = datamod.scan(data)
     unknown = sorted({s.label for s in samples} - set(classes))

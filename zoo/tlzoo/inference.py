@@ -30,6 +30,10 @@ class Classifier(Protocol):
     @property
     def preprocessing(self) -> Preprocessing: ...
 
+    @property
+    def provider(self) -> str: ...  # what runs it, in words for a user
+
+
     def predict_proba(self, images: np.ndarray, batch_size: int = ...) -> np.ndarray: ...
 
 

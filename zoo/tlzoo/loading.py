@@ -27,18 +27,22 @@ def runtime_for(path: Path) -> tuple[Any, Any]:
                      f"(file types: {kinds})")  # fmt: skip
 
 
-def open_model(path: str | Path, provider: str = "auto") -> Classifier:
-    """A run directory (loaded by its framework's adapter) or an exported file (run by its exporter's runtime)."""
+def open_model(path: str | Path, provider: str = "auto", device: str = "auto") -> Classifier:
+    """A run directory (loaded by its framework's adapter, run on ``device``) or an exported file (run by its
+    exporter's runtime on ``provider``): each option is refused for the other kind."""
     path = Path(path)
     if path.is_dir():
         if provider != "auto":
             raise UsageError(f"--provider {provider} is for exported model files; {path} is a run directory "
-                             f"(export it first: tlzoo export FORMAT {path})")  # fmt: skip
+                             f"(export it first: tlzoo export FORMAT {path}, or choose where it runs with --device)")  # fmt: skip
         from .trained import load_run
 
-        return load_run(path)
+        return load_run(path, device=device)
     if not path.exists():
         raise UsageError(f"{path} does not exist: give a run directory (runs/NAME) or an exported model file")
+    if device != "auto":
+        raise UsageError(f"--device {device} is for run directories; {path} is an exported model file: choose "
+                         f"where it runs with --provider")  # fmt: skip
     _, runtime = runtime_for(path)
     return runtime(path, provider=provider)  # type: ignore[no-any-return]
 

@@ -18,6 +18,12 @@ class TrainedRun:
     run_dir: Path
     meta: ClassifierMeta
     model: Any  # the framework's own classifier, as its adapter loaded it
+    device: str = "cpu"  # where it runs, as its framework names it
+
+    @property
+    def provider(self) -> str:
+        """What runs it, for a user (an exported file's runtime says its execution provider)."""
+        return f"{self.framework} ({self.device})"
 
     @property
     def framework(self) -> str:
@@ -69,8 +75,9 @@ class TrainedRun:
         return list(predict_stream(self, sources, top_k=top_k, batch_size=batch_size, strict=strict))
 
 
-def load_run(run_dir: Path | str) -> TrainedRun:
-    """A finished run directory, its classifier loaded by its framework's adapter (no code from its files)."""
+def load_run(run_dir: Path | str, device: str = "cpu") -> TrainedRun:
+    """A finished run directory, its classifier loaded by its framework's adapter (no code from its files) and
+    placed on ``device`` (a ``--device`` value: auto, cpu, cuda, cuda:N, N, mps)."""
     from .adapters import adapter_for
 
     run_dir = Path(run_dir)
@@ -81,6 +88,7 @@ def load_run(run_dir: Path | str) -> TrainedRun:
     if not model_file.is_file():
         raise UsageError(f"{run_dir} has no checkpoint ({meta.model_file})")
     adapter = adapter_for(meta.framework)
+    where = adapter.inference_device(device)  # before loading: a framework may fix its devices when it starts
     try:
         model = _rebuild(run_dir, meta) if meta.head_only else adapter.load_classifier(run_dir, meta)
     except TlzooError:
@@ -89,7 +97,7 @@ def load_run(run_dir: Path | str) -> TrainedRun:
         why = one_line(exc)
         raise UsageError(f"{run_dir}: the trained model does not load ({type(exc).__name__}: {why}); "
                          f"its files were edited or are corrupt: train it again") from None  # fmt: skip
-    run = TrainedRun(run_dir=run_dir, meta=meta, model=model)
+    run = TrainedRun(run_dir=run_dir, meta=meta, model=adapter.classifier_to(model, where), device=where)
     h, w = run.input_size
     outputs = run.predict_proba(np.zeros((1, h, w, 3), np.uint8)).shape[1]
     if outputs != len(run.classes):

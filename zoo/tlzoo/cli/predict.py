@@ -16,6 +16,7 @@ def predict(
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
     top_k: Annotated[int, typer.Option(help="How many labels per image.")] = 3,
     provider: Annotated[str, typer.Option(help="Exported files: auto | cpu | cuda | tensorrt")] = "auto",
+    device: Annotated[str, typer.Option(help="Run directories: auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images decoded and run per batch.")] = 32,
     strict: Annotated[bool, typer.Option(help="Stop at an unreadable image instead of skipping it.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Also write the predictions to this .csv or .json file.")] = None,
@@ -27,7 +28,7 @@ def predict(
 
     check_batch_options(top_k, batch_size)
     check_out(out, model, (".csv", ".json"), "predictions")
-    classifier = open_model(model, provider=provider)
+    classifier = open_model(model, provider=provider, device=device)
     skipped: list[dict[str, str]] = []
 
     def skip(name: str, why: str) -> None:
@@ -48,7 +49,7 @@ def predict(
 
         raise DataError(f"none of the {len(skipped)} image(s) given could be read: "
                         + ", ".join(r["path"] for r in skipped[:5]))  # fmt: skip
-    where = getattr(classifier, "provider", "its framework")
+    where = classifier.provider
     if out is not None:
         _write(out, rows, k)
     if json:
