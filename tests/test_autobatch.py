@@ -194,3 +194,30 @@ def test_feature_extract_takes_auto_as_32_and_says_so(tiny_data, tmp_path):
                            batch_size="auto"), Lines())  # fmt: skip
     assert result.metrics["accuracy"] >= 0
     assert any(line.startswith("--batch-size auto: 32 (feature-extract computes its features in batches of 32") for line in lines)
+
+
+def test_feature_extract_batch_is_the_one_given_else_larger_on_a_cuda_device():
+    assert autobatch.feature_batch(32, given=False, cuda=False) == (32, None)
+    assert autobatch.feature_batch(16, given=True, cuda=True) == (16, None)  # a number given is kept
+    assert autobatch.feature_batch(32, given=False, cuda=True) == (
+        256, "features computed in batches of 256 on the CUDA device (--batch-size N sets the batch)")
+    assert autobatch.feature_batch("auto", given=True, cuda=True)[0] == 256
+
+
+def test_feature_extract_on_a_cuda_device_extracts_in_large_batches_and_trains_the_head_at_its_own(tiny_data, tmp_path,
+                                                                                                     monkeypatch):
+    from tlzoo import data as datamod
+    from tlzoo.training import decoding
+
+    asked: list[int] = []
+    real = datamod.decode_batches
+    monkeypatch.setattr(datamod, "decode_batches", lambda *a, **kw: (asked.append(kw["batch_size"]), real(*a, **kw))[1])
+    common = dict(strategy="feature-extract", freeze=None, augment="auto", head="mlp", epochs=2, seed=1)
+    cpu = train(_config(tiny_data, tmp_path, name="cpu", **common))
+    on_cpu, asked[:] = list(asked), []
+    monkeypatch.setattr(decoding, "may_be_cuda", lambda device: True)  # a CUDA driver, as on a GPU machine
+    cuda = train(_config(tiny_data, tmp_path, name="cuda", cache=False, **common))
+    assert set(on_cpu) == {32} and set(asked) == {256}
+    assert cpu.metrics["feature_batch"] == 32 and cuda.metrics["feature_batch"] == 256
+    # the MLP head trained at batch 32 both times: the same history, from the same features
+    assert [round(r["val_loss"], 5) for r in cpu.history] == [round(r["val_loss"], 5) for r in cuda.history]

@@ -29,7 +29,28 @@ DEFAULT = 32  # the batch the default learning rates are set for
 FRACTION = 0.6  # Ultralytics' default: room for the allocator's fragmentation and the evaluation batches
 PROBES = (1, 2, 4, 8, 16)
 MAX_BATCH = 1024
+# feature-extract's batch on a CUDA device when --batch-size is not given: frozen inference keeps no activations
+# for a backward pass, and batches of 32 leave a GPU idle between them
+FEATURE_BATCH_CUDA = 256
 GiB = 2**30
+
+
+def feature_batch(setting: int | str, *, given: bool, cuda: bool) -> tuple[int, str | None]:
+    """The batch feature-extract decodes its images and runs the frozen backbone in, and the line that says so
+    when it is not the ``--batch-size`` the user gave: a number given is kept; otherwise (the default, or
+    ``auto``) :data:`FEATURE_BATCH_CUDA` on a CUDA device and :data:`DEFAULT` elsewhere. The head is trained at
+    the run's own batch (``auto``: :data:`DEFAULT`)."""
+    if given and isinstance(setting, int):
+        return setting, None
+    batch = FEATURE_BATCH_CUDA if cuda else DEFAULT
+    if setting == AUTO:
+        return batch, (f"--batch-size auto: {batch} (feature-extract computes its features in batches of {batch}"
+                       + (" on a CUDA device" if cuda else "")
+                       + "; auto sizes the batches of the strategies that train the backbone)")
+    if cuda:
+        return batch, (f"features computed in batches of {batch} on the CUDA device (--batch-size N sets the "
+                       f"batch)")  # fmt: skip
+    return batch, None
 
 
 def optimizer_slots(optimizer: str, momentum: float) -> int:

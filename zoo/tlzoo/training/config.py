@@ -134,7 +134,8 @@ class TrainConfig:
                            per_strategy=True, used=_trains_network)
     batch_size: int | str = _setting(
         32, "Images per batch, or auto: on a GPU the largest training batch that fits 60 % of its free memory (the "
-        "learning rate scaled by batch/32 after one epoch of warm-up); 32 on the CPU and for feature-extract.",
+        "learning rate scaled by batch/32 after one epoch of warm-up); 32 on the CPU. feature-extract on a CUDA "
+        "device computes its features in batches of 256 unless a number is given here.",
         OPTIMIZATION, min=1, per_strategy=True, words=("auto",))
     lr: float = _setting(1e-3, "Learning rate of the head.", OPTIMIZATION, min=0, min_open=True, per_strategy=True,
                          used=_trains_network)

@@ -27,7 +27,8 @@ def _named(spec: BackboneSpec) -> str | None:
     return str(name) if name else None
 
 
-def _may_be_cuda(device: str) -> bool:
+def may_be_cuda(device: str) -> bool:
+    """Whether ``--device device`` may compute on CUDA, told without importing a framework (a driver present)."""
     text = device.strip().lower()
     return text.startswith("cuda") or text.isdigit() or "," in text or (text == "auto" and cuda_driver_present())
 
@@ -35,7 +36,7 @@ def _may_be_cuda(device: str) -> bool:
 def predicted(choice: str, spec: BackboneSpec, device: str) -> str | None:
     """The decoder a run with ``--decoder choice`` and ``--device device`` will use (its recipe name; None:
     Pillow), told without importing the framework: a CUDA device is assumed where a driver is present."""
-    if choice == "cpu" or not _may_be_cuda(device):
+    if choice == "cpu" or not may_be_cuda(device):
         return None
     return _named(spec)
 

@@ -136,7 +136,8 @@ def _train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Pat
 
         reporter = TensorBoardReporter(reporter, run_dir / FOLDER)
     try:
-        return _train_in(run_dir, resume, config, spec, size, splits, model, comm, reporter, started, unused)
+        return _train_in(run_dir, resume, config, spec, size, splits, model, comm, reporter, started, unused,
+                         batch_given="batch_size" in given)  # fmt: skip
     except BaseException:
         if created and comm.main:
             _discard_unstarted(run_dir, model, None if out_dir_existed else Path(config.out_dir))
@@ -279,7 +280,7 @@ def _check_units(spec: BackboneSpec, config: TrainConfig) -> None:
 
 def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: BackboneSpec, size: tuple[int, int],
               splits: Splits, model: Model, comm: Collective, reporter: Reporter, started: float,
-              unused: list[str]) -> TrainResult:  # fmt: skip
+              unused: list[str], *, batch_given: bool = True) -> TrainResult:  # fmt: skip
     resolved = TrainConfig(**{**config.to_dict(), "backbone": spec.id, "framework": spec.framework,
                               "image_size": size[0] if size[0] == size[1] else config.image_size,
                               "data": str(splits.root)})  # fmt: skip
@@ -303,11 +304,15 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
 
     extra: dict[str, Any] = {}
     if config.strategy == "feature-extract":
+        # a CUDA device is the engine's where --device named one, else foreseen from the driver (nothing built)
+        cuda = model.device.startswith("cuda") if model.has_engine else decoding.may_be_cuda(config.device)
+        extract_batch, why = autobatch.feature_batch(config.batch_size, given=batch_given, cuda=cuda)
+        if why:
+            reporter.info(why)
         if config.batch_size == autobatch.AUTO:
-            reporter.info(f"--batch-size auto: {autobatch.DEFAULT} (feature-extract computes its features in batches "
-                          f"of {autobatch.DEFAULT}; auto sizes the batches of the strategies that train the backbone)")  # fmt: skip
             config = dataclasses.replace(config, batch_size=autobatch.DEFAULT)
-        splits, history, head, eval_features, extra = _feature_extract(model, splits, config, reporter, comm)
+        splits, history, head, eval_features, extra = _feature_extract(model, splits, config, reporter, comm,
+                                                                       extract_batch)  # fmt: skip
         if comm.main:
             files.write_split(splits.rows())  # the readable images: known once every part was read
         eval_proba = probabilities(head.logits(eval_features), head.output)
@@ -472,11 +477,13 @@ def _merge(shards: list[feature_cache.Entry | None], world_size: int) -> feature
     return feature_cache.Entry(features[order], kept[order], [x for _, s in present for x in s.skipped])
 
 
-def _feature_extract(model: Model, splits: Splits, cfg: TrainConfig, reporter: Reporter,
-                     comm: Collective) -> tuple[Splits, list[dict[str, Any]], HeadParams, np.ndarray, dict[str, Any]]:  # fmt: skip
-    """Features of every part (cached or extracted), then the head on them. Returns the splits without their
-    unreadable images, the history, the head, the evaluation split's features and what the run records."""
+def _feature_extract(model: Model, splits: Splits, head_cfg: TrainConfig, reporter: Reporter, comm: Collective,
+                     extract_batch: int) -> tuple[Splits, list[dict[str, Any]], HeadParams, np.ndarray, dict[str, Any]]:  # fmt: skip
+    """Features of every part (cached or extracted, in batches of ``extract_batch``), then the head on them (at
+    ``head_cfg``'s batch). Returns the splits without their unreadable images, the history, the head, the
+    evaluation split's features and what the run records."""
     t0 = time.perf_counter()
+    cfg = dataclasses.replace(head_cfg, batch_size=extract_batch)
     parts = list(splits.parts())
     left = [0]  # images this rank has still to extract, at most (for auto's choice)
     own = cfg.feature_engine in (feature_engines.FRAMEWORK, feature_engines.AUTO)
@@ -536,13 +543,14 @@ def _feature_extract(model: Model, splits: Splits, cfg: TrainConfig, reporter: R
     feature_seconds = time.perf_counter() - t0
     n = len(splits.classes)
     t1 = time.perf_counter()
-    head, history = comm.broadcast(_fit_head(feats, splits, cfg, reporter, model.spec, n) if comm.main else None)
+    head, history = comm.broadcast(_fit_head(feats, splits, head_cfg, reporter, model.spec, n) if comm.main else None)
     head_seconds = time.perf_counter() - t1
     if not model.head_only:
         model.engine.build(head)
     extra = {
         "feature_cache": "hit" if all(hits.values()) else ("partial" if any(hits.values()) else "miss"),
         "feature_seconds": round(feature_seconds, 3), "head_seconds": round(head_seconds, 3), "head": cfg.head,
+        "feature_batch": extract_batch,
         "images_decoded": int(sum(comm.gather(decoded[0]))),
         "feature_engine": choice.engine if choice is not None else cfg.feature_engine,
         **({"feature_engine_auto": choice.record()} if choice is not None else {}),
