@@ -134,7 +134,7 @@ def gpu_standin(monkeypatch, tmp_path):
         return decoder
 
     monkeypatch.setattr(TorchAdapter, "image_decoder", offered)
-    monkeypatch.setattr(decoding, "_may_be_cuda", lambda device: True)
+    monkeypatch.setattr(decoding, "may_be_cuda", lambda device: True)
     monkeypatch.setattr("tlzoo_torch.gpu_decoder", lambda: "nvjpeg (test stand-in)")
     monkeypatch.setenv("TLZOO_CACHE", str(tmp_path / "cache"))
     return made
@@ -184,6 +184,38 @@ def test_a_run_decodes_its_jpegs_on_the_gpu_decoder_and_keys_its_caches_by_it(gp
     fresh = _run(more, tmp_path, "fresh", strategy="fine-tune", freeze="0")
     assert fresh.metrics["images_decoded"] == 10 and gpu_standin[-1].jpegs == 9
     assert len(store.buckets(tmp_path / "cache" / "store")) == 2
+
+
+def test_predict_and_evaluate_give_a_run_directorys_jpegs_to_its_gpu_decoder(gpu_standin, tmp_path):
+    import tlzoo
+
+    data = _jpeg_folder(tmp_path / "d", per_class=4)
+    run = _run(data, tmp_path, "r", decoder="cpu").run_dir  # trained on Pillow's pixels
+    made = len(gpu_standin)
+    by_gpu = tlzoo.predict(run, [str(data)], top_k=3, batch_size=5)
+    assert len(gpu_standin) == made + 1 and gpu_standin[-1].jpegs == 12, "the 12 JPEGs to the decoder, the PNG to Pillow"
+    by_pillow = tlzoo.predict(run, [str(data)], top_k=3, batch_size=5, decoder="cpu")
+    assert len(gpu_standin) == made + 1  # --decoder cpu: no decoder made
+    assert [p.path for p in by_gpu] == [p.path for p in by_pillow] and len(by_gpu) == 13
+    for gpu, pillow in zip(by_gpu, by_pillow):  # the decoders' pixels are a grey level or two apart
+        np.testing.assert_allclose([q for _, q in sorted(gpu.top)], [q for _, q in sorted(pillow.top)], atol=0.05)
+
+    scored = tlzoo.evaluate(run, data, batch_size=5)
+    assert gpu_standin[-1].jpegs == 12 and scored["n"] == 13
+    assert scored["accuracy"] == pytest.approx(tlzoo.evaluate(run, data, batch_size=5, decoder="cpu")["accuracy"], abs=1 / 13)
+    with pytest.raises(UsageError, match=r"^--decoder 'nvjpeg' is not a decoder: use auto, cpu or gpu$"):
+        tlzoo.predict(run, [str(data)], decoder="nvjpeg")
+
+
+def test_an_exported_files_images_are_pillows():
+    from tlzoo.inference import decoder_for
+
+    class Exported:  # an exporter's runtime: no image_decoder of its own
+        pass
+
+    assert decoder_for(Exported(), "auto") is None and decoder_for(Exported(), "cpu") is None  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match=r"^--decoder gpu is for run directories on a CUDA device"):
+        decoder_for(Exported(), "gpu")  # type: ignore[arg-type]
 
 
 def _entries(tmp_path):  # type: ignore[no-untyped-def]

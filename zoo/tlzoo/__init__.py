@@ -111,28 +111,31 @@ def train(config: TrainConfig | None = None, *, verbose: bool | None = None, **s
 
 
 def evaluate(model: Any, data: Any, *, batch_size: int = 64, strict: bool = False, provider: str = "auto",
-             device: str = "auto") -> dict[str, Any]:  # fmt: skip
+             device: str = "auto", decoder: str = "auto") -> dict[str, Any]:  # fmt: skip
     """Score a run directory or an exported file on labelled images, like ``tlzoo evaluate``; returns the metrics.
-    ``device`` places a run directory's classifier, ``provider`` runs an exported file."""
+    ``device`` places a run directory's classifier (``decoder``: who decodes its JPEGs there), ``provider``
+    runs an exported file."""
     from pathlib import Path
 
     from .evaluation import evaluate_model
 
     return evaluate_model(Path(model), Path(data), batch_size=batch_size, strict=strict, provider=provider,
-                          device=device)  # fmt: skip
+                          device=device, decoder=decoder)  # fmt: skip
 
 
 def predict(model: Any, images: Any, *, top_k: int = 5, batch_size: int = 32, strict: bool = False,
-            provider: str = "auto", device: str = "auto") -> list[Any]:  # fmt: skip
+            provider: str = "auto", device: str = "auto", decoder: str = "auto") -> list[Any]:  # fmt: skip
     """Top-k labels for image files, folders, uint8 arrays or PIL images, from a run directory or an exported
     file: ``tlzoo.predict("runs/demo", ["cat.jpg", "photos/"])``. Unreadable files are skipped unless ``strict``;
-    ``device`` places a run directory's classifier, ``provider`` runs an exported file."""
-    from .inference import predict_stream
+    ``device`` places a run directory's classifier (``decoder``: who decodes its JPEGs there), ``provider``
+    runs an exported file."""
+    from .inference import decoder_for, predict_stream
     from .loading import open_model
 
     sources = images if isinstance(images, list) else [images]
-    return list(predict_stream(open_model(model, provider=provider, device=device), sources, top_k=top_k,
-                               batch_size=batch_size, strict=strict))  # fmt: skip
+    loaded = open_model(model, provider=provider, device=device)
+    return list(predict_stream(loaded, sources, top_k=top_k, batch_size=batch_size, strict=strict,
+                               decoder=decoder_for(loaded, decoder)))  # fmt: skip
 
 
 def compare(data: Any = None, backbones: Any = "mobilenet_v2", strategies: str = "feature-extract,fine-tune,scratch", *,

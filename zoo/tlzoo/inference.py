@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from .errors import DataError, UsageError
 from .specs import Preprocessing
+
+if TYPE_CHECKING:
+    from .decode import ImageDecoder, Jpeg
 
 
 class Classifier(Protocol):
@@ -79,6 +82,21 @@ def iter_sources(sources: Iterable[Any]) -> Iterator[tuple[str, Any]]:
             yield f"<image {index}>", source
 
 
+def decoder_for(model: Classifier, choice: str) -> ImageDecoder | None:
+    """Who decodes ``model``'s JPEG files under ``--decoder choice``: the model's own ``image_decoder(choice)``
+    where it has one (a run directory computing on a CUDA device takes its framework's GPU decoder: see
+    :meth:`tlzoo.trained.TrainedRun.image_decoder`); otherwise Pillow, and ``gpu`` is refused. None: Pillow."""
+    own = getattr(model, "image_decoder", None)
+    if own is not None:
+        return own(choice)  # type: ignore[no-any-return]
+    if choice not in ("auto", "cpu", "gpu"):
+        raise UsageError(f"--decoder {choice!r} is not a decoder: use auto, cpu or gpu")
+    if choice == "gpu":
+        raise UsageError("--decoder gpu is for run directories on a CUDA device: an exported file's images are "
+                         "decoded by Pillow")  # fmt: skip
+    return None
+
+
 def decode(item: Any, size: tuple[int, int], prep: Preprocessing | None = None) -> np.ndarray:
     """An image file, uint8 array or PIL image as RGB uint8 (H, W, 3) at ``size``, resized by ``prep``'s policy
     (files are turned upright by their EXIF orientation; arrays and PIL images are taken as they are)."""
@@ -90,19 +108,43 @@ def decode(item: Any, size: tuple[int, int], prep: Preprocessing | None = None) 
 
 
 def predict_stream(model: Classifier, sources: Iterable[Any], *, top_k: int = 5, batch_size: int = 32,
-                   strict: bool = False, on_skip: Callable[[str, str], None] | None = None) -> Iterator[Prediction]:  # fmt: skip
-    """Top-k labels per image, decoded and run one batch at a time."""
+                   strict: bool = False, on_skip: Callable[[str, str], None] | None = None,
+                   decoder: ImageDecoder | None = None) -> Iterator[Prediction]:  # fmt: skip
+    """Top-k labels per image, decoded and run one batch at a time; ``decoder`` (a GPU's, see
+    :func:`decoder_for`) takes each batch's JPEG files at once, Pillow everything else."""
+    from .decode import Jpeg, decode_jpegs, read_for
+
     check_batch_options(top_k, batch_size)
     classes = model.classes
     k = min(top_k, len(classes))
     names: list[str] = []
-    images: list[np.ndarray] = []
+    images: list[np.ndarray | Jpeg | Exception] = []
+
+    def unreadable(name: str, got: Exception) -> None:
+        why = f"{type(got).__name__}: {got}"
+        if strict:
+            raise UsageError(f"{name} is not an image tlzoo can read ({why}); without --strict it is skipped") from None
+        if on_skip is not None:
+            on_skip(name, why)
 
     def flush() -> Iterator[Prediction]:
-        proba = model.predict_proba(np.stack(images), batch_size=batch_size)
-        order = np.argsort(-proba, axis=1)[:, :k]
-        for i, name in enumerate(names):
-            yield Prediction(name, [(classes[j], float(proba[i, j])) for j in order[i]])
+        jpegs = [i for i, item in enumerate(images) if isinstance(item, Jpeg)]
+        if jpegs:  # a JPEG is read, not decoded, only when there is a decoder
+            assert decoder is not None
+            for i, pixels in zip(jpegs, decode_jpegs([(names[i], images[i]) for i in jpegs], decoder,  # type: ignore[misc]
+                                                     model.input_size, model.preprocessing)):  # fmt: skip
+                images[i] = pixels
+        kept: list[tuple[str, np.ndarray]] = []
+        for name, item in zip(names, images):
+            if isinstance(item, Exception):
+                unreadable(name, item)
+            elif isinstance(item, np.ndarray):
+                kept.append((name, item))
+        if kept:
+            proba = model.predict_proba(np.stack([pixels for _, pixels in kept]), batch_size=batch_size)
+            order = np.argsort(-proba, axis=1)[:, :k]
+            for row, (name, _) in enumerate(kept):
+                yield Prediction(name, [(classes[j], float(proba[row, j])) for j in order[row]])
         names.clear()
         images.clear()
 
@@ -110,8 +152,12 @@ def predict_stream(model: Classifier, sources: Iterable[Any], *, top_k: int = 5,
 
     from .data import ahead, default_threads
 
-    def read(entry: tuple[str, Any]) -> np.ndarray | Exception:
+    read_jpeg = read_for(decoder, model.input_size, model.preprocessing) if decoder is not None else None
+
+    def read(entry: tuple[str, Any]) -> np.ndarray | Jpeg | Exception:
         try:
+            if read_jpeg is not None and isinstance(entry[1], Path):
+                return read_jpeg(str(entry[1]))  # a JPEG's bytes for the decoder, any other file's pixels
             return decode(entry[1], model.input_size, model.preprocessing)
         except Exception as exc:  # PIL raises many types for truncated or non-image files
             return exc
@@ -122,11 +168,7 @@ def predict_stream(model: Classifier, sources: Iterable[Any], *, top_k: int = 5,
     with ThreadPoolExecutor(default_threads(), thread_name_prefix="tlzoo-decode") as pool:
         for (name, _), got in zip(entries, ahead(pool, read, entries, depth=3 * batch_size)):
             if isinstance(got, Exception):
-                why = f"{type(got).__name__}: {got}"
-                if strict:
-                    raise UsageError(f"{name} is not an image tlzoo can read ({why}); without --strict it is skipped") from None
-                if on_skip is not None:
-                    on_skip(name, why)
+                unreadable(name, got)
                 continue
             images.append(got)
             names.append(name)

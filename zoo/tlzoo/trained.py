@@ -51,6 +51,13 @@ class TrainedRun:
 
         return adapter_for(self.framework)
 
+    def image_decoder(self, choice: str) -> Any:
+        """The GPU decoder for this run's JPEGs under ``--decoder choice`` (auto, cpu, gpu), where it computes on
+        a CUDA device and its framework offers one; None: Pillow (see :mod:`tlzoo.training.decoding`)."""
+        from .training.decoding import resolve_for
+
+        return resolve_for(choice, self.framework, self.device)
+
     def logits(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Logits for RGB uint8 images (N, H, W, 3) at the input size."""
         from .preprocess import normalize

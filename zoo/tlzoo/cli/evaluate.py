@@ -19,6 +19,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(help="Images decoded and scored per batch.")] = 64,
     provider: Annotated[str, typer.Option(help="Exported files: auto | cpu | cuda | tensorrt")] = "auto",
     device: Annotated[str, typer.Option(help="Run directories: auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps")] = "auto",
+    decoder: Annotated[str, typer.Option(help="Run directories on a CUDA device: auto (JPEGs by the framework's GPU decoder, nvJPEG for torch; else Pillow) | cpu (Pillow) | gpu (refused where there is none).")] = "auto",
     strict: Annotated[bool, typer.Option(help="Stop at an unreadable image instead of skipping it.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Also write the metrics to this .json file, or the per-class table to a .csv.")] = None,
     json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
@@ -27,7 +28,8 @@ def evaluate(
     from ..evaluation import evaluate_model
 
     check_out(out, model, (".json", ".csv"), "the metrics (or the per-class table, .csv)")
-    metrics = evaluate_model(model, data, batch_size=batch_size, strict=strict, provider=provider, device=device)
+    metrics = evaluate_model(model, data, batch_size=batch_size, strict=strict, provider=provider, device=device,
+                             decoder=decoder)  # fmt: skip
     for item in metrics["skipped_images"]:
         err_console.print(f"warning: skipped unreadable image {item['path']} ({item['error']})", style="yellow", markup=False)
     if out is not None:

@@ -17,13 +17,14 @@ def predict(
     top_k: Annotated[int, typer.Option(help="How many labels per image.")] = 3,
     provider: Annotated[str, typer.Option(help="Exported files: auto | cpu | cuda | tensorrt")] = "auto",
     device: Annotated[str, typer.Option(help="Run directories: auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps")] = "auto",
+    decoder: Annotated[str, typer.Option(help="Run directories on a CUDA device: auto (JPEGs by the framework's GPU decoder, nvJPEG for torch; else Pillow) | cpu (Pillow) | gpu (refused where there is none).")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images decoded and run per batch.")] = 32,
     strict: Annotated[bool, typer.Option(help="Stop at an unreadable image instead of skipping it.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Also write the predictions to this .csv or .json file.")] = None,
     json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Classify images with a trained run or an exported model (labels and preprocessing come with it)."""
-    from ..inference import check_batch_options, predict_stream
+    from ..inference import check_batch_options, decoder_for, predict_stream
     from ..loading import open_model
 
     check_batch_options(top_k, batch_size)
@@ -38,7 +39,8 @@ def predict(
 
     k = min(top_k, len(classifier.classes))
     rows: list[dict[str, Any]] = []
-    stream = predict_stream(classifier, [*paths], top_k=top_k, batch_size=batch_size, strict=strict, on_skip=skip)
+    stream = predict_stream(classifier, [*paths], top_k=top_k, batch_size=batch_size, strict=strict, on_skip=skip,
+                            decoder=decoder_for(classifier, decoder))  # fmt: skip
     for prediction in stream:
         rows.append(prediction.to_dict())
         if not json:  # one line per image as soon as its batch is done: whole records, even when piped

@@ -18,12 +18,15 @@ from ..plugins import load_object
 from ..specs import BackboneSpec
 
 
-def _named(spec: BackboneSpec) -> str | None:
-    """The name of ``spec``'s framework's GPU decoder (``FrameworkSpec.gpu_decoder``), None without one."""
-    where = framework_spec(spec.framework).gpu_decoder
+CHOICES = ("auto", "cpu", "gpu")
+
+
+def _named(framework: str) -> str | None:
+    """The name of ``framework``'s GPU decoder (``FrameworkSpec.gpu_decoder``), None without one."""
+    where = framework_spec(framework).gpu_decoder
     if not where:
         return None
-    name = load_object(where, f"the {spec.framework} framework's gpu_decoder")()
+    name = load_object(where, f"the {framework} framework's gpu_decoder")()
     return str(name) if name else None
 
 
@@ -38,22 +41,30 @@ def predicted(choice: str, spec: BackboneSpec, device: str) -> str | None:
     Pillow), told without importing the framework: a CUDA device is assumed where a driver is present."""
     if choice == "cpu" or not may_be_cuda(device):
         return None
-    return _named(spec)
+    return _named(spec.framework)
 
 
 def resolve(choice: str, spec: BackboneSpec, device: str | None) -> ImageDecoder | None:
     """The decoder for a run computing on ``device`` (its training engine's; None: an engine that takes its
     images from the host, such as a plugin's feature engine). ``--decoder gpu`` with none here is refused."""
+    return resolve_for(choice, spec.framework, device)
+
+
+def resolve_for(choice: str, framework: str, device: str | None) -> ImageDecoder | None:
+    """:func:`resolve` for a model of ``framework`` computing on ``device`` (a trained run's, for predict and
+    evaluate)."""
+    if choice not in CHOICES:
+        raise UsageError(f"--decoder {choice!r} is not a decoder: use auto, cpu or gpu")
     if choice == "cpu":
         return None
-    name = _named(spec)
+    name = _named(framework)
     why = None
     if name is None:
-        why = f"the {spec.framework} framework offers no GPU decoder"
+        why = f"the {framework} framework offers no GPU decoder"
     elif device is None:
         why = "the feature engine takes its images from the host"
     else:
-        decoder: Any = adapter_for(spec.framework).image_decoder(device)
+        decoder: Any = adapter_for(framework).image_decoder(device)
         if decoder is not None:
             return decoder  # type: ignore[no-any-return]
         cuda = device.startswith("cuda")
