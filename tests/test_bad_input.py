@@ -116,6 +116,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("onnx-labels-mismatch", ["predict", "{w}/fivelabels.onnx", "{w}/data"], 2, "the model has 3 outputs but its metadata names 5 labels"),
     ("onnx-without-tlzoo-metadata", ["predict", "{w}/foreign.onnx", "{w}/data"], 2, "not one tlzoo exported"),
     ("onnx-metadata-not-json", ["predict", "{w}/notjson.onnx", "{w}/data"], 2, "metadata tlzoo.raw_input is not valid JSON"),
+    ("predict-name-with-a-newline", ["predict", "{w}/no\nsuch", "{w}/data"], 2, "no such does not exist: give a run directory"),
+    ("predict-name-of-3000-characters", ["predict", "{w}/" + "y" * 3000, "{w}/data"], 1, "File name too long"),
     ("predict-run-with-provider", ["predict", "{w}/run", "{w}/data", "--provider", "cuda"], 2, "--provider cuda is for exported model files"),
     ("evaluate-run-with-provider", ["evaluate", "{w}/run", "--data", "{w}/data", "--provider", "cpu"], 2, "--provider cpu is for exported model files"),
     ("predict-onnx-with-device", ["predict", "{w}/model.onnx", "{w}/data", "--device", "cuda"], 2, "--device cuda is for run directories"),
@@ -247,6 +249,8 @@ def test_bad_input_gets_one_clear_line(world, tmp_path, args, code, words):
     assert [line for line in result.stderr.splitlines() if line.startswith("Error:")] == [result.stderr.strip().splitlines()[-1]]
     assert list(own.iterdir()) == [], list(own.rglob("*"))
     assert _snapshot(world) == before
+    # one line, whatever the user's values hold: newlines, or thousands of characters
+    assert result.stderr.count("\n") <= 1 + result.stderr.count("warning:") and len(message) <= 1000 + len("Error: ")
 
 
 def test_the_table_covers_sixty_kinds():

@@ -24,9 +24,16 @@ def debug() -> bool:
     return os.environ.get("TLZOO_DEBUG", "").strip() not in ("", "0")
 
 
+MESSAGE_LIMIT = 1000  # characters: a value pasted into an option or a config file is echoed, not flooded
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print ``Error: message`` on stderr and return the Exit to raise."""
-    err_console.print(f"[bold red]Error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    """Print ``Error: message`` on stderr, as one line of at most :data:`MESSAGE_LIMIT` characters (a newline
+    inside a value the user gave does not start another), and return the Exit to raise."""
+    line = " ".join(message.split())
+    if len(line) > MESSAGE_LIMIT:
+        line = line[: MESSAGE_LIMIT - 3].rstrip("\\") + "..."  # never end on an escape's backslash
+    err_console.print(f"[bold red]Error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
