@@ -43,7 +43,7 @@ def engine(backbone: Any, tap: int | None, cache_dir: Path) -> Callable[[np.ndar
     expected = backbone._run(model, probe)
     if path.is_file():
         try:
-            return _reopenable(_best_runner(path, layout, probe, expected, spec.id), path, layout, (h, w), expected, spec.id)
+            return Engine(_best_runner(path, layout, probe, expected, spec.id), path, layout, (h, w), expected, spec.id)
         except UsageError:
             path.unlink(missing_ok=True)  # damaged or stale: export again
 
@@ -60,26 +60,31 @@ def engine(backbone: Any, tap: int | None, cache_dir: Path) -> Callable[[np.ndar
         _check(_runner(tmp, layout, [CPU]), probe, expected, spec.id, ATOL)  # the file itself, in fp32
 
     atomic_write(path, write)
-    return _reopenable(_best_runner(path, layout, probe, expected, spec.id), path, layout, (h, w), expected, spec.id)
+    return Engine(_best_runner(path, layout, probe, expected, spec.id), path, layout, (h, w), expected, spec.id)
 
 
 class Engine:
-    """An opened export; ``entry`` is what :func:`reopen` needs to open it again without the framework."""
+    """An opened export; :attr:`entry` is what :func:`reopen` needs to open it again without the framework."""
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], entry: dict[str, Any]) -> None:
-        self.run, self.entry = run, entry
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], path: Path, layout: str, size: tuple[int, int],
+                 expected: np.ndarray, backbone_id: str, sha256: str | None = None) -> None:  # fmt: skip
+        self.run, self.path, self.layout, self.size = run, path, layout, size
+        self.expected, self.backbone_id, self._sha256 = expected, backbone_id, sha256
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.run(batch)
 
+    @property
+    def entry(self) -> dict[str, Any]:
+        """Plain data: the file, its sha256 (hashed here, once, only when asked: an export can be large) and the
+        framework's features on the check batch."""
+        if self._sha256 is None:
+            from tlzoo.weights import file_digest
 
-def _reopenable(run: Callable[[np.ndarray], np.ndarray], path: Path, layout: str, size: tuple[int, int],
-                expected: np.ndarray, backbone_id: str) -> Engine:  # fmt: skip
-    from tlzoo.weights import file_digest
-
-    return Engine(run, {"file": path.name, "sha256": file_digest(path, "sha256"), "layout": layout,
-                        "backbone": backbone_id, "size": list(size),
-                        "expected": [[float(v) for v in row] for row in np.asarray(expected, np.float32)]})  # fmt: skip
+            self._sha256 = file_digest(self.path, "sha256")
+        expected = [[float(v) for v in row] for row in np.asarray(self.expected, np.float32)]
+        return {"file": self.path.name, "sha256": self._sha256, "layout": self.layout, "backbone": self.backbone_id,
+                "size": list(self.size), "expected": expected}  # fmt: skip
 
 
 def reopen(entry: dict[str, Any], cache_dir: Path) -> Engine:
@@ -90,16 +95,16 @@ def reopen(entry: dict[str, Any], cache_dir: Path) -> Engine:
 
     try:
         path = Path(cache_dir) / str(entry["file"])
-        if path.name != entry["file"] or not path.is_file() or file_digest(path, "sha256") != entry["sha256"]:
+        sha256 = str(entry["sha256"])
+        if path.name != entry["file"] or not path.is_file() or file_digest(path, "sha256") != sha256:
             raise UsageError(f"the cached export {path.name} is gone or changed")
         layout, backbone_id = str(entry["layout"]), str(entry["backbone"])
         expected = np.asarray(entry["expected"], np.float32)
         h, w = (int(v) for v in entry["size"])
     except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"a malformed engine record ({type(exc).__name__})") from None
-    probe = _probe(h, w)
-    return _reopenable(_best_runner(path, layout, probe, expected, backbone_id), path, layout, (h, w), expected,
-                       backbone_id)  # fmt: skip
+    run = _best_runner(path, layout, _probe(h, w), expected, backbone_id)
+    return Engine(run, path, layout, (h, w), expected, backbone_id, sha256)
 
 
 def _probe(h: int, w: int) -> np.ndarray:

@@ -167,7 +167,7 @@ class Auto:
         self.left = images
         self.candidates = sorted(get_registry().feature_engines)
         self.choice = Choice()
-        self.entries: dict[str, dict[str, Any]] = {}  # what reopens each engine tried (see FeatureEngineSpec.reopen)
+        self.opened: dict[str, Any] = {}  # each engine as its plugin made it (its ``entry`` reopens it, if it has one)
         self.done = len(self.candidates) == 0 or images < MIN_BATCHES * batch_size
         if remembered is not None and remembered.engine == FRAMEWORK:  # an earlier run measured it: no need again
             self.choice.remembered, self.done = remembered, True
@@ -214,9 +214,7 @@ class Auto:
             if isinstance(made, str):
                 self.choice.passed_over[name] = f"cannot run: {made}"
                 continue
-            entry = getattr(made, "entry", None)
-            if isinstance(entry, dict):
-                self.entries[name] = entry
+            self.opened[name] = made
             if not getattr(made, "takes_uint8", False):
                 made = self._normalizing(made)
             self.choice.prepare_seconds[name] = time.perf_counter() - t0
@@ -239,7 +237,13 @@ class Auto:
         for name in list(self.runners):
             if name != self.choice.engine:
                 del self.runners[name]  # free the engines not kept
+                self.opened.pop(name, None)
         self.done = True
+
+    def entry(self) -> dict[str, Any] | None:
+        """What reopens the kept engine without the framework (``FeatureEngineSpec.reopen``), if it offers that."""
+        entry = getattr(self.opened.get(self.choice.engine), "entry", None)
+        return entry if isinstance(entry, dict) else None
 
 
 class Reopened:

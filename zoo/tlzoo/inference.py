@@ -36,7 +36,6 @@ class Classifier(Protocol):
     @property
     def provider(self) -> str: ...  # what runs it, in words for a user
 
-
     def predict_proba(self, images: np.ndarray, batch_size: int = ...) -> np.ndarray: ...
 
 
@@ -86,11 +85,12 @@ def decoder_for(model: Classifier, choice: str) -> ImageDecoder | None:
     """Who decodes ``model``'s JPEG files under ``--decoder choice``: the model's own ``image_decoder(choice)``
     where it has one (a run directory computing on a CUDA device takes its framework's GPU decoder: see
     :meth:`tlzoo.trained.TrainedRun.image_decoder`); otherwise Pillow, and ``gpu`` is refused. None: Pillow."""
+    from .training.decoding import check
+
     own = getattr(model, "image_decoder", None)
     if own is not None:
         return own(choice)  # type: ignore[no-any-return]
-    if choice not in ("auto", "cpu", "gpu"):
-        raise UsageError(f"--decoder {choice!r} is not a decoder: use auto, cpu or gpu")
+    check(choice)
     if choice == "gpu":
         raise UsageError("--decoder gpu is for run directories on a CUDA device: an exported file's images are "
                          "decoded by Pillow")  # fmt: skip

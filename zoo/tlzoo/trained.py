@@ -54,9 +54,9 @@ class TrainedRun:
     def image_decoder(self, choice: str) -> Any:
         """The GPU decoder for this run's JPEGs under ``--decoder choice`` (auto, cpu, gpu), where it computes on
         a CUDA device and its framework offers one; None: Pillow (see :mod:`tlzoo.training.decoding`)."""
-        from .training.decoding import resolve_for
+        from .training.decoding import resolve
 
-        return resolve_for(choice, self.framework, self.device)
+        return resolve(choice, self.framework, self.device)
 
     def logits(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Logits for RGB uint8 images (N, H, W, 3) at the input size."""

@@ -44,17 +44,16 @@ def predicted(choice: str, spec: BackboneSpec, device: str) -> str | None:
     return _named(spec.framework)
 
 
-def resolve(choice: str, spec: BackboneSpec, device: str | None) -> ImageDecoder | None:
-    """The decoder for a run computing on ``device`` (its training engine's; None: an engine that takes its
-    images from the host, such as a plugin's feature engine). ``--decoder gpu`` with none here is refused."""
-    return resolve_for(choice, spec.framework, device)
-
-
-def resolve_for(choice: str, framework: str, device: str | None) -> ImageDecoder | None:
-    """:func:`resolve` for a model of ``framework`` computing on ``device`` (a trained run's, for predict and
-    evaluate)."""
+def check(choice: str) -> None:
     if choice not in CHOICES:
         raise UsageError(f"--decoder {choice!r} is not a decoder: use auto, cpu or gpu")
+
+
+def resolve(choice: str, framework: str, device: str | None) -> ImageDecoder | None:
+    """The decoder for a model of ``framework`` computing on ``device`` (a run's training engine's, or a trained
+    run's for predict and evaluate; None: an engine that takes its images from the host, such as a plugin's
+    feature engine). ``--decoder gpu`` with none here is refused."""
+    check(choice)
     if choice == "cpu":
         return None
     name = _named(framework)

@@ -193,7 +193,7 @@ class Model:
         if cfg.decoder != "gpu" and decoding.predicted(cfg.decoder, self.spec, cfg.device) is None:
             return None
         own = cfg.strategy != "feature-extract" or cfg.feature_engine in (feature_engines.FRAMEWORK, feature_engines.AUTO)
-        return decoding.resolve(cfg.decoder, self.spec, self.engine.device if own else None)
+        return decoding.resolve(cfg.decoder, self.spec.framework, self.engine.device if own else None)
 
     def decoder_for(self, reporter: Reporter) -> ImageDecoder | None:
         """:attr:`decoder`, said once when it is not Pillow."""
@@ -536,8 +536,7 @@ def _feature_extract(model: Model, splits: Splits, head_cfg: TrainConfig, report
     if choice is not None and choice.measured and memory is not None and comm.main:
         assert isinstance(made, feature_engines.Auto)
         with contextlib.suppress(OSError):  # a read-only cache: the next run measures again
-            engine_memory.remember(engines, memory, choice.engine, choice.images_per_second,
-                                   made.entries.get(choice.engine))  # fmt: skip
+            engine_memory.remember(engines, memory, choice.engine, choice.images_per_second, made.entry())
     splits = readable(splits, kept, skipped)
     splits.warn_skipped(reporter)
     feature_seconds = time.perf_counter() - t0
