@@ -184,3 +184,28 @@ def test_where_a_run_directory_is_predicted_is_each_frameworks_device(framework,
     assert FrameworkAdapter.inference_device(adapter, "auto") == "cpu"
     with pytest.raises(UsageError, match=rf"^--device cuda: {type(adapter).__name__} runs trained classifiers on the CPU only"):
         FrameworkAdapter.inference_device(adapter, "cuda")
+
+
+def test_keras_refuses_a_device_it_can_no_longer_change_to(monkeypatch):
+    import tensorflow as tf
+
+    from tlzoo.errors import UsageError
+    from tlzoo_keras.train import select_device
+
+    gpu, other = object(), object()
+
+    def started(devices, kind):  # type: ignore[no-untyped-def]
+        raise RuntimeError("Visible devices cannot be modified after being initialized")
+
+    monkeypatch.setattr(tf.config, "set_visible_devices", started)
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind: [gpu, other])
+    monkeypatch.setattr(tf.config, "get_visible_devices", lambda kind: [gpu])  # started on the first GPU
+    assert select_device("0") == "gpu"  # already where it was asked to be
+    with pytest.raises(UsageError, match=r"^--device cpu: TensorFlow already runs on 1 GPU\(s\) in this process and "
+                                         r"cannot change them now; choose the device in a new process$"):
+        select_device("cpu")
+    with pytest.raises(UsageError, match=r"^--device cuda:1: TensorFlow already runs on 1 GPU"):
+        select_device("cuda:1")
+    monkeypatch.setattr(tf.config, "get_visible_devices", lambda kind: [])  # a CPU-only TensorFlow, started
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind: [])
+    assert select_device("cpu") == "cpu"

@@ -71,23 +71,31 @@ def select_device(request: str) -> str:
     text = request.strip().lower()
     gpus = tf.config.list_physical_devices("GPU")
     if text == "cpu":
-        try:
-            tf.config.set_visible_devices([], "GPU")
-        except RuntimeError:  # TensorFlow already initialised its devices in this process
-            pass
+        _show_only([], request)
     elif text != "auto":
         if text.isdigit() or text in ("gpu", "cuda") or text.startswith("cuda:"):
             index = int(text.rpartition(":")[2]) if ":" in text else int(text) if text.isdigit() else 0
             if index >= len(gpus):
                 raise UsageError(f"--device {request}: TensorFlow sees {len(gpus)} GPU(s) on this machine; "
                                  f"use --device cpu (or auto)")  # fmt: skip
-            try:
-                tf.config.set_visible_devices([gpus[index]], "GPU")
-            except RuntimeError:
-                pass
+            _show_only([gpus[index]], request)
         else:
             raise UsageError(f"--device {request!r} is not a device for Keras: use auto, cpu, gpu or N")
     return "gpu" if tf.config.get_visible_devices("GPU") else "cpu"
+
+
+def _show_only(gpus: list[Any], request: str) -> None:
+    """Leave TensorFlow only ``gpus``. Once TensorFlow has started its devices in this process they cannot
+    change: that is fine where they already are these, and refused where they are not (never silently)."""
+    from tlzoo.errors import UsageError
+
+    try:
+        tf.config.set_visible_devices(gpus, "GPU")
+    except RuntimeError:  # TensorFlow already initialised its devices in this process
+        visible = tf.config.get_visible_devices("GPU")
+        if list(visible) != list(gpus):
+            raise UsageError(f"--device {request}: TensorFlow already runs on {len(visible)} GPU(s) in this process "
+                             f"and cannot change them now; choose the device in a new process") from None  # fmt: skip
 
 
 class KerasEngine(Engine):
