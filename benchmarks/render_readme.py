@@ -103,6 +103,15 @@ def speed() -> str:
                     f"{base['inference_img_s']:.1f} -> {tuned['inference_img_s']:.1f} | {alloc['inference_ratio']:.2f}x | avoid the churn |")
         rows.append(f"| | MobileNetV2 training img/s, glibc default -> tlzoo | {base['train_img_s']:.1f} -> {tuned['train_img_s']:.1f} | "
                     f"{alloc['train_ratio']:.2f}x | |")
+    collector = load("collector")
+    if collector:
+        for i, row in enumerate(collector["rows"]):
+            what = f"framework import (`benchmarks/collector.py`, {collector['date']})" if i == 0 else ""
+            job = {"import": "loading the {} adapter", "train": "the smallest `tlzoo train` on {}/mobilenet_v2"}
+            kind, framework = row["job"].split(" ", 1)
+            rows.append(f"| {what} | {job[kind].format(framework)}, wall s of a new process, Python's collector as it is -> "
+                        f"tlzoo.collector | {row['default_s']:.2f} -> {row['tlzoo_s']:.2f} | {row['ratio']:.2f}x the time | "
+                        f"{'less start-up' if i == 0 else ''} |")
     if feats:
         f = feats["images_per_second"]
         ort = f["onnxruntime, exported classifier"]

@@ -177,6 +177,24 @@ def _ready(backbone, tap, cache_dir):  # type: ignore[no-untyped-def]
     return True
 
 
+class _Reopenable:
+    """A run with an ``entry``, as an engine that can be reopened without the framework has."""
+
+    def __init__(self, run) -> None:  # type: ignore[no-untyped-def]
+        self.run, self.entry = run, {"file": "export.bin"}
+
+    def __call__(self, batch):  # type: ignore[no-untyped-def]
+        return self.run(batch)
+
+
+def _sleepy_reopenable(backbone, tap, cache_dir):  # type: ignore[no-untyped-def]
+    return _Reopenable(_sleepy(backbone, tap, cache_dir))
+
+
+def _reopen(entry, cache_dir):  # type: ignore[no-untyped-def]
+    raise AssertionError("not called here")
+
+
 @pytest.fixture
 def engines(monkeypatch):  # type: ignore[no-untyped-def]
     """Replace the installed engines with fake ones: ``engines(name=(factory, prepared))``."""
@@ -185,10 +203,11 @@ def engines(monkeypatch):  # type: ignore[no-untyped-def]
     for name in list(installed):
         monkeypatch.delitem(installed, name)
 
-    def install(**fakes):  # type: ignore[no-untyped-def]
+    def install(reopen: bool = False, **fakes):  # type: ignore[no-untyped-def]
         for name, (factory, prepared) in fakes.items():
             monkeypatch.setitem(installed, name, FeatureEngineSpec(
-                name, f"{__name__}:{factory}", prepared=f"{__name__}:{prepared}" if prepared else ""))
+                name, f"{__name__}:{factory}", prepared=f"{__name__}:{prepared}" if prepared else "",
+                reopen=f"{__name__}:_reopen" if reopen else ""))
 
     return install
 
@@ -227,6 +246,38 @@ def test_auto_keeps_the_framework_when_the_engine_is_slower(engines):
     assert run.choice.images_per_second["sleepy"] < run.choice.images_per_second["framework"]
     assert list(run.runners) == ["framework"]  # the engine not kept is let go
     np.testing.assert_allclose(features, backbone.extract_features(IMAGES, batch_size=4), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("reopens", [True, False])
+def test_a_later_run_starts_with_the_engine_that_finishes_the_job_first_its_start_included(engines, reopens):
+    engines(reopen=reopens, sleepy=("_sleepy_reopenable", "_ready"))
+    backbone = get_backbone("torch/resnet18", input_size=32, seed=0)
+
+    def auto(loaded_seconds: float):  # type: ignore[no-untyped-def]
+        run = feature_engines.runner(backbone, None, "auto", Path("unused"), images=len(IMAGES), batch_size=4,
+                                     loaded_seconds=loaded_seconds)  # fmt: skip
+        backbone.extract_features(IMAGES, batch_size=4, run=run)
+        return run
+
+    # the framework is faster per image (the engine sleeps 0.1 s a batch: 2 s over the 20 batches) ...
+    quick = auto(0.0)
+    assert quick.choice.engine == quick.remembered_engine == "framework" and quick.choice.next_run is None
+    slow = auto(1000.0)  # ... but a framework that takes 1000 s to load loses the whole job to one that reopens
+    assert slow.choice.engine == "framework"  # this run keeps it: it is loaded already
+    start = slow.choice.start_seconds
+    assert set(start) == {"framework", "sleepy"} and start["framework"] >= 1000.0
+    if reopens:
+        assert start["sleepy"] == slow.choice.prepare_seconds["sleepy"] < 1.0
+        assert slow.remembered_engine == slow.choice.next_run == "sleepy"
+        assert slow.entry() == {"file": "export.bin"}  # taken before the engine was let go
+        assert list(slow.runners) == ["framework"]
+        assert slow.choice.line().endswith(
+            f"; a later run of this job starts with sleepy, which opens in {start['sleepy']:.1f} s against the "
+            f"framework's {start['framework']:.1f} s)")
+        assert slow.choice.record()["next_run"] == "sleepy"
+    else:  # an engine that needs the framework built starts after it: nothing to gain
+        assert start["sleepy"] == start["framework"] + slow.choice.prepare_seconds["sleepy"]
+        assert slow.remembered_engine == "framework" and slow.choice.next_run is None and slow.entry() is None
 
 
 def test_auto_prepares_an_engine_only_when_the_job_is_long_enough_to_pay_for_it(engines, monkeypatch):
@@ -289,12 +340,14 @@ def test_a_remembered_framework_win_is_not_measured_again(engines, monkeypatch):
 
     engines(direct=("_direct", "_ready"))
     backbone = get_backbone("torch/resnet18", input_size=32, seed=0)
-    won = Remembered("framework", {"framework": 300.0, "direct": 200.0}, "2026-12-01T10:00:00+00:00")
+    won = Remembered("framework", {"framework": 300.0, "direct": 200.0}, "2026-12-01T10:00:00+00:00",
+                     start_seconds={"framework": 2.5, "direct": 3.25})  # fmt: skip
     run = feature_engines.runner(backbone, None, "auto", Path("unused"), images=len(IMAGES), batch_size=4, remembered=won)
     features = backbone.extract_features(IMAGES, batch_size=4, run=run)
     assert MADE == [] and run.choice.engine == "framework" and run.choice.images_per_second == {}
-    assert run.choice.line() == ("feature engine: framework (auto: remembered from 2026-12-01: 300 images/s against "
-                                 "direct 200, measured on an earlier run of this backbone on this machine)")
+    assert run.choice.line() == ("feature engine: framework (auto: remembered from 2026-12-01: 300 images/s after 2.5 s "
+                                 "to start against direct 200 images/s after 3.2 s to start, measured on an earlier "
+                                 "run of this backbone on this machine)")  # fmt: skip
     np.testing.assert_allclose(features, backbone.extract_features(IMAGES, batch_size=4), rtol=1e-6, atol=1e-6)
 
 
@@ -313,10 +366,19 @@ def test_auto_memory_is_keyed_by_the_job_and_the_machine_and_keeps_the_newest_re
     assert engine_memory.recall(tmp_path, "k") is None
     monkeypatch.setattr(engine_memory, "KEEP", 3)
     for i in range(5):
-        engine_memory.remember(tmp_path, f"k{i}", "onnxruntime", {"framework": 1.0, "onnxruntime": 2.0 + i}, None)
+        engine_memory.remember(tmp_path, f"k{i}", "onnxruntime", {"framework": 1.0, "onnxruntime": 2.0 + i}, None,
+                               {"framework": 2.5, "onnxruntime": 0.125})  # fmt: skip
     kept = json.loads((tmp_path / engine_memory.FILE).read_text())
     assert sorted(kept) == ["k2", "k3", "k4"]
-    assert engine_memory.recall(tmp_path, "k4").images_per_second == {"framework": 1.0, "onnxruntime": 6.0}
+    recalled = engine_memory.recall(tmp_path, "k4")
+    assert recalled.images_per_second == {"framework": 1.0, "onnxruntime": 6.0}
+    assert recalled.start_seconds == {"framework": 2.5, "onnxruntime": 0.12}
+    kept["k4"]["start_seconds"] = {"framework": "slow"}  # malformed: measured again
+    (tmp_path / engine_memory.FILE).write_text(json.dumps(kept))
+    assert engine_memory.recall(tmp_path, "k4") is None
+    del kept["k4"]["start_seconds"]  # a record from before start times were kept
+    (tmp_path / engine_memory.FILE).write_text(json.dumps(kept))
+    assert engine_memory.recall(tmp_path, "k4").start_seconds == {}
 
 
 @pytest.mark.parametrize("tap", [None, "5"])

@@ -5,7 +5,9 @@ backbone, its weights, the tap, the input size, the batch, the machine and the i
 images, so the answer is kept in the engines' cache folder (:data:`FILE`) under a key of exactly those. A later
 run with the same key takes the remembered engine without measuring again; an engine that can reopen its
 prepared work from plain data (``FeatureEngineSpec.reopen``) then runs without the backbone's framework being
-imported or the backbone built, which is most of a cold run's fixed cost.
+imported or the backbone built, which is most of a cold run's fixed cost. So the engine remembered is the one
+that finishes the measured job first from a new process, its start included (the framework's import and build,
+or the engine's opening, as that run timed them), which is not always the fastest per image.
 """
 
 from __future__ import annotations
@@ -31,13 +33,17 @@ class Remembered:
     images_per_second: dict[str, float]
     measured: str
     entry: dict[str, Any] | None = field(default=None)
+    start_seconds: dict[str, float] = field(default_factory=dict)  # what starting each engine cost (Choice's)
 
     def evidence(self) -> str:
-        others = ", ".join(f"{n} {r:.0f}" for n, r in self.images_per_second.items() if n != self.engine)
-        rate = self.images_per_second.get(self.engine)
+        def said(name: str) -> str:
+            start = self.start_seconds.get(name)
+            return f"{self.images_per_second[name]:.0f} images/s" + (f" after {start:.1f} s to start" if start is not None else "")
+
+        others = ", ".join(f"{n} {said(n)}" for n in self.images_per_second if n != self.engine)
         day = self.measured[:10]
-        return (f"remembered from {day}: {rate:.0f} images/s against {others}, measured on an earlier run of this "
-                f"backbone on this machine") if rate is not None else f"remembered from {day}"  # fmt: skip
+        return (f"remembered from {day}: {said(self.engine)} against {others}, measured on an earlier run of this "
+                f"backbone on this machine") if self.engine in self.images_per_second else f"remembered from {day}"  # fmt: skip
 
 
 def key(identity: dict[str, Any]) -> str:
@@ -73,17 +79,21 @@ def recall(cache_dir: Path, record_key: str) -> Remembered | None:
     record = _records(Path(cache_dir)).get(record_key)
     if not isinstance(record, dict):
         return None
-    rates = record.get("images_per_second")
+    rates, start = record.get("images_per_second"), record.get("start_seconds", {})
     entry = record.get("entry")
     if not (isinstance(record.get("engine"), str) and isinstance(record.get("measured"), str)
-            and isinstance(rates, dict) and all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in rates.items())
-            and (entry is None or isinstance(entry, dict))):  # fmt: skip
+            and _numbers(rates) and _numbers(start) and (entry is None or isinstance(entry, dict))):  # fmt: skip
         return None
-    return Remembered(record["engine"], {k: float(v) for k, v in rates.items()}, record["measured"], entry)
+    return Remembered(record["engine"], {k: float(v) for k, v in rates.items()}, record["measured"], entry,
+                      {k: float(v) for k, v in start.items()})  # fmt: skip
+
+
+def _numbers(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in value.items())
 
 
 def remember(cache_dir: Path, record_key: str, engine: str, images_per_second: dict[str, float],
-             entry: dict[str, Any] | None) -> None:  # fmt: skip
+             entry: dict[str, Any] | None, start_seconds: dict[str, float] | None = None) -> None:  # fmt: skip
     """Keep auto's measured choice (the newest :data:`KEEP` records are kept). Raises OSError when the cache
     cannot be written."""
     from .rundir import atomic_write_json
@@ -91,7 +101,8 @@ def remember(cache_dir: Path, record_key: str, engine: str, images_per_second: d
     records = _records(Path(cache_dir))
     records.pop(record_key, None)
     now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    records[record_key] = asdict(Remembered(engine, {k: round(v, 1) for k, v in images_per_second.items()}, now, entry))
+    records[record_key] = asdict(Remembered(engine, {k: round(v, 1) for k, v in images_per_second.items()}, now, entry,
+                                            {k: round(v, 2) for k, v in (start_seconds or {}).items()}))  # fmt: skip
     newest = sorted(records, key=lambda k: str(records[k].get("measured", "")) if isinstance(records[k], dict) else "")
     atomic_write_json(Path(cache_dir) / FILE, {k: records[k] for k in newest[-KEEP:]})
 

@@ -55,13 +55,16 @@ def check(name: str) -> None:
 
 
 def runner(backbone: Backbone, tap: int | None, name: str, cache_dir: Path, device: str | None = None, *,
-           images: int = 0, batch_size: int = 32, remembered: Remembered | None = None) -> Runner:  # fmt: skip
+           images: int = 0, batch_size: int = 32, remembered: Remembered | None = None,
+           loaded_seconds: float = 0.0) -> Runner:  # fmt: skip
     """The function that computes ``backbone``'s features (at unit ``tap``) with engine ``name``; the
     framework's own runs on ``device`` (as its training engine names it), a plugin's engine chooses its own.
-    ``auto`` is told how many ``images`` are left to extract, in batches of ``batch_size``, and what an earlier
-    run measured (``remembered``: the framework won there, so nothing is measured again)."""
+    ``auto`` is told how many ``images`` are left to extract, in batches of ``batch_size``, what an earlier
+    run measured (``remembered``: the framework won there, so nothing is measured again) and how long this
+    process took to import the framework and build the backbone (``loaded_seconds``)."""
     if name == AUTO:
-        return Auto(backbone, tap, cache_dir, device, images=images, batch_size=batch_size, remembered=remembered)
+        return Auto(backbone, tap, cache_dir, device, images=images, batch_size=batch_size, remembered=remembered,
+                    loaded_seconds=loaded_seconds)  # fmt: skip
     if name == FRAMEWORK:
         model = backbone.inference_model(tap, device)
         return Raw(lambda images: backbone.run_images(model, images))
@@ -107,6 +110,10 @@ class Choice:
     prepare_seconds: dict[str, float] = field(default_factory=dict)
     passed_over: dict[str, str] = field(default_factory=dict)  # engine -> why it was not measured
     remembered: Remembered | None = None  # taken from an earlier run's measurement, not measured on this one
+    # What starting each measured engine costs a new process: the framework's import, build and graph; an
+    # engine that reopens without the framework, its opening; any other, the framework's and its own.
+    start_seconds: dict[str, float] = field(default_factory=dict)
+    next_run: str | None = None  # what a later run of this job starts with, when it differs from ``engine``
 
     @property
     def measured(self) -> bool:
@@ -117,6 +124,8 @@ class Choice:
         return {"engine": self.engine, "images_per_second": {k: round(v, 1) for k, v in self.images_per_second.items()},
                 "prepare_seconds": {k: round(v, 2) for k, v in self.prepare_seconds.items()},
                 "passed_over": dict(self.passed_over),
+                **({"start_seconds": {k: round(v, 2) for k, v in self.start_seconds.items()}} if self.start_seconds else {}),
+                **({"next_run": self.next_run} if self.next_run else {}),
                 **({"remembered": {"measured": self.remembered.measured,
                                    "images_per_second": dict(self.remembered.images_per_second)}}
                    if self.remembered is not None else {})}  # fmt: skip
@@ -134,6 +143,10 @@ class Choice:
             others = ", ".join(f"{name} {rate:.0f}" for name, rate in rates.items() if name != self.engine)
             evidence = f"{rates[self.engine]:.0f} images/s against {others}, measured on this run's batches"
             evidence += "".join(f"; {n} took {s:.1f} s to prepare" for n, s in self.prepare_seconds.items())
+            if self.next_run:
+                start = self.start_seconds
+                evidence += (f"; a later run of this job starts with {self.next_run}, which opens in "
+                             f"{start[self.next_run]:.1f} s against the {self.engine}'s {start[self.engine]:.1f} s")  # fmt: skip
         elif self.passed_over:
             evidence = "; ".join(f"{n} {why}" for n, why in self.passed_over.items())
         else:
@@ -152,6 +165,10 @@ class Auto:
     :data:`MIN_BATCHES` batches runs on the framework alone. An engine that cannot run this backbone is
     passed over with its reason, never an error.
 
+    What a later run of the same job should start with is worked out too (``remembered_engine``, kept by
+    :mod:`tlzoo.engine_memory`): not always the fastest per image, since an engine that reopens without the
+    framework spares that run the framework's import and build, which this run timed.
+
     It takes the RGB uint8 batches (``takes_uint8``): the framework's engine normalizes them where its model
     runs, every other engine is given them normalized on the host (part of its timed cost).
     """
@@ -159,15 +176,18 @@ class Auto:
     takes_uint8 = True
 
     def __init__(self, backbone: Backbone, tap: int | None, cache_dir: Path, device: str | None, *, images: int,
-                 batch_size: int, remembered: Remembered | None = None) -> None:  # fmt: skip
+                 batch_size: int, remembered: Remembered | None = None, loaded_seconds: float = 0.0) -> None:  # fmt: skip
         from .registry import get_registry
 
         self.backbone, self.tap, self.cache_dir = backbone, tap, cache_dir
+        t0 = time.perf_counter()
         self.framework = runner(backbone, tap, FRAMEWORK, cache_dir, device)
-        self.left = images
+        self.framework_start = loaded_seconds + time.perf_counter() - t0
+        self.left = self.images = images
         self.candidates = sorted(get_registry().feature_engines)
         self.choice = Choice()
         self.opened: dict[str, Any] = {}  # each engine as its plugin made it (its ``entry`` reopens it, if it has one)
+        self.next_entry: dict[str, Any] | None = None
         self.done = len(self.candidates) == 0 or images < MIN_BATCHES * batch_size
         if remembered is not None and remembered.engine == FRAMEWORK:  # an earlier run measured it: no need again
             self.choice.remembered, self.done = remembered, True
@@ -231,19 +251,48 @@ class Auto:
         return Raw(lambda images: run(self.backbone.preprocess(images)))
 
     def _decide(self) -> None:
+        """Keep the fastest engine for the rest of this run (the framework is loaded already), and work out what
+        a later run of the same job should start with: the engine that finishes it first from a new process,
+        its start included (:meth:`_start_seconds`)."""
         rates = {n: 1.0 / float(np.median(t)) for n, t in self.times.items() if t}
         self.choice.images_per_second = rates
         self.choice.engine = max(rates, key=lambda n: (rates[n], n == FRAMEWORK))
+        if len(rates) > 1:
+            start = self.choice.start_seconds = self._start_seconds(rates)
+            later = min(rates, key=lambda n: (start[n] + self.images / rates[n], n != FRAMEWORK))
+            if later != self.choice.engine:
+                self.choice.next_run = later
+                entry = getattr(self.opened.get(later), "entry", None)  # taken now: the engine is freed below
+                self.next_entry = entry if isinstance(entry, dict) else None
         for name in list(self.runners):
             if name != self.choice.engine:
                 del self.runners[name]  # free the engines not kept
                 self.opened.pop(name, None)
         self.done = True
 
+    def _start_seconds(self, rates: dict[str, float]) -> dict[str, float]:
+        from .registry import get_registry
+
+        engines = get_registry().feature_engines
+        start = {FRAMEWORK: self.framework_start}
+        for name in rates:
+            if name != FRAMEWORK:
+                own = self.choice.prepare_seconds.get(name, 0.0)
+                start[name] = own if engines[name].reopen else self.framework_start + own
+        return start
+
     def entry(self) -> dict[str, Any] | None:
-        """What reopens the kept engine without the framework (``FeatureEngineSpec.reopen``), if it offers that."""
+        """What reopens the engine a later run starts with without the framework (``FeatureEngineSpec.reopen``),
+        if it offers that."""
+        if self.choice.next_run is not None:
+            return self.next_entry
         entry = getattr(self.opened.get(self.choice.engine), "entry", None)
         return entry if isinstance(entry, dict) else None
+
+    @property
+    def remembered_engine(self) -> str:
+        """The engine a later run of this job starts with."""
+        return self.choice.next_run or self.choice.engine
 
 
 class Reopened:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import pluggy
 
 from . import hookspecs
+from .collector import paused_for_import
 
 ENTRY_POINT_GROUP = "tlzoo"
 DISTRIBUTION = "tlzoo"
@@ -317,7 +318,11 @@ def load_object(path: str, what: str) -> Any:
 
     module_name, _, attr = path.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        if module_name in sys.modules:
+            module = importlib.import_module(module_name)
+        else:
+            with paused_for_import():  # the first import of a framework: see tlzoo.collector
+                module = importlib.import_module(module_name)
         return getattr(module, attr)
     except (ImportError, AttributeError) as exc:
         raise PluginError(f"{what} {path!r} cannot be imported: {type(exc).__name__}: {exc}") from exc

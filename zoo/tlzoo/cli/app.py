@@ -19,8 +19,10 @@ def main() -> None:
     _say_warnings_as_tlzoo()
     try:
         from ..allocator import tune
+        from ..collector import own_process
 
         tune()  # before any framework allocates: see tlzoo.allocator
+        own_process()  # a framework's import is frozen once made: see tlzoo.collector
         if os.environ.get("TLZOO_VERBOSE", "").strip() in ("", "0"):
             # TensorFlow's C++ start-up lines (including a cuInit error on machines without a GPU) say nothing
             # a tlzoo user can act on; TLZOO_VERBOSE=1 shows them.

@@ -510,11 +510,12 @@ def _feature_extract(model: Model, splits: Splits, head_cfg: TrainConfig, report
                               f"measuring again")  # fmt: skip
             backbone = model.backbone
             backbone.freeze("all")
+            device = model.engine.device if own else None
             # The framework's own engine runs where the run's training engine would (CUDA under --device auto);
             # a plugin's engine picks its own device, so no training engine is made for it.
-            runners.append(feature_engines.runner(backbone, model.tap, cfg.feature_engine, engines,
-                                                  device=model.engine.device if own else None, images=left[0],
-                                                  batch_size=cfg.batch, remembered=remembered))  # fmt: skip
+            runners.append(feature_engines.runner(backbone, model.tap, cfg.feature_engine, engines, device=device,
+                                                  images=left[0], batch_size=cfg.batch, remembered=remembered,
+                                                  loaded_seconds=time.perf_counter() - started))  # fmt: skip
             if not own:
                 reporter.info(f"feature engine: {cfg.feature_engine} ({time.perf_counter() - started:.1f} s to "
                               f"prepare, checked against {model.spec.framework})")  # fmt: skip
@@ -536,7 +537,8 @@ def _feature_extract(model: Model, splits: Splits, head_cfg: TrainConfig, report
     if choice is not None and choice.measured and memory is not None and comm.main:
         assert isinstance(made, feature_engines.Auto)
         with contextlib.suppress(OSError):  # a read-only cache: the next run measures again
-            engine_memory.remember(engines, memory, choice.engine, choice.images_per_second, made.entry())
+            engine_memory.remember(engines, memory, made.remembered_engine, choice.images_per_second, made.entry(),
+                                   choice.start_seconds)  # fmt: skip
     splits = readable(splits, kept, skipped)
     splits.warn_skipped(reporter)
     feature_seconds = time.perf_counter() - t0
