@@ -129,6 +129,20 @@ def test_bicubic_is_pillows_bicubic():
     np.testing.assert_array_equal(resize_array(source, (24, 24), prep), expected)
 
 
+@pytest.mark.parametrize("policy", ["squash", "crop", "pad"])
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_a_greyscale_file_decodes_to_exactly_its_rgb_conversions_pixels(tmp_path, policy, interpolation):
+    grey = np.random.default_rng(4).integers(0, 256, (37, 53), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    Image.fromarray(grey).convert("RGB").save(tmp_path / "rgb.png")  # what decoding it used to resample
+    prep = TORCHVISION_IMAGENET.with_resize(policy, crop_fraction=0.875, interpolation=interpolation)
+    out = load_image(tmp_path / "grey.png", (45, 30), prep)
+    assert out.shape == (45, 30, 3) and out.dtype == np.uint8 and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, load_image(tmp_path / "rgb.png", (45, 30), prep))
+    if policy != "pad":  # the mean colour around a padded image is not grey
+        assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+
+
 def test_a_float_tiff_with_nan_and_inf_keeps_its_picture(tmp_path):
     ramp = np.tile(np.linspace(0.0, 1.0, 16, dtype=np.float32), (16, 1))
     ramp[3, 3], ramp[5, 5], ramp[7, 7] = np.nan, np.inf, -np.inf

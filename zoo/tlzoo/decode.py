@@ -294,7 +294,7 @@ def _load(path: str | Path | IO[bytes], size: tuple[int, int], prep: Preprocessi
         method, swapped = _ORIENTATIONS.get(orientation, (None, False))
         if method is not None:
             image = image.transpose(getattr(Image.Transpose, method))
-        rgb = to_rgb(image)
+        rgb = _rgb_or_grey(image)
     # A draft's last block row and column may be partial: keep to the region it really covers.
     valid = (drafted[1][2], drafted[1][3]) if drafted else (float(rgb.size[0]), float(rgb.size[1]))
     if drafted and swapped:
@@ -307,15 +307,20 @@ def _load(path: str | Path | IO[bytes], size: tuple[int, int], prep: Preprocessi
 
 def _finish(rgb: Any, box: tuple[float, float, float, float], resized: tuple[int, int], at: tuple[int, int],
             size: tuple[int, int], prep: Preprocessing) -> np.ndarray:  # fmt: skip
-    """One resample of ``box`` to ``resized``, placed at ``at`` on the mean colour when padding."""
+    """One resample of ``box`` to ``resized``, placed at ``at`` on the mean colour when padding. A greyscale
+    image is resampled as one channel, then repeated into three: the same pixels as resampling its RGB
+    conversion (Pillow resamples each channel alike), for a third of the work."""
     Image = _pil()
     resample = Image.Resampling.BICUBIC if prep.interpolation == "bicubic" else Image.Resampling.BILINEAR
     whole = box == (0.0, 0.0, float(rgb.size[0]), float(rgb.size[1])) and resized == rgb.size
     out = rgb if whole else rgb.resize(resized, resample, box=box)
     if prep.resize == "pad" and resized != (size[1], size[0]):
         canvas = Image.new("RGB", (size[1], size[0]), prep.pad_colour())
-        canvas.paste(out, at)
+        canvas.paste(out.convert("RGB"), at)
         out = canvas
+    if out.mode == "L":
+        grey = np.asarray(out, dtype=np.uint8)
+        return np.stack((grey, grey, grey), axis=-1)
     return np.asarray(out, dtype=np.uint8)
 
 
@@ -358,7 +363,7 @@ def resize_array(pixels: np.ndarray, size: tuple[int, int], prep: Preprocessing 
     Image = _pil()
     prep = prep or SQUASH
     pil = Image.fromarray(pixels) if isinstance(pixels, np.ndarray) else pixels
-    rgb = to_rgb(pil)
+    rgb = _rgb_or_grey(pil)
     box, resized, at = _plan(float(rgb.size[0]), float(rgb.size[1]), size, prep)
     return _finish(rgb, box, resized, at, size, prep)
 
@@ -375,6 +380,13 @@ def _orientation(image: Any) -> int:
 
 def to_rgb(image):  # type: ignore[no-untyped-def]
     """Any PIL image (grayscale, RGBA, palette, 16-bit, float) as 8-bit RGB."""
+    grey = _rgb_or_grey(image)
+    return grey if grey.mode == "RGB" else grey.convert("RGB")
+
+
+def _rgb_or_grey(image):  # type: ignore[no-untyped-def]
+    """:func:`to_rgb`, except that an image that is 8-bit greyscale once converted is left so (:func:`_finish`
+    resamples one channel instead of three)."""
     Image = _pil()
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit (and 32-bit integer) images: the full 0..65535 range maps onto 0..255.
@@ -392,4 +404,4 @@ def to_rgb(image):  # type: ignore[no-untyped-def]
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return image if image.mode in ("RGB", "L") else image.convert("RGB")
