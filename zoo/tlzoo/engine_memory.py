@@ -18,7 +18,7 @@ import json
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 FILE = "auto.json"
 KEEP = 64  # records kept, the most recently measured
@@ -88,7 +88,7 @@ def recall(cache_dir: Path, record_key: str) -> Remembered | None:
                       {k: float(v) for k, v in start.items()})  # fmt: skip
 
 
-def _numbers(value: Any) -> bool:
+def _numbers(value: Any) -> TypeGuard[dict[str, float]]:
     return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in value.items())
 
 

@@ -7,7 +7,7 @@ import functools
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Annotated, Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,6 +15,12 @@ from rich.console import Console
 from ..errors import TlzooError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# The options predict and evaluate share: --provider for an exported file, --device and --decoder for a run directory.
+ProviderOption = Annotated[str, typer.Option(help="Exported files: auto | cpu | cuda | tensorrt")]
+DeviceOption = Annotated[str, typer.Option(help="Run directories: auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps")]
+DecoderOption = Annotated[str, typer.Option(help="Run directories on a CUDA device: auto (JPEGs by the framework's GPU decoder, "
+                                                 "nvJPEG for torch; else Pillow) | cpu (Pillow) | gpu (refused where there is none).")]
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)

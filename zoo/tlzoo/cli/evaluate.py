@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .common import check_out, console, err_console, escape, handle_errors, print_json
+from .common import DecoderOption, DeviceOption, ProviderOption, check_out, console, err_console, escape, handle_errors, print_json
 
 
 @handle_errors
@@ -17,9 +17,9 @@ def evaluate(
     model: Annotated[Path, typer.Argument(help="A run directory, or an exported .onnx file.")],
     data: Annotated[Path, typer.Option("--data", "-d", help="Image folder (one sub-folder per class) or CSV.")],
     batch_size: Annotated[int, typer.Option(help="Images decoded and scored per batch.")] = 64,
-    provider: Annotated[str, typer.Option(help="Exported files: auto | cpu | cuda | tensorrt")] = "auto",
-    device: Annotated[str, typer.Option(help="Run directories: auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps")] = "auto",
-    decoder: Annotated[str, typer.Option(help="Run directories on a CUDA device: auto (JPEGs by the framework's GPU decoder, nvJPEG for torch; else Pillow) | cpu (Pillow) | gpu (refused where there is none).")] = "auto",
+    provider: ProviderOption = "auto",
+    device: DeviceOption = "auto",
+    decoder: DecoderOption = "auto",
     strict: Annotated[bool, typer.Option(help="Stop at an unreadable image instead of skipping it.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Also write the metrics to this .json file, or the per-class table to a .csv.")] = None,
     json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,

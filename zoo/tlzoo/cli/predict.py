@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .common import check_out, console, err_console, handle_errors, print_json
+from .common import DecoderOption, DeviceOption, ProviderOption, check_out, console, err_console, handle_errors, print_json
 
 
 @handle_errors
@@ -15,9 +15,9 @@ def predict(
     model: Annotated[Path, typer.Argument(help="A run directory (runs/NAME) or an exported .onnx file.")],
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
     top_k: Annotated[int, typer.Option(help="How many labels per image.")] = 3,
-    provider: Annotated[str, typer.Option(help="Exported files: auto | cpu | cuda | tensorrt")] = "auto",
-    device: Annotated[str, typer.Option(help="Run directories: auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps")] = "auto",
-    decoder: Annotated[str, typer.Option(help="Run directories on a CUDA device: auto (JPEGs by the framework's GPU decoder, nvJPEG for torch; else Pillow) | cpu (Pillow) | gpu (refused where there is none).")] = "auto",
+    provider: ProviderOption = "auto",
+    device: DeviceOption = "auto",
+    decoder: DecoderOption = "auto",
     batch_size: Annotated[int, typer.Option(help="Images decoded and run per batch.")] = 32,
     strict: Annotated[bool, typer.Option(help="Stop at an unreadable image instead of skipping it.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Also write the predictions to this .csv or .json file.")] = None,
