@@ -267,7 +267,7 @@ def test_a_later_run_starts_with_the_engine_that_finishes_the_job_first_its_star
     start = slow.choice.start_seconds
     assert set(start) == {"framework", "sleepy"} and start["framework"] >= 1000.0
     if reopens:
-        assert start["sleepy"] == slow.choice.prepare_seconds["sleepy"] < 1.0
+        assert start["sleepy"] == slow.choice.prepare_seconds["sleepy"]  # its opening, without the framework's 1000 s
         assert slow.remembered_engine == slow.choice.next_run == "sleepy"
         assert slow.entry() == {"file": "export.bin"}  # taken before the engine was let go
         assert list(slow.runners) == ["framework"]
