@@ -177,11 +177,19 @@ def _ready(backbone, tap, cache_dir):  # type: ignore[no-untyped-def]
     return True
 
 
+ENTRIES_READ: list[str] = []  # an entry can be costly to make (the onnxruntime engine hashes its export)
+
+
 class _Reopenable:
     """A run with an ``entry``, as an engine that can be reopened without the framework has."""
 
     def __init__(self, run) -> None:  # type: ignore[no-untyped-def]
-        self.run, self.entry = run, {"file": "export.bin"}
+        self.run = run
+
+    @property
+    def entry(self):  # type: ignore[no-untyped-def]
+        ENTRIES_READ.append("export.bin")
+        return {"file": "export.bin"}
 
     def __call__(self, batch):  # type: ignore[no-untyped-def]
         return self.run(batch)
@@ -253,11 +261,13 @@ def test_a_later_run_starts_with_the_engine_that_finishes_the_job_first_its_star
     engines(reopen=reopens, sleepy=("_sleepy_reopenable", "_ready"))
     backbone = get_backbone("torch/resnet18", input_size=32, seed=0)
 
-    def auto(loaded_seconds: float):  # type: ignore[no-untyped-def]
+    def auto(loaded_seconds: float, remembers: bool = True):  # type: ignore[no-untyped-def]
         run = feature_engines.runner(backbone, None, "auto", Path("unused"), images=len(IMAGES), batch_size=4,
-                                     loaded_seconds=loaded_seconds)  # fmt: skip
+                                     loaded_seconds=loaded_seconds, remembers=remembers)  # fmt: skip
         backbone.extract_features(IMAGES, batch_size=4, run=run)
         return run
+
+    ENTRIES_READ.clear()
 
     # the framework is faster per image (the engine sleeps 0.1 s a batch: 2 s over the 20 batches) ...
     quick = auto(0.0)
@@ -275,6 +285,9 @@ def test_a_later_run_starts_with_the_engine_that_finishes_the_job_first_its_star
             f"; a later run of this job starts with sleepy, which opens in {start['sleepy']:.1f} s against the "
             f"framework's {start['framework']:.1f} s)")
         assert slow.choice.record()["next_run"] == "sleepy"
+        assert ENTRIES_READ == ["export.bin"]
+        unkept = auto(1000.0, remembers=False)  # --no-cache, random weights: the same choice, no entry made
+        assert unkept.choice.next_run == "sleepy" and unkept.entry() is None and ENTRIES_READ == ["export.bin"]
     else:  # an engine that needs the framework built starts after it: nothing to gain
         assert start["sleepy"] == start["framework"] + slow.choice.prepare_seconds["sleepy"]
         assert slow.remembered_engine == "framework" and slow.choice.next_run is None and slow.entry() is None

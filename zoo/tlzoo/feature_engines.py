@@ -56,15 +56,16 @@ def check(name: str) -> None:
 
 def runner(backbone: Backbone, tap: int | None, name: str, cache_dir: Path, device: str | None = None, *,
            images: int = 0, batch_size: int = 32, remembered: Remembered | None = None,
-           loaded_seconds: float = 0.0) -> Runner:  # fmt: skip
+           loaded_seconds: float = 0.0, remembers: bool = False) -> Runner:  # fmt: skip
     """The function that computes ``backbone``'s features (at unit ``tap``) with engine ``name``; the
     framework's own runs on ``device`` (as its training engine names it), a plugin's engine chooses its own.
     ``auto`` is told how many ``images`` are left to extract, in batches of ``batch_size``, what an earlier
     run measured (``remembered``: the framework won there, so nothing is measured again) and how long this
-    process took to import the framework and build the backbone (``loaded_seconds``)."""
+    process took to import the framework and build the backbone (``loaded_seconds``); ``remembers``: whether
+    the run keeps auto's choice for later runs (:mod:`tlzoo.engine_memory`)."""
     if name == AUTO:
         return Auto(backbone, tap, cache_dir, device, images=images, batch_size=batch_size, remembered=remembered,
-                    loaded_seconds=loaded_seconds)  # fmt: skip
+                    loaded_seconds=loaded_seconds, remembers=remembers)  # fmt: skip
     if name == FRAMEWORK:
         model = backbone.inference_model(tap, device)
         return Raw(lambda images: backbone.run_images(model, images))
@@ -176,10 +177,11 @@ class Auto:
     takes_uint8 = True
 
     def __init__(self, backbone: Backbone, tap: int | None, cache_dir: Path, device: str | None, *, images: int,
-                 batch_size: int, remembered: Remembered | None = None, loaded_seconds: float = 0.0) -> None:  # fmt: skip
+                 batch_size: int, remembered: Remembered | None = None, loaded_seconds: float = 0.0,
+                 remembers: bool = False) -> None:  # fmt: skip
         from .registry import get_registry
 
-        self.backbone, self.tap, self.cache_dir = backbone, tap, cache_dir
+        self.backbone, self.tap, self.cache_dir, self.remembers = backbone, tap, cache_dir, remembers
         t0 = time.perf_counter()
         self.framework = runner(backbone, tap, FRAMEWORK, cache_dir, device)
         self.framework_start = loaded_seconds + time.perf_counter() - t0
@@ -262,8 +264,9 @@ class Auto:
             later = min(rates, key=lambda n: (start[n] + self.images / rates[n], n != FRAMEWORK))
             if later != self.choice.engine:
                 self.choice.next_run = later
-                entry = getattr(self.opened.get(later), "entry", None)  # taken now: the engine is freed below
-                self.next_entry = entry if isinstance(entry, dict) else None
+                if self.remembers:  # taken now (an export may be hashed for it): the engine is freed below
+                    entry = getattr(self.opened.get(later), "entry", None)
+                    self.next_entry = entry if isinstance(entry, dict) else None
         for name in list(self.runners):
             if name != self.choice.engine:
                 del self.runners[name]  # free the engines not kept

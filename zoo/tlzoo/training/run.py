@@ -515,7 +515,8 @@ def _feature_extract(model: Model, splits: Splits, head_cfg: TrainConfig, report
             # a plugin's engine picks its own device, so no training engine is made for it.
             runners.append(feature_engines.runner(backbone, model.tap, cfg.feature_engine, engines, device=device,
                                                   images=left[0], batch_size=cfg.batch, remembered=remembered,
-                                                  loaded_seconds=time.perf_counter() - started))  # fmt: skip
+                                                  loaded_seconds=time.perf_counter() - started,
+                                                  remembers=memory is not None))  # fmt: skip
             if not own:
                 reporter.info(f"feature engine: {cfg.feature_engine} ({time.perf_counter() - started:.1f} s to "
                               f"prepare, checked against {model.spec.framework})")  # fmt: skip
