@@ -316,7 +316,7 @@ def _finish(rgb: Any, box: tuple[float, float, float, float], resized: tuple[int
     out = rgb if whole else rgb.resize(resized, resample, box=box)
     if prep.resize == "pad" and resized != (size[1], size[0]):
         canvas = Image.new("RGB", (size[1], size[0]), prep.pad_colour())
-        canvas.paste(out.convert("RGB"), at)
+        canvas.paste(out, at)  # Pillow converts a greyscale image to the canvas's RGB as it pastes
         out = canvas
     if out.mode == "L":
         grey = np.asarray(out, dtype=np.uint8)
