@@ -16,7 +16,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict[str, Any]:
-    from tlzoo.rundir import package_versions
+    from tlzoo.version import package_versions
 
     info: dict[str, Any] = {
         "python": platform.python_version(),

@@ -30,8 +30,8 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immu
 
 
 def _digits(root: Path, per_class: int | None) -> Path:
-    from tlzoo.datasets import ensure_digits
-    from tlzoo.training.data_prep import default_data_root
+    from tlzoo.images.datasets import ensure_digits
+    from tlzoo.images.split import default_data_root
 
     source = ensure_digits(default_data_root())
     for class_dir in sorted(p for p in source.iterdir() if p.is_dir()):

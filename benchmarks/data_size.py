@@ -60,9 +60,9 @@ def main() -> None:
     os.environ.setdefault("TLZOO_OFFLINE", "1")
     os.environ["TLZOO_CACHE"] = tempfile.mkdtemp(prefix="tlzoo-bench-cache-")
     import_offline_weights()
-    from tlzoo.datasets import ensure_digits
+    from tlzoo.images.datasets import ensure_digits
     from tlzoo.training.config import TrainConfig
-    from tlzoo.training.data_prep import default_data_root
+    from tlzoo.images.split import default_data_root
     from tlzoo.training.run import train
 
     work = Path(tempfile.mkdtemp(prefix="tlzoo-bench-datasize-"))

@@ -42,8 +42,8 @@ def main() -> None:
 
     import torch
 
-    from tlzoo.datasets import ensure_digits
-    from tlzoo.training.data_prep import default_data_root
+    from tlzoo.images.datasets import ensure_digits
+    from tlzoo.images.split import default_data_root
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     n = gpus if gpus >= 2 else 2

@@ -37,8 +37,8 @@ def main() -> None:
     import torch  # noqa: F401  (before anything else that loads LLVM)
 
     import tlzoo
-    from tlzoo.datasets import ensure_digits
-    from tlzoo.training.data_prep import default_data_root
+    from tlzoo.images.datasets import ensure_digits
+    from tlzoo.images.split import default_data_root
 
     import_offline_weights()
     digits = ensure_digits(default_data_root())

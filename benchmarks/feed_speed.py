@@ -42,12 +42,12 @@ def main() -> None:
     import torch
 
     import tlzoo
-    from tlzoo import data as datamod
-    from tlzoo import store
+    from tlzoo import images as datamod
+    from tlzoo.images import store
     from tlzoo.adapters import adapter_for
-    from tlzoo.datasets import ensure_digits
+    from tlzoo.images.datasets import ensure_digits
     from tlzoo.registry import get_registry
-    from tlzoo.training.data_prep import default_data_root
+    from tlzoo.images.split import default_data_root
     from tlzoo_torch.train import normalize
 
     size, batch = (args.size, args.size), args.batch

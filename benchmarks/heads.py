@@ -1,5 +1,5 @@
 """The softmax head's regularization search on real features, alternated in one process:
-- tlzoo now: the warm-started path with BLAS on one thread (tlzoo.training.heads.one_blas_thread);
+- tlzoo now: the warm-started path with BLAS on one thread (tlzoo.heads.one_blas_thread);
 - the same path with the default BLAS threads (tlzoo before this change);
 - four cold fits plus a refit of the winner (tlzoo before the warm-started path).
 
@@ -31,11 +31,11 @@ def main() -> None:
     from sklearn.preprocessing import StandardScaler
 
     import tlzoo
-    from tlzoo import data as datamod
-    from tlzoo.datasets import ensure_digits
-    from tlzoo.training.data_prep import default_data_root
-    from tlzoo.training.heads import choose_c, spread_floor
-    from tlzoo.training.run import C_GRID
+    from tlzoo import images as datamod
+    from tlzoo.images.datasets import ensure_digits
+    from tlzoo.images.split import default_data_root
+    from tlzoo.heads import choose_c, spread_floor
+    from tlzoo.heads import C_GRID
 
     import_offline_weights()
     full = datamod.load(datamod.scan(ensure_digits(default_data_root())), (224, 224))
@@ -51,7 +51,7 @@ def main() -> None:
         return next(acc for value, acc, _ in scores if value == c), 0.0
 
     def default_threads() -> tuple[float, float]:
-        with unittest.mock.patch("tlzoo.training.heads.one_blas_thread", contextlib.nullcontext):
+        with unittest.mock.patch("tlzoo.heads.one_blas_thread", contextlib.nullcontext):
             return new()
 
     def old() -> tuple[float, float]:

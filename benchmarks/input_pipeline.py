@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip peak memory and the decode counts")
     parser.add_argument("--memory-n", type=int, default=1000, help="N of the peak-memory part (N and 8N images)")
     args = parser.parse_args()
-    from tlzoo.decode import load_image
+    from tlzoo.images.decode import load_image
     from tlzoo.specs import TORCHVISION_IMAGENET
 
     size = (224, 224)
@@ -167,7 +167,7 @@ def feature_extraction(rounds: int = 2) -> dict:
     cold(keep_engines=True)
     _, measured = timed()
     subprocess.run(tlzoo_cmd("export", "onnx", str(work / "runs" / "r")), env=env, check=True, capture_output=True)
-    from tlzoo.decode import load_image
+    from tlzoo.images.decode import load_image
     from tlzoo_onnx.predictor import Predictor
 
     # the classifier is exported to a folder of its own: the runs below write over runs/r

@@ -30,10 +30,10 @@ def main() -> None:
     os.environ.setdefault("TLZOO_OFFLINE", "1")
     import_offline_weights()
 
-    from tlzoo.datasets import ensure_digits
-    from tlzoo.trained import load_run
+    from tlzoo.images.datasets import ensure_digits
+    from tlzoo.runs.trained import load_run
     from tlzoo.training.config import TrainConfig
-    from tlzoo.training.data_prep import default_data_root
+    from tlzoo.images.split import default_data_root
     from tlzoo.training.run import train
     from tlzoo_onnx.export import _model_inputs, _run, export, int8_job, split_set
     from tlzoo_onnx.int8 import LAYER_OPS, sensitivity_order, speedup

@@ -32,11 +32,11 @@ def main() -> None:
     import_offline_weights()
     import onnxruntime as ort
 
-    from tlzoo.datasets import ensure_digits
+    from tlzoo.images.datasets import ensure_digits
     from tlzoo_onnx.predictor import Predictor
-    from tlzoo.trained import load_run
+    from tlzoo.runs.trained import load_run
     from tlzoo.training.config import TrainConfig
-    from tlzoo.training.data_prep import default_data_root
+    from tlzoo.images.split import default_data_root
     from tlzoo.training.run import train
     from tlzoo_onnx.export import _model_inputs, export, split_set
 

@@ -58,12 +58,12 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from tlzoo.datasets import ensure_digits
+    from tlzoo.images.datasets import ensure_digits
     from tlzoo_onnx.predictor import Predictor
     from tlzoo.registry import get_registry
-    from tlzoo.trained import load_run
+    from tlzoo.runs.trained import load_run
     from tlzoo.training.config import TrainConfig
-    from tlzoo.training.data_prep import default_data_root
+    from tlzoo.images.split import default_data_root
     from tlzoo.training.run import train
     from tlzoo.weights import is_cached
     from tlzoo_onnx.export import _model_inputs, export, split_set

@@ -66,7 +66,7 @@ def throughput_comparison(backbone: str, image_size: int, freeze: int, batch_siz
     from torch import nn
     from torchvision.transforms import v2
 
-    from tlzoo import data as datamod
+    from tlzoo import images as datamod
     from tlzoo.backbone import get_backbone
     from tlzoo_torch.train import TorchEngine
     from tlzoo.training.config import TrainConfig
@@ -139,8 +139,8 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TLZOO_OFFLINE", "1")
     import_offline_weights()
-    from tlzoo.datasets import ensure_digits
-    from tlzoo.training.data_prep import default_data_root
+    from tlzoo.images.datasets import ensure_digits
+    from tlzoo.images.split import default_data_root
 
     data_root = ensure_digits(default_data_root())
     out_dir = args.out_dir or tempfile.mkdtemp(prefix="tlzoo-bench-")

@@ -41,11 +41,11 @@ def main() -> None:
     import torchvision
 
     import tlzoo
-    from tlzoo import data as datamod
+    from tlzoo import images as datamod
     from tlzoo.adapters import adapter_for
-    from tlzoo.datasets import ensure_digits
-    from tlzoo.preprocess import normalize
-    from tlzoo.training.data_prep import default_data_root
+    from tlzoo.images.datasets import ensure_digits
+    from tlzoo.images.normalize import normalize
+    from tlzoo.images.split import default_data_root
 
     size, batch = (args.size, args.size), args.batch
     n = batch * (args.steps + 2)

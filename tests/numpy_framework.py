@@ -18,10 +18,10 @@ import tlzoo
 from tlzoo.adapters import FrameworkAdapter
 from tlzoo.backbone import Backbone, Unit
 from tlzoo.errors import UsageError
-from tlzoo.rundir import atomic_write
+from tlzoo.files import atomic_write
 from tlzoo.specs import TORCHVISION_IMAGENET
 from tlzoo.training.engine import Engine
-from tlzoo.training.heads import HeadParams
+from tlzoo.heads import HeadParams
 
 GRID = 4
 FEATURES = 16

@@ -206,8 +206,8 @@ def test_feature_extract_batch_is_the_one_given_else_larger_on_a_cuda_device():
 
 def test_feature_extract_on_a_cuda_device_extracts_in_large_batches_and_trains_the_head_at_its_own(tiny_data, tmp_path,
                                                                                                      monkeypatch):
-    from tlzoo import data as datamod
-    from tlzoo.training import decoding
+    from tlzoo import images as datamod
+    from tlzoo.images import decoders
 
     asked: list[int] = []
     real = datamod.decode_batches
@@ -215,7 +215,7 @@ def test_feature_extract_on_a_cuda_device_extracts_in_large_batches_and_trains_t
     common = dict(strategy="feature-extract", freeze=None, augment="auto", head="mlp", epochs=2, seed=1)
     cpu = train(_config(tiny_data, tmp_path, name="cpu", **common))
     on_cpu, asked[:] = list(asked), []
-    monkeypatch.setattr(decoding, "may_be_cuda", lambda device: True)  # a CUDA driver, as on a GPU machine
+    monkeypatch.setattr(decoders, "may_be_cuda", lambda device: True)  # a CUDA driver, as on a GPU machine
     cuda = train(_config(tiny_data, tmp_path, name="cuda", cache=False, **common))
     assert set(on_cpu) == {32} and set(asked) == {256}
     assert cpu.metrics["feature_batch"] == 32 and cuda.metrics["feature_batch"] == 256

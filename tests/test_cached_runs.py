@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tlzoo import data as datamod
+from tlzoo import images as datamod
 from tlzoo.errors import DataError, UsageError, WeightsError
 from tlzoo.training.config import TrainConfig
 from tlzoo.training.run import train
@@ -61,8 +61,8 @@ def config(data: Path, tmp_path: Path, backbone: str, **kw) -> TrainConfig:
 def val_images(run_dir: Path) -> tuple[np.ndarray, list[str]]:
     import csv
 
-    from tlzoo.preprocess import load_image
-    from tlzoo.trained import load_run
+    from tlzoo.images.decode import load_image
+    from tlzoo.runs.trained import load_run
 
     prep = load_run(run_dir).preprocessing  # the run's own resize policy
     rows = [r for r in csv.DictReader(open(run_dir / "split.csv")) if r["subset"] == "val"]
@@ -88,7 +88,7 @@ def cached_run_in_a_new_process(cfg: TrainConfig) -> dict:
 
 @pytest.mark.parametrize("framework", ["torch", "keras"])
 def test_head_only_run_and_a_cached_run_that_imports_no_framework(data, tmp_path, request, framework):
-    from tlzoo.trained import load_run
+    from tlzoo.runs.trained import load_run
     from tlzoo.weights import file_digest
 
     weights = request.getfixturevalue("mobilenet_in_cache" if framework == "torch" else "keras_weights")
@@ -210,7 +210,7 @@ def test_head_only_run_refuses_other_weights(data, tmp_path, mobilenet_in_cache)
     meta = json.loads(meta_path.read_text())
     meta["weights_sha256"] = "0" * 64
     meta_path.write_text(json.dumps(meta))
-    from tlzoo.trained import load_run
+    from tlzoo.runs.trained import load_run
 
     with pytest.raises(WeightsError, match="keeps only its head: its backbone is torch/mobilenet_v2 with the weights file"):
         load_run(result.run_dir)
@@ -303,7 +303,7 @@ def _train_files(run_dir: Path) -> tuple[list[str], np.ndarray]:
     """The run's training files and their class indices, from its split.csv."""
     import csv
 
-    from tlzoo.trained import load_run
+    from tlzoo.runs.trained import load_run
 
     classes = load_run(run_dir).classes
     rows = [r for r in csv.DictReader(open(run_dir / "split.csv")) if r["subset"] == "train"]
@@ -312,13 +312,13 @@ def _train_files(run_dir: Path) -> tuple[list[str], np.ndarray]:
 
 def test_features_decoded_by_another_recipe_are_not_served(data, tmp_path, monkeypatch):
     """Decoding changed (sideways, squashed, another decoder): entries written before are not hit."""
-    import tlzoo.decode
+    import tlzoo.images.decode
 
     cfg = config(data, tmp_path, "torch/resnet18", weights="none")
     assert train(cfg).metrics["feature_cache"] == "miss"
     assert train(cfg).metrics["feature_cache"] == "hit"
     with monkeypatch.context() as patched:
-        patched.setattr(tlzoo.decode, "DECODE_FORMAT", tlzoo.decode.DECODE_FORMAT - 1)  # an older decoder
+        patched.setattr(tlzoo.images.decode, "DECODE_FORMAT", tlzoo.images.decode.DECODE_FORMAT - 1)  # an older decoder
         assert train(cfg).metrics["feature_cache"] == "miss"
     assert train(cfg).metrics["feature_cache"] == "hit"
     padded = train(config(data, tmp_path, "torch/resnet18", weights="none", name="p", resize="pad"))
@@ -328,7 +328,7 @@ def test_features_decoded_by_another_recipe_are_not_served(data, tmp_path, monke
 
 
 def test_evaluate_lists_each_unreadable_image_with_its_reason_even_a_whole_batch_of_them(data, tmp_path, mobilenet_in_cache):
-    from tlzoo.evaluation import evaluate_model
+    from tlzoo.runs.evaluation import evaluate_model
 
     run = train(config(data, tmp_path, "torch/mobilenet_v2", val_split=0.25)).run_dir
     for i in range(3):  # with batch size 2: a whole batch of broken files, and one beside a readable image

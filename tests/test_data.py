@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlzoo import data as datamod
+from tlzoo import images as datamod
 from tlzoo.errors import DataError
-from tlzoo.preprocess import load_image, normalize
+from tlzoo.images.decode import load_image
+from tlzoo.images.normalize import normalize
 from tlzoo.specs import KERAS_CAFFE, KERAS_TF, TORCHVISION_IMAGENET
 
 from .datagen import write_folder
@@ -105,7 +106,7 @@ def test_embedded_digits_written_once_even_by_processes_starting_together(tmp_pa
     import subprocess
     import sys
 
-    code = "import sys; from tlzoo.datasets import ensure_digits; print(ensure_digits(sys.argv[1]))"
+    code = "import sys; from tlzoo.images.datasets import ensure_digits; print(ensure_digits(sys.argv[1]))"
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(3)]  # fmt: skip
     outs = [p.communicate() for p in procs]
@@ -119,7 +120,7 @@ def test_embedded_digits_written_once_even_by_processes_starting_together(tmp_pa
 def test_predict_decodes_a_few_batches_ahead_on_threads_and_keeps_the_order(tmp_path, monkeypatch):
     import threading
 
-    from tlzoo import inference
+    from tlzoo.runs import inference
 
     data = write_folder(tmp_path / "d", per_class=20)
     (data / "red" / "010b.png").write_bytes(b"not an image")
@@ -133,7 +134,7 @@ def test_predict_decodes_a_few_batches_ahead_on_threads_and_keeps_the_order(tmp_
         return real(item, size, prep)
 
     monkeypatch.setattr(inference, "decode", decode)
-    monkeypatch.setattr("tlzoo.data.default_threads", lambda: 2)
+    monkeypatch.setattr("tlzoo.images.batches.default_threads", lambda: 2)
     predicted: list[int] = []
 
     class ByColour:  # the class is the brightest mean channel: red, green, blue

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlzoo import data as datamod
-from tlzoo.decode import ImageTooLarge, available_cores, image_suffixes, load_image, recipe, resize_array
+from tlzoo import images as datamod
+from tlzoo.images.decode import ImageTooLarge, available_cores, image_suffixes, load_image, recipe, resize_array
 from tlzoo.errors import DataError
 from tlzoo.specs import TORCHVISION_IMAGENET, Preprocessing
 

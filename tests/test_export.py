@@ -116,7 +116,7 @@ def _real_photos():
 def test_raw_input_model_predicts_like_the_framework_on_real_photos(runs, tmp_path, framework):
     from PIL import Image
 
-    from tlzoo.trained import load_run
+    from tlzoo.runs.trained import load_run
 
     report = export(runs[framework], tmp_path / "raw.onnx", {"raw_input": True})
     predictor = tlzoo.Predictor(report["path"])
@@ -127,7 +127,7 @@ def test_raw_input_model_predicts_like_the_framework_on_real_photos(runs, tmp_pa
         path = tmp_path / f"photo{i}.png"
         Image.fromarray(photo).save(path)
         photos.append(path)
-    from tlzoo.preprocess import load_image
+    from tlzoo.images.decode import load_image
 
     images = np.stack([load_image(p, run.input_size, run.preprocessing) for p in photos])
     expected = run.predict_proba(images)
@@ -207,7 +207,7 @@ def test_predict_rejects_non_image_input(runs, tmp_path):
 def test_rotated_photos_predict_and_evaluate_as_upright_ones_run_and_onnx(runs, tiny_data, tmp_path, framework):
     from PIL import Image
 
-    from tlzoo.trained import load_run
+    from tlzoo.runs.trained import load_run
 
     from .test_decode import save_oriented
 
@@ -240,7 +240,7 @@ def test_the_raw_input_front_resizes_like_the_decoder(tmp_path, policy, interpol
     from onnx import TensorProto, helper
     from skimage import data
 
-    from tlzoo.decode import resize_array
+    from tlzoo.images.decode import resize_array
     from tlzoo.specs import KERAS_RAW
     from tlzoo_onnx.front import _front
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tlzoo.rundir import TEMP_PREFIX
+from tlzoo.files import TEMP_PREFIX
 
 from .conftest import run_tlzoo
 from .datagen import write_folder
@@ -109,7 +109,7 @@ def test_a_feature_cache_that_cannot_be_written_is_only_a_warning(tiny_data, tmp
 RACE = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from tlzoo.rundir import new_run_dir
+    from tlzoo.runs.rundir import new_run_dir
     start = float(sys.argv[2])
     while time.time() < start:
         pass

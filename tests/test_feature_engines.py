@@ -488,7 +488,7 @@ def test_the_framework_engine_takes_uint8_and_normalizes_where_its_model_runs(pr
     import tlzoo_torch.backend as backend
 
     from tlzoo import specs
-    from tlzoo.preprocess import normalize
+    from tlzoo.images.normalize import normalize
 
     prep = getattr(specs, preset)
     images = np.random.default_rng(4).integers(0, 256, size=(6, 32, 32, 3)).astype("uint8")

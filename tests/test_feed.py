@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tlzoo.errors import TrainingDiverged
-from tlzoo.training import augment
+from tlzoo.images import augment
 from tlzoo_torch.train import Feed, augment_batch
 
 
@@ -62,7 +62,7 @@ def test_the_feed_gathers_every_row_once_in_order_from_an_array_or_the_store(tmp
     monkeypatch.setenv("TLZOO_CACHE", str(tmp_path / "cache"))
     from PIL import Image
 
-    from tlzoo import store
+    from tlzoo.images import store
     from tlzoo.specs import TORCHVISION_IMAGENET
 
     files = []
@@ -222,7 +222,7 @@ def test_keras_a_non_finite_loss_stops_the_epoch_with_training_diverged(monkeypa
 def test_the_feed_measures_how_long_its_consumer_waited_for_batches():
     import time
 
-    from tlzoo.training.feed import Prefetcher
+    from tlzoo.images.feed import Prefetcher
 
     class Slow:  # 50 ms a gather: a feed slower than its consumer
         def __getitem__(self, rows: np.ndarray) -> np.ndarray:
@@ -265,7 +265,7 @@ def test_the_epoch_line_says_when_the_feed_sets_the_pace():
 
 
 def test_an_error_in_the_step_shuts_the_feed_threads_down_at_once():
-    from tlzoo.training.feed import Prefetcher
+    from tlzoo.images.feed import Prefetcher
 
     feed = Prefetcher(2)
     images, labels = np.zeros((40, 2, 2, 3), np.uint8), np.zeros(40, np.int64)

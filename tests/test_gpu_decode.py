@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from tlzoo import store
-from tlzoo.decode import SQUASH, Jpeg, decode_jpegs, gpu_decodable, load_image
+from tlzoo.images import store
+from tlzoo.images.decode import SQUASH, Jpeg, decode_jpegs, gpu_decodable, load_image
 from tlzoo.errors import UsageError
 from tlzoo.specs import Preprocessing
-from tlzoo.training import decoding
+from tlzoo.images import decoders
 from tlzoo.training.config import TrainConfig
 from tlzoo.training.run import train
 
@@ -134,7 +134,7 @@ def gpu_standin(monkeypatch, tmp_path):
         return decoder
 
     monkeypatch.setattr(TorchAdapter, "image_decoder", offered)
-    monkeypatch.setattr(decoding, "may_be_cuda", lambda device: True)
+    monkeypatch.setattr(decoders, "may_be_cuda", lambda device: True)
     monkeypatch.setattr("tlzoo_torch.gpu_decoder", lambda: "nvjpeg (test stand-in)")
     monkeypatch.setenv("TLZOO_CACHE", str(tmp_path / "cache"))
     return made
@@ -208,7 +208,7 @@ def test_predict_and_evaluate_give_a_run_directorys_jpegs_to_its_gpu_decoder(gpu
 
 
 def test_an_exported_files_images_are_pillows():
-    from tlzoo.inference import decoder_for
+    from tlzoo.runs.inference import decoder_for
 
     class Exported:  # an exporter's runtime: no image_decoder of its own
         pass

@@ -11,7 +11,7 @@ import pytest
 from onnx import numpy_helper
 
 from tlzoo.errors import UsageError
-from tlzoo.trained import load_run
+from tlzoo.runs.trained import load_run
 from tlzoo_onnx.export import _model_inputs, export, split_set
 from tlzoo_onnx.int8 import _head_parameters, _tensor_values, fit_head, quantize_within
 

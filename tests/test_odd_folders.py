@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlzoo import data as datamod
+from tlzoo import images as datamod
 from tlzoo.errors import DataError
-from tlzoo.training.metrics import classification_metrics, most_confused
+from tlzoo.runs.metrics import classification_metrics, most_confused
 
 from .conftest import run_tlzoo
 from .datagen import make_image, write_folder
@@ -95,7 +95,7 @@ def test_macro_f1_averages_the_classes_present():
 
 
 def test_a_confusion_plot_of_many_classes_shows_the_most_confused(tmp_path):
-    from tlzoo.training.metrics import plot_confusion
+    from tlzoo.runs.metrics import plot_confusion
 
     n = 200
     matrix = np.diag(np.full(n, 5))
@@ -271,7 +271,7 @@ def test_predict_refuses_a_name_that_is_not_utf8_before_predicting(tmp_path):
             calls.append(len(images))
             return np.full((len(images), 3), 1 / 3)
 
-    from tlzoo.inference import predict_stream
+    from tlzoo.runs.inference import predict_stream
 
     with pytest.raises(UsageError, match="not valid UTF-8"):
         list(predict_stream(Model(), [data / "green", data / "red"], batch_size=1))

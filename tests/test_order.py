@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tlzoo import store
+from tlzoo.images import store
 from tlzoo.specs import TORCHVISION_IMAGENET
-from tlzoo.training import order
+from tlzoo.images import order
 
 
 def _stored(tmp_path, n: int, size: int = 12):  # type: ignore[no-untyped-def]

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlzoo import data as datamod
-from tlzoo import locks, store
-from tlzoo.decode import load_image
+from tlzoo import images as datamod
+from tlzoo.images import locks, store
+from tlzoo.images.decode import load_image
 from tlzoo.errors import DataError
-from tlzoo.locks import release_leases
+from tlzoo.images.locks import release_leases
 from tlzoo.specs import TORCHVISION_IMAGENET
 from tlzoo.training.config import TrainConfig
 from tlzoo.training.run import train
@@ -120,7 +120,7 @@ def test_a_worker_gets_a_small_pickle_that_reopens_the_store_by_path(tmp_path, c
 FILL = """
 import sys, time
 from pathlib import Path
-from tlzoo import locks, store
+from tlzoo.images import locks, store
 from tlzoo.specs import TORCHVISION_IMAGENET
 real = store._decode
 def slow(*args):  # decoding that takes long enough for the fillers to overlap

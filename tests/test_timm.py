@@ -162,7 +162,7 @@ def test_freeze_keeps_frozen_units_bit_for_bit_through_training(tiny, tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from tlzoo.trained import load_run
+    from tlzoo.runs.trained import load_run
     from tlzoo.training.config import TrainConfig
     from tlzoo.training.run import train
 
@@ -193,7 +193,7 @@ def test_bicubic_preprocessing_equals_timms_transform_on_a_png(tmp_path):
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
 
-    from tlzoo.preprocess import load_image
+    from tlzoo.images.decode import load_image
 
     skimage_data = pytest.importorskip("skimage.data")
     png = tmp_path / "astronaut.png"

@@ -64,7 +64,7 @@ def test_heads_learn_the_tiny_data(tiny_data, tmp_path, head):
     result = train(config(tiny_data, tmp_path, backbone="torch/resnet18", head=head, epochs=30, **extra))
     assert result.metrics["accuracy"] == 1.0, result.metrics
     # The head in the saved model gives the same probabilities as the metrics were computed with.
-    from tlzoo.trained import load_run
+    from tlzoo.runs.trained import load_run
 
     run = load_run(result.run_dir)
     assert run.predict_proba(result_images(result)).shape == (6, 3)
@@ -73,8 +73,8 @@ def test_heads_learn_the_tiny_data(tiny_data, tmp_path, head):
 def result_images(result):
     import csv
 
-    from tlzoo.preprocess import load_image
-    from tlzoo.trained import load_run
+    from tlzoo.images.decode import load_image
+    from tlzoo.runs.trained import load_run
 
     prep = load_run(result.run_dir).preprocessing  # the run's own resize policy
     rows = list(csv.DictReader(open(result.run_dir / "split.csv")))
@@ -118,7 +118,7 @@ def test_torch_vgg16_freeze_8_frozen_bits_unchanged_unfrozen_changed(tiny_data, 
     import torchvision
 
     from tlzoo.registry import get_registry
-    from tlzoo.trained import load_run
+    from tlzoo.runs.trained import load_run
 
     start = torchvision.models.vgg16().state_dict()  # the "pretrained" weights, as a user's own file
     torch.save(start, tmp_path / "start.pth")
@@ -140,7 +140,7 @@ def test_torch_vgg16_freeze_8_frozen_bits_unchanged_unfrozen_changed(tiny_data, 
 def test_keras_vgg16_freeze_8_frozen_bits_unchanged_unfrozen_changed(tiny_data, tmp_path):
     import keras
 
-    from tlzoo.trained import load_run
+    from tlzoo.runs.trained import load_run
 
     start = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
     start.save_weights(tmp_path / "start.weights.h5")
@@ -235,7 +235,7 @@ def test_two_stage_keeps_normalization_in_inference_mode_in_stage_two(tiny_data,
     import torch
     import torchvision
 
-    from tlzoo.trained import load_run
+    from tlzoo.runs.trained import load_run
 
     start = torchvision.models.resnet18().state_dict()
     torch.save(start, tmp_path / "start.pth")
@@ -297,7 +297,7 @@ def _overlapping_classes(seed: int, n: int = 200, dim: int = 40, classes: int = 
 
 @pytest.mark.parametrize("kind", ["softmax", "logreg-ovr", "linear-svm"])
 def test_c_is_chosen_by_validation_log_loss_for_logistic_heads_and_by_accuracy_for_the_svm(kind):
-    from tlzoo.training.heads import choose_c, head_scores
+    from tlzoo.heads import choose_c, head_scores
 
     (x, y), (xv, yv) = _overlapping_classes(0), _overlapping_classes(1)
     cs = (0.001, 0.01, 0.1, 1.0, 10.0)
@@ -314,7 +314,7 @@ def test_c_is_chosen_by_validation_log_loss_for_logistic_heads_and_by_accuracy_f
 
 
 def test_the_chosen_c_does_not_move_with_a_feature_change_of_parts_per_million():
-    from tlzoo.training.heads import choose_c
+    from tlzoo.heads import choose_c
 
     (x, y), (xv, yv) = _overlapping_classes(1), _overlapping_classes(2)
     rng = np.random.default_rng(3)

@@ -13,7 +13,7 @@ import torch
 from tlzoo.backbone import get_backbone
 from tlzoo.errors import UsageError
 from tlzoo.registry import get_registry
-from tlzoo.runfiles import METRICS
+from tlzoo.runs.runfiles import METRICS
 
 from .conftest import run_tlzoo
 from .datagen import write_folder

@@ -76,7 +76,7 @@ def test_real_mobilenet_v2_weights_recognise_a_cat(mobilenet_in_cache):
     full = torchvision.models.mobilenet_v2()
     full.load_state_dict(torch.load(mobilenet_in_cache, weights_only=True))
     full.eval()
-    from tlzoo.preprocess import load_image
+    from tlzoo.images.decode import load_image
     from PIL import Image
 
     photo = mobilenet_in_cache.parent / "chelsea.png"

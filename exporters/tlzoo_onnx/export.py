@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from tlzoo import __version__
+from tlzoo.version import __version__
 from tlzoo.errors import TlzooError, UsageError, one_line
-from tlzoo.rundir import fault_point, reclaim_temp_files, temp_prefix
-from tlzoo.trained import TrainedRun, load_run
+from tlzoo.files import fault_point, reclaim_temp_files, temp_prefix
+from tlzoo.runs.trained import TrainedRun, load_run
 
 from . import MAX_OPSET, MIN_OPSET
 
@@ -81,7 +81,7 @@ def export(run: TrainedRun | Path | str, out: Path | None = None, options: dict[
             report.update(check(run, final, fp32, variant, float(opts["atol"]), opts["raw_input"], opts["max_drop"]))
         fault_point(f"rename:{out.name}")
         os.replace(final, out)
-    from tlzoo.model_card import append_export
+    from tlzoo.runs.model_card import append_export
 
     append_export(run.run_dir, report)
     report["summary"], report["warnings"] = _summary(report, opts["max_drop"])
@@ -290,13 +290,14 @@ def int8_job(src: Path, run: TrainedRun, raw: bool, calibration: Any, tmp: str, 
 
 
 def _calibration_images(run: TrainedRun, calibration: Any, limit: int = 256) -> np.ndarray:
-    from tlzoo import data as datamod
+    from tlzoo.images.batches import load
+    from tlzoo.images.folders import scan
 
     if calibration:
-        samples = datamod.scan(Path(calibration))
+        samples = scan(Path(calibration))
         rng = np.random.default_rng(0)
         chosen = [samples[i] for i in sorted(rng.permutation(len(samples))[:limit])]
-        return datamod.load(chosen, run.input_size, run.classes if _same_labels(chosen, run) else None,
+        return load(chosen, run.input_size, run.classes if _same_labels(chosen, run) else None,
                             prep=run.preprocessing).images
     return _split_images(run, "train", limit)
 
@@ -312,8 +313,8 @@ def _split_images(run: TrainedRun, subset: str, limit: int | None = None) -> np.
 
 def split_set(run: TrainedRun, subset: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The run's own images of one subset (from split.csv), decoded at the input size, and their labels."""
-    from tlzoo.preprocess import load_image
-    from tlzoo.runfiles import SPLIT
+    from tlzoo.images.decode import load_image
+    from tlzoo.runs.runfiles import SPLIT
 
     split = run.files / SPLIT
     try:
@@ -341,7 +342,7 @@ def split_set(run: TrainedRun, subset: str, limit: int | None = None) -> tuple[n
 
 
 def _model_inputs(run: TrainedRun, images: np.ndarray, raw: bool) -> np.ndarray:
-    from tlzoo.preprocess import normalize
+    from tlzoo.images.normalize import normalize
 
     if raw:
         from .front import feed

@@ -28,7 +28,7 @@ CPU, TENSORRT = "CPUExecutionProvider", "TensorrtExecutionProvider"
 def engine(backbone: Any, tap: int | None, cache_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
     """A function mapping a preprocessed NHWC float32 batch to the backbone's pooled features."""
     from tlzoo.adapters import adapter_for, framework_spec
-    from tlzoo.rundir import atomic_write
+    from tlzoo.files import atomic_write
 
     spec = backbone.spec
     convert = adapter_for(spec.framework).converter("onnx")
@@ -119,7 +119,7 @@ def prepared(backbone: Any, tap: int | None, cache_dir: Path) -> bool:
 
 def _cached_path(backbone: Any, tap: int | None, cache_dir: Path) -> Path:
     """Where the export of ``backbone`` at ``tap`` is kept: by backbone, weights, tap, input size and tlzoo version."""
-    from tlzoo import __version__
+    from tlzoo.version import __version__
 
     spec = backbone.spec
     h, w = backbone.input_size

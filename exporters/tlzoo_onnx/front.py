@@ -1,6 +1,6 @@
 """The ``--raw-input`` front: uint8 NHWC images of any size -> the classifier's input, as ONNX operators.
 
-It does in the graph what :func:`tlzoo.decode.load_image` does after decoding: the run's resize policy
+It does in the graph what :func:`tlzoo.images.decode.load_image` does after decoding: the run's resize policy
 (squash, crop with its crop fraction, pad with the mean colour), the interpolation (antialiased, as Pillow
 resizes, from opset 18), rounding to whole grey levels, then the normalization and the classifier's layout.
 It is built here, once for every framework, and joined in front of the framework's converted classifier.
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tlzoo.decode import WHOLE
+from tlzoo.images.decode import WHOLE
 from tlzoo.specs import Preprocessing
 
 FRONT_OUTPUT = "tlzoo_pixels"
@@ -76,7 +76,7 @@ def _front(prep: Preprocessing, size: tuple[int, int], layout: str, opset: int, 
         y = resize(x, const("f_target_i", [h, w], np.int64), "f_resized")
     elif prep.resize in ("squash", "crop"):
         # As the decoder (and torchvision's and timm's transforms): resize to whole pixels, then crop the centre at a
-        # whole-pixel offset (tlzoo.decode._plan).
+        # whole-pixel offset (tlzoo.images.decode._plan).
         whole_h, whole_w = math.floor(h / prep.crop_fraction + WHOLE), math.floor(w / prep.crop_fraction + WHOLE)
         if prep.resize == "squash":
             sizes = const("f_whole", [whole_h, whole_w])

@@ -155,9 +155,8 @@ def linear_head(run: Any, graph: Any) -> tuple[LinearHead | None, str]:
 def fit_head(kind: str, x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, n_classes: int, *,
              c: float | None, seed: int) -> Any:  # fmt: skip
     """The head as training fits it: with ``c`` when the run was given one, else with the C of tlzoo's grid
-    that does best on the validation features (:func:`tlzoo.training.heads.choose_c`)."""
-    from tlzoo.training.heads import choose_c, fit_linear
-    from tlzoo.training.run import C_GRID
+    that does best on the validation features (:func:`tlzoo.heads.choose_c`)."""
+    from tlzoo.heads import C_GRID, choose_c, fit_linear
 
     if c is not None:
         return fit_linear(kind, x, y, n_classes, c=float(c), seed=seed)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from tlzoo.errors import UsageError
-from tlzoo.inference import Prediction, predict_stream
+from tlzoo.runs.inference import Prediction, predict_stream
 
 from . import metadata as md
 
@@ -63,7 +63,7 @@ def _trt_cache() -> Path:
 
 def _cuda_driver_present() -> bool:
     """A CUDA provider without a driver fails noisily at session start; look before we ask."""
-    from tlzoo.decode import cuda_driver_present
+    from tlzoo.images.decode import cuda_driver_present
 
     return cuda_driver_present()
 
@@ -116,7 +116,7 @@ class Predictor:
             from .front import feed
 
             return feed(images, self.preprocessing, self.input_size)
-        from tlzoo.preprocess import normalize
+        from tlzoo.images.normalize import normalize
 
         x = normalize(images, self.preprocessing)
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if self.layout == "NCHW" else x

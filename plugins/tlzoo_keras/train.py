@@ -12,17 +12,18 @@ import numpy as np  # noqa: E402
 
 from .quiet import keras, tf  # noqa: E402  (TensorFlow without its start-up noise)
 
-from tlzoo.rundir import atomic_write  # noqa: E402
+from tlzoo.files import atomic_write  # noqa: E402
 from tlzoo.specs import Preprocessing  # noqa: E402
 from tlzoo.training.engine import Engine, ProgressFn  # noqa: E402
-from tlzoo.training.feed import CHECK_EVERY, Prefetcher, check_finite  # noqa: E402
-from tlzoo.training.heads import HeadParams  # noqa: E402
+from tlzoo.images.feed import Prefetcher
+from tlzoo.training.engine import CHECK_EVERY, check_finite  # noqa: E402
+from tlzoo.heads import HeadParams  # noqa: E402
 
 MODEL_FILE = "model.keras"
 
 
 def normalize(x: tf.Tensor, prep: Preprocessing) -> tf.Tensor:
-    """RGB uint8 NHWC -> float NHWC, the same arithmetic as :func:`tlzoo.preprocess.normalize`."""
+    """RGB uint8 NHWC -> float NHWC, the same arithmetic as :func:`tlzoo.images.normalize.normalize`."""
     x = tf.cast(x, tf.float32)
     if prep.channel_order == "BGR":
         x = x[..., ::-1]

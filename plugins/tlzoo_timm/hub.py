@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tlzoo.errors import WeightsError, one_line
-from tlzoo.rundir import atomic_copy, atomic_write
+from tlzoo.files import atomic_copy, atomic_write
 from tlzoo.weights import offline
 
 HUB = "hf-hub:"

@@ -58,7 +58,7 @@ HOST_NORMALIZED = ("cpu",)
 
 def normalized_on(images: np.ndarray, prep: Any, device: torch.device) -> torch.Tensor:
     """RGB uint8 NHWC on the host -> float32 NCHW (channels_last) on ``device``, by the float32 arithmetic of
-    :func:`tlzoo.preprocess.normalize` (the same values)."""
+    :func:`tlzoo.images.normalize.normalize` (the same values)."""
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True).permute(0, 3, 1, 2)
     if prep.channel_order == "BGR":
         x = x.flip(1)
@@ -381,7 +381,7 @@ class TorchBackbone(Backbone):
 
     def run_images(self, model: Any, images: np.ndarray) -> np.ndarray:
         """On a GPU the uint8 batch crosses (a quarter of float32's bytes) and is normalized there; on the CPU
-        tlzoo's table lookup (:func:`tlzoo.preprocess.normalize`) is faster than torch's four passes."""
+        tlzoo's table lookup (:func:`tlzoo.images.normalize.normalize`) is faster than torch's four passes."""
         weight = next(itertools.chain(model.parameters(), model.buffers()), None)
         if weight is None or weight.device.type in HOST_NORMALIZED:
             return self._run(model, self.preprocess(images))

@@ -1,11 +1,11 @@
 """JPEGs decoded a batch at a time on the GPU (nvJPEG, through ``torchvision.io.decode_jpeg``), turned upright
-and resized there: tlzoo's :class:`tlzoo.decode.ImageDecoder` for a torch run on a CUDA device.
+and resized there: tlzoo's :class:`tlzoo.images.decode.ImageDecoder` for a torch run on a CUDA device.
 
-The pixels follow :func:`tlzoo.decode.resize_plan` (the whole image resized, antialiased as Pillow does, then
+The pixels follow :func:`tlzoo.images.decode.resize_plan` (the whole image resized, antialiased as Pillow does, then
 cropped or padded), so they differ from Pillow's only by the decoder: nvJPEG's IDCT and chroma upsampling are
 not libjpeg-turbo's, and it has no draft (a photo is decoded at full size, which the GPU can afford). The
 decoder's name goes into the decode recipe, so a cache never serves one decoder's pixels as the other's.
-torchvision's CUDA decoder ignores EXIF orientation: it is read from the header (:class:`tlzoo.decode.Jpeg`)
+torchvision's CUDA decoder ignores EXIF orientation: it is read from the header (:class:`tlzoo.images.decode.Jpeg`)
 and applied here. The same code decodes with libjpeg-turbo on the CPU (``device="cpu"``), which is how it
 is tested on a machine without a GPU.
 """
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tlzoo.decode import Jpeg, resize_plan
+from tlzoo.images.decode import Jpeg, resize_plan
 from tlzoo.specs import Preprocessing
 
 from . import gpu_decoder
@@ -55,7 +55,7 @@ def _upright(image: torch.Tensor, orientation: int) -> torch.Tensor:
 
 
 class TorchJpegDecoder:
-    """:class:`tlzoo.decode.ImageDecoder` on ``device``: nvJPEG on a CUDA device, libjpeg-turbo on the CPU."""
+    """:class:`tlzoo.images.decode.ImageDecoder` on ``device``: nvJPEG on a CUDA device, libjpeg-turbo on the CPU."""
 
     def __init__(self, device: str | torch.device) -> None:
         self.device = torch.device(device)
@@ -90,7 +90,7 @@ class TorchJpegDecoder:
 
     @staticmethod
     def _resized(image: torch.Tensor, size: tuple[int, int], prep: Preprocessing) -> torch.Tensor:
-        """``image`` (3, H, W) uint8, upright, to ``size`` by :func:`tlzoo.decode.resize_plan`."""
+        """``image`` (3, H, W) uint8, upright, to ``size`` by :func:`tlzoo.images.decode.resize_plan`."""
         h, w = size
         plan = resize_plan(float(image.shape[2]), float(image.shape[1]), size, prep)
         rw, rh = plan.whole
@@ -117,7 +117,7 @@ def working_decoder(device: str) -> TorchJpegDecoder | None:
 
     from PIL import Image
 
-    from tlzoo.decode import SQUASH, gpu_decodable
+    from tlzoo.images.decode import SQUASH, gpu_decodable
 
     buf = io.BytesIO()
     Image.new("RGB", (16, 16), (200, 40, 40)).save(buf, "JPEG", quality=95)

@@ -18,13 +18,14 @@ _tune_allocator()  # before torch allocates its first buffers (see tlzoo.allocat
 import torch  # noqa: E402
 from torch import nn
 
-from tlzoo.rundir import atomic_write
+from tlzoo.files import atomic_write
 from tlzoo.specs import Preprocessing
-from tlzoo.training import augment as augmentation
+from tlzoo.images import augment as augmentation
 from tlzoo.training import compile_payoff as payoff
 from tlzoo.training.engine import Engine, ProgressFn
-from tlzoo.training.feed import CHECK_EVERY, Prefetcher, check_finite
-from tlzoo.training.heads import HeadParams
+from tlzoo.images.feed import Prefetcher
+from tlzoo.training.engine import CHECK_EVERY, check_finite
+from tlzoo.heads import HeadParams
 
 MODEL_FILE = "model.pt"
 
@@ -94,7 +95,7 @@ class TorchClassifier(nn.Module):
 
 
 def normalize(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
-    """RGB uint8 NHWC -> float NCHW, the same arithmetic as :func:`tlzoo.preprocess.normalize`."""
+    """RGB uint8 NHWC -> float NCHW, the same arithmetic as :func:`tlzoo.images.normalize.normalize`."""
     x = x.permute(0, 3, 1, 2).float()
     if prep.channel_order == "BGR":
         x = x.flip(1)
@@ -107,7 +108,7 @@ def normalize(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
 
 def augment_batch(x: torch.Tensor, theta: np.ndarray | None) -> torch.Tensor:
     """Each image of ``x`` (N, C, H, W, float) resampled through its own affine matrix (see
-    :mod:`tlzoo.training.augment`): one ``affine_grid`` + ``grid_sample`` for the batch, on ``x``'s device."""
+    :mod:`tlzoo.images.augment`): one ``affine_grid`` + ``grid_sample`` for the batch, on ``x``'s device."""
     if theta is None:
         return x
     matrices = torch.from_numpy(theta).to(x.device, dtype=torch.float32, non_blocking=True)
@@ -117,7 +118,7 @@ def augment_batch(x: torch.Tensor, theta: np.ndarray | None) -> torch.Tensor:
 
 
 class Feed:
-    """Training batches from :class:`tlzoo.training.feed.Prefetcher` (gathered ahead on a pool of threads), into
+    """Training batches from :class:`tlzoo.images.feed.Prefetcher` (gathered ahead on a pool of threads), into
     pinned memory on CUDA, copied to the device without blocking while the batch before it computes."""
 
     def __init__(self, device: torch.device, threads: int) -> None:
@@ -499,7 +500,7 @@ class TorchEngine(Engine):
 
 def load_classifier(run_dir: Path, meta: Any) -> TorchClassifier:
     """Rebuild a trained classifier from its run directory (no pickle: weights_only).
-    ``meta`` is the run's :class:`tlzoo.runfiles.ClassifierMeta`."""
+    ``meta`` is the run's :class:`tlzoo.runs.runfiles.ClassifierMeta`."""
     from tlzoo.backbone import get_backbone
 
     backbone = get_backbone(meta.backbone, pretrained=False, input_size=meta.input_size)

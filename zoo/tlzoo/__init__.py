@@ -19,13 +19,13 @@ from .hookspecs import hookimpl
 from .plugins import register_plugin, unregister_plugin
 from .specs import BackboneSpec, ExporterSpec, FeatureEngineSpec, FrameworkSpec, Preprocessing, UnitSpec, WeightsSpec
 
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 if TYPE_CHECKING:
     from .adapters import FrameworkAdapter
     from .backbone import Backbone, get_backbone
-    from .loading import Predictor
-    from .trained import load_run
+    from .runs.loading import Predictor
+    from .runs.trained import load_run
     from .training.config import TrainConfig
 
 # Public names whose modules import numpy or frameworks: loaded on first use.
@@ -117,7 +117,7 @@ def evaluate(model: Any, data: Any, *, batch_size: int = 64, strict: bool = Fals
     runs an exported file."""
     from pathlib import Path
 
-    from .evaluation import evaluate_model
+    from .runs.evaluation import evaluate_model
 
     return evaluate_model(Path(model), Path(data), batch_size=batch_size, strict=strict, provider=provider,
                           device=device, decoder=decoder)  # fmt: skip
@@ -129,8 +129,8 @@ def predict(model: Any, images: Any, *, top_k: int = 5, batch_size: int = 32, st
     file: ``tlzoo.predict("runs/demo", ["cat.jpg", "photos/"])``. Unreadable files are skipped unless ``strict``;
     ``device`` places a run directory's classifier (``decoder``: who decodes its JPEGs there), ``provider``
     runs an exported file."""
-    from .inference import decoder_for, predict_stream
-    from .loading import open_model
+    from .runs.inference import decoder_for, predict_stream
+    from .runs.loading import open_model
 
     sources = images if isinstance(images, list) else [images]
     loaded = open_model(model, provider=provider, device=device)
@@ -149,8 +149,8 @@ def compare(data: Any = None, backbones: Any = "mobilenet_v2", strategies: str =
     from pathlib import Path
 
     from .comparison import common_args, compare as run_compare, ranked
-    from .datasets import ensure_digits
-    from .training.data_prep import default_data_root
+    from .images.datasets import ensure_digits
+    from .images.split import default_data_root
 
     names = [b.strip() for b in backbones.split(",")] if isinstance(backbones, str) else list(backbones)
     common = common_args(**shared)
@@ -176,9 +176,9 @@ def advise(data: Any = None, backbones: Any = "mobilenet_v2", *, budget_minutes:
     from pathlib import Path
 
     from .advice import advise as run_advice, data_settings as declared
-    from .datasets import ensure_digits
+    from .images.datasets import ensure_digits
     from .errors import UsageError
-    from .training.data_prep import default_data_root
+    from .images.split import default_data_root
 
     settings = declared()
     unknown = sorted(set(data_settings) - {s.name for s in settings})
@@ -196,7 +196,7 @@ def export(run: Any, format: str = "onnx", out: Any = None, **options: Any) -> d
     """Export a run directory like ``tlzoo export``; returns the exporter's report (with ``path``)."""
     from .backbone import import_object
     from .registry import get_registry
-    from .trained import load_run
+    from .runs.trained import load_run
 
     spec = get_registry().exporter(format)
     return dict(import_object(spec.exporter, f"exporter {spec.name}")(load_run(run), out, options))

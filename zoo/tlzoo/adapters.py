@@ -25,7 +25,8 @@ from .specs import BackboneSpec, FrameworkSpec, WeightsSpec
 if TYPE_CHECKING:  # numpy is not on the path of `tlzoo list-backbones`, which reads weights caches from here
     import numpy as np
 
-    from .decode import ImageDecoder
+    from .images.decode import ImageDecoder
+    from .images.decoders import GpuDecoder
 
 # The types below live in modules that use adapters (tlzoo.backbone, tlzoo.training.engine,
 # tlzoo.weights); naming them here as Any keeps the module graph free of cycles.
@@ -78,12 +79,12 @@ class FrameworkAdapter(ABC):
 
     @abstractmethod
     def load_classifier(self, run_dir: Path, meta: Any) -> Any:
-        """The classifier a finished run saved (``meta``: its :class:`tlzoo.runfiles.ClassifierMeta`),
+        """The classifier a finished run saved (``meta``: its :class:`tlzoo.runs.runfiles.ClassifierMeta`),
         loaded without executing code from the file."""
 
     def classifier_from_head(self, backbone: Backbone, tap: int | None, head: Any) -> Any:
         """The classifier a head-only run describes: ``backbone`` (frozen, pretrained) with the dense layers of
-        ``head`` (a :class:`tlzoo.training.heads.HeadParams`) on its features at unit ``tap``, in inference
+        ``head`` (a :class:`tlzoo.heads.HeadParams`) on its features at unit ``tap``, in inference
         mode, as :meth:`load_classifier` would return it. Frameworks whose spec sets ``head_only_runs``
         implement it."""
         raise PluginError(f"framework {backbone.spec.framework}: its adapter does not assemble a classifier from a "
@@ -116,7 +117,7 @@ class FrameworkAdapter(ABC):
         """Fetch ``weights.url`` to ``dest`` (its hash is checked afterwards by tlzoo)."""
         import urllib.request
 
-        from .rundir import atomic_write
+        from .files import atomic_write
 
         def fetch(tmp: Path) -> None:
             with urllib.request.urlopen(weights.url) as response, open(tmp, "wb") as f:  # noqa: S310 (https URLs from specs)
@@ -134,7 +135,7 @@ class FrameworkAdapter(ABC):
         """Put a user's weights file at ``dest`` for ``tlzoo weights import FILE --backbone ID``: copied as it is
         by default; an adapter may check or convert it (timm's stores every tag as safetensors). Never execute
         code from the file."""
-        from .rundir import atomic_copy
+        from .files import atomic_copy
 
         atomic_copy(source, dest)
 
@@ -148,7 +149,7 @@ class FrameworkAdapter(ABC):
         return None
 
     def image_decoder(self, device: str) -> ImageDecoder | None:
-        """A :class:`tlzoo.decode.ImageDecoder` that decodes JPEGs on ``device`` (the run's training engine's
+        """A :class:`tlzoo.images.decode.ImageDecoder` that decodes JPEGs on ``device`` (the run's training engine's
         device: ``cuda:0``, ``cpu``...), or None to leave every image to Pillow. Give one only where it works
         (try it on a small JPEG first), and only where its framework spec's ``gpu_decoder`` names it."""
         return None
@@ -191,3 +192,13 @@ def weights_cache_dir(framework: str) -> Path:
     if not spec.weights_cache:
         raise UsageError(f"framework {framework} keeps no weights cache")
     return Path(load_object(spec.weights_cache, f"weights cache of framework {framework}")())
+
+
+def gpu_decoder(framework: str) -> GpuDecoder:
+    """``framework``'s GPU decoder for the input path (:mod:`tlzoo.images.decoders`): its name, read from the
+    framework spec's ``gpu_decoder`` without importing the framework, and its adapter's ``image_decoder``."""
+    from .images.decoders import GpuDecoder
+
+    where = framework_spec(framework).gpu_decoder
+    name = load_object(where, f"the {framework} framework's gpu_decoder")() if where else None
+    return GpuDecoder(framework, str(name) if name else None, lambda device: adapter_for(framework).image_decoder(device))

@@ -132,7 +132,7 @@ def probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int) -> tuple
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from .training.heads import one_blas_thread
+    from .heads import one_blas_thread
 
     folds = int(min(5, np.bincount(labels).min()))
     if folds < 2:
@@ -158,7 +158,7 @@ def measure(backbone_name: str, samples: list[Any], *, budget_s: float, image_si
     to fit)."""
     import numpy as np
 
-    from . import data as datamod
+    from .images.batches import load
     from .backbone import check_input_size, get_backbone
     from .registry import get_registry
     from .weights import preflight, published
@@ -176,7 +176,7 @@ def measure(backbone_name: str, samples: list[Any], *, budget_s: float, image_si
     per_class = min(MAX_PER_CLASS, max(Counter(labels).values()))
     index = _sample(labels, per_class, seed)
     prep = spec.preprocessing_for(published(spec, weights if pretrained else None))
-    probe = datamod.load([samples[i] for i in index[: min(16, len(index))]], size, whole_classes=False, prep=prep)
+    probe = load([samples[i] for i in index[: min(16, len(index))]], size, whole_classes=False, prep=prep)
     t1 = time.perf_counter()
     backbone.extract_features(probe.images, batch_size=16)
     per_image = (time.perf_counter() - t1) / max(len(probe), 1)
@@ -185,7 +185,7 @@ def measure(backbone_name: str, samples: list[Any], *, budget_s: float, image_si
         per_class = max(MIN_PER_CLASS, affordable)
         index = _sample(labels, per_class, seed)
         reporter.info(f"{spec.id}: the budget allows {per_class} images per class")
-    loaded = datamod.load([samples[i] for i in index], size, whole_classes=False, prep=prep)
+    loaded = load([samples[i] for i in index], size, whole_classes=False, prep=prep)
     y = loaded.labels
     probes = []
     with reporter.task(f"{spec.id}: probing {len(taps)} depths on {len(y)} images", len(taps)) as advance:
@@ -290,14 +290,14 @@ def data_settings() -> tuple[Any, ...]:
 
 def advise(data: Path, backbones: list[str], *, budget_minutes: float, image_size: int | None, seed: int,
            weights: str, test_split: float, reporter: Any) -> Advice:  # fmt: skip
-    from . import data as datamod
+    from .images.folders import scan
 
     if not backbones:
         raise UsageError("--backbones needs at least one backbone")
     if not budget_minutes > 0 or not math.isfinite(budget_minutes):
         raise UsageError(f"--budget must be a positive number of minutes, got {budget_minutes}")
     t0 = time.perf_counter()
-    samples = datamod.scan(data)
+    samples = scan(data)
     labels = [s.label for s in samples]
     dataset = summarize(labels)
     if dataset["classes"] < 2:

@@ -129,7 +129,7 @@ class Backbone(ABC):
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """RGB uint8 images (N, H, W, 3) already at input size -> float32 NHWC model input."""
-        from .preprocess import normalize
+        from .images.normalize import normalize
 
         return normalize(images, self.spec.preprocessing)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from .errors import UsageError
 from .plugins import child_env
-from .runfiles import ENVIRONMENT, METRICS, RunFiles
+from .runs.runfiles import ENVIRONMENT, METRICS, RunFiles
 from .settings import Setting
 from .training.config import SETTINGS_BY_NAME, STRATEGIES, TRAIN_SETTINGS
 
@@ -104,7 +104,7 @@ def _check_params(strategy: str, params: dict[str, str]) -> None:
 
 def plan(data: Path, backbones: list[str], strategies: str, budget_minutes: float | None) -> list[Combination]:
     """Every combination, checked before any training starts."""
-    from . import data as datamod
+    from .images.folders import scan
     from .freeze import parse_freeze, parse_unit
     from .registry import get_registry
 
@@ -124,7 +124,7 @@ def plan(data: Path, backbones: list[str], strategies: str, budget_minutes: floa
             except UsageError as exc:
                 raise type(exc)(f"{spec.id} {strategy}: {exc}") from None
             combos.append(Combination(spec.id, strategy, params))
-    n_images = len(datamod.scan(data))
+    n_images = len(scan(data))
     if budget_minutes is not None:
         needed = max(1.0, n_images * SECONDS_PER_IMAGE_FLOOR)
         if budget_minutes <= 0 or budget_minutes * 60 < needed:
@@ -228,7 +228,7 @@ def onnx_latency(row: dict[str, Any], runs: int = 30, fmt: str = "onnx") -> None
         return
     import numpy as np
 
-    from .loading import open_model
+    from .runs.loading import open_model
 
     report = json.loads(done.stdout)
     model = open_model(report["path"], provider="cpu")
@@ -295,7 +295,7 @@ def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_reports(rows: list[dict[str, Any]], out_dir: Path) -> None:
-    from .rundir import atomic_write_json, atomic_write_text
+    from .files import atomic_write_json, atomic_write_text
 
     board = ranked(rows)
     atomic_write_json(out_dir / "leaderboard.json", board)
@@ -315,7 +315,7 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .rundir import atomic_write
+    from .files import atomic_write
 
     ok = [r for r in rows if r.get("status") == "ok"]
     if not ok:

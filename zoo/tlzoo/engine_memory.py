@@ -55,8 +55,8 @@ def key(identity: dict[str, Any]) -> str:
 def machine() -> dict[str, Any]:
     """What an engine's speed depends on besides the job: the processor, the cores this process may use, whether
     a CUDA driver is present, and the installed packages' versions (read from their metadata, none imported)."""
-    from .decode import available_cores, cuda_driver_present
-    from .rundir import package_versions
+    from .images.decode import available_cores, cuda_driver_present
+    from .version import package_versions
 
     return {"arch": platform.machine(), "cpu": _cpu_name(), "cores": available_cores(),
             "cuda": cuda_driver_present(), "packages": package_versions()}  # fmt: skip
@@ -96,7 +96,7 @@ def remember(cache_dir: Path, record_key: str, engine: str, images_per_second: d
              entry: dict[str, Any] | None, start_seconds: dict[str, float] | None = None) -> None:  # fmt: skip
     """Keep auto's measured choice (the newest :data:`KEEP` records are kept). Raises OSError when the cache
     cannot be written."""
-    from .rundir import atomic_write_json
+    from .files import atomic_write_json
 
     records = _records(Path(cache_dir))
     records.pop(record_key, None)

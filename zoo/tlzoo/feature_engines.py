@@ -308,7 +308,7 @@ class Reopened:
         self.run, self.prep, self.choice = run, prep, choice
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        from .preprocess import normalize
+        from .images.normalize import normalize
 
         return self.run(normalize(images, self.prep))
 

@@ -68,7 +68,7 @@ def register_exporters() -> list[Any]:
     An exporter turns a trained run directory into a deployable file. Like
     backbones, an exporter spec is plain data whose ``exporter``
     ("module:function") is imported only when the export runs, and is called as
-    ``exporter(run, out, options) -> dict``: ``run`` a :class:`tlzoo.trained.TrainedRun`,
+    ``exporter(run, out, options) -> dict``: ``run`` a :class:`tlzoo.runs.trained.TrainedRun`,
     ``out`` the file to write (or None for the exporter's default in the run
     directory), ``options`` the format's settings, one per
     :class:`tlzoo.settings.Setting` the spec declares in ``options`` (the CLI
@@ -79,7 +79,7 @@ def register_exporters() -> list[Any]:
 
     ``runtime`` ("module:attribute") opens the files the exporter writes (found
     by ``file_suffix``) for ``tlzoo predict`` and ``tlzoo evaluate``: called as
-    ``runtime(path, provider=...)``, it returns a :class:`tlzoo.inference.Classifier`.
+    ``runtime(path, provider=...)``, it returns a :class:`tlzoo.runs.inference.Classifier`.
     """
 
 

@@ -47,7 +47,7 @@ def drafts_from(target: str) -> list[BackboneSpec]:
 
 def generate(drafts: list[BackboneSpec], out: Path, generator: str = "") -> list[BackboneSpec]:
     """Complete every draft and write ``{"backbones": [...]}`` to ``out`` (atomically)."""
-    from .rundir import atomic_write_text
+    from .files import atomic_write_text
 
     specs = [complete(d) for d in drafts]
     payload = {"generator": generator or "tlzoo.specgen", "backbones": [s.to_dict() for s in specs]}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .cachedir import tlzoo_cache
 from .errors import UsageError, WeightsError, one_line
-from .rundir import atomic_copy
+from .files import atomic_copy
 from .specs import BackboneSpec, WeightsSpec
 
 ENV_OFFLINE = "TLZOO_OFFLINE"
@@ -48,7 +48,7 @@ def file_digest(path: Path, algorithm: str) -> str:
 
 @functools.lru_cache(maxsize=32)
 def _digest(path: str, algorithm: str, size: int, mtime_ns: int) -> str:
-    from .data import hash_file  # numpy comes with tlzoo.data: not on `tlzoo list-backbones`' path
+    from .files import hash_file  # numpy comes with tlzoo.data: not on `tlzoo list-backbones`' path
 
     return hash_file(path, algorithm)
 
@@ -149,7 +149,7 @@ def check_recorded(spec: BackboneSpec, weights: WeightsSpec, path: Path, *, reco
     """Trust on first use, for weights published without a hash (timm's, some of Keras'): the file's sha256 is
     recorded the first time it is used (or whenever ``record``: a deliberate ``tlzoo weights import``) and must
     match from then on, so a file that changes on disk is never loaded silently."""
-    from .rundir import atomic_write_json
+    from .files import atomic_write_json
 
     digest = file_digest(path, "sha256")
     records, key = _records(), _record_key(spec, weights)

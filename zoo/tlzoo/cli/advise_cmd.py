@@ -26,8 +26,8 @@ def advise(
 ) -> None:
     """Measure where your data sits (size x similarity to the pretraining data) and say what to train."""
     from ..advice import advise as run_advice
-    from ..datasets import ensure_digits
-    from ..training.data_prep import default_data_root
+    from ..images.datasets import ensure_digits
+    from ..images.split import default_data_root
     from ..training.reporter import RichReporter, WarningsReporter
     from .common import err_console
 

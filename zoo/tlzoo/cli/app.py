@@ -42,7 +42,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def _say_warnings_as_tlzoo() -> None:
     """Library warnings as one ``warning:`` line each, without a site-packages path (TLZOO_DEBUG=1: as Python
-    prints them). A decoder's warning about a file is said for every file, with its name (tlzoo.decode)."""
+    prints them). A decoder's warning about a file is said for every file, with its name (tlzoo.images.decode)."""
     import os
     import sys
     import warnings

@@ -55,7 +55,7 @@ def _human(n: int) -> str:
 @handle_errors
 def list_(json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """What the cache holds, by kind, with sizes (TLZOO_CACHE moves it; TLZOO_STORE_MAX_GB caps the store)."""
-    from ..store import max_bytes
+    from ..images.store import max_bytes
 
     root = _root()
     rows = {kind: _size(paths) for kind, paths in _parts(root).items()}
@@ -80,7 +80,7 @@ def clear(
     kind = kind.strip().lower()
     if kind not in (*KINDS, "all"):
         raise UsageError(f"tlzoo cache clear {kind!r}: give one of {', '.join(KINDS)} or all")
-    from .. import store
+    from ..images import store
 
     root = _root()
     parts = _parts(root)

@@ -129,7 +129,7 @@ def check_out(out: Path | None, model: Path, suffixes: tuple[str, ...], what: st
     """Refuse a ``--out`` before any work: wrong suffix, a folder, a folder that does not exist, or one of the
     run directory's own files (which it would silently replace)."""
     from ..errors import UsageError
-    from ..runfiles import RUN_FILES
+    from ..runs.runfiles import RUN_FILES
 
     if out is None:
         return

@@ -25,8 +25,8 @@ def compare(
 ) -> None:
     """Train every backbone x strategy on the same split and compare them side by side."""
     from ..comparison import COLUMNS, cell, common_args, compare as run_compare, ranked
-    from ..datasets import ensure_digits
-    from ..training.data_prep import default_data_root
+    from ..images.datasets import ensure_digits
+    from ..images.split import default_data_root
 
     warn_plugins()
     source = data or ensure_digits(default_data_root())

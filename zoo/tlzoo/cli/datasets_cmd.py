@@ -16,7 +16,7 @@ def datasets(
     out: Annotated[Path, typer.Argument(help="Folder to write the images to (one sub-folder per class).")],
 ) -> None:
     """Write a real sample dataset that ships with an installed package as an image folder."""
-    from ..datasets import write
+    from ..images.datasets import write
 
     n = write(name, out)
     console.print(f"wrote {n} images to {out}", markup=False)

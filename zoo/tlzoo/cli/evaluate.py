@@ -25,7 +25,7 @@ def evaluate(
     json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
     """Score a trained run (or an exported ONNX model) on labelled images."""
-    from ..evaluation import evaluate_model
+    from ..runs.evaluation import evaluate_model
 
     check_out(out, model, (".json", ".csv"), "the metrics (or the per-class table, .csv)")
     metrics = evaluate_model(model, data, batch_size=batch_size, strict=strict, provider=provider, device=device,
@@ -50,7 +50,7 @@ def evaluate(
 
 
 def _write(path: Path, metrics: dict) -> None:  # type: ignore[type-arg]
-    from ..rundir import atomic_write_json, atomic_write_text
+    from ..files import atomic_write_json, atomic_write_text
 
     if path.suffix.lower() == ".json":
         atomic_write_json(path, metrics)

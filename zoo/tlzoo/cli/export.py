@@ -33,7 +33,7 @@ def _run_export(format: str, run: Path, out: Path | None, json: bool, options: d
     from ..plugins import load_object
     from ..registry import get_registry
     from ..settings import resolve
-    from ..trained import load_run
+    from ..runs.trained import load_run
 
     warn_plugins()
     spec = get_registry().exporter(format)

@@ -24,8 +24,8 @@ def predict(
     json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Classify images with a trained run or an exported model (labels and preprocessing come with it)."""
-    from ..inference import check_batch_options, decoder_for, predict_stream
-    from ..loading import open_model
+    from ..runs.inference import check_batch_options, decoder_for, predict_stream
+    from ..runs.loading import open_model
 
     check_batch_options(top_k, batch_size)
     check_out(out, model, (".csv", ".json"), "predictions")
@@ -67,7 +67,7 @@ def _write(path: Path, rows: list[dict[str, Any]], k: int) -> None:
     import csv
     import io
 
-    from ..rundir import atomic_write_json, atomic_write_text
+    from ..files import atomic_write_json, atomic_write_text
 
     if path.suffix.lower() == ".json":
         atomic_write_json(path, rows)

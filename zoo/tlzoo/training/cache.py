@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from ..cachedir import tlzoo_cache
-from ..data import ImageList
-from ..rundir import atomic_write, atomic_write_json, reclaim_temp_files
+from ..images.sets import ImageList
+from ..files import atomic_write, atomic_write_json, reclaim_temp_files
 
 
 def cache_root() -> Path:
@@ -91,7 +91,7 @@ class Slot:
 def data_fingerprint(files: ImageList) -> str:
     """:func:`tlzoo.data.fingerprint` of ``files`` (every file's bytes and label), remembered like an entry's key
     by the files' paths, sizes and modification times: a run over unchanged files reads none of them."""
-    from ..data import fingerprint
+    from ..images.sets import fingerprint
 
     stat_key = cache_key(fingerprint_of=files.stats(), labels=[int(y) for y in files.labels])
     known = _read_alias(stat_key, length=64, folder="fingerprints")

@@ -71,7 +71,7 @@ def recorded(cache: Path, key: str) -> float | None:
 
 def remember(cache: Path, key: str, seconds: float) -> None:
     """Record a measured compile time (best effort: the cache is an optimisation)."""
-    from ..rundir import atomic_write_json
+    from ..files import atomic_write_json
 
     path = _path(cache)
     try:

@@ -9,11 +9,14 @@ import typing
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..settings import Setting
 from ..specs import RESIZE_POLICIES
+
+if TYPE_CHECKING:
+    from ..images.split import Reading, Sources
 
 STRATEGIES = {
     "feature-extract": "backbone frozen; bottleneck features computed once and cached; a new head trained on them",
@@ -200,6 +203,20 @@ class TrainConfig:
     def uses_sklearn_head(self) -> bool:
         return self.strategy == "feature-extract" and self.head in SKLEARN_HEADS
 
+    def sources(self) -> Sources:
+        """Where the images are and how they are split, for the input path (:mod:`tlzoo.images.split`); the runs'
+        output folder is never data, even inside ``--data``."""
+        from ..images.split import Sources
+
+        return Sources(data=self.data, val=self.val, test=self.test, val_split=self.val_split,
+                       test_split=self.test_split, seed=self.seed, exclude=(Path(self.out_dir).expanduser(),))  # fmt: skip
+
+    def reading(self) -> Reading:
+        """How the input path reads the images: ``--strict``, ``--workers`` and whether the store is used."""
+        from ..images.split import Reading
+
+        return Reading(strict=self.strict, threads=self.workers or None, store=self.cache)
+
     def apply_given(self, given: Collection[str]) -> list[str]:
         """Apply the rule for options given explicitly (on the command line, in a config file or to the API).
 
@@ -261,7 +278,7 @@ class TrainConfig:
     def save(self, path: Path) -> None:
         import yaml
 
-        from ..rundir import atomic_write_text
+        from ..files import atomic_write_text
 
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -10,10 +11,22 @@ from typing import Any
 import numpy as np
 
 from ..backbone import Backbone
-from ..errors import one_line
-from .heads import HeadParams
+from ..errors import TrainingDiverged, one_line
+from ..heads import HeadParams
 
 ProgressFn = Callable[[int], None]
+
+# Steps between looks at an epoch's loss, summed on the device, for a non-finite value: reading it every step
+# would wait for the device every step.
+CHECK_EVERY = 50
+
+
+def check_finite(total: Any, seen: int) -> None:
+    """Raise :class:`TrainingDiverged` when an epoch's summed loss (a framework's scalar tensor on its device)
+    is not finite: the one read of it that waits for the device."""
+    value = float(total)
+    if not math.isfinite(value):
+        raise TrainingDiverged(value / max(seen, 1))
 
 
 class Collective:
@@ -235,9 +248,9 @@ class Engine(Collective, ABC):
 
     def quasi_random_order(self, images: Any, epoch: int) -> np.ndarray | None:
         """This rank's order of ``images`` for ``epoch`` when they are a decoded-pixel store larger than the memory
-        that could cache it (:mod:`tlzoo.training.order`; decided at the first epoch, and said), else None: the
+        that could cache it (:mod:`tlzoo.images.order`; decided at the first epoch, and said), else None: the
         engine shuffles as it always does."""
-        from . import order
+        from ..images import order
 
         if not hasattr(self, "_quasi_plan"):
             self._quasi_plan = order.plan(images)

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import TlzooError, UsageError, WeightsError, one_line
+from ..errors import TlzooError, UsageError, WeightsError, one_line
 from .runfiles import CLASSIFIER, ClassifierMeta, RunFiles
-from .specs import Preprocessing
+from ..specs import Preprocessing
 
 
 @dataclass
@@ -47,20 +47,21 @@ class TrainedRun:
 
     @property
     def adapter(self) -> Any:
-        from .adapters import adapter_for
+        from ..adapters import adapter_for
 
         return adapter_for(self.framework)
 
     def image_decoder(self, choice: str) -> Any:
         """The GPU decoder for this run's JPEGs under ``--decoder choice`` (auto, cpu, gpu), where it computes on
-        a CUDA device and its framework offers one; None: Pillow (see :mod:`tlzoo.training.decoding`)."""
-        from .training.decoding import resolve
+        a CUDA device and its framework offers one; None: Pillow (see :mod:`tlzoo.images.decoders`)."""
+        from ..adapters import gpu_decoder
+        from ..images.decoders import resolve
 
-        return resolve(choice, self.framework, self.device)
+        return resolve(choice, gpu_decoder(self.framework), self.device)
 
     def logits(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Logits for RGB uint8 images (N, H, W, 3) at the input size."""
-        from .preprocess import normalize
+        from ..images.normalize import normalize
 
         adapter = self.adapter
         out = []
@@ -70,7 +71,7 @@ class TrainedRun:
         return np.concatenate(out)
 
     def predict_proba(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        from .training.heads import probabilities
+        from ..heads import probabilities
 
         return probabilities(self.logits(images, batch_size), self.meta.output)
 
@@ -85,7 +86,7 @@ class TrainedRun:
 def load_run(run_dir: Path | str, device: str = "cpu") -> TrainedRun:
     """A finished run directory, its classifier loaded by its framework's adapter (no code from its files) and
     placed on ``device`` (a ``--device`` value: auto, cpu, cuda, cuda:N, N, mps)."""
-    from .adapters import adapter_for
+    from ..adapters import adapter_for
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -116,10 +117,10 @@ def load_run(run_dir: Path | str, device: str = "cpu") -> TrainedRun:
 def _rebuild(run_dir: Path, meta: ClassifierMeta) -> Any:
     """A head-only run's classifier: its backbone from the weights it names (checked against the sha256 the
     run recorded), then its head."""
-    from .adapters import adapter_for
-    from .backbone import get_backbone
-    from .registry import get_registry
-    from .weights import file_digest, resolve
+    from ..adapters import adapter_for
+    from ..backbone import get_backbone
+    from ..registry import get_registry
+    from ..weights import file_digest, resolve
 
     head = RunFiles(run_dir).read_head(meta)
     try:

@@ -9,14 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from ..errors import UsageError
 from .inference import Classifier
 
 
 def runtime_for(path: Path) -> tuple[Any, Any]:
     """The exporter spec whose files look like ``path``, and its runtime (imported)."""
-    from .plugins import load_object
-    from .registry import get_registry
+    from ..plugins import load_object
+    from ..registry import get_registry
 
     exporters = [e for e in get_registry().exporters.values() if e.runtime and e.file_suffix]
     for spec in exporters:

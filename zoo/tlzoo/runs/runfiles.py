@@ -34,11 +34,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import UsageError
-from .specs import Preprocessing
+from ..errors import UsageError
+from ..specs import Preprocessing
 
 if TYPE_CHECKING:
-    from .training.heads import HeadParams
+    from ..heads import HeadParams
 
 FORMAT_VERSION = 3
 FULL_MODEL_FORMAT = 2  # what a run with a whole checkpoint writes: tlzoo versions that read 2 read it
@@ -178,12 +178,12 @@ class RunFiles:
     # ------------------------------------------------------------ writing (rank 0 of a training)
 
     def write_meta(self, meta: ClassifierMeta) -> None:
-        from .rundir import atomic_write_json
+        from ..files import atomic_write_json
 
         atomic_write_json(self.classifier, meta.to_dict())
 
     def write_json(self, name: str, value: Any) -> None:
-        from .rundir import atomic_write_json
+        from ..files import atomic_write_json
 
         atomic_write_json(self.path / name, value)
 
@@ -191,7 +191,7 @@ class RunFiles:
         """The head's dense layers as plain arrays (``head.npz``)."""
         import numpy as np
 
-        from .rundir import atomic_write
+        from ..files import atomic_write
 
         arrays = {f"{kind}{i}": np.asarray(a, np.float32) for kind, group in (("w", head.weights), ("b", head.biases))
                   for i, a in enumerate(group)}  # fmt: skip
@@ -206,7 +206,7 @@ class RunFiles:
         self.write_json(LABELS, classes)
 
     def write_split(self, rows: list[tuple[str, str, str]]) -> None:
-        from .rundir import atomic_write_text
+        from ..files import atomic_write_text
 
         buf = io.StringIO()
         writer = csv.writer(buf)
@@ -216,7 +216,7 @@ class RunFiles:
         atomic_write_text(self.path / SPLIT, buf.getvalue())
 
     def write_history(self, history: list[dict[str, Any]]) -> None:
-        from .rundir import atomic_write_text
+        from ..files import atomic_write_text
 
         keys: list[str] = []
         for row in history:
@@ -242,7 +242,7 @@ class RunFiles:
         """``head.npz``, checked: dense layers that chain, end in one output per class, and hold finite numbers."""
         import numpy as np
 
-        from .training.heads import HeadParams
+        from ..heads import HeadParams
 
         path = self.path / HEAD
         try:

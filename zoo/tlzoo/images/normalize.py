@@ -1,4 +1,4 @@
-"""The backbones' input normalization, shared by every framework (decoding is :mod:`tlzoo.decode`).
+"""The backbones' input normalization, shared by every framework (decoding is :mod:`tlzoo.images.decode`).
 
 Images travel as RGB uint8 arrays (N, H, W, 3) until the last step, where
 :func:`normalize` applies the backbone's :class:`~tlzoo.specs.Preprocessing`.
@@ -11,8 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .decode import is_image_file, load_image, to_rgb  # noqa: F401  (decoding lives in tlzoo.decode)
-from .specs import Preprocessing
+from ..specs import Preprocessing
 
 
 def normalize(images: np.ndarray, prep: Preprocessing) -> np.ndarray:

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from .errors import DataError, UsageError
-from .specs import Preprocessing
+from ..errors import DataError, UsageError
+from ..specs import Preprocessing
 
 if TYPE_CHECKING:
-    from .decode import ImageDecoder, Jpeg
+    from ..images.decode import ImageDecoder, Jpeg
 
 
 class Classifier(Protocol):
@@ -57,7 +57,7 @@ def check_batch_options(top_k: int | None = None, batch_size: int | None = None)
 
 def iter_sources(sources: Iterable[Any]) -> Iterator[tuple[str, Any]]:
     """``(name, item)`` for every image: files as given, folders walked in sorted order, arrays and PIL images."""
-    from .data import check_name, image_files
+    from ..images.folders import check_name, image_files
 
     for index, source in enumerate(sources):
         if isinstance(source, (str, Path)):
@@ -84,8 +84,8 @@ def iter_sources(sources: Iterable[Any]) -> Iterator[tuple[str, Any]]:
 def decoder_for(model: Classifier, choice: str) -> ImageDecoder | None:
     """Who decodes ``model``'s JPEG files under ``--decoder choice``: the model's own ``image_decoder(choice)``
     where it has one (a run directory computing on a CUDA device takes its framework's GPU decoder: see
-    :meth:`tlzoo.trained.TrainedRun.image_decoder`); otherwise Pillow, and ``gpu`` is refused. None: Pillow."""
-    from .training.decoding import check
+    :meth:`tlzoo.runs.trained.TrainedRun.image_decoder`); otherwise Pillow, and ``gpu`` is refused. None: Pillow."""
+    from ..images.decoders import check
 
     own = getattr(model, "image_decoder", None)
     if own is not None:
@@ -100,7 +100,7 @@ def decoder_for(model: Classifier, choice: str) -> ImageDecoder | None:
 def decode(item: Any, size: tuple[int, int], prep: Preprocessing | None = None) -> np.ndarray:
     """An image file, uint8 array or PIL image as RGB uint8 (H, W, 3) at ``size``, resized by ``prep``'s policy
     (files are turned upright by their EXIF orientation; arrays and PIL images are taken as they are)."""
-    from .decode import load_image, resize_array
+    from ..images.decode import load_image, resize_array
 
     if isinstance(item, Path):
         return load_image(item, size, prep)
@@ -112,7 +112,7 @@ def predict_stream(model: Classifier, sources: Iterable[Any], *, top_k: int = 5,
                    decoder: ImageDecoder | None = None) -> Iterator[Prediction]:  # fmt: skip
     """Top-k labels per image, decoded and run one batch at a time; ``decoder`` (a GPU's, see
     :func:`decoder_for`) takes each batch's JPEG files at once, Pillow everything else."""
-    from .decode import Jpeg, decode_jpegs, read_for
+    from ..images.decode import Jpeg, decode_jpegs, read_for
 
     check_batch_options(top_k, batch_size)
     classes = model.classes
@@ -150,7 +150,7 @@ def predict_stream(model: Classifier, sources: Iterable[Any], *, top_k: int = 5,
 
     from concurrent.futures import ThreadPoolExecutor
 
-    from .data import ahead, default_threads
+    from ..images.batches import ahead, default_threads
 
     read_jpeg = read_for(decoder, model.input_size, model.preprocessing) if decoder is not None else None
 

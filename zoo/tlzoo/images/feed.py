@@ -1,7 +1,7 @@
 """Training batches gathered ahead of the step on a pool of threads, for every framework's engine.
 
 Each batch is one gather of its rows from the images (the decoded-pixel store's
-:class:`tlzoo.store.StoreImages`, or an array: no per-image Python), made on a worker thread while the step
+:class:`tlzoo.images.store.StoreImages`, or an array: no per-image Python), made on a worker thread while the step
 before it computes. An engine's ``convert`` runs on that thread too (torch pins the batch for an asynchronous
 copy to the GPU; Keras makes it a tensor on its device). ``--workers N`` is the number of threads (at least
 one). An engine makes its :class:`Prefetcher` once, not every epoch, and reports how long each epoch waited
@@ -10,7 +10,6 @@ on it (``feed_seconds`` in the run's history: the share of an epoch the input pa
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Generator
@@ -19,21 +18,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from ..errors import TrainingDiverged
-
-# Steps between looks at an epoch's loss, summed on the device, for a non-finite value: reading it every step
-# would wait for the device every step.
-CHECK_EVERY = 50
-
 T = TypeVar("T")
-
-
-def check_finite(total: Any, seen: int) -> None:
-    """Raise :class:`TrainingDiverged` when an epoch's summed loss (a framework's scalar tensor on its device)
-    is not finite: the one read of it that waits for the device."""
-    value = float(total)
-    if not math.isfinite(value):
-        raise TrainingDiverged(value / max(seen, 1))
 
 
 def _as_arrays(x: np.ndarray, y: np.ndarray) -> Any:

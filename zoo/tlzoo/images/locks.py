@@ -19,7 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .rundir import process_alive
+from ..files import process_alive
 
 HOST = socket.gethostname()
 STALE_AFTER = 120.0  # seconds without a heartbeat after which another host's lock is taken as abandoned

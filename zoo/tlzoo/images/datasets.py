@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
-from .rundir import reclaim_temp_files, temp_prefix
+from ..errors import UsageError
+from ..files import reclaim_temp_files, temp_prefix
 
 EMBEDDED = {
     "digits": "UCI handwritten digits (scikit-learn): 1,797 8x8 grayscale images, 10 classes",
@@ -60,3 +61,8 @@ def ensure_digits(root: Path) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def default_data_root() -> Path:
+    base = os.environ.get("TLZOO_DATA") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "tlzoo", "datasets")
+    return Path(base).expanduser()

@@ -69,7 +69,7 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> 
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from ..rundir import atomic_write
+    from ..files import atomic_write
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4.2))
     if len(history) == 1:
@@ -134,7 +134,7 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path, titl
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    from ..rundir import atomic_write
+    from ..files import atomic_write
 
     full = np.asarray(matrix)
     shown = most_confused(full, MAX_PLOTTED_CLASSES)

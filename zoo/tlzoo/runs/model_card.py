@@ -13,7 +13,7 @@ SMALL_EVAL = 100  # below this many evaluation images, one image moves accuracy 
 
 def write(run_dir: Path, *, config: dict[str, Any], spec: Any, weights: Any, metrics: dict[str, Any],
           counts: dict[str, dict[str, int]], skipped: int, unused: list[str]) -> None:  # fmt: skip
-    from .rundir import atomic_write_text
+    from ..files import atomic_write_text
 
     atomic_write_text(Path(run_dir) / CARD, render(config=config, spec=spec, weights=weights, metrics=metrics,
                                                    counts=counts, skipped=skipped, unused=unused))  # fmt: skip
@@ -93,7 +93,7 @@ def limits(*, config: dict[str, Any], weights: Any, metrics: dict[str, Any], cou
 
 def append_export(run_dir: Path, report: dict[str, Any]) -> None:
     """Add an export's checks to the card (runs trained before cards existed are left without one)."""
-    from .rundir import atomic_write_text
+    from ..files import atomic_write_text
 
     path = Path(run_dir) / CARD
     if not path.is_file():

@@ -11,28 +11,30 @@ from typing import Any
 
 import numpy as np
 
-from . import data as datamod
-from .errors import DataError, UsageError
+from ..images.batches import decode_batches
+from ..images.folders import scan
+from ..images.sets import labelled
+from ..errors import DataError, UsageError
 from .inference import check_batch_options, decoder_for
 from .loading import open_model
 
 
 def evaluate_model(model: Path, data: Path, *, batch_size: int = 64, strict: bool = False, provider: str = "auto",
                    device: str = "auto", decoder: str = "auto") -> dict[str, Any]:  # fmt: skip
-    from .training.metrics import classification_metrics
+    from .metrics import classification_metrics
 
     check_batch_options(batch_size=batch_size)
     loaded = open_model(model, provider=provider, device=device)
     jpegs_by = decoder_for(loaded, decoder)
     classes, size = loaded.classes, loaded.input_size
-    samples = datamod.scan(data)
+    samples = scan(data)
     unknown = sorted({s.label for s in samples} - set(classes))
     if unknown:
         raise UsageError(f"{data} has classes the model does not know: {', '.join(unknown)} (it knows {', '.join(classes)})")
-    files = datamod.labelled(samples, classes)
+    files = labelled(samples, classes)
     probas, labels, skipped = [], [], []
     # Decoded on a pool of threads a few batches ahead, while the model scores the batch before.
-    for batch in datamod.decode_batches(files.paths, size, batch_size=batch_size, strict=strict,
+    for batch in decode_batches(files.paths, size, batch_size=batch_size, strict=strict,
                                         prep=loaded.preprocessing, decoder=jpegs_by):  # fmt: skip
         skipped += batch.skipped
         if len(batch.index):

@@ -14,7 +14,7 @@ The store is an optimisation, and faults are handled as the feature cache's are:
   writable mapping (a full disk on a mapped page is SIGBUS) and never truncated in place;
 - its size is checked against its header before it is mapped (reading past the end of a truncated mapped
   file is SIGBUS too); a segment that fails the check is set aside and its images decoded again;
-- fillers coordinate through lock files (:class:`tlzoo.locks.FileLock`: ``O_EXCL``, broken when its holder
+- fillers coordinate through lock files (:class:`tlzoo.images.locks.FileLock`: ``O_EXCL``, broken when its holder
   died): the files to decode are cut into one shard per process of the node (torchrun's ``LOCAL_WORLD_SIZE``;
   one shard otherwise); each process fills its own shard, then waits for, or takes over, the others', so no
   image is decoded twice and nobody waits on one rank alone. A second run started during a fill waits for
@@ -22,7 +22,7 @@ The store is an optimisation, and faults are handled as the feature cache's are:
 - an unwritable cache, a full disk (checked before filling, and on write) or a store over its size cap
   (``TLZOO_STORE_MAX_GB``, default 20) leaves the caller to decode as before, with one warning. Before
   giving up on the cap, the least recently used buckets are evicted, never one a live process is using
-  (:class:`tlzoo.locks.Lease`).
+  (:class:`tlzoo.images.locks.Lease`).
 """
 
 from __future__ import annotations
@@ -43,11 +43,11 @@ from typing import Any
 
 import numpy as np
 
-from .data import ahead
+from .batches import ahead
 from .decode import ImageDecoder, Jpeg, available_cores, decode_jpegs, gpu_decodable, load_image, recipe
 from .locks import FileLock, in_use, lease
-from .rundir import reclaim_temp_files
-from .specs import Preprocessing
+from ..files import reclaim_temp_files
+from ..specs import Preprocessing
 
 MAGIC = b"TLZSTOR2"
 HEADER = 32  # magic, then int64 count, int32 H, int32 W, int32 channels, int32 reserved; the samples; their sha256s
@@ -117,7 +117,7 @@ class SegmentFile:
     (a full disk, an unwritable cache); :meth:`abort` removes the partial file."""
 
     def __init__(self, folder: Path, size: tuple[int, int]) -> None:
-        from .rundir import temp_prefix
+        from ..files import temp_prefix
 
         folder.mkdir(parents=True, exist_ok=True)
         self.final = folder / f"seg-{uuid.uuid4().hex}.u8"
@@ -127,7 +127,7 @@ class SegmentFile:
         self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
     def add(self, digest: str, pixels: np.ndarray) -> None:
-        from .rundir import fault_point
+        from ..files import fault_point
 
         if not self.digests:
             fault_point(f"write:{self.final.name}")
@@ -429,7 +429,7 @@ def images(cache: Path, files: list[str], size: tuple[int, int], prep: Preproces
 
     Raises :class:`StoreUnavailable` (the caller decodes without the store) when the cache cannot be written,
     the disk has no room for the new samples, or the store would grow past its cap."""
-    from .distributed import world
+    from ..distributed import world
 
     bucket = Bucket(cache, prep, size, decoder)
     names = _Names(store_root(cache))
@@ -495,7 +495,7 @@ def _fill(pool: ThreadPoolExecutor, files: list[str], todo: list[int], digests: 
           tell: Callable[[int], None]) -> None:  # fmt: skip
     """Read, hash and (when the store lacks the content) decode ``todo``, publishing a segment per chunk. JPEGs
     the bucket's decoder takes wait for a batch of :data:`GPU_BATCH` and are decoded together."""
-    from .errors import DataError
+    from ..errors import DataError
 
     def work(i: int) -> tuple[str, np.ndarray | Jpeg | None, str | None]:
         try:
@@ -691,7 +691,7 @@ class _Names:
     def save(self) -> None:
         if not self.mine:
             return
-        from .rundir import atomic_write_json
+        from ..files import atomic_write_json
 
         self.reload()
         try:

@@ -1,0 +1,210 @@
+"""Classifier heads on bottleneck features.
+
+Linear heads are fitted by scikit-learn on standardized features; the scaler is
+then folded into the weights, so every head is a plain stack of dense layers
+(:class:`HeadParams`) that each framework adapter turns into its own layers,
+exported in the same graph as the backbone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Bias for classes absent from the training data: never predicted.
+_ABSENT_CLASS_BIAS = -1e4
+
+
+@dataclass
+class HeadParams:
+    """Dense layers ``x @ W + b`` (W shaped (in, out)); ReLU between them.
+
+    ``output`` says how logits become probabilities: ``softmax`` over classes,
+    or ``ovr`` (one sigmoid per class, renormalized to sum to one).
+    """
+
+    weights: list[np.ndarray]
+    biases: list[np.ndarray]
+    output: str = "softmax"
+    dropout: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [self.weights[0].shape[0], *(w.shape[1] for w in self.weights)]
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        x = features.astype(np.float64)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = x @ w + b
+            if i < len(self.weights) - 1:
+                x = np.maximum(x, 0.0)
+        return x
+
+    def describe(self) -> dict[str, Any]:
+        return {"sizes": self.sizes, "output": self.output, "dropout": self.dropout}
+
+
+def probabilities(logits: np.ndarray, output: str) -> np.ndarray:
+    """Turn a head's logits into class probabilities."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if output == "ovr":
+        p = 1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))
+        return p / np.clip(p.sum(axis=1, keepdims=True), 1e-12, None)
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def spread_floor(std: np.ndarray) -> np.ndarray:
+    """Standard deviations, floored at a tenth of their median.
+
+    Folding a scaler into the head divides its weights by each feature's spread: an almost
+    constant feature (a dead ReLU unit) would get an enormous weight, and the slightest change
+    in it (fp16 rounding, int8 quantization) would swing the prediction.
+    """
+    positive = std[std > 0]
+    floor = 0.1 * float(np.median(positive)) if positive.size else 1.0
+    return np.maximum(std, max(floor, 1e-12))
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread while scikit-learn fits a linear model on features.
+
+    numpy and scipy each load their own OpenBLAS. lbfgs alternates numpy's matrix products with
+    scipy's vector updates, and on a machine with few cores the two idle thread pools spin against
+    each other. On 2 cores the softmax path took 2.3 s with the default threads and 0.47 s with one
+    (benchmarks/heads.py). Head problems are thin (C classes wide), so extra BLAS threads gain little.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def fit_linear(kind: str, x: np.ndarray, y: np.ndarray, n_classes: int, *, c: float = 1.0, seed: int = 0) -> HeadParams:
+    """``softmax``, ``logreg-ovr`` or ``linear-svm`` fitted by scikit-learn, scaler folded in."""
+    return fit_linear_path(kind, x, y, n_classes, (c,), seed=seed)[0]
+
+
+def fit_linear_path(kind: str, x: np.ndarray, y: np.ndarray, n_classes: int, cs: tuple[float, ...], *,
+                    seed: int = 0) -> list[HeadParams]:  # fmt: skip
+    """One head per regularization in ``cs`` (ascending), on one standardization. The softmax fits are
+    warm-started from the previous C's solution (the same convex optimum, reached in far fewer iterations)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    scaler = StandardScaler().fit(x)
+    scaler.scale_ = spread_floor(scaler.scale_)
+    xs = scaler.transform(x)
+    heads = []
+    warm: Any = None
+    with one_blas_thread():
+        for c in cs:
+            output = "softmax"
+            if kind == "softmax":
+                if warm is None:
+                    warm = LogisticRegression(C=c, max_iter=3000, random_state=seed, warm_start=True)
+                warm.set_params(C=c)
+                model: Any = warm.fit(xs, y)
+                coef, intercept, classes = model.coef_.copy(), model.intercept_.copy(), model.classes_
+            elif kind == "logreg-ovr":
+                model = OneVsRestClassifier(LogisticRegression(C=c, max_iter=3000, random_state=seed)).fit(xs, y)
+                coef = np.vstack([e.coef_ for e in model.estimators_])
+                intercept = np.concatenate([e.intercept_ for e in model.estimators_])
+                classes, output = model.classes_, "ovr"
+            elif kind == "linear-svm":
+                # Probabilities are a softmax over the SVM margins: uncalibrated, but monotone in the margin.
+                model = LinearSVC(C=c, dual="auto", random_state=seed, max_iter=5000).fit(xs, y)
+                coef, intercept, classes = model.coef_, model.intercept_, model.classes_
+            else:
+                raise ValueError(f"not a linear head: {kind}")
+            heads.append(_fold(coef, intercept, classes, scaler, x.shape[1], n_classes, output))
+    return heads
+
+
+def head_scores(head: HeadParams, x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[float, float]:
+    """(log loss, accuracy) of a head on features ``x`` with labels ``y``."""
+    from sklearn.metrics import log_loss
+
+    p = probabilities(head.logits(x), head.output)
+    return float(log_loss(y, np.clip(p, 1e-15, 1), labels=range(n_classes))), float((p.argmax(1) == y).mean())
+
+
+# The regularization strengths a linear head is fitted with when --C is not given (one warm-started path).
+C_GRID = (0.01, 0.1, 1.0, 10.0)
+
+
+def choose_c(kind: str, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int,
+             cs: tuple[float, ...], *, seed: int = 0) -> tuple[float, HeadParams, list[tuple[float, float, float]]]:  # fmt: skip
+    """The C in ``cs`` whose head does best on the validation data, and that head (kept, not refitted); with
+    every C's (C, validation accuracy, validation log loss).
+
+    The logistic heads are ranked by log loss (then accuracy, then the stronger regularization): a continuous
+    score, so the choice does not hinge on one validation image. Ranked by accuracy, a feature change of a
+    few parts per million (folded batch norms, another device) flipped the main job's choice between C=1 and
+    C=10, whose weakly regularized fit moved two validation images. The SVM's probabilities are a softmax
+    over uncalibrated margins, so it is ranked by accuracy first.
+    """
+    rows = []
+    for c, head in zip(cs, fit_linear_path(kind, x, y, n_classes, cs, seed=seed)):
+        loss, accuracy = head_scores(head, x_val, y_val, n_classes)
+        rows.append((c, accuracy, loss, head))
+
+    def rank(row: tuple[float, float, float, HeadParams]) -> tuple[float, float, float]:
+        c, accuracy, loss, _ = row
+        return (accuracy, -loss, -c) if kind == "linear-svm" else (-loss, accuracy, -c)
+
+    c, _, _, head = max(rows, key=rank)
+    return c, head, [(c, accuracy, loss) for c, accuracy, loss, _ in rows]
+
+
+def _fold(coef: np.ndarray, intercept: np.ndarray, classes: np.ndarray, scaler: Any, dim: int, n_classes: int,
+          output: str) -> HeadParams:  # fmt: skip
+    """The scaler folded into the weights: one dense layer on the raw features."""
+    if coef.shape[0] == 1 and len(classes) == 2:  # binary problems: one row for the positive class
+        coef = np.vstack([-coef, coef]) / 2
+        intercept = np.array([-intercept[0], intercept[0]]) / 2
+    w = np.zeros((dim, n_classes))
+    b = np.full(n_classes, _ABSENT_CLASS_BIAS)
+    scale = scaler.scale_
+    for row, cls in enumerate(classes):
+        w[:, cls] = coef[row] / scale
+        b[cls] = intercept[row] - float(np.dot(coef[row], scaler.mean_ / scale))
+    return HeadParams(weights=[w.astype(np.float32)], biases=[b.astype(np.float32)], output=output)
+
+
+def fit_mlp(
+    x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int, *,
+    hidden: list[int], dropout: float, epochs: int, lr: float, weight_decay: float, patience: int,
+    batch_size: int, seed: int, trainer: Any, on_epoch: Any = None,
+) -> HeadParams:  # fmt: skip
+    """Dense layers with dropout trained on cached features, early-stopped on validation loss.
+
+    ``trainer`` is the backbone's framework adapter's ``train_mlp``: loading another framework into
+    the same process is slow, and torch's optimizers after TensorFlow has run abort on conflicting
+    LLVM copies.
+    """
+    mean, std = x.mean(axis=0), spread_floor(x.std(axis=0))
+    xs, xv = ((x - mean) / std).astype(np.float32), ((x_val - mean) / std).astype(np.float32)
+    sizes = [x.shape[1], *hidden, n_classes]
+    weights, biases, history = trainer(
+        xs, y.astype(np.int64), xv, y_val.astype(np.int64), sizes, dropout=dropout, epochs=epochs, lr=lr,
+        weight_decay=weight_decay, patience=patience, batch_size=batch_size, seed=seed, on_epoch=on_epoch,
+    )  # fmt: skip
+    weights = [w.astype(np.float64) for w in weights]
+    biases = [b.astype(np.float64) for b in biases]
+    # Fold the standardization into the first layer.
+    biases[0] = biases[0] - (mean / std) @ weights[0]
+    weights[0] = weights[0] / std[:, None]
+    return HeadParams(
+        weights=[w.astype(np.float32) for w in weights], biases=[b.astype(np.float32) for b in biases],
+        output="softmax", dropout=dropout, history=history,
+    )  # fmt: skip
