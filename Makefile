@@ -28,7 +28,9 @@ demo: install
 
 # Two workers: much of the suite is single-threaded (imports, tf2onnx, subprocesses), so a
 # 2-core machine runs it in about half the time; more workers would each load torch and TensorFlow.
+# lint-imports: the layers contract in pyproject.toml (docs/architecture.md), then the suite.
 test: install
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -n 2
 
 bench: install

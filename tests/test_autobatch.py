@@ -206,12 +206,11 @@ def test_feature_extract_batch_is_the_one_given_else_larger_on_a_cuda_device():
 
 def test_feature_extract_on_a_cuda_device_extracts_in_large_batches_and_trains_the_head_at_its_own(tiny_data, tmp_path,
                                                                                                      monkeypatch):
-    from tlzoo import images as datamod
-    from tlzoo.images import decoders
+    from tlzoo.images import batches, decoders
 
     asked: list[int] = []
-    real = datamod.decode_batches
-    monkeypatch.setattr(datamod, "decode_batches", lambda *a, **kw: (asked.append(kw["batch_size"]), real(*a, **kw))[1])
+    real = batches.decode_batches
+    monkeypatch.setattr(batches, "decode_batches", lambda *a, **kw: (asked.append(kw["batch_size"]), real(*a, **kw))[1])
     common = dict(strategy="feature-extract", freeze=None, augment="auto", head="mlp", epochs=2, seed=1)
     cpu = train(_config(tiny_data, tmp_path, name="cpu", **common))
     on_cpu, asked[:] = list(asked), []

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import tlzoo.images.batches
+import tlzoo.images.sets
 from tlzoo import images as datamod
 from tlzoo.errors import DataError, UsageError, WeightsError
 from tlzoo.training.config import TrainConfig
@@ -255,7 +257,7 @@ def test_decoding_streams_a_few_batches_ahead(tmp_path, monkeypatch):
     files = datamod.labelled(datamod.scan(data))
     started = []
     real = datamod.load_image
-    monkeypatch.setattr(datamod, "load_image", lambda path, size, prep=None: (started.append(path), real(path, size, prep))[1])
+    monkeypatch.setattr(tlzoo.images.batches, "load_image", lambda path, size, prep=None: (started.append(path), real(path, size, prep))[1])
     seen = 0
     for batch in datamod.decode_batches(files.paths, (16, 16), batch_size=10, threads=2):
         seen += len(batch.index)
@@ -288,7 +290,7 @@ def test_the_data_fingerprint_is_remembered_by_the_files_stats_and_follows_their
     assert cache.data_fingerprint(files) == expected  # computed: every file read
     reads = []
     real = datamod.fingerprint
-    monkeypatch.setattr(datamod, "fingerprint", lambda *a: reads.append(1) or real(*a))
+    monkeypatch.setattr(tlzoo.images.sets, "fingerprint", lambda *a: reads.append(1) or real(*a))
     assert cache.data_fingerprint(files) == expected and reads == []  # remembered: no file read
     touched = data / "red" / "000.png"
     touched.write_bytes(touched.read_bytes() + b"\0")  # new content, new size and time

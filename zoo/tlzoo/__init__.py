@@ -33,9 +33,9 @@ _LAZY = {
     "Backbone": ".backbone",
     "FrameworkAdapter": ".adapters",
     "get_backbone": ".backbone",
-    "Predictor": ".loading",
+    "Predictor": ".runs.loading",
     "TrainConfig": ".training.config",
-    "load_run": ".trained",
+    "load_run": ".runs.trained",
 }
 
 __all__ = [

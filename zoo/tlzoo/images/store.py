@@ -43,11 +43,11 @@ from typing import Any
 
 import numpy as np
 
+from ..files import reclaim_temp_files
+from ..specs import Preprocessing
 from .batches import ahead
 from .decode import ImageDecoder, Jpeg, available_cores, decode_jpegs, gpu_decodable, load_image, recipe
 from .locks import FileLock, in_use, lease
-from ..files import reclaim_temp_files
-from ..specs import Preprocessing
 
 MAGIC = b"TLZSTOR2"
 HEADER = 32  # magic, then int64 count, int32 H, int32 W, int32 channels, int32 reserved; the samples; their sha256s

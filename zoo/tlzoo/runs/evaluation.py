@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DataError, UsageError
 from ..images.batches import decode_batches
 from ..images.folders import scan
 from ..images.sets import labelled
-from ..errors import DataError, UsageError
 from .inference import check_batch_options, decoder_for
 from .loading import open_model
 

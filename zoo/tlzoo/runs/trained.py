@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import TlzooError, UsageError, WeightsError, one_line
-from .runfiles import CLASSIFIER, ClassifierMeta, RunFiles
 from ..specs import Preprocessing
+from .runfiles import CLASSIFIER, ClassifierMeta, RunFiles
 
 
 @dataclass

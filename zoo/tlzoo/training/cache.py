@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from ..cachedir import tlzoo_cache
-from ..images.sets import ImageList
 from ..files import atomic_write, atomic_write_json, reclaim_temp_files
+from ..images.sets import ImageList
 
 
 def cache_root() -> Path:
@@ -89,7 +89,7 @@ class Slot:
 
 
 def data_fingerprint(files: ImageList) -> str:
-    """:func:`tlzoo.data.fingerprint` of ``files`` (every file's bytes and label), remembered like an entry's key
+    """:func:`tlzoo.images.sets.fingerprint` of ``files`` (every file's bytes and label), remembered like an entry's key
     by the files' paths, sizes and modification times: a run over unchanged files reads none of them."""
     from ..images.sets import fingerprint
 

@@ -16,16 +16,15 @@ from .. import engine_memory, feature_engines
 from ..adapters import adapter_for
 from ..errors import DataError
 from ..heads import C_GRID, HeadParams, choose_c, fit_linear, fit_mlp, head_scores
-from ..images import decoders, store
-from ..images.batches import decode_batches
+from ..images import batches, decoders, store
 from ..images.decode import ImageDecoder
 from ..images.sets import ImageList
 from ..images.split import Splits, readable
 from ..specs import BackboneSpec
 from . import cache as feature_cache
-from .model import Model
 from .config import TrainConfig
 from .engine import Collective
+from .model import Model
 from .reporter import Reporter
 
 
@@ -81,7 +80,7 @@ def _extract(model: Model, files: ImageList, cfg: TrainConfig, run: Callable[[],
 
     feats, kept, skipped = [], [], []
     kept_by = (lambda path, jpeg, pixels: stream.add(path, jpeg.digest, pixels)) if stream is not None else None
-    for batch in decode_batches(files.paths, model.size, batch_size=cfg.batch, threads=cfg.workers or None,
+    for batch in batches.decode_batches(files.paths, model.size, batch_size=cfg.batch, threads=cfg.workers or None,
                                         strict=cfg.strict, prep=model.preprocessing, decoder=decoder,
                                         load=stream.load if stream is not None else None, decoded=kept_by):  # fmt: skip
         skipped += batch.skipped

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, UsageError
-from ..images.sets import ImageList
 from ..images.datasets import default_data_root
+from ..images.sets import ImageList
 from ..images.split import Splits
 from ..registry import get_registry
-from ..runs.runfiles import (STATE_STEM, RunFiles)  # fmt: skip
+from ..runs.runfiles import STATE_STEM, RunFiles
 from .config import TrainConfig
 
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from ..adapters import adapter_for
 from ..backbone import check_input_size
 from ..distributed import world
@@ -36,15 +35,15 @@ from ..version import __version__
 from ..weights import preflight as preflight_weights, published as published_weights
 from . import autobatch
 from .config import TrainConfig
+from .engine import Collective, Engine
 from .features import extract_and_fit
 from .model import Model
 from .record import environment, job_record, peak_memory_mb
+from .reporter import Reporter
 from .resume import recorded_splits, resume_config
 from .stages import TrainingInterrupted, fit_stages, stages_for
 
 __all__ = ["TrainResult", "TrainingInterrupted", "train"]
-from .engine import Collective, Engine
-from .reporter import Reporter
 
 
 @dataclass

@@ -21,7 +21,7 @@ from ..heads import probabilities
 from ..images.sets import ImageSet
 from ..images.split import Splits
 from ..runs.metrics import best_epoch
-from ..runs.runfiles import (RunFiles)  # fmt: skip
+from ..runs.runfiles import RunFiles
 from . import autobatch
 from .config import TrainConfig
 from .engine import Engine
