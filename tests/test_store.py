@@ -259,7 +259,7 @@ def test_a_full_or_unwritable_cache_warns_and_the_run_decodes_into_memory(tmp_pa
 def test_a_store_over_its_cap_is_not_grown(tmp_path, cache, monkeypatch):
     data = write_folder(tmp_path / "d", per_class=3, size=40)
     monkeypatch.setenv("TLZOO_STORE_MAX_GB", "0.00001")
-    with pytest.raises(store.StoreUnavailable, match=r"over its cap of 0\.0 GiB \(TLZOO_STORE_MAX_GB raises it"):
+    with pytest.raises(store.StoreUnavailable, match=r"over its cap of 10\.5 KiB \(TLZOO_STORE_MAX_GB raises it"):
         store.images(cache, files_of(data), (64, 64), PREP)
     assert not list((cache / "store").glob("*/seg-*.u8")) if (cache / "store").exists() else True
 

@@ -68,7 +68,9 @@ def list_(json: Annotated[bool, typer.Option("--json", help="Machine-readable ou
             "exports": "the feature engines' ONNX exports, TensorRT engines and auto's measurements"}  # fmt: skip
     for kind, (b, n) in rows.items():
         console.print(f"  {kind:<9} {_human(b):>10} in {n} file(s): {what[kind]}", markup=False, highlight=False)
-    console.print(f"  the store's cap: {_human(max_bytes())} (TLZOO_STORE_MAX_GB)", markup=False, highlight=False)
+    cap = max_bytes()
+    shown = "none" if cap is None else "off: no store" if cap == 0 else _human(cap)
+    console.print(f"  the store's cap: {shown} (TLZOO_STORE_MAX_GB)", markup=False, highlight=False)
 
 
 @app.command("clear")

@@ -17,6 +17,10 @@ app = typer.Typer(
 )
 
 
+# The commands that decode images or use the store: the environment's limits are checked before they start.
+DECODES = {"train", "compare", "advise", "predict", "evaluate", "export", "cache"}
+
+
 def _version(value: bool) -> None:
     if value:
         from ..version import __version__
@@ -27,6 +31,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     plugin: Annotated[
         Optional[list[str]],
         typer.Option("--plugin", "-p", help="Load this importable module as a plugin (repeatable).", envvar=None),
@@ -36,6 +41,15 @@ def _root(
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show the frameworks' own start-up lines.")] = False,
 ) -> None:
+    if ctx.invoked_subcommand in DECODES:
+        from ..errors import UsageError
+        from ..limits import check
+        from .common import fail
+
+        try:
+            check()  # a malformed TLZOO_STORE_MAX_GB or TLZOO_MAX_IMAGE_PIXELS: one line now, not per image later
+        except UsageError as exc:
+            raise fail(str(exc), exc.exit_code) from None
     if verbose:
         import os
 

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..specs import Preprocessing
 from .decode import ImageDecoder, Jpeg, available_cores, decode_jpegs, load_image, read_for
 from .sets import ImageList, ImageSet, Sample, skipped_text, check_lost_classes, labelled
@@ -62,6 +62,8 @@ def decode_batches(paths: list[str], size: tuple[int, int], *, batch_size: int, 
             for i in range(start, stop):
                 try:
                     got[i] = pending.popleft().result()
+                except UsageError:  # a setting (TLZOO_MAX_IMAGE_PIXELS) the user must fix, not this file's fault
+                    raise
                 except Exception as exc:  # PIL raises many types for truncated or non-image files
                     got[i] = exc
             jpegs = [i for i, item in got.items() if isinstance(item, Jpeg)]

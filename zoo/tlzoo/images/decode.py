@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import threading
 import warnings
 from collections.abc import Callable
@@ -24,9 +25,9 @@ from typing import IO, Any, Protocol
 import numpy as np
 
 from ..errors import UsageError
+from ..limits import max_image_pixels
 from ..specs import Preprocessing
 
-DEFAULT_MAX_PIXELS = 90_000_000
 # Bump when decoding changes the pixels it gives for the same file and recipe.
 DECODE_FORMAT = 3
 WHOLE = 1e-3  # float error forgiven when a size is floored to whole pixels (the ONNX front's float32 too)
@@ -42,6 +43,19 @@ _FAR = {1: (False, False), 2: (True, False), 3: (True, True), 4: (False, True),
 
 class ImageTooLarge(ValueError):
     """An image whose decoded pixels exceed the limit (skipped like an unreadable file)."""
+
+
+_TOO_LARGE = re.compile(r"(\d+)x(\d+) pixels decoded, over the limit of")
+
+
+def fits_limit_now(reason: str) -> bool:
+    """Whether an image skipped for ``reason`` (an :class:`ImageTooLarge` message) would decode under today's
+    ``TLZOO_MAX_IMAGE_PIXELS``: a cache that remembers the skip must not outlive a raised limit."""
+    match = _TOO_LARGE.search(reason)
+    if match is None:
+        return False
+    limit = max_image_pixels()
+    return limit is None or int(match.group(1)) * int(match.group(2)) <= limit
 
 
 class ImageWarning(UserWarning):
@@ -65,20 +79,6 @@ def _capture_decoder_warnings() -> None:
             shown(message, category, filename, lineno, file, line)
 
     warnings.showwarning = show
-
-
-def max_image_pixels() -> int:
-    """The most pixels one image may decode to: ``TLZOO_MAX_IMAGE_PIXELS``, default 90 million."""
-    raw = os.environ.get("TLZOO_MAX_IMAGE_PIXELS", "").strip()
-    if not raw:
-        return DEFAULT_MAX_PIXELS
-    try:
-        value = int(float(raw))
-    except ValueError:
-        raise UsageError(f"TLZOO_MAX_IMAGE_PIXELS must be a number of pixels, got {raw!r}") from None
-    if value < 1:
-        raise UsageError(f"TLZOO_MAX_IMAGE_PIXELS must be at least 1, got {raw!r}")
-    return value
 
 
 @lru_cache(maxsize=1)
@@ -159,7 +159,8 @@ def gpu_decodable(data: bytes) -> Jpeg | None:
             if image.format != "JPEG" or image.mode not in ("RGB", "L"):
                 return None
             width, height = image.size
-            if width * height > max_image_pixels():
+            limit = max_image_pixels()
+            if limit is not None and width * height > limit:
                 return None
             return Jpeg(data, width, height, _orientation(image))
     except Exception:  # a header Pillow cannot read: Pillow's own decode says why, file by file
@@ -285,7 +286,7 @@ def _load(path: str | Path | IO[bytes], size: tuple[int, int], prep: Preprocessi
             want = (max(1, math.ceil(upright_w * min(sx, 1.0))), max(1, math.ceil(upright_h * min(sy, 1.0))))
             drafted = image.draft(None, want[::-1] if swapped else want)
         limit = max_image_pixels()
-        if image.size[0] * image.size[1] > limit:
+        if limit is not None and image.size[0] * image.size[1] > limit:
             raise ImageTooLarge(f"{image.size[0]}x{image.size[1]} pixels decoded, over the limit of {limit:,} "
                                 f"(TLZOO_MAX_IMAGE_PIXELS raises it)")  # fmt: skip
         image.load()

@@ -1,8 +1,11 @@
 """Portable coordination through files, for caches that several processes share (the decoded-pixel store).
 
 - :class:`FileLock`: a lock file made with ``O_CREAT | O_EXCL`` (atomic on every OS and on NFSv3+), holding
-  who took it. Its holder touches it while it works, so a lock whose holder died is recognised and broken:
-  on this host by its process id, on another by a heartbeat older than ``stale_after``.
+  who took it. Its holder touches it while it works, so a lock whose holder died is recognised and broken: on
+  any host by a heartbeat older than ``stale_after``, and on this host at once when its process is gone or its
+  process id now names another process (one started after the lock was written: a PID alive again after a
+  container restart). An empty or garbled lock (its writer died between creating and writing it) is broken
+  after a few seconds.
 - :class:`Lease`: a marker saying "this process is using that folder", so that a clean-up (LRU eviction,
   ``tlzoo cache clear``) leaves it alone; markers of processes that are gone count for nothing.
 
@@ -19,28 +22,50 @@ import time
 import uuid
 from pathlib import Path
 
-from ..files import process_alive
+from ..files import process_alive, process_started
 
 HOST = socket.gethostname()
 STALE_AFTER = 120.0  # seconds without a heartbeat after which another host's lock is taken as abandoned
 BEAT_EVERY = 5.0
 
 
+GARBLED_AFTER = 3.0  # seconds after which an empty or unreadable lock is taken as its writer's crash
+SAME_PROCESS = 2.0  # seconds within which two start times of one PID are the same process (/proc's precision)
+
+
 def _owner_gone(text: str, age: float, stale_after: float) -> bool:
-    """Whether a lock or lease written as ``text`` (``{"host", "pid"}``), last touched ``age`` seconds ago, has no
-    live owner: a dead process on this host, or silence past ``stale_after`` elsewhere (or in a garbled file)."""
+    """Whether a lock or lease written as ``text`` (``{"host", "pid", "since", "started"}``), last touched ``age``
+    seconds ago, has no live owner: silence past ``stale_after``; on this host, a process that is gone or a PID
+    that now names a process started after the lock was written; an empty or garbled file a few seconds old."""
     try:
         who = json.loads(text)
         host, pid = str(who["host"]), int(who["pid"])
     except (ValueError, KeyError, TypeError):
+        return age > GARBLED_AFTER
+    if host != HOST:
         return age > stale_after
-    if host == HOST:
-        return not process_alive(pid)
-    return age > stale_after
+    if not process_alive(pid):
+        return True
+    started = process_started(pid)
+    if started is not None and isinstance(who.get("started"), (int, float)):
+        return abs(started - who["started"]) > SAME_PROCESS  # the writer itself, or another process with its PID
+    if started is not None and isinstance(who.get("since"), (int, float)) and started > who["since"] + SAME_PROCESS:
+        return True  # the PID's process started after the lock was written: not its writer
+    return age > stale_after  # the writer cannot be told apart: its heartbeat says
+
+
+def owner(text: str) -> str:
+    """Who holds a lock, in words: ``process 1234 on host``."""
+    try:
+        who = json.loads(text)
+        return f"process {int(who['pid'])} on {who['host']}"
+    except (ValueError, KeyError, TypeError):
+        return "another process"
 
 
 def _stamp() -> str:
-    return json.dumps({"host": HOST, "pid": os.getpid(), "since": time.time(), "id": uuid.uuid4().hex})
+    return json.dumps({"host": HOST, "pid": os.getpid(), "since": time.time(), "started": process_started(os.getpid()),
+                       "id": uuid.uuid4().hex})  # fmt: skip
 
 
 class FileLock:
@@ -64,11 +89,21 @@ class FileLock:
                 continue
             try:
                 os.write(fd, self._text.encode())
-            finally:
+            except OSError:  # a full disk: no empty lock left behind for others to wait on
                 os.close(fd)
+                self.path.unlink(missing_ok=True)
+                raise
+            os.close(fd)
             self.held, self._beaten = True, time.monotonic()
             return True
         return False
+
+    def holder(self) -> str:
+        """Who holds the lock now, in words (see :func:`owner`)."""
+        try:
+            return owner(self.path.read_text(errors="replace"))
+        except OSError:
+            return "another process"
 
     def _break_if_stale(self) -> bool:
         try:

@@ -77,6 +77,7 @@ class Splits:
     root: Path
     skipped: list[tuple[str, str]] = field(default_factory=list)
     decoded: int = 0  # images decoded (not read from the decoded-pixel store) by :func:`decode`
+    digests: dict[str, str] = field(default_factory=dict)  # path -> sha256 of its bytes, once :func:`decode` read it
 
     @property
     def eval_name(self) -> str:
@@ -199,8 +200,12 @@ def decode(splits: Splits, size: tuple[int, int], reading: Reading, reporter: Pr
 
     names = {"train": "training", "val": "validation", "test": "test"}
     kept, skipped = {}, {}
+    digests: dict[str, str] = {}
     decoded: dict[str, Any] = {}  # in-memory arrays, or the store's (tlzoo.images.store.StoreImages)
     use_store = reading.store
+    if use_store and store.disabled():
+        reporter.info(f"{store.disabled()}: images are decoded into memory")
+        use_store = False
     count = 0
     for name, part in splits.parts():
         assert isinstance(part, ImageList)
@@ -208,8 +213,10 @@ def decode(splits: Splits, size: tuple[int, int], reading: Reading, reporter: Pr
             if use_store:
                 try:
                     filled = store.images(tlzoo_cache(), part.paths, size, prep or SQUASH, decoder=decoder,
-                                          threads=reading.threads, strict=reading.strict, progress=advance)  # fmt: skip
+                                          threads=reading.threads, strict=reading.strict, progress=advance,
+                                          say=reporter.info)  # fmt: skip
                     kept[name], skipped[name], decoded[name] = filled.kept, filled.skipped, filled.images
+                    digests.update(zip((part.paths[i] for i in filled.kept), filled.digests))
                     count += filled.decoded
                     continue
                 except store.StoreUnavailable as exc:
@@ -218,9 +225,11 @@ def decode(splits: Splits, size: tuple[int, int], reading: Reading, reporter: Pr
             images, index, lost = decode_all(part.paths, size, strict=reading.strict, progress=lambda: advance(1),
                                              threads=reading.threads, prep=prep, decoder=decoder)  # fmt: skip
         kept[name], skipped[name], decoded[name] = index, lost, images
+        paths = [part.paths[i] for i in index]
+        digests.update(zip(paths, store.content_digests(tlzoo_cache(), paths)))  # what --resume checks
         count += len(part)
     out = readable(splits, kept, skipped)
-    out.decoded = count
+    out.decoded, out.digests = count, digests
     for name, part in out.parts():
         setattr(out, name, ImageSet(decoded[name], part.labels, part.paths, part.classes))
     return out

@@ -37,13 +37,14 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..files import reclaim_temp_files
+from ..files import hash_file, reclaim_temp_files
+from ..limits import STORE_MAX_GB, store_cap_bytes
 from ..specs import Preprocessing
 from .batches import ahead
 from .decode import ImageDecoder, Jpeg, available_cores, decode_jpegs, gpu_decodable, load_image, recipe
@@ -51,10 +52,10 @@ from .locks import FileLock, in_use, lease
 
 MAGIC = b"TLZSTOR2"
 HEADER = 32  # magic, then int64 count, int32 H, int32 W, int32 channels, int32 reserved; the samples; their sha256s
-DEFAULT_MAX_GB = 20.0
 SEGMENT_BYTES = 256 << 20  # a fill publishes a segment every 256 MiB of samples
 LAST_USED = "last-used"  # touched by every run that reads a bucket: eviction removes the oldest first
 GPU_BATCH = 64  # JPEGs a GPU decoder takes at once while filling the store
+KEEP_FREE = 256 << 20  # bytes the store leaves free on its disk
 WAIT_POLL = 0.25  # seconds between looks at a shard another process is filling
 
 
@@ -66,13 +67,14 @@ def store_root(cache: Path) -> Path:
     return Path(cache) / "store"
 
 
-def max_bytes() -> int:
-    raw = os.environ.get("TLZOO_STORE_MAX_GB", "").strip()
-    try:
-        gb = float(raw) if raw else DEFAULT_MAX_GB
-    except ValueError:
-        gb = DEFAULT_MAX_GB
-    return int(gb * (1 << 30))
+def max_bytes() -> int | None:
+    """The store's cap in bytes (``TLZOO_STORE_MAX_GB``); None: no cap; 0: no store (see :mod:`tlzoo.limits`)."""
+    return store_cap_bytes()
+
+
+def disabled() -> str | None:
+    """Why the store is not used at all (``TLZOO_STORE_MAX_GB=0``), else None."""
+    return f"{STORE_MAX_GB}=0 turns the decoded-pixel store off" if store_cap_bytes() == 0 else None
 
 
 def bucket_key(prep: Preprocessing, size: tuple[int, int], decoder: str | None = None) -> str:
@@ -294,6 +296,7 @@ class Filled:
     kept: np.ndarray
     skipped: list[tuple[str, str]]
     decoded: int
+    digests: list[str] = field(default_factory=list)  # the sha256 of each kept file's bytes, in order
 
 
 class Writer:
@@ -362,6 +365,8 @@ class Stream:
     def start(self, n: int) -> str | None:
         """Make room for at most ``n`` new samples; the reason when the store will not be filled."""
         need = n * self.bucket.sample_bytes()
+        if disabled():
+            return disabled()
         try:
             _check_room(self.bucket, need)
         except StoreUnavailable as exc:
@@ -418,8 +423,8 @@ class Stream:
 
 
 def images(cache: Path, files: list[str], size: tuple[int, int], prep: Preprocessing, *, threads: int | None = None,
-           strict: bool = False, progress: Callable[[int], None] | None = None,
-           decoder: ImageDecoder | None = None) -> Filled:  # fmt: skip
+           strict: bool = False, progress: Callable[[int], None] | None = None, decoder: ImageDecoder | None = None,
+           say: Callable[[str], None] | None = None) -> Filled:  # fmt: skip
     """``files`` decoded at ``size`` by ``prep``, from the store: the ones it lacks are read once (their sha256 and
     their pixels from the same bytes), decoded on a pool of threads (the JPEGs ``decoder`` takes: by it, a
     batch at a time) and published in new segments. A file whose content the store holds under another name
@@ -428,9 +433,13 @@ def images(cache: Path, files: list[str], size: tuple[int, int], prep: Preproces
     Under torchrun, the node's processes fill disjoint shards (see the module's docstring).
 
     Raises :class:`StoreUnavailable` (the caller decodes without the store) when the cache cannot be written,
-    the disk has no room for the new samples, or the store would grow past its cap."""
+    the disk has no room for the new samples, or the store would grow past its cap. ``say`` is told, once, when
+    this call waits for another process filling the same images."""
     from ..distributed import world
 
+    why = disabled()
+    if why:
+        raise StoreUnavailable(why)
     bucket = Bucket(cache, prep, size, decoder)
     names = _Names(store_root(cache))
     digests: list[str | None] = [names.get(p) for p in files]
@@ -454,6 +463,7 @@ def images(cache: Path, files: list[str], size: tuple[int, int], prep: Preproces
         writer = Writer(bucket, names, need)
         job = world()
         shards, mine = max(1, job.local_size), job.local_rank % max(1, job.local_size)
+        told_wait = False
         with ThreadPoolExecutor(threads or available_cores(), thread_name_prefix="tlzoo-store") as pool:
             for shard in [(mine + k) % shards for k in range(shards)]:
                 lock = FileLock(bucket.path / f"fill-{shard}-of-{shards}.lock")
@@ -468,7 +478,11 @@ def images(cache: Path, files: list[str], size: tuple[int, int], prep: Preproces
                         digests[i] = digests[i] or names.get(files[i])
 
                 while todo():
-                    if lock.acquire():
+                    try:
+                        acquired = lock.acquire()
+                    except OSError as exc:  # a lock that cannot be written: the disk or the folder refuses
+                        raise StoreUnavailable(_fault_text(exc, bucket.root, need)) from None
+                    if acquired:
                         try:
                             catch_up()  # the holder before may have published this shard just now
                             if todo():
@@ -477,6 +491,10 @@ def images(cache: Path, files: list[str], size: tuple[int, int], prep: Preproces
                             lock.release()
                         break
                     # Another process fills this shard: take what it publishes, and the shard if it stops.
+                    if say is not None and not told_wait:
+                        told_wait = True
+                        say(f"waiting for {lock.holder()}, which is decoding these images into the store "
+                            f"({bucket.path}); this run takes over if it stops")  # fmt: skip
                     time.sleep(WAIT_POLL)
                     catch_up()
         names.save()
@@ -487,7 +505,15 @@ def images(cache: Path, files: list[str], size: tuple[int, int], prep: Preproces
     remap = {old: new for new, old in enumerate(used)}
     keys = np.asarray([[remap[int(s)], int(t)] for s, t in keys], np.int64).reshape(-1, 2)
     paths = [str(bucket.segments[i].path) for i in used]
-    return Filled(StoreImages(paths, keys, size), kept, [(files[i], skipped[i]) for i in sorted(skipped)], decoded[0])
+    return Filled(StoreImages(paths, keys, size), kept, [(files[i], skipped[i]) for i in sorted(skipped)], decoded[0],
+                  [str(digests[i]) for i in kept])  # fmt: skip
+
+
+def content_digests(cache: Path, paths: list[str]) -> list[str]:
+    """The sha256 of each file's bytes: the store's names map says it without reading a file unchanged since it
+    was hashed (same path, size, times and inode); any other file is read."""
+    names = _Names(store_root(cache))
+    return [names.get(p) or hash_file(p) for p in paths]
 
 
 def _fill(pool: ThreadPoolExecutor, files: list[str], todo: list[int], digests: list[str | None], bucket: Bucket,
@@ -495,11 +521,13 @@ def _fill(pool: ThreadPoolExecutor, files: list[str], todo: list[int], digests: 
           tell: Callable[[int], None]) -> None:  # fmt: skip
     """Read, hash and (when the store lacks the content) decode ``todo``, publishing a segment per chunk. JPEGs
     the bucket's decoder takes wait for a batch of :data:`GPU_BATCH` and are decoded together."""
-    from ..errors import DataError
+    from ..errors import DataError, UsageError
 
     def work(i: int) -> tuple[str, np.ndarray | Jpeg | None, str | None]:
         try:
             return (*_read_new(files[i], bucket), None)
+        except UsageError:  # a setting the user must fix, not this file's fault
+            raise
         except Exception as exc:  # PIL raises many types for truncated or non-image files
             return "", None, f"{type(exc).__name__}: {exc}"
 
@@ -569,18 +597,33 @@ def _check_room(bucket: Bucket, need: int) -> None:
     probe = root
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
+    if not probe.is_dir():  # TLZOO_CACHE, or the store's folder in it, names a file
+        raise StoreUnavailable(f"{probe} is a file, not a folder: the decoded-pixel store {root} cannot be made "
+                               f"(TLZOO_CACHE moves the cache)")  # fmt: skip
     if not os.access(probe, os.W_OK) or (bucket.path.is_dir() and not os.access(bucket.path, os.W_OK)):
         raise StoreUnavailable(f"the decoded-pixel store {root} is not writable")
     free = shutil.disk_usage(probe).free
-    if free < need + (256 << 20):
-        raise StoreUnavailable(f"the disk holding {root} has {free / 2**30:.1f} GiB free and the store needs "
-                               f"{need / 2**30:.2f} GiB more")  # fmt: skip
+    if free < need + KEEP_FREE:
+        raise StoreUnavailable(f"the disk holding {root} has {_amount(free)} free; these images need {_amount(need)} "
+                               f"in the decoded-pixel store, and it leaves {_amount(KEEP_FREE)} free for everything "
+                               f"else")  # fmt: skip
     cap = max_bytes()
+    if cap is None:
+        return
     used = evict(root, cap - need, keep=bucket.path)
     if used + need > cap:
-        raise StoreUnavailable(f"the decoded-pixel store {root} would grow to {(used + need) / 2**30:.2f} GiB, over "
-                               f"its cap of {cap / 2**30:.1f} GiB (TLZOO_STORE_MAX_GB raises it; tlzoo cache clear "
+        raise StoreUnavailable(f"the decoded-pixel store {root} would grow to {_amount(used + need)}, over "
+                               f"its cap of {_amount(cap)} (TLZOO_STORE_MAX_GB raises it; tlzoo cache clear "
                                f"store empties it)")  # fmt: skip
+
+
+def _amount(n: float) -> str:
+    """Bytes for a person: ``600 KiB``, ``31.5 MiB``, ``2.40 GiB`` (never ``0.00 GiB`` for a small amount)."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.2f} {unit}" if value < 10 else f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    return f"{int(n)} bytes"
 
 
 def _bucket_bytes(path: Path) -> int:

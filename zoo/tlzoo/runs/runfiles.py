@@ -30,6 +30,7 @@ import csv
 import io
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -205,14 +206,16 @@ class RunFiles:
     def write_labels(self, classes: list[str]) -> None:
         self.write_json(LABELS, classes)
 
-    def write_split(self, rows: list[tuple[str, str, str]]) -> None:
+    def write_split(self, rows: list[tuple[str, str, str]], digests: Mapping[str, str] | None = None) -> None:
+        """``split.csv``: each file's path, label and subset, with what ``--resume`` checks before it trains on the
+        file again: its size, and the sha256 of its bytes where the run read it (``digests``)."""
         from ..files import atomic_write_text
 
+        digests = digests or {}
         buf = io.StringIO()
         writer = csv.writer(buf)
-        # bytes: what --resume checks, before decoding anything, to refuse a file changed since the split
-        writer.writerow(["path", "label", "subset", "bytes"])
-        writer.writerows((*row, _size(row[0])) for row in rows)
+        writer.writerow(["path", "label", "subset", "bytes", "sha256"])
+        writer.writerows((*row, _size(row[0]), digests.get(row[0], "")) for row in rows)
         atomic_write_text(self.path / SPLIT, buf.getvalue())
 
     def write_history(self, history: list[dict[str, Any]]) -> None:

@@ -17,7 +17,7 @@ from ..adapters import adapter_for
 from ..errors import DataError
 from ..heads import C_GRID, HeadParams, choose_c, fit_linear, fit_mlp, head_scores
 from ..images import batches, decoders, store
-from ..images.decode import ImageDecoder
+from ..images.decode import ImageDecoder, fits_limit_now
 from ..images.sets import ImageList
 from ..images.split import Splits, readable
 from ..specs import BackboneSpec
@@ -35,6 +35,10 @@ def _features(model: Model, key: dict[str, Any], part: ImageList, cfg: TrainConf
     slot = feature_cache.Slot(key, part)
     if cfg.cache:
         entry = slot.load()
+        if entry is not None and any(fits_limit_now(why) for _, why in entry.skipped):
+            reporter.info(f"{what} features computed again: an image the cache skipped as too large fits "
+                          f"TLZOO_MAX_IMAGE_PIXELS now")  # fmt: skip
+            entry = None
         if entry is not None:
             if cfg.strict and entry.skipped:
                 path, why = entry.skipped[0]
@@ -48,7 +52,8 @@ def _features(model: Model, key: dict[str, Any], part: ImageList, cfg: TrainConf
     decoder = model.decoder_for(reporter)
     if (decoder.name if decoder is not None else None) != key["decode"].get("jpeg_decoder"):
         slot = feature_cache.Slot(model.feature_key(decoder.name if decoder is not None else None), part)
-    stream = store.Stream(feature_cache.cache_root().parent, model.size, model.preprocessing, decoder) if cfg.cache else None
+    stream = store.Stream(feature_cache.cache_root().parent, model.size, model.preprocessing, decoder) \
+        if cfg.cache and not store.disabled() else None
     why_not = stream.start(len(positions)) if stream is not None else None
     try:
         with reporter.task(f"extracting {what} features", len(positions)) as advance:
@@ -115,6 +120,8 @@ def extract_and_fit(model: Model, splits: Splits, head_cfg: TrainConfig, reporte
     evaluation split's features and what the run records."""
     t0 = time.perf_counter()
     cfg = dataclasses.replace(head_cfg, batch_size=extract_batch)
+    if cfg.cache and store.disabled() and comm.main:
+        reporter.info(f"{store.disabled()}: features are computed from images decoded in memory")
     parts = list(splits.parts())
     left = [0]  # images this rank has still to extract, at most (for auto's choice)
     own = cfg.feature_engine in (feature_engines.FRAMEWORK, feature_engines.AUTO)

@@ -10,10 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from ..cachedir import tlzoo_cache
 from ..errors import DataError, UsageError
 from ..images.datasets import default_data_root
 from ..images.sets import ImageList
 from ..images.split import Splits
+from ..images.store import content_digests
 from ..registry import get_registry
 from ..runs.runfiles import STATE_STEM, RunFiles
 from .config import TrainConfig
@@ -74,6 +76,10 @@ def recorded_splits(run_dir: Path, data: str | None) -> Splits:
     missing = [r["path"] for r in rows if not os.path.isfile(r["path"])]
     changed = [r["path"] for r in rows if r["path"] not in missing and r.get("bytes")
                and str(os.stat(r["path"]).st_size) != r["bytes"]]  # fmt: skip
+    if not missing and not changed:  # the same size may hold other bytes (a file replaced, its mtime kept)
+        hashed = [r for r in rows if r.get("sha256")]
+        now = content_digests(tlzoo_cache(), [r["path"] for r in hashed])
+        changed = [r["path"] for r, digest in zip(hashed, now) if digest != r["sha256"]]
     for what, paths in (("missing", missing), ("changed", changed)):
         if paths:
             shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")

@@ -24,6 +24,7 @@ from ..freeze import parse_freeze, parse_unit
 from ..heads import probabilities
 from ..images import decoders
 from ..images.split import Splits, decode, plan
+from ..limits import check as check_limits
 from ..registry import get_registry
 from ..runs import model_card
 from ..runs.metrics import best_epoch, classification_metrics, plot_confusion, plot_history
@@ -64,6 +65,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Path
     ``overrides`` are options given together with ``resume``: only the device and workers may change.
     """
     from ..images.locks import release_leases
+
+    check_limits()  # TLZOO_STORE_MAX_GB, TLZOO_MAX_IMAGE_PIXELS: refused in one line before any work
 
     try:
         return _train(config, reporter, resume=resume, exist_ok=exist_ok, given=given, overrides=overrides)
@@ -219,7 +222,7 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
         engine = model.engine
         engine.set_compile(config.compile)
         if resume is None and comm.main:
-            files.write_split(splits.rows())
+            files.write_split(splits.rows(), splits.digests)
         history, batch = fit_stages(engine, model.backbone, splits, config, reporter, run_dir, resume is not None)
         extra = {"compile": engine.compile_record(), "images_decoded": int(sum(comm.gather(splits.decoded))), **batch}
         if engine.compile_note:
