@@ -44,6 +44,7 @@ def test_two_processes_train_one_run_on_disjoint_halves_in_sync(data, tmp_path):
     assert [p.name for p in out.iterdir()] == ["ddp"], "exactly one run directory"
     assert ddp.stdout.count('"run_dir"') == 1, "rank 0 alone prints"
     assert "Grad strides do not match" not in ddp.stderr
+    assert "OMP_NUM_THREADS" not in ddp.stderr  # tlzoo gives each process its share of the cores: no launcher banner
     job = json.loads((out / "ddp" / "environment.json").read_text())["distributed"]
     assert job["world_size"] == 2 and job["backend"] == "gloo"
     assert job["last_epoch_images_per_rank"] == [24, 24]

@@ -219,3 +219,24 @@ def test_the_small_disk_message_says_what_it_keeps(tmp_path, monkeypatch):
     text = str(refused.value)
     assert "has 40.0 MiB free" in text and "need 300 KiB" in text and "leaves 256 MiB free" in text
     assert "0.0 GiB" not in text and "0.00 GiB" not in text
+
+
+def test_a_weights_file_of_another_architecture_is_refused_and_the_earlier_file_kept(tmp_path):
+    timm = pytest.importorskip("timm")
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    good, wrong = tmp_path / "good.safetensors", tmp_path / "wrong.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("resnet18").state_dict().items()}, str(good))
+    save_file({k: v.contiguous() for k, v in timm.create_model("resnet10t").state_dict().items()}, str(wrong))
+    env = {"TLZOO_CACHE": str(tmp_path / "cache")}
+    first = run_tlzoo("weights", "import", str(good), "--backbone", "timm/resnet18.a1_in1k", env=env)
+    assert first.returncode == 0 and "imported good.safetensors" in first.stdout, first.stderr
+    [stored] = (tmp_path / "cache" / "weights" / "timm").glob("resnet18.a1_in1k*.safetensors")
+    before = stored.read_bytes()
+    refused = run_tlzoo("weights", "import", str(wrong), "--backbone", "timm/resnet18.a1_in1k", env=env)
+    assert refused.returncode != 0 and "imported" not in refused.stdout
+    assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+    assert stored.read_bytes() == before  # the earlier file is kept, byte for byte
+    assert not [p for p in stored.parent.iterdir() if p.name.startswith(".tlzoo-tmp")]

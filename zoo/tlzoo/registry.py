@@ -49,8 +49,18 @@ class Registry:
         return specs
 
     def resolve(self, name: str, framework: str | None = None) -> BackboneSpec:
+        """The backbone ``name`` names: an id (``torch/resnet50``) or a short name, optionally with a weights tag
+        (``timm/resnet50.a1_in1k``, as timm and ``tlzoo weights import`` write it), which must be one of its own."""
         if framework is not None:
             self.check_framework(framework)
+        name, tag = split_tag(name)
+        spec = self._resolve(name, framework)
+        if tag is not None and spec.weights_by_tag(tag) is None:
+            tags = ", ".join(w.tag for w in spec.weights) or "none: it trains from random initialisation only"
+            raise UsageError(f"{spec.id} has no weights tagged {tag!r}; its tags: {tags}")
+        return spec
+
+    def _resolve(self, name: str, framework: str | None) -> BackboneSpec:
         key = name.strip()
         if "/" in key:
             prefix, _, short = key.partition("/")
@@ -208,3 +218,11 @@ def _claim(owners: dict[str, str], key: str, status: PluginStatus) -> bool:
         f"{key} is registered by both plugin {owner!r} and plugin {status.name!r}; keeping {owner!r}'s"
     )
     return False
+
+
+def split_tag(name: str) -> tuple[str, str | None]:
+    """``timm/resnet50.a1_in1k`` -> (``timm/resnet50``, ``a1_in1k``): backbone ids and names hold no dot, so what
+    follows the first one in the name is a weights tag. (``name``, None) without one."""
+    head, slash, tail = name.strip().rpartition("/")
+    short, dot, tag = tail.partition(".")
+    return (f"{head}{slash}{short}", tag.strip() or None) if dot else (name.strip(), None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,11 +287,17 @@ def import_files(sources: list[Path], specs: list[BackboneSpec]) -> list[tuple[P
     return imported
 
 
-def import_for_backbone(source: Path, spec: BackboneSpec, tag: str | None) -> Path:
+def import_for_backbone(source: Path, spec: BackboneSpec, tag: str | None,
+                        check: Callable[[ResolvedWeights], object] | None = None) -> Path:  # fmt: skip
     """Make ``source`` the weights file of one of ``spec``'s tags (its default tag when None): checked
     against the published hash where there is one, put in place by the framework's adapter (which may convert
-    it), and its sha256 recorded."""
+    it), and its sha256 recorded. ``check`` is given the converted file before it takes the place of the tag's
+    file (``tlzoo weights import`` builds the backbone with it): a file it refuses leaves the earlier one as it
+    was."""
+    import os
+
     from .adapters import adapter_for
+    from .files import temp_prefix
 
     if not source.is_file():
         raise UsageError(f"{source} is not a file")
@@ -300,7 +307,18 @@ def import_for_backbone(source: Path, spec: BackboneSpec, tag: str | None) -> Pa
     if chosen.file_hash:
         verify(source, chosen)
     dest = cached_path(spec, chosen)
-    adapter_for(spec.framework).import_file(source, dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staged = dest.with_name(f"{temp_prefix()}{dest.name}")  # reclaimed like any temporary if this process dies
+    try:
+        adapter_for(spec.framework).import_file(source, staged)
+        if check is not None:
+            try:
+                check(ResolvedWeights(staged, chosen.tag, verified=bool(chosen.file_hash)))
+            except WeightsError as exc:  # said of the user's file, not of the staged copy
+                raise WeightsError(f"{str(exc).replace(str(staged), str(source))}; {dest.name} is unchanged") from None
+        os.replace(staged, dest)
+    finally:
+        staged.unlink(missing_ok=True)
     if not chosen.file_hash:
         check_recorded(spec, chosen, dest, record=True)
     return dest

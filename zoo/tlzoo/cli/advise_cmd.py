@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from .common import console, escape, fail, handle_errors, print_json, warn_plugins
+from .common import Quiet, console, escape, fail, handle_errors, print_json, print_table, warn_plugins
 
 HELD_POINTS = 1.5
 
@@ -22,6 +22,7 @@ def advise(
     verify_epochs: Annotated[int, typer.Option(help="--verify: epochs for the strategies that train a network.")] = 4,
     out: Annotated[Path, typer.Option("--out", help="--verify: where the compare runs go.")] = Path("runs/advise"),
     json: Annotated[bool, typer.Option("--json", help="Print the advice and its evidence as JSON.")] = False,
+    quiet: Quiet = False,
     **shared: Any,
 ) -> None:
     """Measure where your data sits (size x similarity to the pretraining data) and say what to train."""
@@ -37,14 +38,18 @@ def advise(
     values = {s.name: s.check(shared.get(s.name, s.default)) for s in _data_settings()}
     source = Path(data) if data is not None else ensure_digits(default_data_root())
     names = [b.strip() for b in backbones.split(",") if b.strip()]
-    reporter = WarningsReporter(err_console) if json else RichReporter(console, err_console)
+    reporter = WarningsReporter(err_console) if (json or quiet) else RichReporter(console, err_console)
     advice = run_advice(source, names, budget_minutes=budget, image_size=values["image_size"], seed=values["seed"],
                         weights=values["weights"], test_split=values["test_split"], reporter=reporter)  # fmt: skip
-    verified = _verify(advice, source, out, values, verify_epochs, json) if verify else None
+    verified = _verify(advice, source, out, values, verify_epochs, json or quiet) if verify else None
     if json:
         print_json({**advice.to_dict(), **({"verify": verified} if verified is not None else {})})
         return
-    _show(advice)
+    if quiet:  # the advice and the command that follows it
+        console.print(f"advice: {advice.strategy_spec} on {advice.backbone}", markup=False)
+        console.print(f"run: {advice.command}", markup=False)
+    else:
+        _show(advice)
     if verified is not None:
         _show_verified(verified)
 
@@ -71,7 +76,7 @@ def _show(advice: Any) -> None:
         for p in e.probes:
             table.add_row(f"{p.depth:.0%}", escape(p.tap if p.unit is None else f"{p.unit} {p.tap}"),
                           f"{p.accuracy:.1%} ± {p.std:.1%}")  # fmt: skip
-        console.print(table)
+        print_table(table)
         extra = [f"half the sample {e.half_sample_accuracy:.1%}"]
         if e.random_accuracy is not None:
             extra.insert(0, f"random weights {e.random_accuracy:.1%}")

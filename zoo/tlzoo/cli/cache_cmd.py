@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
-from .common import console, handle_errors, print_json
+from .common import Quiet, console, handle_errors, print_json
 
 app = typer.Typer(help="List, size and clear tlzoo's cache (features, decoded pixels, exports).", no_args_is_help=True)
 
@@ -53,7 +53,8 @@ def _human(n: int) -> str:
 
 @app.command("list")
 @handle_errors
-def list_(json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+def list_(json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+          quiet: Quiet = False) -> None:
     """What the cache holds, by kind, with sizes (TLZOO_CACHE moves it; TLZOO_STORE_MAX_GB caps the store)."""
     from ..images.store import max_bytes
 
@@ -62,6 +63,9 @@ def list_(json: Annotated[bool, typer.Option("--json", help="Machine-readable ou
     if json:
         print_json({"root": str(root), "store_cap_bytes": max_bytes(),
                     **{kind: {"bytes": b, "files": n} for kind, (b, n) in rows.items()}})  # fmt: skip
+        return
+    if quiet:  # the total alone
+        console.print(_human(sum(b for b, _ in rows.values())), markup=False, highlight=False)
         return
     console.print(f"tlzoo cache: {root}", markup=False, highlight=False)
     what = {"features": "bottleneck features and their aliases", "store": "decoded pixels (every strategy reads and fills it)",
@@ -77,6 +81,7 @@ def list_(json: Annotated[bool, typer.Option("--json", help="Machine-readable ou
 @handle_errors
 def clear(
     kind: Annotated[str, typer.Argument(help="features | store | exports | all")],
+    quiet: Quiet = False,
 ) -> None:
     """Delete one kind of cached data (or all of it); a later run recomputes what it needs."""
     kind = kind.strip().lower()
@@ -99,7 +104,8 @@ def clear(
             else:
                 path.unlink(missing_ok=True)
         freed += size
-    console.print(f"cleared {kind} from {root}: {_human(freed)} freed", markup=False, highlight=False)
+    if not quiet:
+        console.print(f"cleared {kind} from {root}: {_human(freed)} freed", markup=False, highlight=False)
     if kept:
         console.print(f"kept {kept} decoded-pixel store bucket(s) that a running tlzoo process is using",
                       markup=False, highlight=False)  # fmt: skip

@@ -10,7 +10,8 @@ from . import advise_cmd, cache_cmd, compare_cmd, datasets_cmd, describe, evalua
 
 app = typer.Typer(
     name="tlzoo",
-    help="Transfer-learning backbone zoo: torchvision and Keras backbones, one interface.",
+    help="Transfer-learning backbone zoo: torchvision, Keras and timm backbones behind one interface; feature "
+    "extraction, fine-tuning, two-stage and scratch training; checked ONNX export.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

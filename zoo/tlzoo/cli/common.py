@@ -22,8 +22,29 @@ DeviceOption = Annotated[str, typer.Option(help="Run directories: auto (CUDA, th
 DecoderOption = Annotated[str, typer.Option(help="Run directories on a CUDA device: auto (JPEGs by the framework's GPU decoder, "
                                                  "nvJPEG for torch; else Pillow) | cpu (Pillow) | gpu (refused where there is none).")]
 
+# One meaning on every command: what the command exists to produce (its result, and errors and warnings on
+# stderr), without progress, notes and tables.
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="The result alone: no progress, notes or tables.")]
+
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def print_table(table: Any) -> None:
+    """A table in a terminal fits the terminal; piped or redirected, it is printed at its natural width, whole
+    (rich would cut it to 80 columns with ``…``)."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    from rich.measure import Measurement
+
+    natural = Measurement.get(console, console.options.update(width=100_000), table).maximum
+    width = console.width
+    console.width = max(natural, width)  # print(width=) is capped at the console's own width
+    try:
+        console.print(table)
+    finally:
+        console.width = width
 
 
 def debug() -> bool:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .common import console, escape, fail, handle_errors, print_json, warn_plugins
+from .common import Quiet, console, escape, fail, handle_errors, print_json, print_table, warn_plugins
 
 
 @handle_errors
@@ -21,6 +21,7 @@ def compare(
     out: Annotated[Path, typer.Option("--out", help="Where the runs and the leaderboard go.")] = Path("runs/compare"),
     onnx: Annotated[bool, typer.Option(help="Export each run to ONNX and time batch-1 inference.")] = True,
     json: Annotated[bool, typer.Option("--json", help="Print the leaderboard as JSON.")] = False,
+    quiet: Quiet = False,
     **shared: Any,
 ) -> None:
     """Train every backbone x strategy on the same split and compare them side by side."""
@@ -34,11 +35,11 @@ def compare(
     names = [b.strip() for b in backbones.split(",") if b.strip()]
 
     def start(number: int, total: int, combo: Any) -> None:
-        if not json:
+        if not (json or quiet):
             console.print(f"[{number}/{total}] {combo.backbone} {combo.label}: training ...", markup=False)
 
     def show(row: dict[str, Any]) -> None:
-        if not json:
+        if not (json or quiet):
             result = f"test accuracy {row['accuracy']:.4f}, {row['train_s']:.1f} s" if row.get("status") == "ok" else row.get("error", "")
             console.print(f"      {row['backbone']} {row['strategy']}: {row['status']}, {result}", markup=False)
 
@@ -59,7 +60,7 @@ def compare(
     cells = [[cell(row, key) for row in board] for key, _ in COLUMNS]
     natural = sum(max(len(header), *(len(c) for c in col)) + 3 for (_, header), col in zip(COLUMNS, cells)) + 1
     if natural <= console.width:  # every cell whole
-        console.print(table)
+        print_table(table)
     else:  # too narrow for the table (or piped to a file): one whole record per line, never a cut cell
         console.print(f"leaderboard ({out / 'leaderboard.md'}):", markup=False)
         for number, row in enumerate(board, start=1):

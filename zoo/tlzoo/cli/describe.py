@@ -10,7 +10,7 @@ from rich.table import Table
 from ..registry import get_registry
 from ..specs import BackboneSpec, UnitSpec, WeightsSpec
 from ..weights import cached_path, is_cached, recorded_sha256
-from .common import console, escape, handle_errors, human, print_json, warn_plugins
+from .common import Quiet, console, escape, handle_errors, human, print_json, print_table, warn_plugins
 
 
 @handle_errors
@@ -19,8 +19,9 @@ def describe(
     framework: Annotated[Optional[str], typer.Option(help="The framework, when the short name is in several (torch, keras).")] = None,
     build: Annotated[bool, typer.Option("--build", help="Build the model, read the units off it and check the spec against it.")] = False,
     json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    quiet: Quiet = False,
 ) -> None:
-    """Show a backbone's numbered freeze units, preprocessing and weights."""
+    """Show a backbone's numbered freeze units, preprocessing and weights (-q: the summary, no units table)."""
     warn_plugins()
     spec = get_registry().resolve(name, framework)
     units = list(spec.units)
@@ -41,6 +42,8 @@ def describe(
         print_json(data)
         return
     _print_summary(spec, len(units))
+    if quiet:
+        return
     table = Table(title="freeze units (--freeze N freezes 1..N; --tap N takes unit N's pooled output)", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("unit")
@@ -48,7 +51,7 @@ def describe(
     table.add_column("params", justify="right")
     for i, u in enumerate(units, 1):
         table.add_row(str(i), u.name, u.kind, f"{u.params:,}")
-    console.print(table)
+    print_table(table)
 
 
 def _print_summary(spec: BackboneSpec, n_units: int) -> None:

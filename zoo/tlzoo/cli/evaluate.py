@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .common import DecoderOption, DeviceOption, ProviderOption, check_out, console, err_console, escape, handle_errors, print_json
+from .common import DecoderOption, DeviceOption, ProviderOption, Quiet, check_out, console, err_console, escape, handle_errors, print_json, print_table
 
 
 @handle_errors
@@ -23,6 +23,7 @@ def evaluate(
     strict: Annotated[bool, typer.Option(help="Stop at an unreadable image instead of skipping it.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Also write the metrics to this .json file, or the per-class table to a .csv.")] = None,
     json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Score a trained run (or an exported ONNX model) on labelled images."""
     from ..runs.evaluation import evaluate_model
@@ -41,12 +42,14 @@ def evaluate(
         f"[bold]{escape(str(model))}[/] on {escape(str(data))}: accuracy [bold]{metrics['accuracy']:.4f}[/], log loss {metrics['log_loss']:.4f}, "
         f"macro F1 {metrics['macro_f1']:.4f} ({metrics['n']} images)"
     )
+    if quiet:  # the headline metrics alone
+        return
     table = Table(title="per class", title_justify="left")
     for col in ("class", "precision", "recall", "f1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for name, row in metrics["per_class"].items():
         table.add_row(Text(name), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
-    console.print(table)
+    print_table(table)
 
 
 def _write(path: Path, metrics: dict) -> None:  # type: ignore[type-arg]

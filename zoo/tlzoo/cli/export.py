@@ -13,7 +13,7 @@ from rich.table import Table
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from ..errors import UsageError
-from .common import console, err_console, escape, handle_errors, print_json, warn_plugins
+from .common import console, err_console, escape, handle_errors, print_json, print_table, warn_plugins
 
 
 def _list_formats() -> None:
@@ -25,11 +25,11 @@ def _list_formats() -> None:
     registry = get_registry()
     for spec in registry.exporters.values():
         table.add_row(spec.name, spec.file_suffix, registry.owners.get(f"exporter {spec.name}", ""), spec.description)
-    console.print(table)
+    print_table(table)
 
 
 @handle_errors
-def _run_export(format: str, run: Path, out: Path | None, json: bool, options: dict[str, Any]) -> None:
+def _run_export(format: str, run: Path, out: Path | None, json: bool, options: dict[str, Any], quiet: bool = False) -> None:
     from ..plugins import load_object
     from ..registry import get_registry
     from ..settings import resolve
@@ -40,20 +40,23 @@ def _run_export(format: str, run: Path, out: Path | None, json: bool, options: d
     values = resolve(spec.options, {k: v for k, v in options.items() if v is not None})
     trained = load_run(run)
     exporter = load_object(spec.exporter, f"exporter {spec.name}")
-    with console.status(f"exporting {run} to {format}"):
+    if quiet:
         report = exporter(trained, out, values)
+    else:
+        with console.status(f"exporting {run} to {format}"):
+            report = exporter(trained, out, values)
     if json:
         print_json({k: v for k, v in report.items() if k not in ("summary", "warnings")})
         return
-    for line in report.get("summary") or [f"wrote {report['path']}"]:
+    for line in [str(report["path"])] if quiet else report.get("summary") or [f"wrote {report['path']}"]:
         console.print(escape(str(line)))
     for line in report.get("warnings") or []:
         err_console.print(f"warning: {line}", style="yellow", markup=False, highlight=False)
 
 
 def _format_command(spec: Any) -> TyperCommand:
-    def callback(run: str, out: str | None, json: bool, **options: Any) -> None:
-        _run_export(spec.name, Path(run), Path(out) if out else None, json, options)
+    def callback(run: str, out: str | None, json: bool, quiet: bool, **options: Any) -> None:
+        _run_export(spec.name, Path(run), Path(out) if out else None, json, options, quiet)
 
     default = f"RUN/{spec.default_file}" if spec.default_file else "the exporter's default in RUN"
     params = [
@@ -61,6 +64,8 @@ def _format_command(spec: Any) -> TyperCommand:
         TyperOption(param_decls=["--out", "-o", "out"], type=str, default=None, help=f"Output file (default: {default})."),
         *(setting.cli_option() for setting in spec.options),
         TyperOption(param_decls=["--json", "json"], is_flag=True, default=False, help="Print the report as JSON."),
+        TyperOption(param_decls=["--quiet", "-q", "quiet"], is_flag=True, default=False,
+                    help="The written file's path alone: no progress or summary."),
     ]
     return TyperCommand(spec.name, callback=callback, params=params, help=spec.description,
                         short_help=spec.description.split(":")[0][:60])  # fmt: skip

@@ -12,7 +12,7 @@ from rich.table import Table
 from ..registry import get_registry
 from ..specs import BackboneSpec
 from ..weights import cache_dir, is_cached
-from .common import console, handle_errors, human, print_json, warn_plugins
+from .common import Quiet, console, handle_errors, human, print_json, print_table, warn_plugins
 
 
 @handle_errors
@@ -20,11 +20,15 @@ def list_backbones(
     framework: Annotated[Optional[str], typer.Option(help="Only this framework's backbones (torch, keras, or a plugin's).")] = None,
     filter: Annotated[Optional[str], typer.Option("--filter", "-f", help="Glob on the name or id, e.g. 'resnet*'.")] = None,
     json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    quiet: Quiet = False,
 ) -> None:
-    """List the backbones every installed plugin provides."""
+    """List the backbones every installed plugin provides (-q: their ids alone, one a line, catalogs included)."""
     warn_plugins()
     registry = get_registry()
     specs = registry.list(framework=framework, pattern=filter)
+    if quiet:
+        console.print("\n".join(s.id for s in specs), markup=False, highlight=False, soft_wrap=True)
+        return
     if json:
         print_json(
             [
@@ -57,7 +61,7 @@ def list_backbones(
             s.id, f"{s.input_size[0]}x{s.input_size[1]}", str(s.feature_dim), human(s.num_params),
             str(len(s.units)) if s.units else "?", registry.owners.get(f"backbone {s.id}", ""), weights,
         )  # fmt: skip
-    console.print(table)
+    print_table(table)
     for fw in sorted(folded):
         _print_families(fw, [s for s in specs if s.framework == fw])
 

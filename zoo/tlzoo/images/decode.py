@@ -24,7 +24,6 @@ from typing import IO, Any, Protocol
 
 import numpy as np
 
-from ..errors import UsageError
 from ..limits import max_image_pixels
 from ..specs import Preprocessing
 

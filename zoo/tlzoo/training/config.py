@@ -247,9 +247,26 @@ class TrainConfig:
         the notes for the run's log: what ``tlzoo train`` checks before any data is read."""
         cfg = TrainConfig(**self.to_dict())
         cfg.validate()  # first, so that an unknown strategy is named as such rather than as a misfit
+        given = cfg._tag_to_weights(given)
         notes = cfg.apply_given(given)
         cfg.validate()
         return cfg, notes
+
+    def _tag_to_weights(self, given: Collection[str]) -> set[str]:
+        """``--backbone NAME.TAG`` gives the weights: the same as ``--backbone NAME --weights TAG`` (refused beside
+        a ``--weights`` that names other weights)."""
+        from ..registry import split_tag
+
+        name, tag = split_tag(self.backbone)
+        given = set(given)
+        if tag is None:
+            return given
+        weights = str(self.weights or "").strip()
+        if "weights" in given and weights.lower() not in ("", "auto", tag.lower()):
+            raise UsageError(f"--backbone {self.backbone} names the weights {tag} and --weights {weights} other ones: "
+                             f"give one of them")  # fmt: skip
+        self.backbone, self.weights = name, tag
+        return given | {"weights"}
 
     def unused(self, given: Collection[str]) -> list[str]:
         """The generic options given that this strategy and head do not use (accepted, and said)."""
