@@ -220,3 +220,24 @@ def test_feature_extract_on_a_cuda_device_extracts_in_large_batches_and_trains_t
     assert cpu.metrics["feature_batch"] == 32 and cuda.metrics["feature_batch"] == 256
     # the MLP head trained at batch 32 both times: the same history, from the same features
     assert [round(r["val_loss"], 5) for r in cpu.history] == [round(r["val_loss"], 5) for r in cuda.history]
+
+
+def test_on_a_gpu_a_batch_nobody_gave_is_sized_to_the_device_and_a_given_one_wins(tiny_data, tmp_path, monkeypatch):
+    from tlzoo_torch import train as torch_train
+
+    _Probed(monkeypatch)
+    monkeypatch.setattr(torch_train.TorchEngine, "device", property(lambda self: "cuda:0"))  # a GPU, for the choice
+    lines: list[str] = []
+
+    class Lines(Reporter):
+        def info(self, message: str) -> None:
+            lines.append(message)
+
+    implicit = train(_config(tiny_data, tmp_path, name="implicit"), Lines())
+    assert implicit.metrics["batch_size"] == implicit.metrics["batch_size_auto"]["batch_size"] == 3
+    [said] = [line for line in lines if line.startswith("--batch-size auto: 3")]
+    assert said.endswith("(the default on a GPU; --batch-size N fixes the batch)") and "x 3/32" in said
+    given = train(_config(tiny_data, tmp_path, name="given", batch_size=32), given={"batch_size"})
+    assert given.metrics["batch_size"] == 32 and "batch_size_auto" not in given.metrics
+    other = train(_config(tiny_data, tmp_path, name="other", batch_size=8))
+    assert other.metrics["batch_size"] == 8 and "batch_size_auto" not in other.metrics

@@ -123,3 +123,24 @@ def test_an_engine_that_cannot_compile_refuses_on_and_config_files_say_on_plainl
     assert TrainConfig.load(path).checked({"compile"})[0].compile == "on"
     with pytest.raises(UsageError, match="--compile 'sometimes' is not known"):
         TrainConfig(compile="sometimes").validate()
+
+
+@pytest.mark.parametrize("batch_size", [3, 8], ids=["probe-within-an-epoch", "probe-across-epochs"])
+def test_the_compile_probe_times_steps_whether_or_not_they_cross_an_epoch(tiny_data, tmp_path, monkeypatch, batch_size):
+    """--compile auto's probe with an injected clock (one second a step): the step time it weighs is one second
+    whether its warm-up and timed steps fall in one epoch or cross several (it was the seconds since boot)."""
+    import tlzoo_torch.train as torch_train
+
+    from tlzoo.training import compile_payoff
+
+    monkeypatch.setattr(compile_payoff, "WARM_STEPS", 2)
+    monkeypatch.setattr(compile_payoff, "PROBE_STEPS", 6)
+    monkeypatch.setattr(torch_train.TorchEngine, "device", property(lambda self: "cuda:0"))  # auto decides on a GPU
+    monkeypatch.setattr(torch_train.TorchEngine, "_clock", lambda self: float(self._steps_run))
+    seen: list[float] = []
+    monkeypatch.setattr(torch_train.TorchEngine, "decide_compile",
+                        lambda self, step_seconds, steps_done, batch: seen.append(step_seconds) or False)  # fmt: skip
+    # 24 training images: at batch 3, 8 steps an epoch, the probe's steps 2..6 within the first; at batch 8,
+    # 3 steps an epoch, they run from the first epoch into the third
+    train(config(tiny_data, tmp_path, f"b{batch_size}", backbone="torch/resnet18", epochs=3, batch_size=batch_size))
+    assert seen == [1.0]

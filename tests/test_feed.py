@@ -281,3 +281,23 @@ def _joined(threads):  # type: ignore[no-untyped-def]
     for t in threads:
         t.join(timeout=5)
     return threads
+
+
+def test_normalization_constants_are_made_once_per_device():
+    """A tensor made from Python numbers on a GPU is a blocking copy: the mean and std are made once per device
+    and reused by every training batch and every feature-extraction batch, with numpy's values."""
+    import torch
+    from tlzoo_torch.backend import normalization_constants, normalized_on
+    from tlzoo_torch.train import normalize
+
+    from tlzoo.images.normalize import normalize as on_host
+    from tlzoo.specs import TORCHVISION_IMAGENET
+
+    x = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    normalization_constants.cache_clear()
+    batches = [normalize(torch.from_numpy(x), TORCHVISION_IMAGENET) for _ in range(3)]
+    batches.append(normalized_on(x, TORCHVISION_IMAGENET, torch.device("cpu")))
+    info = normalization_constants.cache_info()
+    assert (info.misses, info.hits) == (1, 3)
+    for batch in batches:
+        np.testing.assert_allclose(batch.permute(0, 2, 3, 1).numpy(), on_host(x, TORCHVISION_IMAGENET), rtol=1e-6, atol=1e-5)

@@ -77,15 +77,50 @@ def test_what_pillow_opens_counts_and_what_was_skipped_by_suffix_is_listed(tmp_p
     assert not batch.skipped  # every one of them decodes
 
 
-def test_a_name_that_is_not_utf8_is_refused_at_scan_time_in_one_line(tmp_path):
-    data = write_folder(tmp_path / "d", per_class=2)
-    latin1 = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes from an old archive
-    Image.fromarray(make_image("red", 5)).save(data / "red" / latin1)
-    with pytest.raises(DataError, match=r"caf\\xe9.png: the name is not valid UTF-8; rename it"):
-        datamod.scan(data)
-    done = run_tlzoo("train", "--data", str(data), "--weights", "none", "--out-dir", str(tmp_path / "out"))
-    assert done.returncode != 0 and "Traceback" not in done.stderr
-    assert "not valid UTF-8" in done.stderr and not (tmp_path / "out").exists()
+def test_names_that_are_not_utf8_train_predict_and_compare(tmp_path):
+    """Latin-1 names from an old archive: a class folder and files. They train (the class becomes a label with
+    backslash escapes, as labels travel in UTF-8 metadata), split.csv keeps each name's bytes and stays UTF-8,
+    predict writes them to CSV, and compare trains on the folder."""
+    import csv
+
+    data = write_folder(tmp_path / "d", per_class=6)
+    latin = data / os.fsdecode(b"caf\xe9")  # a class folder
+    latin.mkdir()
+    for i in range(6):
+        Image.fromarray(make_image("blue", 20 + i)).save(latin / os.fsdecode(b"\xe9t\xe9-%d.png" % i))
+    Image.fromarray(make_image("red", 5)).save(data / "red" / os.fsdecode(b"caf\xe9.png"))
+    found = datamod.labelled(datamod.scan(data))
+    assert "caf\\xe9" in found.classes and os.fsencode(found.paths[-1]).startswith(os.fsencode(str(data)))
+    env = {"TLZOO_CACHE": str(tmp_path / "cache")}
+    for strategy in ("feature-extract", "fine-tune"):
+        done = run_tlzoo("train", "--data", str(data), "--weights", "none", "--backbone", "resnet18", "--image-size",
+                         "32", "--strategy", strategy, "--epochs", "1", "--out-dir", str(tmp_path / "out"), "--name",
+                         strategy, env=env)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    run = tmp_path / "out" / "fine-tune"
+    split = (run / "split.csv").read_bytes().decode("utf-8")  # valid UTF-8, whatever the names
+    rows = list(csv.DictReader(split.splitlines()))
+    odd = [r for r in rows if r["path_bytes"]]
+    assert len(odd) == 7 and all("\\xe9" in r["path"] for r in odd)
+    assert {os.fsencode(os.fsdecode(__import__("urllib.parse").parse.unquote_to_bytes(r["path_bytes"]))) for r in odd} \
+        == {os.fsencode(str(p)) for p in [*latin.iterdir(), data / "red" / os.fsdecode(b"caf\xe9.png")]}
+    assert "caf\\xe9" in json.loads((run / "labels.json").read_text())
+    from tlzoo.runs.runfiles import RunFiles
+
+    read = RunFiles(run).read_split(None, json.loads((run / "labels.json").read_text()))
+    assert sorted(os.fsencode(r["path"]) for r in read if r["path_bytes"]) == sorted(
+        os.fsencode(str(p)) for p in [*latin.iterdir(), data / "red" / os.fsdecode(b"caf\xe9.png")])
+    out = tmp_path / "pred.csv"
+    predicted = run_tlzoo("predict", str(run), str(latin), "--out", str(out), env=env)
+    assert predicted.returncode == 0, predicted.stderr
+    assert "\\xe9t\\xe9-0.png" in predicted.stdout
+    written = out.read_bytes().decode("utf-8")
+    assert written.count("\\xe9t\\xe9-") == 6
+    compared = run_tlzoo("compare", "--data", str(data), "--backbones", "resnet18", "--strategies", "feature-extract",
+                         "--weights", "none", "--image-size", "32", "--out", str(tmp_path / "cmp"), "--no-onnx", "--json",
+                         env=env)  # fmt: skip
+    assert compared.returncode == 0, compared.stderr
+    assert json.loads(compared.stdout)[0]["status"] == "ok"
 
 
 def test_macro_f1_averages_the_classes_present():
@@ -255,9 +290,7 @@ def test_val_equal_to_data_is_refused(tmp_path):
     assert done.returncode == 1 and "--val" in done.stderr and "is the --data folder itself" in done.stderr
 
 
-def test_predict_refuses_a_name_that_is_not_utf8_before_predicting(tmp_path):
-    from tlzoo.errors import UsageError
-
+def test_predict_shows_a_name_that_is_not_utf8_with_escapes(tmp_path):
     data = write_folder(tmp_path / "d", per_class=2)
     Image.fromarray(make_image("red", 5)).save(data / "red" / os.fsdecode(b"caf\xe9.png"))
     calls = []
@@ -273,9 +306,8 @@ def test_predict_refuses_a_name_that_is_not_utf8_before_predicting(tmp_path):
 
     from tlzoo.runs.inference import predict_stream
 
-    with pytest.raises(UsageError, match="not valid UTF-8"):
-        list(predict_stream(Model(), [data / "green", data / "red"], batch_size=1))
-    assert calls == []
+    names = [p.path for p in predict_stream(Model(), [data / "green", data / "red"], batch_size=1)]
+    assert names[-1].endswith("red/caf\\xe9.png") and len(calls) == 5
 
 
 def test_library_warnings_become_tlzoo_warnings_that_name_the_file(tmp_path):

@@ -251,7 +251,7 @@ def test_a_full_or_unwritable_cache_warns_and_the_run_decodes_into_memory(tmp_pa
                      env={"TLZOO_CACHE": str(cache), "TLZOO_FAULT": "write:seg-*", "TLZOO_FAULT_ERRNO": fault})  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert said in done.stderr and "decoding into memory instead" in done.stderr and "Traceback" not in done.stderr
-    left = [p.name for p in (cache / "store").rglob("*") if p.is_file() and p.name not in ("names.json", "last-used")]
+    left = [p.name for p in (cache / "store").rglob("*") if p.is_file() and p.name not in ("names.log", "last-used")]
     assert left == [], left  # no partial store file, no lock, no in-use marker
     assert json.loads((tmp_path / "out" / "resnet18-fine-tune" / "metrics.json").read_text())["n"] == 3
 

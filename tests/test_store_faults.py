@@ -136,7 +136,7 @@ def test_a_change_of_content_at_the_same_size_and_time_is_refused_on_resume(tmp_
     killed = _train(data, tmp_path, "--epochs", "2", "--name", "cut", env={"TLZOO_FAULT": "epoch:1"})
     assert killed.returncode == 137
     split = (tmp_path / "runs" / "cut" / "split.csv").read_text()
-    assert split.splitlines()[0] == "path,label,subset,bytes,sha256" and len(split.splitlines()[1].split(",")[4]) == 64
+    assert split.splitlines()[0] == "path,label,subset,bytes,sha256,path_bytes" and len(split.splitlines()[1].split(",")[4]) == 64
     for i in range(8):
         red, green = data / "red" / f"{i}.bmp", data / "green" / f"{i}.bmp"
         stat = red.stat()
@@ -240,3 +240,66 @@ def test_a_weights_file_of_another_architecture_is_refused_and_the_earlier_file_
     assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
     assert stored.read_bytes() == before  # the earlier file is kept, byte for byte
     assert not [p for p in stored.parent.iterdir() if p.name.startswith(".tlzoo-tmp")]
+
+
+def test_filling_appends_the_aliases_and_reads_one_segment_table_per_flush(tmp_path, monkeypatch):
+    """The names map is not rewritten per segment: a fill of many segments appends each file's alias once, and
+    each flush reads its own segment's table only."""
+    from tlzoo import images
+    from tlzoo.images.decode import SQUASH
+
+    data = write_folder(tmp_path / "d", per_class=20)
+    files = images.labelled(images.scan(data)).paths
+    monkeypatch.setattr(store, "SEGMENT_BYTES", 8 * 24 * 24 * 3)  # a segment every 8 images: 8 of them
+    tables: list[Path] = []
+    real = store._read_segment
+    monkeypatch.setattr(store, "_read_segment", lambda path, size: (tables.append(path), real(path, size))[1])
+    writes: list[int] = []
+    real_write = store._write_all
+    monkeypatch.setattr(store, "_write_all", lambda fd, data: (writes.append(len(data)), real_write(fd, data))[1])
+    filled = store.images(tmp_path / "cache", files, (24, 24), SQUASH)
+    segments = sorted((tmp_path / "cache" / "store").glob("*/seg-*.u8"))
+    assert filled.decoded == len(files) == 60 and len(segments) == 8
+    assert sorted(tables) == segments  # each table read once, when its segment was published
+    log = tmp_path / "cache" / "store" / "names.log"
+    lines = log.read_text().splitlines()
+    assert len(lines) == 60 and len({json.loads(line)[0] for line in lines}) == 60
+    assert sum(writes) == log.stat().st_size  # appended once, never rewritten
+    assert len(writes) == 8  # one append per flush, beside its segment
+    again = store.images(tmp_path / "cache", files, (24, 24), SQUASH)
+    assert again.decoded == 0 and log.read_text().splitlines() == lines  # known: nothing read, nothing appended
+
+
+def test_the_alias_log_is_compacted_rarely_dropping_gone_and_changed_files(tmp_path, monkeypatch):
+    root = tmp_path / "store"
+    files = []
+    for i in range(12):
+        path = tmp_path / f"{i}.bin"
+        path.write_bytes(bytes([i]) * 10)
+        files.append(path)
+    (root).mkdir()
+    (root / "names.json").write_text(json.dumps({"old\0key": "a" * 64}))  # the map before the log: read once
+    names = store._Names(root)
+    assert names.known == {"old\0key": "a" * 64}
+    monkeypatch.setattr(store._Names, "COMPACT_AT", 10)
+    for path in files[:6]:
+        names.set(str(path), "b" * 64)
+    names.save()  # 6 lines: under the threshold, appended
+    assert len((root / "names.log").read_text().splitlines()) == 6 and (root / "names.json").exists()
+    files[0].unlink()
+    files[1].write_bytes(b"other bytes")  # changed: its key no longer matches
+    other = store._Names(root)  # another process appends too
+    for path in files[6:]:
+        other.set(str(path), "c" * 64)
+    other.save()  # 12 lines >= 10 and over twice the last compaction's 0: compacted
+    kept = [json.loads(line) for line in (root / "names.log").read_text().splitlines()]
+    assert kept[0] == {"tlzoo-names": 1, "live": 10} and len(kept) == 11
+    assert {Path(k.split("\0")[0]).name for k, _ in kept[1:]} == {f"{i}.bin" for i in range(2, 12)}
+    assert not (root / "names.json").exists()
+    names.reload()  # the first process follows the replaced file
+    assert names.get(str(files[2])) == "b" * 64 and names.get(str(files[7])) == "c" * 64
+    assert names.get(str(files[1])) is None
+    for path in files[2:4]:  # two more lines: far from twice the 10 live entries, no compaction
+        names.set(str(path), "d" * 64)
+    names.save()
+    assert len((root / "names.log").read_text().splitlines()) == 13

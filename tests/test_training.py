@@ -55,7 +55,7 @@ def test_every_strategy_writes_a_complete_run(tiny_data, tmp_path, framework, st
     if strategy == "two-stage":
         assert [row["stage"] for row in result.history] == ["stage1", "stage2"]
     split = (result.run_dir / "split.csv").read_text().splitlines()
-    assert split[0] == "path,label,subset,bytes" and len(split) == 31
+    assert split[0] == "path,label,subset,bytes,sha256,path_bytes" and len(split) == 31
 
 
 @pytest.mark.parametrize("head", ["softmax", "logreg-ovr", "linear-svm", "mlp"])

@@ -7,6 +7,7 @@ order, not the order modules happen to be declared in.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,9 +66,17 @@ def normalized_on(images: np.ndarray, prep: Any, device: torch.device) -> torch.
     x = x.float()
     if prep.value_range != 255.0:
         x = x * float(np.float32(prep.value_range / 255.0))
-    mean = torch.tensor(prep.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(prep.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    mean, std = normalization_constants(tuple(prep.mean), tuple(prep.std), device)
     return (x - mean) / std
+
+
+@functools.lru_cache(maxsize=64)
+def normalization_constants(mean: tuple[float, ...], std: tuple[float, ...],
+                            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The mean and std as (1, 3, 1, 1) float32 tensors on ``device``, made once per process: a tensor made from
+    Python numbers on a GPU is a blocking copy, which would wait for the device at every batch."""
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+            torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1))  # fmt: skip
 
 
 def _forward_order(model: nn.Module, modules: list[nn.Module], input_size: tuple[int, int]) -> list[nn.Module]:

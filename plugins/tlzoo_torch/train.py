@@ -19,13 +19,14 @@ import torch  # noqa: E402
 from torch import nn
 
 from tlzoo.files import atomic_write
-from tlzoo.specs import Preprocessing
-from tlzoo.images import augment as augmentation
-from tlzoo.training import compile_payoff as payoff
-from tlzoo.training.engine import Engine, ProgressFn
-from tlzoo.images.feed import Prefetcher
-from tlzoo.training.engine import CHECK_EVERY, check_finite
 from tlzoo.heads import HeadParams
+from tlzoo.images import augment as augmentation
+from tlzoo.images.feed import Prefetcher
+from tlzoo.specs import Preprocessing
+from tlzoo.training import compile_payoff as payoff
+from tlzoo.training.engine import CHECK_EVERY, Engine, ProgressFn, check_finite
+
+from .backend import normalization_constants
 
 MODEL_FILE = "model.pt"
 
@@ -101,8 +102,7 @@ def normalize(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
         x = x.flip(1)
     if prep.value_range != 255.0:
         x = x * (prep.value_range / 255.0)
-    mean = torch.tensor(prep.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(prep.std, device=x.device).view(1, 3, 1, 1)
+    mean, std = normalization_constants(tuple(prep.mean), tuple(prep.std), x.device)  # made once per device
     return (x - mean) / std
 
 
@@ -164,7 +164,8 @@ class TorchEngine(Engine):
         self._compiled_ran = False
         self._indices: list[int] = []
         self._feed: Feed | None = None
-        self._steps_run = 0  # training steps so far, every stage (for --compile auto's probe)
+        self._steps_run = 0  # training steps so far, every stage and epoch (for --compile auto's probe)
+        self._probe_from: float | None = None  # the clock when the probe's timed steps began (they may cross epochs)
         self._eager_step_s = 0.0
         if self._device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # autotuned convolutions: --seed repeats within a tolerance
@@ -353,7 +354,6 @@ class TorchEngine(Engine):
             self._feed = Feed(self._device, workers)
         model = self._training_model()
         model.train()
-        probe_from = 0.0
         # Summed on the device and read once an epoch (reading a loss every step waits for the device every step);
         # a non-finite loss is looked for every CHECK_EVERY steps and at the end.
         total = torch.zeros((), dtype=torch.float64, device=self._device)
@@ -362,11 +362,17 @@ class TorchEngine(Engine):
         batches = self._feed.batches(images, labels, order, batch_size)
         with contextlib.closing(batches):  # an error or Ctrl-C: nothing more is gathered
             for step, (batch, y) in enumerate(batches):
+                if self._compiled is not None and len(y) < batch_size:
+                    # The compiled step keeps one shape: the epoch's last, partial batch is left out (its images
+                    # come in other epochs' orders), as a DataLoader with drop_last does.
+                    if progress is not None:
+                        progress(len(y))
+                    break
                 x = augment_batch(self._to_input(batch), augmentation.affine(len(y), size, augment, draws))
                 if self.probes_compile and self._steps_run == payoff.WARM_STEPS:
-                    probe_from = self._clock()
-                elif self.probes_compile and self._steps_run == payoff.PROBE_STEPS:
-                    per_step = (self._clock() - probe_from) / (payoff.PROBE_STEPS - payoff.WARM_STEPS)
+                    self._probe_from = self._clock()
+                elif self.probes_compile and self._steps_run == payoff.PROBE_STEPS and self._probe_from is not None:
+                    per_step = (self._clock() - self._probe_from) / (payoff.PROBE_STEPS - payoff.WARM_STEPS)
                     self._eager_step_s = per_step
                     if self.decide_compile(per_step, self._steps_run, batch_size):
                         model = self._training_model()
@@ -422,10 +428,13 @@ class TorchEngine(Engine):
         return time.perf_counter()
 
     def _record_compile(self, first_step_s: float, batch_size: int) -> None:
-        """The first compiled step's time, less an eager step's, as this model's compile time here."""
+        """The first compiled step's time, less an eager step's where the probe timed one, as this model's compile
+        time here; nothing when that is not a time a compile took (no longer than an eager step)."""
         from tlzoo.training.cache import cache_root
 
-        payoff.remember(cache_root().parent, self.compile_key(batch_size), max(first_step_s - self._eager_step_s, 0.0))
+        compile_s = first_step_s - self._eager_step_s
+        if compile_s > 0:
+            payoff.remember(cache_root().parent, self.compile_key(batch_size), compile_s)
 
     def device_name(self) -> str:
         return torch.cuda.get_device_name(self._device) if self._device.type == "cuda" else str(self._device)

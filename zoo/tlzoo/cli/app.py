@@ -16,6 +16,11 @@ def main() -> None:
     # SIGTERM (kill, timeout, a job scheduler) ends a run as Ctrl-C does: an unstarted run leaves nothing
     # behind, a started one keeps its last epoch for --resume.
     signal.signal(signal.SIGTERM, _interrupt)
+    # A file name that is not UTF-8 is shown with backslash escapes wherever one reaches the terminal, never a crash.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     _say_warnings_as_tlzoo()
     try:
         from ..allocator import tune

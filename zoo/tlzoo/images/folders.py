@@ -41,19 +41,17 @@ def scan(source: Path, *, exclude: tuple[Path, ...] = (), ignored: list[str] | N
     samples: list[Sample] = []
     empty = []
     for d in class_dirs:
-        check_name(d)
         files = sorted(_walk(d, skip, ignored))
         if not files:
-            empty.append(d.name)
-        samples.extend(Sample(p, d.name) for p in files)
+            empty.append(shown(d.name))
+        samples.extend(Sample(p, shown(d.name)) for p in files)
     if empty:
         raise DataError(f"class folder(s) with no images in {source}: {', '.join(empty)}")
     return samples
 
 
 def image_files(folder: Path, ignored: list[str] | None = None) -> list[Path]:
-    """Every image under ``folder`` by :func:`scan`'s rules (hidden skipped, links followed, names UTF-8), sorted."""
-    check_name(folder)
+    """Every image under ``folder`` by :func:`scan`'s rules (hidden skipped, links followed), sorted."""
     return sorted(_walk(folder, set(), ignored))
 
 
@@ -71,7 +69,6 @@ def _walk(folder: Path, skip: set[Path], ignored: list[str] | None) -> Iterator[
             path = Path(top) / name
             if name.startswith(".") or not path.is_file():
                 continue
-            check_name(path)
             if is_image_file(path):
                 yield path
             elif ignored is not None:
@@ -119,15 +116,31 @@ def layout_warnings(classes: list[str]) -> list[str]:
     return out
 
 
-def check_name(path: Path) -> None:
-    """Refuse a name that is not UTF-8 (Latin-1 bytes from an old archive or a Windows share): it could not be
-    written to split.csv, a CSV of predictions or a compare table."""
+def shown(name: str | Path) -> str:
+    """A file name as people and UTF-8 files see it: a name that is not UTF-8 (Latin-1 bytes from an old archive or
+    a Windows share; Python holds them as surrogate escapes) with those bytes as backslash escapes, ``caf\\xe9.jpg``.
+    A class folder so named becomes a label so written: labels travel in JSON and ONNX metadata, which are UTF-8."""
+    text = str(name)
     try:
-        str(path).encode("utf-8")
+        text.encode("utf-8")
     except UnicodeEncodeError:
-        shown = os.fsencode(str(path)).decode("utf-8", "backslashreplace")
-        raise DataError(f"{shown}: the name is not valid UTF-8; rename it (e.g. convmv -f latin1 -t utf8 -r "
-                        f"--notest FOLDER)") from None
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    return text
+
+
+def raw_bytes(path: str) -> str:
+    """The column split.csv keeps beside ``path`` for a name that is not UTF-8: its bytes percent-encoded
+    (RFC 3986, ``/`` kept), which :func:`from_raw` turns back into the same name; empty for a UTF-8 name."""
+    from urllib.parse import quote_from_bytes
+
+    return "" if shown(path) == path else quote_from_bytes(os.fsencode(path), safe="/")
+
+
+def from_raw(raw: str) -> str:
+    """The name :func:`raw_bytes` encoded, byte for byte."""
+    from urllib.parse import unquote_to_bytes
+
+    return os.fsdecode(unquote_to_bytes(raw))
 
 
 def ignored_text(ignored: list[str]) -> str:

@@ -22,7 +22,7 @@ from ..specs import Preprocessing
 from .batches import decode_all, load
 from .datasets import default_data_root, ensure_digits
 from .decode import ImageDecoder
-from .folders import ignored_text, layout_warnings, same_files_in_two_classes, scan
+from .folders import ignored_text, layout_warnings, same_files_in_two_classes, scan, shown
 from .sets import ImageList, ImageSet, check_classes, check_lost_classes, fingerprint as files_fingerprint, labelled
 
 
@@ -96,7 +96,7 @@ class Splits:
 
     def warn_skipped(self, reporter: Progress) -> None:
         for path, why in self.skipped:
-            reporter.warn(f"skipped unreadable image {path} ({why})")
+            reporter.warn(f"skipped unreadable image {shown(path)} ({why})")
 
     def show_counts(self, reporter: Progress) -> None:
         # Fewer images than --batch-size is fine: the last (here the only) batch is a partial one, as in Keras and fastai.

@@ -5,8 +5,9 @@ every process that reads them. A *bucket* holds one decode recipe and size (``$T
 it, immutable *segments*: a header (magic, version, shape, count, each sample's content sha256), then the
 samples. An image is found by the sha256 of its bytes, computed from the same read that decodes it, so a
 copy, a subset, a split or a compare combination finds the entries the full set made, and adding 10 files to
-a folder decodes 10. A small alias (``names.json``) maps a file's path, size, mtime, inode and ctime to its
-sha256, so a run over unchanged files reads none of them.
+a folder decodes 10. An alias log (``names.log``, append-only, compacted rarely) maps a file's path, size, mtime,
+inode and ctime to its sha256, so a run over unchanged files reads none of them. Filling costs the same per
+image at any size: a published segment's table is read once, the aliases are appended, not rewritten.
 
 The store is an optimisation, and faults are handled as the feature cache's are:
 
@@ -171,6 +172,7 @@ class Bucket:
         self.segments: list[Segment] = []
         self.where: dict[str, tuple[int, int]] = {}  # sha256 -> (segment, slot)
         self.damaged: list[Path] = []
+        self.tables_read = 0  # segment tables read by this object (benchmarks/store_fill.py counts them)
         self.use()
         self.refresh()
 
@@ -186,24 +188,38 @@ class Bucket:
         reclaim_temp_files(self.path)  # half-written segments of fillers that were killed
 
     def refresh(self) -> None:
-        segments: list[Segment] = []
-        where: dict[str, tuple[int, int]] = {}
-        damaged: list[Path] = []
-        for path in sorted(self.path.glob("seg-*.u8")) if self.path.is_dir() else []:
-            segment = _read_segment(path, self.size)
-            if segment is None:
-                damaged.append(path)
-                continue
-            for slot, digest in enumerate(segment.digests):
-                where.setdefault(digest, (len(segments), slot))
-            segments.append(segment)
-        # Swapped whole (a thread reading ``where`` meanwhile sees the old state or the new one, never half).
-        self.segments, self.where, self.damaged = segments, where, damaged
+        """Take in the segments published since the last look (reading only their tables); start over when one
+        this process knew is gone (eviction, ``tlzoo cache clear``)."""
+        present = sorted(self.path.glob("seg-*.u8")) if self.path.is_dir() else []
+        known = {segment.path for segment in self.segments}
+        if not known <= set(present):
+            segments: list[Segment] = []
+            where: dict[str, tuple[int, int]] = {}
+            # Swapped whole (a thread reading ``where`` meanwhile sees the old state or the new one, never half).
+            self.segments, self.where, self.damaged = segments, where, []
+            known = set()
+        self.damaged = []
+        for path in present:
+            if path not in known:
+                self.add_segment(path)
         for path in self.damaged:  # set aside, so the images it held are decoded again (never read)
             try:
                 path.unlink()
             except OSError:
                 pass
+
+    def add_segment(self, path: Path) -> None:
+        """One published segment's table read and its samples made findable (appended: a thread reading
+        ``where`` meanwhile finds each digest before or after, never a half-made entry)."""
+        segment = _read_segment(path, self.size)
+        self.tables_read += 1
+        if segment is None:
+            self.damaged.append(path)
+            return
+        index = len(self.segments)
+        self.segments.append(segment)
+        for slot, digest in enumerate(segment.digests):
+            self.where.setdefault(digest, (index, slot))
 
     def sample_bytes(self) -> int:
         return self.size[0] * self.size[1] * 3
@@ -330,14 +346,14 @@ class Writer:
         """Publish what is written. Raises :class:`StoreUnavailable` when it cannot be."""
         if self.file is not None:
             try:
-                self.file.publish()
+                published = self.file.publish()
             except OSError as exc:
                 self.abort()
                 raise StoreUnavailable(_fault_text(exc, self.bucket.root, self.need)) from None
             self.file = None
             self.pending.clear()
             if self.refresh:
-                self.bucket.refresh()
+                self.bucket.add_segment(published)  # its table alone: the others are known
         self.names.save()  # after the segment: a waiting filler that finds the alias finds the pixels too
 
     def abort(self) -> None:
@@ -698,20 +714,70 @@ def _fault_text(exc: OSError, root: Path, need: int) -> str:
 
 class _Names:
     """path, size, mtime, inode, ctime -> the file's sha256, remembered so that unchanged files are not read.
-    Saved merged with what other processes saved meanwhile (their fills' aliases are kept)."""
+
+    An append-only log (``names.log``, one JSON ``[key, sha256]`` a line, the latest line of a key winning): a
+    save appends only the entries new since the last one, a reload reads only what other processes appended
+    since the last read, so filling the store costs the same per image at any size. The log is compacted
+    rarely, when it has doubled since its last compaction: entries of files that are gone or changed are
+    dropped and the rest rewritten in one atomic replace, O(live entries), never per segment."""
+
+    LOG = "names.log"
+    LEGACY = "names.json"  # the whole map rewritten at every save, before the log: read once, then dropped
+    COMPACT_AT = 4096  # lines: a log this short is never compacted
 
     def __init__(self, root: Path) -> None:
-        self.path = root / "names.json"
+        self.path = Path(root) / self.LOG
         self.known: dict[str, str] = {}
         self.mine: dict[str, str] = {}
+        self.lines = 0  # lines read from the log, header included
+        self.live_after_compaction = 0
+        self.bytes_written = 0  # by this object's saves and compactions (what benchmarks/store_fill.py counts)
+        self._inode: int | None = None
+        self._offset = 0
         self.reload()
 
     def reload(self) -> None:
+        """Take in what was appended since the last read (everything, after a compaction replaced the file)."""
         try:
-            data = json.loads(self.path.read_text())
+            st = os.stat(self.path)
+        except OSError:
+            if self._inode is None and not self.known:
+                self.known.update(self._legacy())
+            self.known.update(self.mine)
+            return
+        if st.st_ino != self._inode or st.st_size < self._offset:
+            self.known, self._offset, self.lines, self._inode = self._legacy(), 0, 0, st.st_ino
+        if st.st_size > self._offset:
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(self._offset)
+                    tail = f.read(st.st_size - self._offset)
+            except OSError:
+                tail = b""
+            whole = tail[: tail.rfind(b"\n") + 1]  # a line another process is appending right now: next time
+            self._offset += len(whole)
+            for line in whole.splitlines():
+                self.lines += 1
+                self._take(line)
+        self.known.update(self.mine)
+
+    def _take(self, line: bytes) -> None:
+        try:
+            entry = json.loads(line)
+        except ValueError:  # a torn or damaged line: that file is hashed again, nothing else is lost
+            return
+        if isinstance(entry, dict):  # the header a compaction writes
+            live = entry.get("live")
+            self.live_after_compaction = live if isinstance(live, int) else 0
+        elif isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry):
+            self.known[entry[0]] = entry[1]
+
+    def _legacy(self) -> dict[str, str]:
+        try:
+            data = json.loads((self.path.parent / self.LEGACY).read_text())
         except (OSError, ValueError):
-            data = {}
-        self.known = {**(data if isinstance(data, dict) else {}), **self.mine}
+            return {}
+        return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(data, dict) else {}
 
     @staticmethod
     def _key(path: str) -> str | None:
@@ -732,13 +798,54 @@ class _Names:
             self.known[key] = self.mine[key] = digest
 
     def save(self) -> None:
+        """Append the entries set since the last save (one ``write`` with ``O_APPEND``: concurrent savers'
+        lines never interleave), then compact when the log has doubled since its last compaction."""
         if not self.mine:
             return
-        from ..files import atomic_write_json
-
-        self.reload()
+        data = "".join(json.dumps([k, v]) + "\n" for k, v in self.mine.items()).encode()
         try:
-            atomic_write_json(self.path, self.known)
-        except OSError:  # the aliases are an optimisation too: the files are hashed again next time
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+        except OSError:  # the aliases are an optimisation: the files are hashed again next time
             return
+        self.bytes_written += len(data)
         self.mine = {}
+        self.reload()
+        if self.lines >= max(self.COMPACT_AT, 2 * self.live_after_compaction + 1):
+            self.compact()
+
+    def compact(self) -> int:
+        """Rewrite the log with the entries of files that are still there, unchanged (one ``stat`` each); under
+        a lock, so one process compacts at a time (another skips). Returns the entries kept."""
+        from ..files import atomic_write
+
+        with FileLock(self.path.with_name("names.lock")) as held:
+            if not held:
+                return len(self.known)
+            self.reload()
+            live = {key: digest for key, digest in self.known.items()
+                    if self._key(key.split("\0", 1)[0]) == key}  # fmt: skip
+            data = (json.dumps({"tlzoo-names": 1, "live": len(live)}) + "\n"
+                    + "".join(json.dumps([k, v]) + "\n" for k, v in live.items())).encode()  # fmt: skip
+            def write(tmp: Path) -> None:
+                tmp.write_bytes(data)
+
+            try:
+                atomic_write(self.path, write)
+            except OSError:
+                return len(self.known)
+            self.bytes_written += len(data)
+            (self.path.parent / self.LEGACY).unlink(missing_ok=True)
+            self.known, self._inode, self._offset, self.lines = {}, None, 0, 0
+            self.reload()
+        return len(self.known)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

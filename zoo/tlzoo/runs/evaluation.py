@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import DataError, UsageError
 from ..images.batches import decode_batches
-from ..images.folders import scan
+from ..images.folders import scan, shown
 from ..images.sets import labelled
 from .inference import check_batch_options, decoder_for
 from .loading import open_model
@@ -43,5 +43,5 @@ def evaluate_model(model: Path, data: Path, *, batch_size: int = 64, strict: boo
     if not probas:
         raise DataError(f"none of the {len(samples)} images in {data} could be read")
     metrics = classification_metrics(np.concatenate(labels), np.concatenate(probas), classes)
-    metrics["skipped_images"] = [{"path": p, "error": e} for p, e in skipped]
+    metrics["skipped_images"] = [{"path": shown(p), "error": e} for p, e in skipped]
     return metrics

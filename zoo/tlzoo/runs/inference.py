@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ..errors import DataError, UsageError
+from ..errors import UsageError
 from ..specs import Preprocessing
 
 if TYPE_CHECKING:
@@ -57,22 +57,18 @@ def check_batch_options(top_k: int | None = None, batch_size: int | None = None)
 
 def iter_sources(sources: Iterable[Any]) -> Iterator[tuple[str, Any]]:
     """``(name, item)`` for every image: files as given, folders walked in sorted order, arrays and PIL images."""
-    from ..images.folders import check_name, image_files
+    from ..images.folders import image_files, shown
 
     for index, source in enumerate(sources):
         if isinstance(source, (str, Path)):
             p = Path(source)
-            try:  # a name that is not UTF-8 is refused before any prediction
-                check_name(p)
-                files = image_files(p) if p.is_dir() else []
-            except DataError as exc:
-                raise UsageError(str(exc)) from None
+            files = image_files(p) if p.is_dir() else []
             if p.is_dir():
                 if not files:
                     raise UsageError(f"{p} contains no images")
-                yield from ((str(f), f) for f in files)
+                yield from ((shown(f), f) for f in files)  # a name that is not UTF-8 shown with escapes
             elif p.is_file():
-                yield str(p), p
+                yield shown(p), p
             else:
                 raise UsageError(f"{p} does not exist")
         elif isinstance(source, np.ndarray):

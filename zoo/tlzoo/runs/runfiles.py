@@ -210,12 +210,16 @@ class RunFiles:
         """``split.csv``: each file's path, label and subset, with what ``--resume`` checks before it trains on the
         file again: its size, and the sha256 of its bytes where the run read it (``digests``)."""
         from ..files import atomic_write_text
+        from ..images.folders import raw_bytes, shown
 
         digests = digests or {}
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(["path", "label", "subset", "bytes", "sha256"])
-        writer.writerows((*row, _size(row[0]), digests.get(row[0], "")) for row in rows)
+        # path_bytes: a name that is not UTF-8, percent-encoded (path shows it with backslash escapes); the file
+        # stays UTF-8 and --resume reads the same bytes back
+        writer.writerow(["path", "label", "subset", "bytes", "sha256", "path_bytes"])
+        writer.writerows((shown(path), label, subset, _size(path), digests.get(path, ""), raw_bytes(path))
+                         for path, label, subset in rows)  # fmt: skip
         atomic_write_text(self.path / SPLIT, buf.getvalue())
 
     def write_history(self, history: list[dict[str, Any]]) -> None:
@@ -281,6 +285,8 @@ class RunFiles:
 
     def read_split(self, subset: str | None, classes: list[str]) -> list[dict[str, str]]:
         """The rows of one subset of ``split.csv`` (None: all of them), checked against the run's classes."""
+        from ..images.folders import from_raw
+
         path = self.path / SPLIT
         if not path.is_file():
             raise UsageError(f"{self.path} has no {SPLIT} to check against")
@@ -290,6 +296,9 @@ class RunFiles:
                 if not {"path", "label", "subset"} <= set(reader.fieldnames or []):
                     raise ValueError(f"columns {reader.fieldnames}, expected path,label,subset")
                 rows = [r for r in reader if subset is None or r["subset"] == subset]
+            for r in rows:
+                if r.get("path_bytes"):  # a name that is not UTF-8, byte for byte
+                    r["path"] = from_raw(r["path_bytes"])
             unknown = sorted({r["label"] for r in rows} - set(classes))
             if unknown or any(not r["path"] for r in rows):
                 raise ValueError(f"labels {unknown} are not the run's classes" if unknown else "empty paths")

@@ -23,6 +23,7 @@ from ..files import reclaim_temp_files
 from ..freeze import parse_freeze, parse_unit
 from ..heads import probabilities
 from ..images import decoders
+from ..images.folders import shown
 from ..images.split import Splits, decode, plan
 from ..limits import check as check_limits
 from ..registry import get_registry
@@ -223,7 +224,8 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
         engine.set_compile(config.compile)
         if resume is None and comm.main:
             files.write_split(splits.rows(), splits.digests)
-        history, batch = fit_stages(engine, model.backbone, splits, config, reporter, run_dir, resume is not None)
+        history, batch = fit_stages(engine, model.backbone, splits, config, reporter, run_dir, resume is not None,
+                                    batch_given=batch_given)  # fmt: skip
         extra = {"compile": engine.compile_record(), "images_decoded": int(sum(comm.gather(splits.decoded))), **batch}
         if engine.compile_note:
             reporter.warn(f"--compile {config.compile}: {engine.compile_note}")
@@ -256,7 +258,7 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
         files.write_json(METRICS, metrics)
         files.write_history(history)
         files.write_json(ENVIRONMENT, {**environment(model.device, splits, remember=config.cache), **job})
-        files.write_json(REPORT, {"skipped_images": [{"path": p, "error": e} for p, e in splits.skipped]})
+        files.write_json(REPORT, {"skipped_images": [{"path": shown(p), "error": e} for p, e in splits.skipped]})
         plot_history(history, files / LEARNING_CURVES, f"{spec.id} {config.strategy}")
         counts = {name: part.counts() for name, part in splits.parts()}
         model_card.write(run_dir, config=resolved.to_dict(), spec=spec, weights=weights, metrics=metrics,

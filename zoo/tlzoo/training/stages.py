@@ -81,8 +81,9 @@ def _lr_factor(schedule: str, epoch: int, epochs: int) -> float:
 
 
 def fit_stages(engine: Engine, backbone: Backbone, splits: Splits, cfg: TrainConfig, reporter: Reporter, run_dir: Path,
-         resuming: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
-    """Train every stage; returns the history and what the run records of its batch size."""
+               resuming: bool, *, batch_given: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+    """Train every stage; returns the history and what the run records of its batch size. On a GPU a batch
+    size nobody gave is ``auto`` (sized to the device's memory: batches of 32 leave it waiting on the host)."""
     stages = stages_for(cfg, len(backbone.units))
     engine.build()
     engine.say = reporter.info
@@ -92,13 +93,16 @@ def fit_stages(engine: Engine, backbone: Backbone, splits: Splits, cfg: TrainCon
         if not state_path.is_file():
             raise UsageError(f"{run_dir} has no resumable state ({state_path.name}); it finished or never started")
         progress = engine.peek_state(state_path)
-    auto = cfg.batch_size == autobatch.AUTO
+    # A run resumed from before this default (no batch in its state) keeps the batch it trained with.
+    implicit = not batch_given and cfg.batch_size != autobatch.AUTO and engine.on_gpu \
+        and (not resuming or "batch_size" in progress)  # fmt: skip
+    auto = cfg.batch_size == autobatch.AUTO or implicit
     if auto:
         if "batch_size" in progress:  # a resumed run keeps the batch it started with, wherever it resumes
             choice = autobatch.Choice(int(progress["batch_size"]), "the batch the run started with")
         else:
             choice = _auto_batch(engine, backbone, stages, splits, cfg)
-        reporter.info(choice.line(cfg.lr))
+        reporter.info(choice.line(cfg.lr) + (" (the default on a GPU; --batch-size N fixes the batch)" if implicit else ""))
         progress["batch_size"] = choice.batch_size
         cfg = dataclasses.replace(cfg, batch_size=choice.batch_size)
     scale = choice.lr_scale if auto else 1.0
