@@ -229,7 +229,9 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
         extra = {"compile": engine.compile_record(), "images_decoded": int(sum(comm.gather(splits.decoded))), **batch}
         if engine.compile_note:
             reporter.warn(f"--compile {config.compile}: {engine.compile_note}")
-        eval_proba = probabilities(engine.logits(splits.eval_set.images), engine.output)  # type: ignore[union-attr]
+        # in batches from the store, at the training batch: memory does not grow with the evaluation split
+        eval_proba = probabilities(engine.logits(splits.eval_set.images, batch_size=batch["batch_size"]),  # type: ignore[union-attr]
+                                   engine.output)  # fmt: skip
         output, trainable, head_meta, frozen = engine.output, engine.trainable_params(), engine.head_meta(), \
             model.backbone.frozen_units
     head_only = model.head_only

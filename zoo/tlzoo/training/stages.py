@@ -197,7 +197,8 @@ def _run_stage(engine: Engine, splits: Splits, cfg: TrainConfig, reporter: Repor
                 f"interrupted during {stage.name} epoch {epoch + 1}, before any epoch finished: nothing was saved"
             ) from None
         seconds = time.perf_counter() - t0
-        proba = probabilities(engine.logits(splits.val.images), engine.output)
+        # validated at the training batch: a larger one would make the run's peak memory grow with the val set
+        proba = probabilities(engine.logits(splits.val.images, batch_size=cfg.batch), engine.output)
         val_loss = float(log_loss(splits.val.labels, np.clip(proba, 1e-15, 1), labels=range(len(splits.classes))))
         row = {
             "epoch": len(progress["history"]) + 1, "stage": stage.name, "loss": loss, "accuracy": acc,
