@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlzoo.images import locks, store
+from tlzoo.images import aliases, locks, store
 
 from .conftest import run_tlzoo
 from .datagen import make_image, write_folder
@@ -255,8 +255,8 @@ def test_filling_appends_the_aliases_and_reads_one_segment_table_per_flush(tmp_p
     real = store._read_segment
     monkeypatch.setattr(store, "_read_segment", lambda path, size: (tables.append(path), real(path, size))[1])
     writes: list[int] = []
-    real_write = store._write_all
-    monkeypatch.setattr(store, "_write_all", lambda fd, data: (writes.append(len(data)), real_write(fd, data))[1])
+    real_write = aliases._write_all
+    monkeypatch.setattr(aliases, "_write_all", lambda fd, data: (writes.append(len(data)), real_write(fd, data))[1])
     filled = store.images(tmp_path / "cache", files, (24, 24), SQUASH)
     segments = sorted((tmp_path / "cache" / "store").glob("*/seg-*.u8"))
     assert filled.decoded == len(files) == 60 and len(segments) == 8
@@ -279,16 +279,16 @@ def test_the_alias_log_is_compacted_rarely_dropping_gone_and_changed_files(tmp_p
         files.append(path)
     (root).mkdir()
     (root / "names.json").write_text(json.dumps({"old\0key": "a" * 64}))  # the map before the log: read once
-    names = store._Names(root)
+    names = aliases.Names(root)
     assert names.known == {"old\0key": "a" * 64}
-    monkeypatch.setattr(store._Names, "COMPACT_AT", 10)
+    monkeypatch.setattr(aliases.Names, "COMPACT_AT", 10)
     for path in files[:6]:
         names.set(str(path), "b" * 64)
     names.save()  # 6 lines: under the threshold, appended
     assert len((root / "names.log").read_text().splitlines()) == 6 and (root / "names.json").exists()
     files[0].unlink()
     files[1].write_bytes(b"other bytes")  # changed: its key no longer matches
-    other = store._Names(root)  # another process appends too
+    other = aliases.Names(root)  # another process appends too
     for path in files[6:]:
         other.set(str(path), "c" * 64)
     other.save()  # 12 lines >= 10 and over twice the last compaction's 0: compacted

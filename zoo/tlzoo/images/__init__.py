@@ -3,7 +3,7 @@
     files --scan--> ImageList --split--> train / val / test --decode--> store --batches--> device
     folders.py      sets.py    split.py                       decode.py   feed.py, order.py,
                                                               decoders.py augment.py
-                                                              store.py, locks.py
+                                                              store.py, aliases.py, locks.py
 
 - ``folders``: an ImageFolder tree or a ``path,label`` CSV to labelled files (:class:`ImageList`), with odd layouts
   reported; ``datasets``: the embedded digits when no data is given.
@@ -13,8 +13,8 @@
   reduced-size JPEG decoding); ``decoders``: whether a framework's GPU decoder takes the JPEGs;
   ``batches``: many images decoded on a pool of threads ahead of whoever consumes them; ``normalize``: uint8
   to the backbone's float input.
-- ``store``: decoded pixels kept on disk (memory-mapped segments) so the next run decodes nothing; ``locks``:
-  who fills it and who reads it.
+- ``store``: decoded pixels kept on disk (memory-mapped segments) so the next run decodes nothing; ``aliases``:
+  each file's content hash, remembered by its path and times; ``locks``: who fills the store and who reads it.
 - ``order``: each epoch's order (block-wise when the store is larger than memory); ``feed``: training batches
   gathered ahead on threads (:class:`Prefetcher`); ``augment``: augmentation parameters, drawn on the host,
   applied by the framework on its device.

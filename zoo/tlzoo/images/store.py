@@ -49,6 +49,7 @@ from ..limits import STORE_MAX_GB, store_cap_bytes
 from ..specs import Preprocessing
 from .batches import ahead
 from .decode import ImageDecoder, Jpeg, available_cores, decode_jpegs, gpu_decodable, load_image, recipe
+from .aliases import Names
 from .locks import FileLock, in_use, lease
 
 MAGIC = b"TLZSTOR2"
@@ -319,7 +320,7 @@ class Writer:
     """New samples written into segments of at most :data:`SEGMENT_BYTES` as they come (memory holds none of
     them), each published as soon as it is full, with their files' aliases."""
 
-    def __init__(self, bucket: Bucket, names: _Names, need: int, *, refresh: bool = True) -> None:
+    def __init__(self, bucket: Bucket, names: Names, need: int, *, refresh: bool = True) -> None:
         self.bucket, self.names, self.need, self.refresh = bucket, names, need, refresh
         self.chunk = max(1, SEGMENT_BYTES // bucket.sample_bytes())
         self.file: SegmentFile | None = None
@@ -372,7 +373,7 @@ class Stream:
     def __init__(self, cache: Path, size: tuple[int, int], prep: Preprocessing,
                  decoder: ImageDecoder | None = None) -> None:  # fmt: skip
         self.bucket = Bucket(cache, prep, size, decoder)
-        self.names = _Names(store_root(cache))
+        self.names = Names(store_root(cache))
         self.writer: Writer | None = None
         self.decoded = 0
         self.why_not: str | None = None
@@ -457,7 +458,7 @@ def images(cache: Path, files: list[str], size: tuple[int, int], prep: Preproces
     if why:
         raise StoreUnavailable(why)
     bucket = Bucket(cache, prep, size, decoder)
-    names = _Names(store_root(cache))
+    names = Names(store_root(cache))
     digests: list[str | None] = [names.get(p) for p in files]
 
     def missing(i: int) -> bool:
@@ -528,7 +529,7 @@ def images(cache: Path, files: list[str], size: tuple[int, int], prep: Preproces
 def content_digests(cache: Path, paths: list[str]) -> list[str]:
     """The sha256 of each file's bytes: the store's names map says it without reading a file unchanged since it
     was hashed (same path, size, times and inode); any other file is read."""
-    names = _Names(store_root(cache))
+    names = Names(store_root(cache))
     return [names.get(p) or hash_file(p) for p in paths]
 
 
@@ -710,142 +711,3 @@ def _fault_text(exc: OSError, root: Path, need: int) -> str:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"the disk holding {root} is full ({need / 2**20:.0f} MiB were needed)"
     return f"the decoded-pixel store {root} could not be written ({exc.strerror or exc})"
-
-
-class _Names:
-    """path, size, mtime, inode, ctime -> the file's sha256, remembered so that unchanged files are not read.
-
-    An append-only log (``names.log``, one JSON ``[key, sha256]`` a line, the latest line of a key winning): a
-    save appends only the entries new since the last one, a reload reads only what other processes appended
-    since the last read, so filling the store costs the same per image at any size. The log is compacted
-    rarely, when it has doubled since its last compaction: entries of files that are gone or changed are
-    dropped and the rest rewritten in one atomic replace, O(live entries), never per segment."""
-
-    LOG = "names.log"
-    LEGACY = "names.json"  # the whole map rewritten at every save, before the log: read once, then dropped
-    COMPACT_AT = 4096  # lines: a log this short is never compacted
-
-    def __init__(self, root: Path) -> None:
-        self.path = Path(root) / self.LOG
-        self.known: dict[str, str] = {}
-        self.mine: dict[str, str] = {}
-        self.lines = 0  # lines read from the log, header included
-        self.live_after_compaction = 0
-        self.bytes_written = 0  # by this object's saves and compactions (what benchmarks/store_fill.py counts)
-        self._inode: int | None = None
-        self._offset = 0
-        self.reload()
-
-    def reload(self) -> None:
-        """Take in what was appended since the last read (everything, after a compaction replaced the file)."""
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            if self._inode is None and not self.known:
-                self.known.update(self._legacy())
-            self.known.update(self.mine)
-            return
-        if st.st_ino != self._inode or st.st_size < self._offset:
-            self.known, self._offset, self.lines, self._inode = self._legacy(), 0, 0, st.st_ino
-        if st.st_size > self._offset:
-            try:
-                with open(self.path, "rb") as f:
-                    f.seek(self._offset)
-                    tail = f.read(st.st_size - self._offset)
-            except OSError:
-                tail = b""
-            whole = tail[: tail.rfind(b"\n") + 1]  # a line another process is appending right now: next time
-            self._offset += len(whole)
-            for line in whole.splitlines():
-                self.lines += 1
-                self._take(line)
-        self.known.update(self.mine)
-
-    def _take(self, line: bytes) -> None:
-        try:
-            entry = json.loads(line)
-        except ValueError:  # a torn or damaged line: that file is hashed again, nothing else is lost
-            return
-        if isinstance(entry, dict):  # the header a compaction writes
-            live = entry.get("live")
-            self.live_after_compaction = live if isinstance(live, int) else 0
-        elif isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry):
-            self.known[entry[0]] = entry[1]
-
-    def _legacy(self) -> dict[str, str]:
-        try:
-            data = json.loads((self.path.parent / self.LEGACY).read_text())
-        except (OSError, ValueError):
-            return {}
-        return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(data, dict) else {}
-
-    @staticmethod
-    def _key(path: str) -> str | None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_ctime_ns}"
-
-    def get(self, path: str) -> str | None:
-        key = self._key(path)
-        value = self.known.get(key) if key else None
-        return value if isinstance(value, str) and len(value) == 64 else None
-
-    def set(self, path: str, digest: str) -> None:
-        key = self._key(path)
-        if key and self.known.get(key) != digest:
-            self.known[key] = self.mine[key] = digest
-
-    def save(self) -> None:
-        """Append the entries set since the last save (one ``write`` with ``O_APPEND``: concurrent savers'
-        lines never interleave), then compact when the log has doubled since its last compaction."""
-        if not self.mine:
-            return
-        data = "".join(json.dumps([k, v]) + "\n" for k, v in self.mine.items()).encode()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                _write_all(fd, data)
-            finally:
-                os.close(fd)
-        except OSError:  # the aliases are an optimisation: the files are hashed again next time
-            return
-        self.bytes_written += len(data)
-        self.mine = {}
-        self.reload()
-        if self.lines >= max(self.COMPACT_AT, 2 * self.live_after_compaction + 1):
-            self.compact()
-
-    def compact(self) -> int:
-        """Rewrite the log with the entries of files that are still there, unchanged (one ``stat`` each); under
-        a lock, so one process compacts at a time (another skips). Returns the entries kept."""
-        from ..files import atomic_write
-
-        with FileLock(self.path.with_name("names.lock")) as held:
-            if not held:
-                return len(self.known)
-            self.reload()
-            live = {key: digest for key, digest in self.known.items()
-                    if self._key(key.split("\0", 1)[0]) == key}  # fmt: skip
-            data = (json.dumps({"tlzoo-names": 1, "live": len(live)}) + "\n"
-                    + "".join(json.dumps([k, v]) + "\n" for k, v in live.items())).encode()  # fmt: skip
-            def write(tmp: Path) -> None:
-                tmp.write_bytes(data)
-
-            try:
-                atomic_write(self.path, write)
-            except OSError:
-                return len(self.known)
-            self.bytes_written += len(data)
-            (self.path.parent / self.LEGACY).unlink(missing_ok=True)
-            self.known, self._inode, self._offset, self.lines = {}, None, 0, 0
-            self.reload()
-        return len(self.known)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
