@@ -86,3 +86,10 @@ def test_a_backbone_named_with_its_weights_tag(tmp_path, mobilenet_in_cache):
     [row] = json.loads(compared.stdout)
     assert row["status"] == "ok", row
     assert "IMAGENET1K_V1" in (Path(row["run_dir"]) / "classifier.json").read_text()
+    advised = run_tlzoo("advise", "--data", str(data), "--backbones", "mobilenet_v2.IMAGENET1K_V1", "--image-size",
+                        "32", "--budget", "1", "--json")  # fmt: skip
+    assert advised.returncode == 0, advised.stderr
+    advice = json.loads(advised.stdout)
+    assert advice["evidence"][0]["weights"] == "IMAGENET1K_V1" and "--backbone mobilenet_v2.IMAGENET1K_V1" in advice["command"]
+    refused = run_tlzoo("advise", "--data", str(data), "--backbones", "mobilenet_v2.IMAGENET1K_V1", "--weights", "none")
+    assert refused.returncode == 2 and "other ones" in refused.stderr

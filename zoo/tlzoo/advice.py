@@ -160,12 +160,17 @@ def measure(backbone_name: str, samples: list[Any], *, budget_s: float, image_si
 
     from .images.batches import load
     from .backbone import check_input_size, get_backbone
-    from .registry import get_registry
-    from .weights import preflight, published
+    from .registry import get_registry, split_tag
+    from .weights import AUTO_TAGS, preflight, published
 
     t0 = time.perf_counter()
     labels = [s.label for s in samples]
     spec = get_registry().resolve(backbone_name)
+    tag = split_tag(backbone_name)[1]
+    if tag is not None:  # NAME.TAG: the weights the backbone is named with, as --weights TAG would
+        if weights.strip().lower() not in (*AUTO_TAGS, tag.lower()):
+            raise UsageError(f"{backbone_name} names the weights {tag} and --weights {weights} other ones: give one")
+        weights = tag
     pretrained = weights.lower() not in ("none", "random", "scratch")
     size = check_input_size(spec, image_size, published(spec, weights if pretrained else None))
     if pretrained:
@@ -291,6 +296,7 @@ def data_settings() -> tuple[Any, ...]:
 def advise(data: Path, backbones: list[str], *, budget_minutes: float, image_size: int | None, seed: int,
            weights: str, test_split: float, reporter: Any) -> Advice:  # fmt: skip
     from .images.folders import scan
+    from .registry import split_tag
 
     if not backbones:
         raise UsageError("--backbones needs at least one backbone")
@@ -310,7 +316,9 @@ def advise(data: Path, backbones: list[str], *, budget_minutes: float, image_siz
                         reporter=reporter) for b in backbones]  # fmt: skip
     strategy, params, backbone, size, similarity, reasons, alternatives = decide(dataset, evidence)
     chosen = next(e for e in evidence if e.backbone == backbone)
-    command = ["tlzoo", "train", "--data", str(data), "--backbone", backbone, "--strategy", strategy]
+    # a backbone named with its weights tag is advised with it (NAME.TAG), as it was measured
+    tagged = {e.backbone: name for e, name in zip(evidence, backbones) if split_tag(name)[1] is not None}
+    command = ["tlzoo", "train", "--data", str(data), "--backbone", tagged.get(backbone, backbone), "--strategy", strategy]
     for key, value in params.items():
         command += [f"--{key}", value]
     if image_size is not None:
