@@ -18,6 +18,7 @@ import numpy as np
 
 from ..cachedir import tlzoo_cache
 from ..errors import DataError
+from ..files import hash_file
 from ..specs import Preprocessing
 from .batches import decode_all, load
 from .datasets import default_data_root, ensure_digits
@@ -226,7 +227,9 @@ def decode(splits: Splits, size: tuple[int, int], reading: Reading, reporter: Pr
                                              threads=reading.threads, prep=prep, decoder=decoder)  # fmt: skip
         kept[name], skipped[name], decoded[name] = index, lost, images
         paths = [part.paths[i] for i in index]
-        digests.update(zip(paths, store.content_digests(tlzoo_cache(), paths)))  # what --resume checks
+        # what --resume checks; --no-cache reads nothing of the store, not even its aliases
+        digests.update(zip(paths, store.content_digests(tlzoo_cache(), paths) if reading.store
+                           else [hash_file(p) for p in paths]))  # fmt: skip
         count += len(part)
     out = readable(splits, kept, skipped)
     out.decoded, out.digests = count, digests

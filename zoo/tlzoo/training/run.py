@@ -102,7 +102,10 @@ def _train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Pat
         reporter.info(note)
     if unused:
         reporter.info(f"not used by {config.describe_choice()}: {', '.join(unused)}")
-    splits = recorded_splits(Path(resume), config.data) if resume is not None else plan(config.sources(), reporter, config.reading())
+    if resume is not None:
+        splits = recorded_splits(Path(resume), config.data)
+    else:
+        splits = plan(config.sources(), reporter, config.reading())
     feature_extract = config.strategy == "feature-extract"
     model = Model(spec, config, size, len(splits.classes))
     if config.decoder == "gpu":
