@@ -160,17 +160,13 @@ def measure(backbone_name: str, samples: list[Any], *, budget_s: float, image_si
 
     from .images.batches import load
     from .backbone import check_input_size, get_backbone
-    from .registry import get_registry, split_tag
-    from .weights import AUTO_TAGS, preflight, published
+    from .registry import get_registry
+    from .weights import named_weights, preflight, published
 
     t0 = time.perf_counter()
     labels = [s.label for s in samples]
     spec = get_registry().resolve(backbone_name)
-    tag = split_tag(backbone_name)[1]
-    if tag is not None:  # NAME.TAG: the weights the backbone is named with, as --weights TAG would
-        if weights.strip().lower() not in (*AUTO_TAGS, tag.lower()):
-            raise UsageError(f"{backbone_name} names the weights {tag} and --weights {weights} other ones: give one")
-        weights = tag
+    weights = named_weights(backbone_name, weights)  # NAME.TAG: measured with those weights
     pretrained = weights.lower() not in ("none", "random", "scratch")
     size = check_input_size(spec, image_size, published(spec, weights if pretrained else None))
     if pretrained:

@@ -17,9 +17,9 @@ import numpy as np
 from . import freeze as freeze_mod
 from .errors import PluginError, TlzooError, UsageError, WeightsError, one_line
 from .plugins import load_object
-from .registry import get_registry, split_tag
+from .registry import get_registry
 from .specs import BackboneSpec, WeightsSpec
-from .weights import AUTO_TAGS, ResolvedWeights, resolve
+from .weights import ResolvedWeights, named_weights, resolve
 
 
 @dataclass(frozen=True)
@@ -203,12 +203,9 @@ def get_backbone(
     ``seed`` seeds the framework first, so a random initialisation is reproducible.
     """
     spec = name if isinstance(name, BackboneSpec) else get_registry().resolve(name, framework)
-    tag = split_tag(name)[1] if isinstance(name, str) else None
-    if tag is not None and not isinstance(pretrained, ResolvedWeights):  # "timm/resnet50.a1_in1k", as timm names it
-        if pretrained is True or (isinstance(pretrained, str) and pretrained.strip().lower() in AUTO_TAGS):
-            pretrained = tag
-        elif isinstance(pretrained, str) and pretrained.strip().lower() != tag.lower():
-            raise UsageError(f"{name} names the weights {tag} and pretrained={pretrained!r} other ones: give one")
+    if isinstance(name, str) and pretrained is not False and not isinstance(pretrained, ResolvedWeights):
+        # "timm/resnet50.a1_in1k", as timm names it: the tag is the weights pretrained=True asks for
+        pretrained = named_weights(name, "auto" if pretrained is True else str(pretrained), "pretrained")
     if isinstance(pretrained, ResolvedWeights):
         weights: ResolvedWeights | None = pretrained
     else:

@@ -1,8 +1,10 @@
-"""Atomic writes, temporaries a killed process left, and the fault tests' injection point: a crash never
-leaves a half-written file in place. The bottom layer: every package that writes a file uses it."""
+"""Atomic writes, temporaries a killed process left, the fault tests' injection point, file hashes and sizes in
+words: a crash never leaves a half-written file in place. The bottom layer: every package that writes a file
+uses it."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -103,6 +105,7 @@ def process_started(pid: int) -> float | None:
         return None
 
 
+@functools.lru_cache(maxsize=1)
 def _boot_time() -> float:
     for line in Path("/proc/stat").read_text().splitlines():
         if line.startswith("btime "):
@@ -187,3 +190,12 @@ def hash_file(path: str | Path, algorithm: str = "sha256") -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def human_bytes(n: float) -> str:
+    """Bytes for a person: ``600 KiB``, ``31.5 MiB``, ``2.40 GiB`` (never ``0.00 GiB`` for a small amount)."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.2f} {unit}" if value < 10 else f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    return f"{int(n)} bytes"

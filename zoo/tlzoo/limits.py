@@ -21,12 +21,11 @@ DEFAULT_MAX_PIXELS = 90_000_000
 UNLIMITED = ("none", "inf", "infinity", "+inf", "unlimited")
 
 
-def _number(name: str, what: str, *, zero: bool) -> float | None:
-    """The variable as a finite number >= 0 (> 0 unless ``zero``), None for no limit, or the default when unset
-    (returned as NaN: the caller's)."""
+def _number(name: str, what: str, default: float, *, zero: bool) -> float | None:
+    """The variable as a finite number >= 0 (> 0 unless ``zero``), ``default`` when unset, None for no limit."""
     raw = os.environ.get(name, "").strip()
     if not raw:
-        return math.nan
+        return default
     if raw.lower() in UNLIMITED:
         return None
     try:
@@ -43,23 +42,15 @@ def _number(name: str, what: str, *, zero: bool) -> float | None:
 
 def store_cap_bytes() -> int | None:
     """The decoded-pixel store's cap in bytes (``TLZOO_STORE_MAX_GB``, default 20); None: no cap; 0: no store."""
-    gb = _number(STORE_MAX_GB, "a size in GiB", zero=True)
-    if gb is None:
-        return None
-    if math.isnan(gb):
-        gb = DEFAULT_STORE_GB
-    cap = gb * (1 << 30)
-    return None if math.isinf(cap) else int(cap)
+    gb = _number(STORE_MAX_GB, "a size in GiB", DEFAULT_STORE_GB, zero=True)
+    cap = None if gb is None else gb * (1 << 30)
+    return None if cap is None or math.isinf(cap) else int(cap)
 
 
 def max_image_pixels() -> int | None:
     """The most pixels one image may decode to (``TLZOO_MAX_IMAGE_PIXELS``, default 90 million); None: no limit."""
-    value = _number(MAX_IMAGE_PIXELS, "a number of pixels", zero=False)
-    if value is None:
-        return None
-    if math.isnan(value):
-        return DEFAULT_MAX_PIXELS
-    return max(1, int(value))
+    value = _number(MAX_IMAGE_PIXELS, "a number of pixels", DEFAULT_MAX_PIXELS, zero=False)
+    return None if value is None else max(1, int(value))
 
 
 def check() -> None:

@@ -88,6 +88,20 @@ class ResolvedWeights:
 AUTO_TAGS = ("auto", "default", "imagenet", "pretrained")
 
 
+def named_weights(name: str, weights: str, option: str = "--weights") -> str:
+    """The weights to use when the backbone is named ``name``: its tag where it is named ``NAME.TAG`` (as timm and
+    ``tlzoo weights import`` write it) and ``weights`` asks for the default ones, else ``weights``. Refused in
+    one line where ``weights`` names other weights."""
+    from .registry import split_tag
+
+    tag = split_tag(name)[1]
+    if tag is None:
+        return weights
+    if weights.strip().lower() not in ("", *AUTO_TAGS, tag.lower()):
+        raise UsageError(f"{name} names the weights {tag} and {option} {weights} other ones: give one of them")
+    return tag
+
+
 def choose(spec: BackboneSpec, tag: str) -> WeightsSpec:
     """The weights named by ``tag``; ``auto``/``default`` prefers what is already on disk."""
     if not spec.weights:

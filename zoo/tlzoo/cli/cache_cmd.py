@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..errors import UsageError
+from ..files import human_bytes
 from .common import Quiet, console, handle_errors, print_json
 
 app = typer.Typer(help="List, size and clear tlzoo's cache (features, decoded pixels, exports).", no_args_is_help=True)
@@ -43,37 +44,29 @@ def _size(paths: list[Path]) -> tuple[int, int]:
     return total, count
 
 
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
-
-
 @app.command("list")
 @handle_errors
 def list_(json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
           quiet: Quiet = False) -> None:
     """What the cache holds, by kind, with sizes (TLZOO_CACHE moves it; TLZOO_STORE_MAX_GB caps the store)."""
-    from ..images.store import max_bytes
+    from ..limits import store_cap_bytes
 
     root = _root()
     rows = {kind: _size(paths) for kind, paths in _parts(root).items()}
     if json:
-        print_json({"root": str(root), "store_cap_bytes": max_bytes(),
+        print_json({"root": str(root), "store_cap_bytes": store_cap_bytes(),
                     **{kind: {"bytes": b, "files": n} for kind, (b, n) in rows.items()}})  # fmt: skip
         return
     if quiet:  # the total alone
-        console.print(_human(sum(b for b, _ in rows.values())), markup=False, highlight=False)
+        console.print(human_bytes(sum(b for b, _ in rows.values())), markup=False, highlight=False)
         return
     console.print(f"tlzoo cache: {root}", markup=False, highlight=False)
     what = {"features": "bottleneck features and their aliases", "store": "decoded pixels (every strategy reads and fills it)",
             "exports": "the feature engines' ONNX exports, TensorRT engines and auto's measurements"}  # fmt: skip
     for kind, (b, n) in rows.items():
-        console.print(f"  {kind:<9} {_human(b):>10} in {n} file(s): {what[kind]}", markup=False, highlight=False)
-    cap = max_bytes()
-    shown = "none" if cap is None else "off: no store" if cap == 0 else _human(cap)
+        console.print(f"  {kind:<9} {human_bytes(b):>10} in {n} file(s): {what[kind]}", markup=False, highlight=False)
+    cap = store_cap_bytes()
+    shown = "none" if cap is None else "off: no store" if cap == 0 else human_bytes(cap)
     console.print(f"  the store's cap: {shown} (TLZOO_STORE_MAX_GB)", markup=False, highlight=False)
 
 
@@ -105,7 +98,7 @@ def clear(
                 path.unlink(missing_ok=True)
         freed += size
     if not quiet:
-        console.print(f"cleared {kind} from {root}: {_human(freed)} freed", markup=False, highlight=False)
+        console.print(f"cleared {kind} from {root}: {human_bytes(freed)} freed", markup=False, highlight=False)
     if kept:
         console.print(f"kept {kept} decoded-pixel store bucket(s) that a running tlzoo process is using",
                       markup=False, highlight=False)  # fmt: skip

@@ -29,7 +29,6 @@ class Names:
         self.mine: dict[str, str] = {}
         self.lines = 0  # lines read from the log, header included
         self.live_after_compaction = 0
-        self.bytes_written = 0  # by this object's saves and compactions (what benchmarks/store_fill.py counts)
         self._inode: int | None = None
         self._offset = 0
         self.reload()
@@ -43,8 +42,9 @@ class Names:
                 self.known.update(self._legacy())
             self.known.update(self.mine)
             return
-        if st.st_ino != self._inode or st.st_size < self._offset:
+        if st.st_ino != self._inode or st.st_size < self._offset:  # a new file: read it whole
             self.known, self._offset, self.lines, self._inode = self._legacy(), 0, 0, st.st_ino
+            self.live_after_compaction = 0
         if st.st_size > self._offset:
             try:
                 with open(self.path, "rb") as f:
@@ -110,7 +110,6 @@ class Names:
                 os.close(fd)
         except OSError:  # the aliases are an optimisation: the files are hashed again next time
             return
-        self.bytes_written += len(data)
         self.mine = {}
         self.reload()
         if self.lines >= max(self.COMPACT_AT, 2 * self.live_after_compaction + 1):
@@ -118,28 +117,29 @@ class Names:
 
     def compact(self) -> int:
         """Rewrite the log with the entries of files that are still there, unchanged (one ``stat`` each); under
-        a lock, so one process compacts at a time (another skips). Returns the entries kept."""
+        a lock, so one process compacts at a time (another skips, as does a disk that refuses the lock or the
+        new file). Returns the entries kept."""
         from ..files import atomic_write
 
-        with FileLock(self.path.with_name("names.lock")) as held:
-            if not held:
-                return len(self.known)
-            self.reload()
-            live = {key: digest for key, digest in self.known.items()
-                    if self._key(key.split("\0", 1)[0]) == key}  # fmt: skip
-            data = (json.dumps({"tlzoo-names": 1, "live": len(live)}) + "\n"
-                    + "".join(json.dumps([k, v]) + "\n" for k, v in live.items())).encode()  # fmt: skip
-            def write(tmp: Path) -> None:
-                tmp.write_bytes(data)
+        try:
+            with FileLock(self.path.with_name("names.lock")) as held:
+                if not held:
+                    return len(self.known)
+                self.reload()
+                live = {key: digest for key, digest in self.known.items()
+                        if self._key(key.split("\0", 1)[0]) == key}  # fmt: skip
+                data = (json.dumps({"tlzoo-names": 1, "live": len(live)}) + "\n"
+                        + "".join(json.dumps([k, v]) + "\n" for k, v in live.items())).encode()  # fmt: skip
 
-            try:
+                def write(tmp: Path) -> None:
+                    tmp.write_bytes(data)
+
                 atomic_write(self.path, write)
-            except OSError:
-                return len(self.known)
-            self.bytes_written += len(data)
-            (self.path.parent / self.LEGACY).unlink(missing_ok=True)
-            self.known, self._inode, self._offset, self.lines = {}, None, 0, 0
-            self.reload()
+                (self.path.parent / self.LEGACY).unlink(missing_ok=True)
+        except OSError:  # the log stays as it was: still correct, only longer
+            return len(self.known)
+        self.known, self._inode, self._offset, self.lines = {}, None, 0, 0
+        self.reload()
         return len(self.known)
 
 

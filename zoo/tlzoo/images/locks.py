@@ -27,8 +27,6 @@ from ..files import process_alive, process_started
 HOST = socket.gethostname()
 STALE_AFTER = 120.0  # seconds without a heartbeat after which another host's lock is taken as abandoned
 BEAT_EVERY = 5.0
-
-
 GARBLED_AFTER = 3.0  # seconds after which an empty or unreadable lock is taken as its writer's crash
 SAME_PROCESS = 2.0  # seconds within which two start times of one PID are the same process (/proc's precision)
 

@@ -203,10 +203,10 @@ def decode(splits: Splits, size: tuple[int, int], reading: Reading, reporter: Pr
     kept, skipped = {}, {}
     digests: dict[str, str] = {}
     decoded: dict[str, Any] = {}  # in-memory arrays, or the store's (tlzoo.images.store.StoreImages)
-    use_store = reading.store
-    if use_store and store.disabled():
-        reporter.info(f"{store.disabled()}: images are decoded into memory")
-        use_store = False
+    off = store.disabled() if reading.store else None
+    if off:
+        reporter.info(f"{off}: images are decoded into memory")
+    use_store = reading.store and not off
     count = 0
     for name, part in splits.parts():
         assert isinstance(part, ImageList)

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files import hash_file, reclaim_temp_files
+from ..files import hash_file, human_bytes, reclaim_temp_files
 from ..limits import STORE_MAX_GB, store_cap_bytes
 from ..specs import Preprocessing
 from .batches import ahead
@@ -67,11 +67,6 @@ class StoreUnavailable(Exception):
 
 def store_root(cache: Path) -> Path:
     return Path(cache) / "store"
-
-
-def max_bytes() -> int | None:
-    """The store's cap in bytes (``TLZOO_STORE_MAX_GB``); None: no cap; 0: no store (see :mod:`tlzoo.limits`)."""
-    return store_cap_bytes()
 
 
 def disabled() -> str | None:
@@ -173,7 +168,6 @@ class Bucket:
         self.segments: list[Segment] = []
         self.where: dict[str, tuple[int, int]] = {}  # sha256 -> (segment, slot)
         self.damaged: list[Path] = []
-        self.tables_read = 0  # segment tables read by this object (benchmarks/store_fill.py counts them)
         self.use()
         self.refresh()
 
@@ -194,10 +188,8 @@ class Bucket:
         present = sorted(self.path.glob("seg-*.u8")) if self.path.is_dir() else []
         known = {segment.path for segment in self.segments}
         if not known <= set(present):
-            segments: list[Segment] = []
-            where: dict[str, tuple[int, int]] = {}
             # Swapped whole (a thread reading ``where`` meanwhile sees the old state or the new one, never half).
-            self.segments, self.where, self.damaged = segments, where, []
+            self.segments, self.where = [], {}
             known = set()
         self.damaged = []
         for path in present:
@@ -213,7 +205,6 @@ class Bucket:
         """One published segment's table read and its samples made findable (appended: a thread reading
         ``where`` meanwhile finds each digest before or after, never a half-made entry)."""
         segment = _read_segment(path, self.size)
-        self.tables_read += 1
         if segment is None:
             self.damaged.append(path)
             return
@@ -382,8 +373,9 @@ class Stream:
     def start(self, n: int) -> str | None:
         """Make room for at most ``n`` new samples; the reason when the store will not be filled."""
         need = n * self.bucket.sample_bytes()
-        if disabled():
-            return disabled()
+        why = disabled()
+        if why:
+            return why
         try:
             _check_room(self.bucket, need)
         except StoreUnavailable as exc:
@@ -621,26 +613,17 @@ def _check_room(bucket: Bucket, need: int) -> None:
         raise StoreUnavailable(f"the decoded-pixel store {root} is not writable")
     free = shutil.disk_usage(probe).free
     if free < need + KEEP_FREE:
-        raise StoreUnavailable(f"the disk holding {root} has {_amount(free)} free; these images need {_amount(need)} "
-                               f"in the decoded-pixel store, and it leaves {_amount(KEEP_FREE)} free for everything "
+        raise StoreUnavailable(f"the disk holding {root} has {human_bytes(free)} free; these images need {human_bytes(need)} "
+                               f"in the decoded-pixel store, and it leaves {human_bytes(KEEP_FREE)} free for everything "
                                f"else")  # fmt: skip
-    cap = max_bytes()
+    cap = store_cap_bytes()
     if cap is None:
         return
     used = evict(root, cap - need, keep=bucket.path)
     if used + need > cap:
-        raise StoreUnavailable(f"the decoded-pixel store {root} would grow to {_amount(used + need)}, over "
-                               f"its cap of {_amount(cap)} (TLZOO_STORE_MAX_GB raises it; tlzoo cache clear "
+        raise StoreUnavailable(f"the decoded-pixel store {root} would grow to {human_bytes(used + need)}, over "
+                               f"its cap of {human_bytes(cap)} (TLZOO_STORE_MAX_GB raises it; tlzoo cache clear "
                                f"store empties it)")  # fmt: skip
-
-
-def _amount(n: float) -> str:
-    """Bytes for a person: ``600 KiB``, ``31.5 MiB``, ``2.40 GiB`` (never ``0.00 GiB`` for a small amount)."""
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            value = n / scale
-            return f"{value:.2f} {unit}" if value < 10 else f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
-    return f"{int(n)} bytes"
 
 
 def _bucket_bytes(path: Path) -> int:

@@ -4,7 +4,7 @@ A run directory is what ``tlzoo train`` leaves and what evaluate, export,
 predict and compare read. This module is the only one that knows its layout::
 
     config.yaml          the resolved settings (TrainConfig)       labels.json   class names, in output order
-    split.csv            path,label,subset,bytes of every image    classifier.json  ClassifierMeta (below)
+    split.csv            path,label,subset,bytes,sha256,path_bytes classifier.json  ClassifierMeta (below)
     metrics.json         scores on the test (or val) split         history.csv   one row per epoch
     environment.json     versions, device, data fingerprint        report.json   skipped images
     MODEL_CARD.md        the model card                            model.pt / model.keras  the checkpoint

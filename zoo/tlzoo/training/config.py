@@ -256,17 +256,14 @@ class TrainConfig:
         """``--backbone NAME.TAG`` gives the weights: the same as ``--backbone NAME --weights TAG`` (refused beside
         a ``--weights`` that names other weights)."""
         from ..registry import split_tag
+        from ..weights import named_weights
 
         name, tag = split_tag(self.backbone)
-        given = set(given)
         if tag is None:
-            return given
-        weights = str(self.weights or "").strip()
-        if "weights" in given and weights.lower() not in ("", "auto", tag.lower()):
-            raise UsageError(f"--backbone {self.backbone} names the weights {tag} and --weights {weights} other ones: "
-                             f"give one of them")  # fmt: skip
-        self.backbone, self.weights = name, tag
-        return given | {"weights"}
+            return set(given)
+        self.weights = named_weights(self.backbone, str(self.weights or "") if "weights" in given else "auto")
+        self.backbone = name
+        return {*given, "weights"}
 
     def unused(self, given: Collection[str]) -> list[str]:
         """The generic options given that this strategy and head do not use (accepted, and said)."""

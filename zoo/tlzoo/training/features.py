@@ -120,8 +120,9 @@ def extract_and_fit(model: Model, splits: Splits, head_cfg: TrainConfig, reporte
     evaluation split's features and what the run records."""
     t0 = time.perf_counter()
     cfg = dataclasses.replace(head_cfg, batch_size=extract_batch)
-    if cfg.cache and store.disabled() and comm.main:
-        reporter.info(f"{store.disabled()}: features are computed from images decoded in memory")
+    off = store.disabled() if cfg.cache else None
+    if off and comm.main:
+        reporter.info(f"{off}: features are computed from images decoded in memory")
     parts = list(splits.parts())
     left = [0]  # images this rank has still to extract, at most (for auto's choice)
     own = cfg.feature_engine in (feature_engines.FRAMEWORK, feature_engines.AUTO)
