@@ -78,9 +78,9 @@ def test_the_feed_gathers_every_row_once_in_order_from_an_array_or_the_store(tmp
     feed = Feed(torch.device("cpu"), threads=2)
     for images in (array, stored):
         got = list(feed.batches(images, labels, order, 8))
-        assert [len(y) for _, y in got] == [8, 8, 5]
-        np.testing.assert_array_equal(torch.cat([x for x, _ in got]).numpy(), array[order])
-        np.testing.assert_array_equal(torch.cat([y for _, y in got]).numpy(), labels[order])
+        assert [len(y) for _, y, _ in got] == [8, 8, 5]
+        np.testing.assert_array_equal(torch.cat([x for x, _, _ in got]).numpy(), array[order])
+        np.testing.assert_array_equal(torch.cat([y for _, y, _ in got]).numpy(), labels[order])
     feed.close()
 
 
@@ -225,6 +225,8 @@ def test_the_feed_measures_how_long_its_consumer_waited_for_batches():
     from tlzoo.images.feed import Prefetcher
 
     class Slow:  # 50 ms a gather: a feed slower than its consumer
+        shape = (40, 2, 2, 3)
+
         def __getitem__(self, rows: np.ndarray) -> np.ndarray:
             time.sleep(0.05)
             return np.zeros((len(rows), 2, 2, 3), np.uint8)

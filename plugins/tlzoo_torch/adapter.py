@@ -57,6 +57,9 @@ class TorchAdapter(FrameworkAdapter):
         prefix = weights.file_hash if weights.hash_algorithm == "sha256" else None
         torch.hub.download_url_to_file(weights.url, str(dest), hash_prefix=prefix, progress=True)
 
+    def pinned_allocator(self, device: str) -> Any:
+        return torch_train.pinned if device.startswith("cuda") else None
+
     def image_decoder(self, device: str) -> Any:
         """nvJPEG on a CUDA device (see :mod:`tlzoo_torch.nvjpeg`), when torchvision's CUDA decoder works here."""
         if not str(device).startswith("cuda"):

@@ -386,9 +386,9 @@ class TorchBackbone(Backbone):
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).permute(0, 3, 1, 2)
             return x if device is None else x.to(device=device, dtype=dtype)
 
-        return self._forward(model, inputs)
+        return np.asarray(self._forward(model, inputs))
 
-    def run_images(self, model: Any, images: np.ndarray) -> np.ndarray:
+    def run_images(self, model: Any, images: np.ndarray) -> np.ndarray | OnTheWay:
         """On a GPU the uint8 batch crosses (a quarter of float32's bytes) and is normalized there; on the CPU
         tlzoo's table lookup (:func:`tlzoo.images.normalize.normalize`) is faster than torch's four passes."""
         weight = next(itertools.chain(model.parameters(), model.buffers()), None)
@@ -397,9 +397,11 @@ class TorchBackbone(Backbone):
         prep = self.spec.preprocessing
         return self._forward(model, lambda device, dtype: normalized_on(images, prep, device).to(dtype))
 
-    def _forward(self, model: Any, inputs: Callable[[torch.device | None, torch.dtype | None], torch.Tensor]) -> np.ndarray:
+    def _forward(self, model: Any,
+                 inputs: Callable[[torch.device | None, torch.dtype | None], torch.Tensor]) -> np.ndarray | OnTheWay:  # fmt: skip
         """``model`` on ``inputs(device, dtype)`` (its parameters' device and dtype; None: it has none), in
-        inference mode, as channels_last; the features as float32 on the host."""
+        inference mode, as channels_last; the features as float32 on the host, or on their way there
+        (:class:`OnTheWay`) from a GPU, so that the next batch is queued without waiting for this one."""
         was_training = model.training
         model.eval()
         if not getattr(model, "_tlzoo_channels_last", False):
@@ -413,4 +415,31 @@ class TorchBackbone(Backbone):
                 out = model(inputs(None, None) if weight is None else inputs(weight.device, weight.dtype))
         finally:
             model.train(was_training)
-        return out.float().cpu().numpy()
+        out = out.float()
+        return out.numpy() if out.device.type == "cpu" else OnTheWay(out)
+
+
+class OnTheWay:
+    """Features copied from the device into pinned host memory without waiting: :meth:`ready` says whether the
+    copy is done (it never waits), ``np.asarray`` waits for it and gives the array."""
+
+    def __init__(self, features: torch.Tensor) -> None:
+        self.host = torch.empty(features.shape, dtype=features.dtype, pin_memory=True)
+        self.host.copy_(features, non_blocking=True)
+        self.copied = torch.cuda.Event()
+        self.copied.record(torch.cuda.current_stream(features.device))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.host.shape)
+
+    def __len__(self) -> int:
+        return int(self.host.shape[0])
+
+    def ready(self) -> bool:
+        return bool(self.copied.query())
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        self.copied.synchronize()
+        array = self.host.numpy()
+        return array if dtype is None else array.astype(dtype, copy=False)

@@ -106,38 +106,68 @@ def normalize(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     return (x - mean) / std
 
 
-def augment_batch(x: torch.Tensor, theta: np.ndarray | None) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, theta: np.ndarray | torch.Tensor | None) -> torch.Tensor:
     """Each image of ``x`` (N, C, H, W, float) resampled through its own affine matrix (see
-    :mod:`tlzoo.images.augment`): one ``affine_grid`` + ``grid_sample`` for the batch, on ``x``'s device."""
+    :mod:`tlzoo.images.augment`): one ``affine_grid`` + ``grid_sample`` for the batch, on ``x``'s device.
+    ``theta`` is on that device already when the feed copied it there with the batch."""
     if theta is None:
         return x
-    matrices = torch.from_numpy(theta).to(x.device, dtype=torch.float32, non_blocking=True)
+    if isinstance(theta, np.ndarray):
+        theta = torch.from_numpy(theta)
+    matrices = theta.to(x.device, dtype=torch.float32, non_blocking=True)
     grid = nn.functional.affine_grid(matrices, list(x.shape), align_corners=False)
     out = nn.functional.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     return out.contiguous(memory_format=torch.channels_last)
 
 
+def pinned(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Page-locked host memory as a numpy array (the feed's ring buffers on CUDA): the device copies from it
+    without waiting for the host, and the array keeps its tensor alive."""
+    return torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=True).numpy()
+
+
 class Feed:
-    """Training batches from :class:`tlzoo.images.feed.Prefetcher` (gathered ahead on a pool of threads), into
-    pinned memory on CUDA, copied to the device without blocking while the batch before it computes."""
+    """Batches from :class:`tlzoo.images.feed.Prefetcher`, on the device.
+
+    On CUDA every batch is gathered straight into a pinned buffer of the feed's ring (its one host copy) and
+    copied to the device on a stream of its own, so the copy overlaps the step before it; the step's stream
+    waits for the copy by an event, not the host, and the buffer is gathered into again only once its copy has
+    finished. Elsewhere a batch is gathered into memory of its own and used where it lies."""
 
     def __init__(self, device: torch.device, threads: int) -> None:
         self.device = device
-        self.pin = device.type == "cuda"
-        self.prefetcher = Prefetcher(threads, self._tensors)
+        self.cuda = device.type == "cuda"
+        self.prefetcher: Prefetcher[Any] = Prefetcher(threads, allocate=pinned if self.cuda else None)
+        self.copies = torch.cuda.Stream(device) if self.cuda else None
 
     @property
     def threads(self) -> int:
         return self.prefetcher.threads
 
-    def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-        return (tx.pin_memory(), ty.pin_memory()) if self.pin else (tx, ty)
-
-    def batches(self, images: Any, labels: np.ndarray, order: np.ndarray,
-                batch_size: int) -> Generator[tuple[torch.Tensor, torch.Tensor], None, None]:  # fmt: skip
-        for x, y in self.prefetcher.batches(images, labels, order, batch_size):
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+    def batches(self, images: Any, labels: np.ndarray, order: np.ndarray, batch_size: int,
+                draw: Callable[[int, int], np.ndarray | None] | None = None,
+                ) -> Generator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | np.ndarray | None], None, None]:  # fmt: skip
+        """``(x, y, theta)`` per batch: uint8 NHWC images, int64 labels and the augmentation matrices
+        (``draw(step, n)``, drawn on the feed's threads; None without ``draw``)."""
+        if not self.cuda:
+            for step, (x, y) in enumerate(self.prefetcher.batches(images, labels, order, batch_size)):
+                yield torch.from_numpy(x), torch.from_numpy(y), draw(step, len(y)) if draw is not None else None
+            return
+        assert self.copies is not None
+        for batch in self.prefetcher.batches(images, labels, order, batch_size, draw):
+            with torch.cuda.stream(self.copies):
+                x = torch.from_numpy(batch.x).to(self.device, non_blocking=True)
+                y = torch.from_numpy(batch.y).to(self.device, non_blocking=True)
+                theta = None if batch.theta is None else torch.from_numpy(batch.theta).to(self.device, non_blocking=True)
+                copied = torch.cuda.Event()
+                copied.record(self.copies)
+            computing = torch.cuda.current_stream(self.device)
+            computing.wait_event(copied)  # the step waits for its batch on the device, the host does not
+            for tensor in (x, y, theta):
+                if tensor is not None:
+                    tensor.record_stream(computing)  # made on the copy stream, freed after the step's use
+            self.prefetcher.release(batch, copied.synchronize)
+            yield x, y, theta
 
     def close(self) -> None:
         self.prefetcher.close()
@@ -346,12 +376,12 @@ class TorchEngine(Engine):
         order = np.asarray(self._indices, np.int64)
         if len(order) > batch_size and len(order) % batch_size == 1:
             order = order[:-1]  # a batch of one breaks BatchNorm
-        draws = augmentation.generator(self.seed, epoch, self.rank)
-        size = self.backbone.input_size
-        if self._feed is None or self._feed.threads != max(1, workers) or self._feed.prefetcher.closed:
-            if self._feed is not None:
-                self._feed.close()
-            self._feed = Feed(self._device, workers)
+        size, rank = self.backbone.input_size, self.rank
+
+        def draw(step: int, n: int) -> np.ndarray | None:  # on a feed thread, by the batch's place in the epoch
+            return augmentation.affine(n, size, augment, augmentation.generator(self.seed, epoch, rank, step))
+
+        feed = self._feed_for(workers)
         model = self._training_model()
         model.train()
         # Summed on the device and read once an epoch (reading a loss every step waits for the device every step);
@@ -359,16 +389,16 @@ class TorchEngine(Engine):
         total = torch.zeros((), dtype=torch.float64, device=self._device)
         correct = torch.zeros((), dtype=torch.int64, device=self._device)
         seen = 0
-        batches = self._feed.batches(images, labels, order, batch_size)
+        batches = feed.batches(images, labels, order, batch_size, draw)
         with contextlib.closing(batches):  # an error or Ctrl-C: nothing more is gathered
-            for step, (batch, y) in enumerate(batches):
+            for step, (batch, y, theta) in enumerate(batches):
                 if self._compiled is not None and len(y) < batch_size:
                     # The compiled step keeps one shape: the epoch's last, partial batch is left out (its images
                     # come in other epochs' orders), as a DataLoader with drop_last does.
                     if progress is not None:
                         progress(len(y))
                     break
-                x = augment_batch(self._to_input(batch), augmentation.affine(len(y), size, augment, draws))
+                x = augment_batch(self._to_input(batch), theta)
                 if self.probes_compile and self._steps_run == payoff.WARM_STEPS:
                     self._probe_from = self._clock()
                 elif self.probes_compile and self._steps_run == payoff.PROBE_STEPS and self._probe_from is not None:
@@ -398,16 +428,37 @@ class TorchEngine(Engine):
                 seen += len(y)
                 self._steps_run += 1
                 if (step + 1) % CHECK_EVERY == 0:
-                    check_finite(total, seen)
+                    self._check_finite(total, seen)
                 if progress is not None:
                     progress(len(y))
-        check_finite(total, seen)
-        self.feed_seconds = self._feed.prefetcher.waited
-        if self.distributed:  # the whole training set's loss and accuracy, not this shard's
-            sums = torch.stack([total, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=self._device)])
+        self.feed_seconds = feed.prefetcher.waited
+        # The epoch's one read: its loss, accuracy and count (under DDP every rank's, the whole training set's),
+        # checked for a non-finite loss on every rank alike.
+        sums = torch.stack([total, correct.double(), torch.full((), float(seen), dtype=torch.float64, device=self._device)])
+        if self.distributed:
             torch.distributed.all_reduce(sums)
-            return float(sums[0]) / max(float(sums[2]), 1.0), float(sums[1]) / max(float(sums[2]), 1.0)
-        return float(total) / max(seen, 1), int(correct) / max(seen, 1)
+        loss_sum, right, count = (float(v) for v in sums.cpu())
+        check_finite(loss_sum, int(count))
+        return loss_sum / max(count, 1.0), right / max(count, 1.0)
+
+    def _feed_for(self, workers: int) -> Feed:
+        """The engine's feed (made once; again when ``workers`` changes or an error closed it)."""
+        if self._feed is None or self._feed.threads != max(1, workers) or self._feed.prefetcher.closed:
+            if self._feed is not None:
+                self._feed.close()
+            self._feed = Feed(self._device, workers)
+        return self._feed
+
+    def _check_finite(self, total: torch.Tensor, seen: int) -> None:
+        """:func:`check_finite` on this rank's sum, or under DDP on every rank's together: each rank reads the
+        same value at the same step, so all stop there with the same error (none is left waiting in a
+        collective for a rank that stopped)."""
+        if not self.distributed:
+            check_finite(total, seen)
+            return
+        both = torch.stack([total, torch.full((), float(seen), dtype=torch.float64, device=self._device)])
+        torch.distributed.all_reduce(both)
+        check_finite(both[0], int(both[1]))
 
     def _training_model(self) -> nn.Module:
         """The model the training steps call: DDP-wrapped under torchrun, compiled where :attr:`compiles`."""
@@ -455,15 +506,25 @@ class TorchEngine(Engine):
         return loss, out
 
     def logits(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Through the training feed, in order: the images are gathered a batch at a time (a store's validation
+        split is never in memory whole) and the logits stay on the device until the one read at the end."""
         assert self.model is not None
         self.model.eval()
-        out = []
-        with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                x = self._to_input(torch.from_numpy(images[start : start + batch_size]))
+        n = len(images)
+        out: torch.Tensor | None = None
+        feed = self._feed_for(max(1, self._feed.threads if self._feed is not None else 1))
+        batches = feed.batches(images, np.zeros(n, np.int64), np.arange(n, dtype=np.int64), batch_size)
+        with torch.inference_mode(), contextlib.closing(batches):
+            start = 0
+            for batch, _, _ in batches:
+                x = self._to_input(batch)
                 with torch.autocast(self._device.type, dtype=self.amp_dtype, enabled=self._device.type == "cuda"):
-                    out.append(self.model(x).float().cpu().numpy())
-        return np.concatenate(out)
+                    logits = self.model(x).float()
+                if out is None:
+                    out = torch.empty((n, logits.shape[1]), dtype=torch.float32, device=self._device)
+                out[start : start + len(logits)] = logits
+                start += len(logits)
+        return np.zeros((0, 0), np.float32) if out is None else out.cpu().numpy()
 
     def save_model(self, run_dir: Path) -> Path:
         assert self.model is not None

@@ -148,6 +148,11 @@ class FrameworkAdapter(ABC):
         """
         return None
 
+    def pinned_allocator(self, device: str) -> Callable[[tuple[int, ...], Any], np.ndarray] | None:
+        """``allocate(shape, dtype)``: host memory that ``device`` copies from without the host waiting (pinned
+        memory on a CUDA device), as a numpy array; None where plain memory serves as well (a CPU)."""
+        return None
+
     def image_decoder(self, device: str) -> ImageDecoder | None:
         """A :class:`tlzoo.images.decode.ImageDecoder` that decodes JPEGs on ``device`` (the run's training engine's
         device: ``cuda:0``, ``cpu``...), or None to leave every image to Pillow. Give one only where it works

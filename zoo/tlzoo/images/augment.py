@@ -23,12 +23,15 @@ CROP_RATIO = (3 / 4, 4 / 3)
 TRIES = 10
 
 
-def generator(seed: int, epoch: int, rank: int = 0) -> np.random.Generator:
-    return np.random.default_rng([seed, epoch, rank, 0xA7])
+def generator(seed: int, epoch: int, rank: int = 0, step: int | None = None) -> np.random.Generator:
+    """The generator of (seed, epoch, rank), or of one step of that epoch: a batch's draws then depend on its
+    position in the epoch only, so the feed's threads may draw the batches in any order."""
+    return np.random.default_rng([seed, epoch, rank, 0xA7] if step is None else [seed, epoch, rank, 0xA7, step])
 
 
 def crop_boxes(n: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` boxes (top, left, h, w) in pixels, drawn as torchvision's RandomResizedCrop draws them."""
+    """``n`` boxes (top, left, h, w) in pixels, drawn as torchvision's RandomResizedCrop draws them, for the
+    whole batch at once (the first of each image's tries that fits)."""
     area = height * width
     scale = rng.uniform(*CROP_SCALE, size=(n, TRIES)) * area
     ratio = np.exp(rng.uniform(math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]), size=(n, TRIES)))
@@ -36,24 +39,22 @@ def crop_boxes(n: int, height: int, width: int, rng: np.random.Generator) -> np.
     h = np.round(np.sqrt(scale / ratio))
     fits = (w > 0) & (h > 0) & (w <= width) & (h <= height)
     u = rng.random(size=(n, TRIES, 2))
-    boxes = np.empty((n, 4), np.float64)
-    for k in range(n):
-        ok = np.flatnonzero(fits[k])
-        if len(ok):
-            t = ok[0]
-            bh, bw = h[k, t], w[k, t]
-            top = math.floor(u[k, t, 0] * (height - bh + 1))
-            left = math.floor(u[k, t, 1] * (width - bw + 1))
-        else:  # torchvision's fallback: the whole image, its ratio clamped into the range, centred
-            in_ratio = width / height
-            if in_ratio < CROP_RATIO[0]:
-                bw, bh = width, round(width / CROP_RATIO[0])
-            elif in_ratio > CROP_RATIO[1]:
-                bh, bw = height, round(height * CROP_RATIO[1])
-            else:
-                bw, bh = width, height
-            top, left = (height - bh) // 2, (width - bw) // 2
-        boxes[k] = (top, left, bh, bw)
+    first = fits.argmax(axis=1)  # the first try that fits (0 where none does: replaced below)
+    rows = np.arange(n)
+    bh, bw = h[rows, first], w[rows, first]
+    top = np.floor(u[rows, first, 0] * (height - bh + 1))
+    left = np.floor(u[rows, first, 1] * (width - bw + 1))
+    boxes = np.stack([top, left, bh, bw], axis=1)
+    missed = ~fits.any(axis=1)
+    if missed.any():  # torchvision's fallback: the whole image, its ratio clamped into the range, centred
+        in_ratio = width / height
+        if in_ratio < CROP_RATIO[0]:
+            fw, fh = width, round(width / CROP_RATIO[0])
+        elif in_ratio > CROP_RATIO[1]:
+            fh, fw = height, round(height * CROP_RATIO[1])
+        else:
+            fw, fh = width, height
+        boxes[missed] = ((height - fh) // 2, (width - fw) // 2, fh, fw)
     return boxes
 
 

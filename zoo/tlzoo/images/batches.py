@@ -39,7 +39,8 @@ def default_threads() -> int:
 def decode_batches(paths: list[str], size: tuple[int, int], *, batch_size: int, threads: int | None = None,
                    strict: bool = False, prep: Preprocessing | None = None,
                    load: Callable[[str], np.ndarray | Jpeg] | None = None, decoder: ImageDecoder | None = None,
-                   decoded: Callable[[str, Jpeg, np.ndarray], None] | None = None) -> Iterator[DecodedBatch]:  # fmt: skip
+                   decoded: Callable[[str, Jpeg, np.ndarray], None] | None = None,
+                   allocate: Callable[[tuple[int, ...], type], np.ndarray] | None = None) -> Iterator[DecodedBatch]:  # fmt: skip
     """Decode ``paths`` in order (by ``prep``'s resize policy, see :func:`tlzoo.decode.load_image`),
     ``batch_size`` at a time, on a pool of threads that works at most three batches ahead of the consumer:
     memory holds a few batches, never the dataset. Unreadable files (and images over the pixel limit) are
@@ -47,7 +48,9 @@ def decode_batches(paths: list[str], size: tuple[int, int], *, batch_size: int, 
 
     ``decoder`` (a GPU's) takes the batch's JPEGs, the threads reading them; Pillow the rest. ``load(path)``,
     when given, replaces the threads' read (the decoded-pixel store's :class:`tlzoo.store.Stream`): it gives
-    pixels, or a :class:`Jpeg` for ``decoder``, whose pixels then go to ``decoded(path, jpeg, pixels)``."""
+    pixels, or a :class:`Jpeg` for ``decoder``, whose pixels then go to ``decoded(path, jpeg, pixels)``.
+    ``allocate(shape, dtype)`` makes the memory each batch is stacked into (a framework's pinned memory, which
+    its device copies from without waiting)."""
     ahead = 3 * batch_size
     read = load or (read_for(decoder, size, prep) if decoder is not None else lambda path: load_image(path, size, prep))
     with ThreadPoolExecutor(threads or default_threads(), thread_name_prefix="tlzoo-decode") as pool:
@@ -89,8 +92,11 @@ def decode_batches(paths: list[str], size: tuple[int, int], *, batch_size: int, 
                 else:
                     images.append(item)
                     index.append(i)
-            empty = np.zeros((0, size[0], size[1], 3), np.uint8)
-            yield DecodedBatch(np.asarray(index, np.int64), np.stack(images) if images else empty, skipped)
+            stacked = np.zeros((0, size[0], size[1], 3), np.uint8)
+            if images:
+                shape = (len(images), size[0], size[1], 3)
+                stacked = np.stack(images, out=allocate(shape, np.uint8)) if allocate is not None else np.stack(images)
+            yield DecodedBatch(np.asarray(index, np.int64), stacked, skipped)
 
 
 def ahead(pool: ThreadPoolExecutor, work: Callable[[T], R], items: Sequence[T], depth: int = 256) -> Iterator[R]:

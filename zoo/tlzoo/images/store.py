@@ -270,19 +270,20 @@ class StoreImages:
         return self._rows(index)
 
     def _rows(self, index: Any) -> np.ndarray:
-        return self.gather(np.arange(len(self))[index])
+        positions = np.arange(len(self))[index]
+        return self.gather(positions, out=np.empty((len(positions), *self.shape[1:]), np.uint8))
 
     def gather(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """The images at ``indices`` into ``out`` (made when None): one vectorised take per segment, in sorted
-        slot order (sequential reads of the mapped files), with no per-image Python."""
+        """The images at ``indices``, in that order, into ``out`` (made when None): one copy from the mapped
+        files, by one vectorised take per run of consecutive indices in the same segment (a store of one
+        segment: one take for the batch)."""
         rows = self._keys[np.asarray(indices, np.int64)]
         maps = self._segments()
         out = np.empty((len(rows), self._size[0], self._size[1], 3), np.uint8) if out is None else out
-        for seg in np.unique(rows[:, 0]) if len(rows) else []:
-            positions = np.flatnonzero(rows[:, 0] == seg)
-            slots = rows[positions, 1]
-            order = np.argsort(slots, kind="stable")
-            out[positions[order]] = maps[int(seg)][slots[order]]
+        bounds = np.flatnonzero(np.diff(rows[:, 0])) + 1
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(rows)]) if len(rows) else ():
+            segment = maps[int(rows[lo, 0])]
+            np.take(segment, rows[lo:hi, 1], axis=0, out=out[lo:hi], mode="clip")  # slots come from the table
         return out
 
     def subset(self, index: np.ndarray) -> StoreImages:

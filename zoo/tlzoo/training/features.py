@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -85,17 +86,29 @@ def _extract(model: Model, files: ImageList, cfg: TrainConfig, run: Callable[[],
 
     feats, kept, skipped = [], [], []
     kept_by = (lambda path, jpeg, pixels: stream.add(path, jpeg.digest, pixels)) if stream is not None else None
+    own = cfg.feature_engine in (feature_engines.FRAMEWORK, feature_engines.AUTO)
+    # A runner may give features still on their way from the device (``ready()``, read by ``np.asarray``):
+    # they are taken in order once done, never waited for while batches remain, so the device is never idle.
+    waiting: deque[Any] = deque()
+
+    def take(wait: bool) -> None:
+        while waiting and (wait or getattr(waiting[0], "ready", lambda: True)()):
+            feats.append(np.asarray(waiting.popleft(), dtype=np.float32))
+
     for batch in batches.decode_batches(files.paths, model.size, batch_size=cfg.batch, threads=cfg.workers or None,
                                         strict=cfg.strict, prep=model.preprocessing, decoder=decoder,
-                                        load=stream.load if stream is not None else None, decoded=kept_by):  # fmt: skip
+                                        load=stream.load if stream is not None else None, decoded=kept_by,
+                                        allocate=model.pinned if own and model.engine.device != "cpu" else None):  # fmt: skip
         skipped += batch.skipped
         if len(batch.index):
             runner = run()
             # the same normalization as Backbone.preprocess, for a runner that does not take uint8 batches
             images = batch.images if getattr(runner, "takes_uint8", False) else normalize(batch.images, model.spec.preprocessing)
-            feats.append(np.asarray(runner(images)).astype(np.float32, copy=False))
+            waiting.append(runner(images))
             kept.append(batch.index)
+            take(wait=False)
         advance(len(batch.index) + len(batch.skipped))
+    take(wait=True)
     if not feats:
         return feature_cache.Entry(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), skipped)
     return feature_cache.Entry(np.concatenate(feats), np.concatenate(kept), skipped)

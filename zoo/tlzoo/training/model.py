@@ -6,8 +6,10 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
+import numpy as np
 
 from .. import feature_engines
+
 from ..adapters import adapter_for, framework_spec, gpu_decoder
 from ..backbone import Backbone, get_backbone
 from ..freeze import parse_unit
@@ -98,6 +100,11 @@ class Model:
     def device(self) -> str:
         """Where the run computed: the engine's device, or the CPU for a run that only fitted a head."""
         return self.engine.device if self.has_engine else "cpu"
+
+    def pinned(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """Host memory the engine's device copies from without waiting (pinned on CUDA; plain elsewhere)."""
+        allocate = adapter_for(self.spec.framework).pinned_allocator(self.engine.device)
+        return allocate(shape, dtype) if allocate is not None else np.empty(shape, dtype)
 
     @property
     def head_only(self) -> bool:

@@ -1,0 +1,267 @@
+"""A counting stand-in for a CUDA device, for tests and benchmarks on a machine without one.
+
+:class:`CudaStandIn` makes torch's ``cuda`` device exist: ``torch.cuda.is_available()`` is true, and a tensor
+made on or moved to ``cuda`` is a ``meta`` tensor instead (shapes and dtypes, no data, no arithmetic: the
+network and every device-side operation cost next to nothing). What stays real is the host's work: the store's
+reads, the feed's threads, pinning, the augmentation draws, bookkeeping.
+
+Every call that would make the host wait for a GPU is counted in :attr:`CudaStandIn.blocking`, by kind and with
+the line that made it:
+
+- a copy to the device from pageable memory, or without ``non_blocking=True`` (``.to``, ``.cuda``, ``copy_``);
+- a read of a device tensor: ``.cpu()``, ``.item()``, ``.tolist()``, ``.numpy()``, ``float()``, ``int()``,
+  ``bool()`` (the value read is zero: a meta tensor has none);
+- a tensor made on the device from host data: ``torch.tensor(..., device="cuda")``, ``torch.as_tensor``;
+- ``torch.cuda.synchronize()`` and ``Event.synchronize()`` on the thread that runs the steps.
+
+Pinned memory is emulated: ``pin_memory()`` is a copy into memory the stand-in marks pinned, and
+``torch.empty(..., pin_memory=True)`` an allocation it marks so. On a real GPU,
+``torch.cuda.set_sync_debug_mode("error")`` reports the same waits.
+
+The counting is a :class:`torch.overrides.TorchFunctionMode`, which is per thread: calls on the feed's threads
+are not counted (they may wait; the steps' thread must not), but device arguments on them are still turned
+into ``meta`` by the patched entry points below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import traceback
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+META = torch.device("meta")
+
+_READS = {torch.Tensor.cpu: "cpu()", torch.Tensor.item: "item()", torch.Tensor.tolist: "tolist()",
+          torch.Tensor.numpy: "numpy()", torch.Tensor.__float__: "float()", torch.Tensor.__int__: "int()",
+          torch.Tensor.__bool__: "bool()", torch.Tensor.__index__: "int()"}  # fmt: skip
+_MADE_FROM_HOST = {torch.tensor: "torch.tensor(device=)", torch.as_tensor: "torch.as_tensor(device=)"}
+_FACTORIES = {torch.empty, torch.zeros, torch.ones, torch.full, torch.arange, torch.randn, torch.rand,
+              torch.randint, torch.empty_like, torch.zeros_like, torch.ones_like, torch.full_like, torch.eye,
+              torch.linspace, torch.randperm, torch.empty_strided}  # fmt: skip
+
+
+def _is_cuda(device: Any) -> bool:
+    if device is None:
+        return False
+    if isinstance(device, int):
+        return True
+    if isinstance(device, str):
+        return device.split(":")[0] == "cuda"
+    return isinstance(device, torch.device) and device.type == "cuda"
+
+
+class _Stream:
+    """``torch.cuda.Stream`` on the stand-in: work is ordered by the host already."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.device = torch.device("cuda", 0)
+
+    def wait_event(self, event: Any) -> None:
+        pass
+
+    def wait_stream(self, stream: Any) -> None:
+        pass
+
+    def record_event(self, event: Any = None) -> Any:
+        event = event or _Event()
+        event.record(self)
+        return event
+
+    def synchronize(self) -> None:
+        _active().count("stream.synchronize()")
+
+    def query(self) -> bool:
+        return True
+
+
+class _Event:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.recorded = False
+
+    def record(self, stream: Any = None) -> None:
+        self.recorded = True
+
+    def wait(self, stream: Any = None) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+    def synchronize(self) -> None:
+        _active().count("event.synchronize()")
+
+    def elapsed_time(self, other: Any) -> float:
+        return 0.0
+
+
+_ACTIVE: list[CudaStandIn] = []
+
+
+def _active() -> CudaStandIn:
+    return _ACTIVE[-1]
+
+
+class CudaStandIn(TorchFunctionMode):
+    """Use as ``with CudaStandIn() as cuda: ...``; ``cuda.blocking`` counts the waits (see the module)."""
+
+    def __init__(self, name: str = "Stand-in GPU (tlzoo)") -> None:
+        super().__init__()
+        self.name = name
+        self.blocking: Counter[str] = Counter()
+        self.where: list[str] = []  # the line of each counted call, for a failing test's message
+        self.thread = threading.get_ident()
+        self._pinned: dict[int, int] = {}  # data_ptr -> bytes, of the memory the stand-in calls pinned
+        self.pinned_bytes = 0  # copied into pinned memory by pin_memory() (a host copy on a real GPU too)
+        self._patches = contextlib.ExitStack()
+        self._lock = threading.Lock()
+
+    # -- counting ------------------------------------------------------------------------------------------
+    def count(self, kind: str) -> None:
+        if threading.get_ident() != self.thread:
+            return
+        self.blocking[kind] += 1
+        frames = [f for f in traceback.extract_stack()[:-2] if "standin.py" not in f.filename]
+        self.where.append(f"{kind} at {frames[-1].filename}:{frames[-1].lineno}" if frames else kind)
+
+    def reset(self) -> None:
+        self.blocking.clear()
+        self.where.clear()
+
+    @property
+    def total(self) -> int:
+        return sum(self.blocking.values())
+
+    def is_pinned(self, tensor: torch.Tensor, *args: Any, **kwargs: Any) -> bool:
+        if tensor.device.type != "cpu" or tensor.numel() == 0:
+            return tensor.device.type == "cpu"
+        ptr = tensor.untyped_storage().data_ptr()
+        return ptr in self._pinned
+
+    def _pin_copy(self, tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        with self._lock:
+            self.pinned_bytes += tensor.nbytes
+        return self._pin(tensor.clone())
+
+    def _pin(self, tensor: torch.Tensor) -> torch.Tensor:
+        with self._lock:
+            self._pinned[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    # -- the mode ------------------------------------------------------------------------------------------
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = dict(kwargs or {})
+        if func in _READS:
+            tensor = args[0]
+            if tensor.device.type == "meta":
+                self.count(_READS[func])
+                return func(torch.zeros(tensor.shape, dtype=tensor.dtype), *args[1:], **kwargs)
+            return func(*args, **kwargs)
+        if func in _MADE_FROM_HOST and _is_cuda(kwargs.get("device")):
+            self.count(_MADE_FROM_HOST[func])
+            kwargs["device"] = "cpu"
+            return func(*args, **kwargs).to(META)
+        if func in _FACTORIES:
+            pin = kwargs.pop("pin_memory", False)
+            if _is_cuda(kwargs.get("device")):
+                kwargs["device"] = META
+            made = func(*args, **kwargs)
+            return self._pin(made) if pin else made
+        if func is torch.Tensor.to or func is torch.Tensor.cuda:
+            return self._moved(func, args, kwargs)
+        if func is torch.Tensor.copy_:
+            dst, src = args[0], args[1]
+            if dst.device.type == "meta" and src.device.type == "cpu":
+                if not (kwargs.get("non_blocking") or (len(args) > 2 and args[2])) or not self.is_pinned(src):
+                    self.count("copy_ to the device from pageable memory or blocking")
+                return dst
+            if dst.device.type == "cpu" and src.device.type == "meta":
+                if not (kwargs.get("non_blocking") or (len(args) > 2 and args[2])) or not self.is_pinned(dst):
+                    self.count("copy_ from the device into pageable memory or blocking")
+                return dst
+        return func(*args, **kwargs)
+
+    def _moved(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+        tensor, rest = args[0], list(args[1:])
+        device = kwargs.get("device")
+        if func is torch.Tensor.cuda:
+            device = "cuda"
+            rest = []
+        elif rest and isinstance(rest[0], (str, torch.device, int)) and not isinstance(rest[0], bool):
+            device = rest.pop(0)
+        elif rest and isinstance(rest[0], torch.Tensor):
+            device = rest[0].device
+            kwargs.setdefault("dtype", rest.pop(0).dtype)
+        if not _is_cuda(device) and not (isinstance(device, torch.device) and device.type == "meta"):
+            if device is not None and torch.device(device).type == "cpu" and tensor.device.type == "meta":
+                self.count("a copy from the device (.to('cpu'))")
+                return torch.zeros(tensor.shape, dtype=kwargs.get("dtype") or tensor.dtype)
+            return func(*args, **kwargs)
+        non_blocking = bool(kwargs.get("non_blocking") or (len(rest) >= 2 and rest[1] is True))
+        if tensor.device.type == "cpu" and (not non_blocking or not self.is_pinned(tensor)):
+            self.count("a copy to the device from pageable memory or blocking")
+        dtype = kwargs.get("dtype") or (rest[0] if rest and isinstance(rest[0], torch.dtype) else None)
+        out = tensor.to(META) if tensor.device.type != "meta" else tensor
+        if dtype is not None:
+            out = out.to(dtype)
+        if kwargs.get("memory_format") is not None:
+            out = out.contiguous(memory_format=kwargs["memory_format"])
+        return out
+
+    # -- entry points outside the mode ---------------------------------------------------------------------
+    def __enter__(self) -> CudaStandIn:
+        from unittest import mock
+
+        _ACTIVE.append(self)
+        p = self._patches
+        cuda = torch.cuda
+        p.enter_context(mock.patch.object(torch.Tensor, "pin_memory", lambda t, *a, **k: self._pin_copy(t)))  # on every thread
+        p.enter_context(mock.patch.object(torch.Tensor, "is_pinned", lambda t, *a, **k: self.is_pinned(t)))
+        empty = torch.empty
+
+        def empty_pinned(*args: Any, pin_memory: bool = False, **kwargs: Any) -> torch.Tensor:
+            made = empty(*args, **kwargs)
+            return self._pin(made) if pin_memory else made
+
+        p.enter_context(mock.patch.object(torch, "empty", empty_pinned))  # the feed's threads allocate too
+        p.enter_context(mock.patch.object(torch.Tensor, "record_stream", lambda t, stream: None))  # the feed's threads allocate too
+        p.enter_context(mock.patch.object(cuda, "is_available", lambda: True))
+        p.enter_context(mock.patch.object(cuda, "device_count", lambda: 1))
+        p.enter_context(mock.patch.object(cuda, "is_bf16_supported", lambda *a, **k: True))
+        p.enter_context(mock.patch.object(cuda, "get_device_name", lambda *a, **k: self.name))
+        p.enter_context(mock.patch.object(cuda, "set_device", lambda *a, **k: None))
+        p.enter_context(mock.patch.object(cuda, "current_device", lambda: 0))
+        p.enter_context(mock.patch.object(cuda, "synchronize", lambda *a, **k: self.count("torch.cuda.synchronize()")))
+        p.enter_context(mock.patch.object(cuda, "Stream", _Stream))
+        p.enter_context(mock.patch.object(cuda, "Event", _Event))
+        p.enter_context(mock.patch.object(cuda, "current_stream", lambda *a, **k: _Stream()))
+        p.enter_context(mock.patch.object(cuda, "stream", lambda *a, **k: contextlib.nullcontext()))
+        p.enter_context(mock.patch.object(cuda, "mem_get_info", lambda *a, **k: (80 << 30, 80 << 30)))
+        p.enter_context(mock.patch.object(cuda, "memory_reserved", lambda *a, **k: 0))
+        p.enter_context(mock.patch.object(cuda, "memory_allocated", lambda *a, **k: 0))
+        p.enter_context(mock.patch.object(cuda, "empty_cache", lambda: None))
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            self._patches.close()
+            _ACTIVE.remove(self)
+
+
+@contextlib.contextmanager
+def steps_counted(cuda: CudaStandIn) -> Iterator[Counter[str]]:
+    """The blocking calls made inside the block (a fresh count; the stand-in's total keeps growing)."""
+    before = Counter(cuda.blocking)
+    got: Counter[str] = Counter()
+    try:
+        yield got
+    finally:
+        got.update(cuda.blocking - before)
