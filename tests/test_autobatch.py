@@ -27,7 +27,7 @@ def test_the_batch_is_the_largest_whose_fitted_step_fits_the_fraction_rounded_to
     choice = autobatch.choose(_linear(10 * MiB, 100 * MiB), 2 * GiB, 10_000, fixed_bytes=50 * MiB)
     # 0.6 x 2048 MiB = 1228.8 MiB for steps of 150 + 10 b MiB: b = 107.88 -> 107 -> 104 (a multiple of 8)
     assert choice.batch_size == 104 and choice.lr_scale == 104 / 32 and choice.warms_up
-    assert choice.measured == {b: (150 + 10 * b) * MiB for b in (1, 2, 4, 8, 16)}
+    assert choice.measured == {b: (150 + 10 * b) * MiB for b in (2, 4, 8, 16)}
     assert choice.cap == 1024 and "60% of the 2.0 GiB free: 10.0 MiB an image over 150 MiB" in choice.reason
     assert choice.line(1e-3) == (f"--batch-size auto: 104 ({choice.reason}); learning rate 0.001 x 104/32 = 0.00325, "
                                  "reached over one epoch of warm-up")  # fmt: skip
@@ -36,9 +36,11 @@ def test_the_batch_is_the_largest_whose_fitted_step_fits_the_fraction_rounded_to
 
 def test_the_batch_is_capped_by_the_training_set_and_by_1024():
     assert autobatch.choose(_linear(10 * MiB, 100 * MiB), 2 * GiB, 400).batch_size == 48  # 400 / 8 = 50 -> 48
-    assert "capped at 50 (training images / 8, at most 1024)" in autobatch.choose(_linear(10 * MiB, 0), 2 * GiB, 400).reason
+    assert "capped at 50 (training images / 8, not below 32 or the training set's size, at most 1024)" in autobatch.choose(_linear(10 * MiB, 0), 2 * GiB, 400).reason
     assert autobatch.choose(_linear(1, 0), 100 * GiB, 10**6).batch_size == 1024
-    assert autobatch.choose(_linear(10 * MiB, 0), 2 * GiB, 20).batch_size == 2  # below 8: not rounded
+    # 20 images: at least the default or the whole set (20), not 20 / 8 = 2; 16, a multiple of 8
+    assert autobatch.choose(_linear(10 * MiB, 0), 2 * GiB, 20).batch_size == 16
+    assert autobatch.choose(_linear(10 * MiB, 0), 2 * GiB, 5).batch_size == 5  # below 8: not rounded
 
 
 def test_a_probe_that_runs_out_of_memory_keeps_the_last_batch_that_fitted():
@@ -48,12 +50,12 @@ def test_a_probe_that_runs_out_of_memory_keeps_the_last_batch_that_fitted():
         return 100 * MiB * batch
 
     choice = autobatch.choose(step, 2 * GiB, 10_000)
-    assert choice.batch_size == 4 and list(choice.measured) == [1, 2, 4] and "a batch of 8 did not fit" in choice.reason
+    assert choice.batch_size == 4 and list(choice.measured) == [2, 4] and "a batch of 8 did not fit" in choice.reason
 
     def nothing_fits(batch: int) -> int:
         raise MemoryError("CUDA out of memory")
 
-    with pytest.raises(UsageError, match=r"^--batch-size auto: not even a batch of 1 fits the device's 2.0 GiB free"):
+    with pytest.raises(UsageError, match=r"^--batch-size auto: not even a batch of 2 fits the device's 2.0 GiB free"):
         autobatch.choose(nothing_fits, 2 * GiB, 10_000)
 
 
@@ -127,6 +129,7 @@ class _Probed:
         self.lr_factors: list[float] = []
         self.configured: list[float] = []
         engine = torch_train.TorchEngine
+        monkeypatch.setattr(autobatch, "MAX_BATCH", 3)  # 8 steps an epoch of the 24 images: a ramp to see
 
         def step_memory(engine_self, batch: int) -> int:  # type: ignore[no-untyped-def]
             self.trainable_at_probe.append(engine_self.trainable_params())
@@ -153,12 +156,12 @@ def test_auto_measures_the_hungriest_stage_scales_the_rate_and_warms_up_each_sta
     result = train(_config(tiny_data, tmp_path, strategy="two-stage", freeze=None, stage1_epochs=2, epochs=2,
                            batch_size="auto", schedule="none"))  # fmt: skip
     record = result.metrics["batch_size_auto"]
-    # 24 training images cap the batch at 3; the step was measured with stage 2's units trainable (all of them).
+    # the cap of 3 holds the batch; the step was measured with stage 2's units trainable (all of them).
     assert result.metrics["batch_size"] == record["batch_size"] == 3 and record["cap"] == 3
     assert "in stage2" in record["reason"] and "capped at 3" in record["reason"]
     trainable = probed.trainable_at_probe[0]
     assert set(probed.trainable_at_probe) == {trainable} and trainable == result.metrics["trainable_params"]
-    assert record["step_bytes"]["1"] == 50 * MiB + trainable * 4 * 2  # AdamW's two moments added
+    assert record["step_bytes"]["2"] == 80 * MiB + trainable * 4 * 2  # AdamW's two moments added
     assert probed.configured == [0.01 * 3 / 32, 0.01 * 3 / 32]  # both stages at the scaled rate
     ramp = [round(min(1.0, (seen + 3) / 24), 6) for seen in range(0, 24, 3)] + [1.0]
     # Each stage: its first epoch ramps step by step, its second runs at the full (scaled) rate.

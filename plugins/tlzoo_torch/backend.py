@@ -440,6 +440,7 @@ class OnTheWay:
         return bool(self.copied.query())
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        self.copied.synchronize()
+        if not self.copied.query():
+            self.copied.synchronize()
         array = self.host.numpy()
         return array if dtype is None else array.astype(dtype, copy=False)

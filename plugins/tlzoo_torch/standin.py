@@ -79,6 +79,9 @@ class _Stream:
     def query(self) -> bool:
         return True
 
+    def is_capturing(self) -> bool:
+        return False
+
 
 class _Event:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -120,6 +123,7 @@ class CudaStandIn(TorchFunctionMode):
         self.pinned_bytes = 0  # copied into pinned memory by pin_memory() (a host copy on a real GPU too)
         self._patches = contextlib.ExitStack()
         self._lock = threading.Lock()
+        self.device_bytes = 0  # since the last reset_peak_memory_stats (see _counted)
 
     # -- counting ------------------------------------------------------------------------------------------
     def count(self, kind: str) -> None:
@@ -170,10 +174,10 @@ class CudaStandIn(TorchFunctionMode):
             pin = kwargs.pop("pin_memory", False)
             if _is_cuda(kwargs.get("device")):
                 kwargs["device"] = META
-            made = func(*args, **kwargs)
+            made = self._counted(func(*args, **kwargs))
             return self._pin(made) if pin else made
         if func is torch.Tensor.to or func is torch.Tensor.cuda:
-            return self._moved(func, args, kwargs)
+            return self._counted(self._moved(func, args, kwargs))
         if func is torch.Tensor.copy_:
             dst, src = args[0], args[1]
             if dst.device.type == "meta" and src.device.type == "cpu":
@@ -183,8 +187,15 @@ class CudaStandIn(TorchFunctionMode):
             if dst.device.type == "cpu" and src.device.type == "meta":
                 if not (kwargs.get("non_blocking") or (len(args) > 2 and args[2])) or not self.is_pinned(dst):
                     self.count("copy_ from the device into pageable memory or blocking")
-                return dst
-        return func(*args, **kwargs)
+                return dst.zero_()  # a meta tensor has no values: zeros stand in for them
+        return self._counted(func(*args, **kwargs))
+
+    def _counted(self, result: Any) -> Any:
+        """``result``; a device tensor's bytes added to what the device allocated (every result kept, none freed:
+        an upper bound that grows with the batch, which is what AutoBatch's probe needs to see)."""
+        if isinstance(result, torch.Tensor) and result.device.type == "meta":
+            self.device_bytes += result.nelement() * result.element_size()
+        return result
 
     def _moved(self, func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         tensor, rest = args[0], list(args[1:])
@@ -215,10 +226,14 @@ class CudaStandIn(TorchFunctionMode):
 
     # -- entry points outside the mode ---------------------------------------------------------------------
     def __enter__(self) -> CudaStandIn:
+        import warnings
         from unittest import mock
 
         _ACTIVE.append(self)
         p = self._patches
+        p.enter_context(warnings.catch_warnings())
+        # a checkpoint loaded into the meta model is a no-op, which torch warns about for every tensor
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
         cuda = torch.cuda
         p.enter_context(mock.patch.object(torch.Tensor, "pin_memory", lambda t, *a, **k: self._pin_copy(t)))  # on every thread
         p.enter_context(mock.patch.object(torch.Tensor, "is_pinned", lambda t, *a, **k: self.is_pinned(t)))
@@ -228,6 +243,12 @@ class CudaStandIn(TorchFunctionMode):
             made = empty(*args, **kwargs)
             return self._pin(made) if pin_memory else made
 
+        load = torch.load
+
+        def load_to_host(*args: Any, map_location: Any = None, **kwargs: Any) -> Any:
+            return load(*args, map_location="cpu" if _is_cuda(map_location) else map_location, **kwargs)
+
+        p.enter_context(mock.patch.object(torch, "load", load_to_host))  # a checkpoint's tensors: the host's
         p.enter_context(mock.patch.object(torch, "empty", empty_pinned))  # the feed's threads allocate too
         p.enter_context(mock.patch.object(torch.Tensor, "record_stream", lambda t, stream: None))  # the feed's threads allocate too
         p.enter_context(mock.patch.object(cuda, "is_available", lambda: True))
@@ -240,10 +261,15 @@ class CudaStandIn(TorchFunctionMode):
         p.enter_context(mock.patch.object(cuda, "Stream", _Stream))
         p.enter_context(mock.patch.object(cuda, "Event", _Event))
         p.enter_context(mock.patch.object(cuda, "current_stream", lambda *a, **k: _Stream()))
+        p.enter_context(mock.patch.object(torch.accelerator, "current_stream", lambda *a, **k: _Stream()))
         p.enter_context(mock.patch.object(cuda, "stream", lambda *a, **k: contextlib.nullcontext()))
         p.enter_context(mock.patch.object(cuda, "mem_get_info", lambda *a, **k: (80 << 30, 80 << 30)))
         p.enter_context(mock.patch.object(cuda, "memory_reserved", lambda *a, **k: 0))
         p.enter_context(mock.patch.object(cuda, "memory_allocated", lambda *a, **k: 0))
+        p.enter_context(mock.patch.object(cuda, "max_memory_allocated", lambda *a, **k: self.device_bytes))
+        p.enter_context(mock.patch.object(cuda, "reset_peak_memory_stats", lambda *a, **k: setattr(self, "device_bytes", 0)))
+        p.enter_context(mock.patch.object(cuda, "get_rng_state", lambda *a, **k: torch.get_rng_state()))
+        p.enter_context(mock.patch.object(cuda, "set_rng_state", lambda *a, **k: None))
         p.enter_context(mock.patch.object(cuda, "empty_cache", lambda: None))
         super().__enter__()
         return self

@@ -58,7 +58,8 @@ SEGMENT_BYTES = 256 << 20  # a fill publishes a segment every 256 MiB of samples
 LAST_USED = "last-used"  # touched by every run that reads a bucket: eviction removes the oldest first
 GPU_BATCH = 64  # JPEGs a GPU decoder takes at once while filling the store
 KEEP_FREE = 256 << 20  # bytes the store leaves free on its disk
-WAIT_POLL = 0.25  # seconds between looks at a shard another process is filling
+WAIT_POLL = 0.25  # seconds between tries of the lock of a shard another process is filling
+WATCH_EVERY = 0.02  # seconds between looks (two stat calls) at whether that process published anything
 
 
 class StoreUnavailable(Exception):
@@ -505,8 +506,8 @@ def images(cache: Path, files: list[str], size: tuple[int, int], prep: Preproces
                         told_wait = True
                         say(f"waiting for {lock.holder()}, which is decoding these images into the store "
                             f"({bucket.path}); this run takes over if it stops")  # fmt: skip
-                    time.sleep(WAIT_POLL)
-                    catch_up()
+                    if _published_within(bucket.path, names.path, WAIT_POLL):
+                        catch_up()  # only when the filler published: nothing is re-read while nothing changed
         names.save()
     tell(len(files) - told[0])
     kept = np.asarray([i for i in range(len(files)) if i not in skipped], np.int64)
@@ -517,6 +518,30 @@ def images(cache: Path, files: list[str], size: tuple[int, int], prep: Preproces
     paths = [str(bucket.segments[i].path) for i in used]
     return Filled(StoreImages(paths, keys, size), kept, [(files[i], skipped[i]) for i in sorted(skipped)], decoded[0],
                   [str(digests[i]) for i in kept])  # fmt: skip
+
+
+def _mark(*paths: Path) -> tuple[tuple[int, int, int] | None, ...]:
+    marks = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            marks.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            marks.append(None)
+    return tuple(marks)
+
+
+def _published_within(bucket: Path, log: Path, seconds: float) -> bool:
+    """Whether a filler published within ``seconds`` (a segment renamed into the bucket's folder changes its
+    mtime; aliases appended to the log its size), returning as soon as it did: a waiting run is woken by the
+    filler's progress, and looks by two stat calls, never by reading what did not change."""
+    before = _mark(bucket, log)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(WATCH_EVERY)
+        if _mark(bucket, log) != before:
+            return True
+    return False
 
 
 def content_digests(cache: Path, paths: list[str]) -> list[str]:

@@ -27,7 +27,7 @@ from ..errors import UsageError
 AUTO = "auto"
 DEFAULT = 32  # the batch the default learning rates are set for
 FRACTION = 0.6  # Ultralytics' default: room for the allocator's fragmentation and the evaluation batches
-PROBES = (1, 2, 4, 8, 16)
+PROBES = (2, 4, 8, 16)  # not 1: a batch of one breaks BatchNorm where the maps are 1x1 (small images)
 MAX_BATCH = 1024
 # feature-extract's batch on a CUDA device when --batch-size is not given: frozen inference keeps no activations
 # for a backward pass, and batches of 32 leave a GPU idle between them
@@ -107,9 +107,10 @@ def choose(step_memory: Callable[[int], int], free_bytes: int, n_train: int, *, 
         except MemoryError:
             break
     if not measured:
-        raise UsageError(f"--batch-size auto: not even a batch of 1 fits the device's {free_bytes / GiB:.1f} GiB free; "
+        raise UsageError(f"--batch-size auto: not even a batch of {PROBES[0]} fits the device's {free_bytes / GiB:.1f} GiB free; "
                          f"use a smaller --image-size or another device")  # fmt: skip
-    cap = max(1, min(n_train // 8, MAX_BATCH))
+    # at least 8 steps an epoch, but never below the default where the data allows it (14 images: 14, not 1)
+    cap = min(max(n_train // 8, min(DEFAULT, n_train), 2), MAX_BATCH)
     budget = FRACTION * free_bytes
     sizes = np.array(list(measured), dtype=np.float64)
     used = np.array(list(measured.values()), dtype=np.float64)
@@ -128,7 +129,8 @@ def choose(step_memory: Callable[[int], int], free_bytes: int, n_train: int, *, 
     if batch >= 8:
         batch -= batch % 8
     where = f" in {stage}" if stage else ""
-    limit = f", capped at {cap} (training images / 8, at most {MAX_BATCH})" if fits > cap else ""
+    limit = (f", capped at {cap} (training images / 8, not below {DEFAULT} or the training set's size, at most {MAX_BATCH})"
+             if fits > cap else "")  # fmt: skip
     reason = (f"the largest training step{where} that fits {FRACTION:.0%} of the {free_bytes / GiB:.1f} GiB free: "
               f"{how}{limit}")  # fmt: skip
     return Choice(batch, reason, measured, free_bytes, cap)
