@@ -123,9 +123,9 @@ def gpu_standin(monkeypatch, tmp_path):
         name = "nvjpeg (test stand-in)"
         jpegs = 0
 
-        def decode(self, jpegs, size, prep):  # type: ignore[no-untyped-def]
+        def decode_on_device(self, jpegs, size, prep):  # type: ignore[no-untyped-def]
             self.jpegs += len(jpegs)
-            return super().decode(jpegs, size, prep)
+            return super().decode_on_device(jpegs, size, prep)
 
     def offered(self, device):  # type: ignore[no-untyped-def]
         decoder = StandIn("cpu")
@@ -248,3 +248,49 @@ def test_a_compare_string_takes_the_decoder_and_refuses_an_unknown_one(tmp_path)
     assert [c.params for c in combos] == [{"decoder": "cpu"}]
     with pytest.raises(UsageError, match="--decoder 'nvdec' is not known"):
         plan(data, ["mobilenet_v2"], "feature-extract:decoder=nvdec", None)
+
+
+def test_batches_the_decoder_leaves_on_its_device_equal_the_host_ones_and_reach_the_store(cpu_decoder, tmp_path):
+    """on_device: a batch with JPEGs is the decoder's tensor on its device (here the CPU), with the PNGs and a
+    JPEG it fails joined in their places; the pixels equal the host path's, and ``decoded`` is handed each
+    JPEG's pixels off the batches' thread."""
+    import threading
+
+    import torch
+
+    from tlzoo.images.batches import decode_batches
+
+    paths = []
+    for i in range(7):
+        path = tmp_path / f"{i}.{'png' if i == 3 else 'jpg'}"
+        Image.fromarray(make_image(list(COLOURS)[i % len(COLOURS)], i, 40)).save(path, quality=90)
+        paths.append(str(path))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(_jpeg(_photo())[:2000])  # truncated: the decoder fails it, Pillow says why
+    paths.insert(5, str(bad))
+    handed: dict[str, tuple[np.ndarray, str]] = {}
+
+    def decoded(path, jpeg, pixels):  # type: ignore[no-untyped-def]
+        handed[path] = (pixels, threading.current_thread().name)
+
+    kw = {"batch_size": 4, "threads": 2, "prep": POLICIES[1], "decoder": cpu_decoder}
+    host = list(decode_batches(paths, (24, 24), **kw))
+    device = list(decode_batches(paths, (24, 24), **kw, decoded=decoded, on_device=True))
+    assert [b.index.tolist() for b in device] == [b.index.tolist() for b in host]
+    assert [b.skipped for b in device] == [b.skipped for b in host] and len(host[1].skipped) <= 1
+    for h, d in zip(host, device):
+        assert isinstance(d.images, torch.Tensor) and d.images.shape == h.images.shape
+        np.testing.assert_array_equal(cpu_decoder.host_batch(d.images), h.images)
+    jpegs = [p for p in paths if p.endswith(".jpg") and p != str(bad)]
+    assert sorted(handed) == sorted(jpegs)
+    flat = {p: img for b in host for p, img in zip([paths[i] for i in b.index], b.images)}
+    for path, (pixels, thread) in handed.items():
+        np.testing.assert_array_equal(pixels, flat[path])
+        assert thread.startswith("tlzoo-store-write")
+
+
+def test_a_photo_four_times_the_input_size_is_left_to_pillows_draft():
+    big = np.kron(np.asarray(_photo())[:200, :200], np.ones((5, 5, 1), np.uint8))  # 1000 x 1000
+    data = _jpeg(big)
+    assert gpu_decodable(data) is not None and gpu_decodable(data, (256, 256)) is not None  # 1000 < 4 x 256
+    assert gpu_decodable(data, (200, 200)) is None and gpu_decodable(data, (250, 200)) is None  # 1000 >= 4 x 250

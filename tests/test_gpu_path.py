@@ -272,3 +272,38 @@ def test_a_waiting_run_is_woken_by_the_fillers_progress_only(tmp_path):
     assert store._published_within(bucket, log, 5.0) is True
     assert time.monotonic() - started < 1.0, "woken when the segment appeared, not at the end of the wait"
     os.remove(bucket / "seg-1.u8")
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_keras_on_a_gpu_trains_in_mixed_precision_and_saves_float32(tmp_path, monkeypatch, policy):
+    """A GPU's policy (bf16 where the GPU has it, else fp16 with loss scaling), forced here on the CPU: the layers
+    compute in it, the loss is float32 and the steps train; the saved model (what is exported) is float32."""
+    from tlzoo_keras import train as keras_train
+
+    monkeypatch.setattr(keras_train, "mixed_policy", lambda: policy)
+    monkeypatch.setattr(keras_train.KerasEngine, "device", property(lambda self: "gpu"))
+    spec = get_registry().resolve("mobilenet_v2", "keras")
+    engine = keras_train.KerasEngine(get_backbone(spec, pretrained=False, input_size=SIZE, seed=0), 2, tap=None,
+                                     dropout=0.0, seed=0, device="cpu")  # fmt: skip
+    engine.set_compile("off")
+    engine.build()
+    engine.configure(lr=1e-2, backbone_lr_mult=1.0, optimizer="sgd", momentum=0.9, nesterov=False, weight_decay=0.0)
+    assert engine.model is not None
+    assert {layer.dtype_policy.name for layer in engine.model.layers[1:]} == {policy}
+    assert all(v.dtype == "float32" for v in engine.model.weights)  # the variables stay float32
+    head = engine.model.get_layer("head_dense_0")
+    before = head.kernel.numpy().copy()
+    images, labels = _images(96)
+    loss, accuracy = engine.train_epoch(images, labels % 2, batch_size=4, augment=[], epoch=0, workers=1,
+                                        progress=None)  # fmt: skip
+    assert np.isfinite(loss) and not np.array_equal(before, head.kernel.numpy())
+    if policy == "mixed_float16":  # overflowing steps were skipped and the scale halved until they fit
+        assert float(engine.loss_scale) < keras_train.LOSS_SCALE_START
+        assert "loss scaling" in engine.precision()
+    assert engine.logits(images[:3]).dtype == np.float32
+    engine.save_model(tmp_path)
+    saved = keras_train.load_classifier(tmp_path)
+    assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
+    np.testing.assert_allclose(np.asarray(saved(np.zeros((1, *SIZE, 3), np.float32))),
+                               np.asarray(engine.model(np.zeros((1, *SIZE, 3), np.float32)), np.float32),
+                               atol=0.05)  # the same weights; bf16's 8 bits of mantissa apart  # fmt: skip

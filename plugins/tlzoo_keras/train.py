@@ -56,6 +56,36 @@ def _tensors_on(device: str, x: np.ndarray, y: np.ndarray) -> tuple[tf.Tensor, t
         return tf.identity(x), tf.identity(y)
 
 
+def mixed_policy() -> str | None:
+    """The mixed-precision policy a run on this process's GPU trains in: ``mixed_bfloat16`` where the GPU has
+    bf16 (compute capability 8.0 and later), else ``mixed_float16`` with loss scaling; None on the CPU (float32)."""
+    gpus = tf.config.get_visible_devices("GPU")
+    if not gpus:
+        return None
+    capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") or (0, 0)
+    return "mixed_bfloat16" if tuple(capability) >= (8, 0) else "mixed_float16"
+
+
+def with_policy(model: keras.Model, policy: str) -> keras.Model:
+    """A copy of ``model`` whose layers compute in ``policy`` (their variables stay float32 in every policy),
+    with ``model``'s weights and trainable flags."""
+
+    def clone(layer: Any) -> Any:
+        return layer.__class__.from_config({**layer.get_config(), "dtype": policy})
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    for mine, theirs in zip(copy.layers, model.layers):
+        mine.trainable = theirs.trainable
+    return copy
+
+
+# fp16's dynamic loss scale (what keras.optimizers.LossScaleOptimizer does, for the two optimizers together: the
+# loss is scaled once, so the head's and the backbone's gradients share one scale and skip a step together).
+LOSS_SCALE_START = 2.0**15
+LOSS_SCALE_GROW_EVERY = 2000
+
+
 def _optimizer(name: str, lr: float, momentum: float, nesterov: bool, weight_decay: float) -> keras.optimizers.Optimizer:
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate=lr, momentum=momentum, nesterov=nesterov)
@@ -114,6 +144,10 @@ class KerasEngine(Engine):
         self.optimizers: list[tuple[keras.optimizers.Optimizer, list[Any], float]] = []
         self._step: Any = None
         self._feed: Prefetcher[Any] | None = None
+        # On a GPU, mixed precision (export and saved model stay float32); None: float32 throughout.
+        self.policy = mixed_policy() if self.device == "gpu" and self.strategy is None else None
+        self.loss_scale: Any = None  # fp16's (see LOSS_SCALE_START)
+        self._good_steps: Any = None
 
     @property
     def device(self) -> str:
@@ -164,7 +198,12 @@ class KerasEngine(Engine):
             if head is not None:
                 self.output = head.output
             self.model = assemble(features, sizes, dropout, head, self.backbone.spec.name)
+            if self.policy is not None:
+                self.model = with_policy(self.model, self.policy)
         self.head_names = {f"head_dense_{i}" for i in range(len(sizes) - 1)}
+        if self.policy == "mixed_float16" and self.loss_scale is None:
+            self.loss_scale = tf.Variable(LOSS_SCALE_START, trainable=False, dtype=tf.float32, name="loss_scale")
+            self._good_steps = tf.Variable(0, trainable=False, dtype=tf.int64, name="good_steps")
 
     def configure(self, *, lr: float, backbone_lr_mult: float, optimizer: str, momentum: float, nesterov: bool,
                   weight_decay: float) -> None:  # fmt: skip
@@ -225,14 +264,39 @@ class KerasEngine(Engine):
                 x = augmenter(x, training=True)
             return update(normalize(x, prep), labels, global_batch)
 
-        def update(x: tf.Tensor, labels: tf.Tensor, global_batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            with tf.GradientTape() as tape:
-                logits = model(x, training=True)
-                loss = tf.reduce_sum(loss_fn(labels, logits)) / tf.cast(global_batch, tf.float32)
-            grads = tape.gradient(loss, self.head_vars + self.body_vars)
+        scale, good = self.loss_scale, self._good_steps
+
+        def apply(grads: list[tf.Tensor]) -> None:
             self.optimizers[0][0].apply_gradients(zip(grads[:n_head], self.head_vars))
             if self.body_vars:
                 self.optimizers[1][0].apply_gradients(zip(grads[n_head:], self.body_vars))
+
+        def update(x: tf.Tensor, labels: tf.Tensor, global_batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            with tf.GradientTape() as tape:
+                logits = tf.cast(model(x, training=True), tf.float32)  # the loss in float32 in every policy
+                loss = tf.reduce_sum(loss_fn(labels, logits)) / tf.cast(global_batch, tf.float32)
+                scaled = loss * scale if scale is not None else loss
+            grads = tape.gradient(scaled, self.head_vars + self.body_vars)
+            if scale is None:
+                apply(grads)
+            else:  # fp16: unscale; a step whose gradients overflowed is skipped and the scale halved
+                grads = [g / scale for g in grads]
+                finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+
+                def step_taken() -> tf.Tensor:
+                    apply(grads)
+                    good.assign_add(1)
+                    grow = good >= LOSS_SCALE_GROW_EVERY
+                    scale.assign(tf.where(grow, scale * 2.0, scale))
+                    good.assign(tf.where(grow, tf.zeros_like(good), good))
+                    return tf.constant(True)
+
+                def step_skipped() -> tf.Tensor:
+                    scale.assign(tf.maximum(scale / 2.0, 1.0))
+                    good.assign(0)
+                    return tf.constant(False)
+
+                tf.cond(finite, step_taken, step_skipped)
             correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int64), labels), tf.int64))
             return loss, correct
 
@@ -290,16 +354,19 @@ class KerasEngine(Engine):
         self._reseed_layers(epoch)
         quasi = self.quasi_random_order(images, epoch)  # a store larger than memory: read a block at a time
         order = self.set_rng(epoch).permutation(len(labels)) if quasi is None else quasi
-        if self._feed is None or self._feed.threads != max(1, workers) or self._feed.closed:
+        from tlzoo.images.decode import available_cores
+
+        threads = workers or (available_cores() if self.device == "gpu" else 1)  # as TorchEngine._feed_for
+        if self._feed is None or self._feed.threads != threads or self._feed.closed:
             if self._feed is not None:
                 self._feed.close()
             # Under MirroredStrategy tf.data splits each batch over the replicas; else each batch becomes a
             # tensor on the device on the thread that gathered it.
             if self.strategy is not None:
-                self._feed = Prefetcher(workers)
+                self._feed = Prefetcher(threads)
             else:
                 where = "/GPU:0" if self.device == "gpu" else "/CPU:0"
-                self._feed = Prefetcher(workers, lambda x, y: _tensors_on(where, x, y))
+                self._feed = Prefetcher(threads, lambda x, y: _tensors_on(where, x, y))
         # Summed on the device and read once an epoch, a non-finite loss looked for every CHECK_EVERY steps.
         total, correct, seen = tf.zeros((), tf.float64), tf.zeros((), tf.int64), 0
         steps = self._steps(images, labels, order, batch_size)
@@ -337,15 +404,22 @@ class KerasEngine(Engine):
         assert self.model is not None
         prep = self.backbone.spec.preprocessing
         out = [
-            np.asarray(self.model(normalize(tf.constant(images[i : i + batch_size]), prep), training=False))
+            np.asarray(tf.cast(self.model(normalize(tf.constant(images[i : i + batch_size]), prep), training=False),
+                               tf.float32))  # fmt: skip
             for i in range(0, len(images), batch_size)
         ]
         return np.concatenate(out)
 
+    def precision(self) -> str:
+        return {None: "float32", "mixed_bfloat16": "bfloat16 (Keras mixed_bfloat16)",
+                "mixed_float16": "float16 (Keras mixed_float16), loss scaling"}[self.policy]  # fmt: skip
+
     def save_model(self, run_dir: Path) -> Path:
+        """The classifier in float32 whatever it trained in: what is exported and predicted with."""
         assert self.model is not None
         path = Path(run_dir) / MODEL_FILE
-        atomic_write(path, lambda tmp: self.model.save(tmp), suffix=".keras")  # type: ignore[union-attr]
+        model = self.model if self.policy is None else with_policy(self.model, "float32")
+        atomic_write(path, lambda tmp: model.save(tmp), suffix=".keras")
         return path
 
     def save_state(self, path: Path, extra: dict[str, Any]) -> None:

@@ -60,7 +60,10 @@ HOST_NORMALIZED = ("cpu",)
 def normalized_on(images: np.ndarray, prep: Any, device: torch.device) -> torch.Tensor:
     """RGB uint8 NHWC on the host -> float32 NCHW (channels_last) on ``device``, by the float32 arithmetic of
     :func:`tlzoo.images.normalize.normalize` (the same values)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True).permute(0, 3, 1, 2)
+    if isinstance(images, torch.Tensor):  # a batch a GPU decoder left on the device (NHWC)
+        x = images.to(device, non_blocking=True).permute(0, 3, 1, 2)
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True).permute(0, 3, 1, 2)
     if prep.channel_order == "BGR":
         x = x.flip(1)
     x = x.float()
@@ -297,6 +300,8 @@ def optimized_for_cpu(backbone: Backbone, model: nn.Module, tolerance: float = C
 
 
 class TorchBackbone(Backbone):
+    takes_device_batches = True  # run_images takes a torch batch already on the device (nvJPEG's)
+
     framework = "torch"
     weight_layers: tuple[type, ...] = WEIGHT_LAYERS  # what a freeze unit is, beside the spec's unit_modules
 
@@ -392,6 +397,8 @@ class TorchBackbone(Backbone):
         """On a GPU the uint8 batch crosses (a quarter of float32's bytes) and is normalized there; on the CPU
         tlzoo's table lookup (:func:`tlzoo.images.normalize.normalize`) is faster than torch's four passes."""
         weight = next(itertools.chain(model.parameters(), model.buffers()), None)
+        if isinstance(images, torch.Tensor) and (weight is None or weight.device.type in HOST_NORMALIZED):
+            images = images.cpu().numpy()
         if weight is None or weight.device.type in HOST_NORMALIZED:
             return self._run(model, self.preprocess(images))
         prep = self.spec.preprocessing

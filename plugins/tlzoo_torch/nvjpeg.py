@@ -66,21 +66,70 @@ class TorchJpegDecoder:
     def decode(self, jpegs: list[Jpeg], size: tuple[int, int], prep: Preprocessing) -> list[np.ndarray | None]:
         if not jpegs:
             return []
+        out, ok = self.decode_on_device(jpegs, size, prep)
+        host = out.cpu().numpy()  # one copy to the host for the batch
+        return [host[k] if ok[k] else None for k in range(len(jpegs))]
+
+    def decode_on_device(self, jpegs: list[Jpeg], size: tuple[int, int],
+                         prep: Preprocessing) -> tuple[torch.Tensor, list[bool]]:  # fmt: skip
+        """The batch as (N, H, W, 3) uint8 on the decoder's device (an NHWC view of NCHW memory, which is
+        channels_last), and which JPEGs it decoded (the others' rows are left as they were)."""
         data = [torch.frombuffer(bytearray(j.data), dtype=torch.uint8) for j in jpegs]
         try:  # one batched call (nvJPEG decodes the batch together); it fails whole if one file fails
             images: list[torch.Tensor | None] = list(self._decode(data, mode=self._mode, device=self.device))
         except RuntimeError:
             images = [self._one(d) for d in data]
         out = torch.empty((len(jpegs), 3, *size), dtype=torch.uint8, device=self.device)
-        ok = []
+        ok = [False] * len(jpegs)
         for k, (jpeg, image) in enumerate(zip(jpegs, images)):
             if image is None or image.shape[0] != 3 or tuple(image.shape[1:]) != (jpeg.height, jpeg.width):
                 continue
             out[k] = self._resized(_upright(image, jpeg.orientation), size, prep)
-            ok.append(k)
-        host = out.permute(0, 2, 3, 1).cpu().numpy()  # one copy to the host for the batch
-        kept = set(ok)
-        return [host[k] if k in kept else None for k in range(len(jpegs))]
+            ok[k] = True
+        return out.permute(0, 2, 3, 1), ok
+
+    def batch_on_device(self, rows: list[Any], size: tuple[int, int],
+                        allocate: Any = None) -> torch.Tensor:  # fmt: skip
+        """One (N, H, W, 3) uint8 batch on the device from ``rows``: each a host image (copied up from pinned
+        memory, stacked there by ``allocate``) or a :class:`OnDevice` row of a decoded batch (copied on the
+        device). A batch whose rows are all one decoded batch's, in order, is that batch (no copy)."""
+        devices = [r for r in rows if isinstance(r, OnDevice)]
+        if len(devices) == len(rows) and rows:
+            source = devices[0].batch
+            if all(r.batch is source for r in devices) and [r.row for r in devices] == list(range(len(source))):
+                return source
+        out = torch.empty((len(rows), *size, 3), dtype=torch.uint8, device=self.device)
+        host = [k for k, r in enumerate(rows) if not isinstance(r, OnDevice)]
+        if host:
+            shape = (len(host), *size, 3)
+            staged = np.stack([rows[k] for k in host], out=allocate(shape, np.uint8) if allocate else None)
+            up = torch.from_numpy(staged).to(self.device, non_blocking=True)
+            for j, k in enumerate(host):
+                out[k] = up[j]
+        for k, r in enumerate(rows):
+            if isinstance(r, OnDevice):
+                out[k] = r.batch[r.row]
+        return out
+
+    def decode_to_device(self, jpegs: list[Jpeg], size: tuple[int, int], prep: Preprocessing,
+                         to_host: bool) -> tuple[list[OnDevice | None], Any]:  # fmt: skip
+        """:meth:`decode_on_device`'s rows (None where a JPEG failed: Pillow's), and with ``to_host`` the batch's
+        pixels on their way to the host (:meth:`to_host`) for the store."""
+        if not jpegs:
+            return [], None
+        batch, ok = self.decode_on_device(jpegs, size, prep)
+        return [OnDevice(batch, k) if ok[k] else None for k in range(len(jpegs))], self.to_host(batch) if to_host else None
+
+    def host_batch(self, batch: torch.Tensor) -> np.ndarray:
+        """A batch on the device as a host array (for a feature engine that takes host arrays)."""
+        return batch.cpu().numpy()
+
+    def to_host(self, batch: torch.Tensor) -> Any:
+        """``batch``'s pixels on their way to pinned host memory (``np.asarray`` waits for them): the store's
+        copy of what the GPU decoded, taken off the critical path."""
+        from .backend import OnTheWay
+
+        return OnTheWay(batch) if batch.device.type != "cpu" else batch.numpy()
 
     def _one(self, data: torch.Tensor) -> torch.Tensor | None:
         try:
@@ -108,6 +157,15 @@ class TorchJpegDecoder:
             return canvas
         left, top = plan.crop
         return resized[:, top : top + h, left : left + w]
+
+
+class OnDevice:
+    """Row ``row`` of a batch the decoder left on its device."""
+
+    __slots__ = ("batch", "row")
+
+    def __init__(self, batch: torch.Tensor, row: int) -> None:
+        self.batch, self.row = batch, row
 
 
 def working_decoder(device: str) -> TorchJpegDecoder | None:

@@ -442,11 +442,16 @@ class TorchEngine(Engine):
         return loss_sum / max(count, 1.0), right / max(count, 1.0)
 
     def _feed_for(self, workers: int) -> Feed:
-        """The engine's feed (made once; again when ``workers`` changes or an error closed it)."""
-        if self._feed is None or self._feed.threads != max(1, workers) or self._feed.prefetcher.closed:
+        """The engine's feed (made once; again when ``workers`` changes or an error closed it). ``workers`` 0:
+        on CUDA one gather thread per core this process may use (the GPU eats batches faster than one thread
+        copies them), elsewhere one (the CPU's cores are the step's)."""
+        from tlzoo.images.decode import available_cores
+
+        threads = workers or (available_cores() if self._device.type == "cuda" else 1)
+        if self._feed is None or self._feed.threads != threads or self._feed.prefetcher.closed:
             if self._feed is not None:
                 self._feed.close()
-            self._feed = Feed(self._device, workers)
+            self._feed = Feed(self._device, threads)
         return self._feed
 
     def _check_finite(self, total: torch.Tensor, seen: int) -> None:
@@ -487,6 +492,11 @@ class TorchEngine(Engine):
         if compile_s > 0:
             payoff.remember(cache_root().parent, self.compile_key(batch_size), compile_s)
 
+    def precision(self) -> str:
+        if self._device.type != "cuda":
+            return "float32"
+        return "bfloat16 autocast" if self.amp_dtype == torch.bfloat16 else "float16 autocast, loss scaling"
+
     def device_name(self) -> str:
         return torch.cuda.get_device_name(self._device) if self._device.type == "cuda" else str(self._device)
 
@@ -512,7 +522,7 @@ class TorchEngine(Engine):
         self.model.eval()
         n = len(images)
         out: torch.Tensor | None = None
-        feed = self._feed_for(max(1, self._feed.threads if self._feed is not None else 1))
+        feed = self._feed_for(self._feed.threads if self._feed is not None else 0)
         batches = feed.batches(images, np.zeros(n, np.int64), np.arange(n, dtype=np.int64), batch_size)
         with torch.inference_mode(), contextlib.closing(batches):
             start = 0

@@ -68,7 +68,7 @@ def runner(backbone: Backbone, tap: int | None, name: str, cache_dir: Path, devi
                     loaded_seconds=loaded_seconds, remembers=remembers)  # fmt: skip
     if name == FRAMEWORK:
         model = backbone.inference_model(tap, device)
-        return Raw(lambda images: backbone.run_images(model, images))
+        return Raw(lambda images: backbone.run_images(model, images), getattr(backbone, "takes_device_batches", False))
     from .plugins import load_object
     from .registry import get_registry
 
@@ -95,8 +95,9 @@ class Raw:
 
     takes_uint8 = True
 
-    def __init__(self, run: Runner) -> None:
+    def __init__(self, run: Runner, takes_device_batches: bool = False) -> None:
         self.run = run
+        self.takes_device_batches = takes_device_batches  # a batch a GPU decoder left on the device, as it is
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return self.run(images)
@@ -197,6 +198,11 @@ class Auto:
         self.runners: dict[str, Runner] = {FRAMEWORK: self.framework}
         self.times: dict[str, list[float]] = {FRAMEWORK: []}
         self.queue: list[tuple[str, bool]] = []  # (engine, timed) for the next batches
+
+    @property
+    def takes_device_batches(self) -> bool:
+        """Once settled on the framework's engine: a batch left on the device goes to it as it is."""
+        return self.done and self.choice.engine == FRAMEWORK and getattr(self.framework, "takes_device_batches", False)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         self.calls += 1

@@ -7,13 +7,13 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ..errors import DataError, UsageError
 from ..specs import Preprocessing
-from .decode import ImageDecoder, Jpeg, available_cores, decode_jpegs, load_image, read_for
+from .decode import SQUASH, ImageDecoder, Jpeg, available_cores, decode_jpegs, load_image, read_for
 from .sets import ImageList, ImageSet, Sample, skipped_text, check_lost_classes, labelled
 
 T = TypeVar("T")
@@ -40,7 +40,8 @@ def decode_batches(paths: list[str], size: tuple[int, int], *, batch_size: int, 
                    strict: bool = False, prep: Preprocessing | None = None,
                    load: Callable[[str], np.ndarray | Jpeg] | None = None, decoder: ImageDecoder | None = None,
                    decoded: Callable[[str, Jpeg, np.ndarray], None] | None = None,
-                   allocate: Callable[[tuple[int, ...], type], np.ndarray] | None = None) -> Iterator[DecodedBatch]:  # fmt: skip
+                   allocate: Callable[[tuple[int, ...], type], np.ndarray] | None = None,
+                   on_device: bool = False) -> Iterator[DecodedBatch]:  # fmt: skip
     """Decode ``paths`` in order (by ``prep``'s resize policy, see :func:`tlzoo.decode.load_image`),
     ``batch_size`` at a time, on a pool of threads that works at most three batches ahead of the consumer:
     memory holds a few batches, never the dataset. Unreadable files (and images over the pixel limit) are
@@ -50,10 +51,19 @@ def decode_batches(paths: list[str], size: tuple[int, int], *, batch_size: int, 
     when given, replaces the threads' read (the decoded-pixel store's :class:`tlzoo.store.Stream`): it gives
     pixels, or a :class:`Jpeg` for ``decoder``, whose pixels then go to ``decoded(path, jpeg, pixels)``.
     ``allocate(shape, dtype)`` makes the memory each batch is stacked into (a framework's pinned memory, which
-    its device copies from without waiting)."""
+    its device copies from without waiting).
+
+    ``on_device`` (with a ``decoder`` that offers ``decode_to_device``): the JPEGs' pixels stay where the
+    decoder made them, and a batch with any of them is the decoder's batch on its device (``images`` is then
+    not an array: ``decoder.host_batch`` makes it one); the host images of the batch join it there. Their
+    copies for ``decoded`` come back to the host and are handed over on a thread of their own, off the path
+    of the batches."""
     ahead = 3 * batch_size
+    to_device = getattr(decoder, "decode_to_device", None) if on_device else None
+    writes: list[Future[None]] = []
     read = load or (read_for(decoder, size, prep) if decoder is not None else lambda path: load_image(path, size, prep))
-    with ThreadPoolExecutor(threads or default_threads(), thread_name_prefix="tlzoo-decode") as pool:
+    with ThreadPoolExecutor(threads or default_threads(), thread_name_prefix="tlzoo-decode") as pool, \
+            ThreadPoolExecutor(1, thread_name_prefix="tlzoo-store-write") as writer:
         pending: deque[Future[np.ndarray | Jpeg]] = deque()
         submitted = 0
         for start in range(0, len(paths), batch_size):
@@ -61,7 +71,8 @@ def decode_batches(paths: list[str], size: tuple[int, int], *, batch_size: int, 
             while submitted < min(len(paths), stop + ahead):
                 pending.append(pool.submit(read, paths[submitted]))
                 submitted += 1
-            got: dict[int, np.ndarray | Jpeg | Exception] = {}
+            got: dict[int, Any] = {}
+            device_rows = False
             for i in range(start, stop):
                 try:
                     got[i] = pending.popleft().result()
@@ -69,7 +80,23 @@ def decode_batches(paths: list[str], size: tuple[int, int], *, batch_size: int, 
                     raise
                 except Exception as exc:  # PIL raises many types for truncated or non-image files
                     got[i] = exc
+            got_jpeg = {i: item for i, item in got.items() if isinstance(item, Jpeg)}
             jpegs = [i for i, item in got.items() if isinstance(item, Jpeg)]
+            if jpegs and to_device is not None:
+                rows, host = to_device([got[i] for i in jpegs], size, prep or SQUASH, decoded is not None)  # type: ignore[misc]
+                failed = [i for i, row in zip(jpegs, rows) if row is None]
+                for i, row in zip(jpegs, rows):
+                    if row is not None:
+                        got[i], device_rows = row, True
+                if decoded is not None and len(failed) < len(jpegs):
+                    done = [(paths[i], got_jpeg[i], k) for k, i in enumerate(jpegs) if rows[k] is not None]
+                    writes = [w for w in writes if not w.done() or w.result()]  # (result: raise what failed)
+                    if len(writes) >= 8:  # the store's writes fall behind: hold at most 8 batches' copies
+                        writes.pop(0).result()
+                    writes.append(writer.submit(_hand_over, decoded, done, host))
+                jpegs = failed  # Pillow's, below
+                for i in failed:
+                    got[i] = got_jpeg[i]
             if jpegs:
                 assert decoder is not None, "a Jpeg is only read for a decoder"
                 out = decode_jpegs([(paths[i], got[i]) for i in jpegs], decoder, size, prep)  # type: ignore[misc]
@@ -83,7 +110,7 @@ def decode_batches(paths: list[str], size: tuple[int, int], *, batch_size: int, 
             for i in range(start, stop):
                 item = got[i]
                 assert not isinstance(item, Jpeg)
-                if isinstance(item, Exception):
+                if isinstance(item, BaseException):
                     if strict:
                         for future in pending:
                             future.cancel()
@@ -92,11 +119,22 @@ def decode_batches(paths: list[str], size: tuple[int, int], *, batch_size: int, 
                 else:
                     images.append(item)
                     index.append(i)
-            stacked = np.zeros((0, size[0], size[1], 3), np.uint8)
-            if images:
+            stacked: Any = np.zeros((0, size[0], size[1], 3), np.uint8)
+            if device_rows and images:
+                stacked = decoder.batch_on_device(images, size, allocate)  # type: ignore[union-attr]
+            elif images:
                 shape = (len(images), size[0], size[1], 3)
                 stacked = np.stack(images, out=allocate(shape, np.uint8)) if allocate is not None else np.stack(images)
             yield DecodedBatch(np.asarray(index, np.int64), stacked, skipped)
+        for write in writes:
+            write.result()  # the store's last copies are in (and a failure to write them is raised here)
+
+
+def _hand_over(decoded: Callable[[str, Jpeg, np.ndarray], None], done: list[tuple[str, Jpeg, int]], host: Any) -> None:
+    """``decoded(path, jpeg, pixels)`` for each JPEG a device decoded, once its batch's copy reached the host."""
+    pixels = np.asarray(host)
+    for path, jpeg, k in done:
+        decoded(path, jpeg, np.ascontiguousarray(pixels[k]))
 
 
 def ahead(pool: ThreadPoolExecutor, work: Callable[[T], R], items: Sequence[T], depth: int = 256) -> Iterator[R]:

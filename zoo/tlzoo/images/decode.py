@@ -119,6 +119,7 @@ def recipe(prep: Preprocessing, decoder: str | None = None) -> dict[str, Any]:
            **({"fill": list(prep.pad_colour())} if prep.resize == "pad" else {})}  # fmt: skip
     if decoder:
         out["jpeg_decoder"] = decoder  # its IDCT and chroma upsampling are not libjpeg-turbo's, and it drafts not
+        out["pillow_drafts_from"] = DRAFT_FROM  # JPEGs this many times the size (each side) are Pillow's
     return out
 
 
@@ -146,10 +147,17 @@ class ImageDecoder(Protocol):
         ...
 
 
-def gpu_decodable(data: bytes) -> Jpeg | None:
+# A JPEG at least this many times the input size on each side is decoded by Pillow even where a GPU decoder
+# is at hand: Pillow's draft decodes it at 1/4 to 1/8 scale (a 12 MP phone photo at 224 px: a 16th to a 64th
+# of its pixels), cheaper on one core than a GPU decoder's full-size decode and resize, which has no draft.
+DRAFT_FROM = 4
+
+
+def gpu_decodable(data: bytes, size: tuple[int, int] | None = None) -> Jpeg | None:
     """``data`` as a :class:`Jpeg` when an :class:`ImageDecoder` may take it: a JPEG in RGB or grey (not CMYK)
     whose full-size pixels are within :func:`max_image_pixels` (a GPU decoder has no draft; Pillow drafts one
-    that is over). Reads the header only."""
+    that is over) and, given the input ``size``, not :data:`DRAFT_FROM` times it on both sides (Pillow's
+    draft decodes those). Reads the header only."""
     if not data.startswith(b"\xff\xd8\xff"):
         return None
     Image = _pil()
@@ -161,6 +169,8 @@ def gpu_decodable(data: bytes) -> Jpeg | None:
             limit = max_image_pixels()
             if limit is not None and width * height > limit:
                 return None
+            if size is not None and min(width, height) >= DRAFT_FROM * max(size):
+                return None  # either orientation: a photo turned by its EXIF tag is as large
             return Jpeg(data, width, height, _orientation(image))
     except Exception:  # a header Pillow cannot read: Pillow's own decode says why, file by file
         return None
@@ -331,7 +341,7 @@ def read_for(decoder: ImageDecoder, size: tuple[int, int],
 
     def read(path: str) -> np.ndarray | Jpeg:
         data = Path(path).read_bytes()
-        jpeg = gpu_decodable(data)
+        jpeg = gpu_decodable(data, size)
         return jpeg if jpeg is not None else load_image(io.BytesIO(data), size, prep, name=str(path))
 
     return read

@@ -623,7 +623,7 @@ def _read_new(path: str, bucket: Bucket) -> tuple[str, np.ndarray | Jpeg | None]
     data, digest = _read(path)
     if digest in bucket.where:
         return digest, None
-    jpeg = gpu_decodable(data) if bucket.decoder is not None else None
+    jpeg = gpu_decodable(data, bucket.size) if bucket.decoder is not None else None
     return digest, replace(jpeg, digest=digest) if jpeg is not None else _decode(data, path, bucket.size, bucket.prep)
 
 

@@ -98,8 +98,9 @@ class TrainConfig:
                             per_strategy=True)
     strict: bool = _setting(False, "Stop on an unreadable image instead of skipping it.", DATA)
     workers: int = _setting(0, "Data-loading threads: those that gather fine-tune's, two-stage's and scratch's "
-                            "batches from the decoded-pixel store ahead of the device (0: one), and those "
-                            "that decode images (0: one per core the process may use).", DATA, min=0)
+                            "batches from the decoded-pixel store ahead of the device (0: one per core on a GPU, "
+                            "one on the CPU), and those that decode images (0: one per core the process may use).",
+                            DATA, min=0)  # fmt: skip
     decoder: str = _setting("auto", "Who decodes JPEGs: auto (the framework's GPU decoder, nvJPEG for torch, when the "
                             "run computes on a CUDA device; else Pillow), cpu (Pillow always: its pixels, drafted), "
                             "gpu (the GPU decoder, refused where there is none).", DATA,

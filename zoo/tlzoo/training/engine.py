@@ -117,6 +117,10 @@ class Engine(Collective, ABC):
         return record_key(self.backbone.spec.id, self.backbone.input_size, batch_size, self.device_name(),
                           self.framework_version())  # fmt: skip
 
+    def precision(self) -> str:
+        """What the training steps compute in, for the run's record (``float32`` unless the engine says)."""
+        return "float32"
+
     def device_name(self) -> str:
         return self.device
 

@@ -95,15 +95,25 @@ def _extract(model: Model, files: ImageList, cfg: TrainConfig, run: Callable[[],
         while waiting and (wait or getattr(waiting[0], "ready", lambda: True)()):
             feats.append(np.asarray(waiting.popleft(), dtype=np.float32))
 
+    def stacked_into(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """Where a batch is stacked: pinned memory for the framework's engine on a GPU (made by ``run()``,
+        which a remembered engine reopened without the framework never builds), plain memory otherwise."""
+        run()
+        return model.pinned(shape, dtype) if model.has_engine else np.empty(shape, dtype)
+
     for batch in batches.decode_batches(files.paths, model.size, batch_size=cfg.batch, threads=cfg.workers or None,
                                         strict=cfg.strict, prep=model.preprocessing, decoder=decoder,
                                         load=stream.load if stream is not None else None, decoded=kept_by,
-                                        allocate=model.pinned if own and model.engine.device != "cpu" else None):  # fmt: skip
+                                        allocate=stacked_into if own else None,
+                                        on_device=own and decoder is not None):  # fmt: skip
         skipped += batch.skipped
         if len(batch.index):
             runner = run()
+            images = batch.images
+            if not isinstance(images, np.ndarray) and not getattr(runner, "takes_device_batches", False):
+                images = decoder.host_batch(images)  # type: ignore[union-attr]  # an engine that reads host arrays
             # the same normalization as Backbone.preprocess, for a runner that does not take uint8 batches
-            images = batch.images if getattr(runner, "takes_uint8", False) else normalize(batch.images, model.spec.preprocessing)
+            images = images if getattr(runner, "takes_uint8", False) else normalize(images, model.spec.preprocessing)
             waiting.append(runner(images))
             kept.append(batch.index)
             take(wait=False)

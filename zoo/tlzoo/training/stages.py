@@ -131,7 +131,8 @@ def fit_stages(engine: Engine, backbone: Backbone, splits: Splits, cfg: TrainCon
         row = next(r for r in progress["history"] if r["epoch"] == kept)
         reporter.info(f"kept the best epoch: {kept} of {len(progress['history'])} (val_loss {row['val_loss']:.4f}, "
                       f"val_accuracy {row['val_accuracy']:.4f})")  # fmt: skip
-    record = {"batch_size": cfg.batch, **({"batch_size_auto": choice.record()} if auto else {})}
+    record = {"batch_size": cfg.batch, "precision": engine.precision(),
+              **({"batch_size_auto": choice.record()} if auto else {})}  # fmt: skip
     return list(progress["history"]), record
 
 
