@@ -163,6 +163,24 @@ def speed() -> str:
         rows.append(f"| training feed (`benchmarks/feed_speed.py`, {feed['date']}) | tinynet at 64 px from the store: tlzoo "
                     f"with augmentation vs a bare loop without, img/s | {f['tlzoo train_epoch (augmentation on)']:.0f} vs "
                     f"{f['bare loop (no augmentation)']:.0f} | {feed['ratio']:.2f}x | >= 0.8x |")
+    host = load("host_cost")
+    if host:
+        st, a, b = host["settings"], host["after"], host["before"]
+        rows.append(f"| the host's share of a GPU step (`benchmarks/host_cost.py`, {host['date']}) | {st['size']} px, "
+                    f"batch {st['batch']}, {st['images']:,} images warm in the store, the CUDA path on a counting "
+                    f"stand-in, default threads: this commit ({st['after']}) vs {st['before']}, img/s (host ms a step; "
+                    f"waits on the GPU a step) | {a['images_per_second']:,} vs {b['images_per_second']:,} "
+                    f"({a['host_ms_per_step']} vs {b['host_ms_per_step']} ms; {a['blocking_calls_per_step']} vs "
+                    f"{b['blocking_calls_per_step']}) | {host['after_over_before']:.2f}x | >= 16,000 img/s and >= 2x |")
+    fill = load("store_fill")
+    if fill:
+        st = fill["settings"]
+        rows.append(f"| filling the store (`benchmarks/store_fill.py`, {fill['date']}) | {st['images']:,} images at "
+                    f"{st['size']} px, synthetic pixels: the last {st['window']:,} vs the first, s (median of "
+                    f"{st['repeats']}); alias-log bytes an image; tables read a flush | "
+                    f"{fill['alias_bytes_per_image']:.0f} B an image (an entry {fill['entry_bytes']} B); "
+                    f"{max(fill['tables_per_flush']):.0f} table a flush | {fill['last_over_first_median']:.2f}x | "
+                    f"<= 1.2x; <= 1.5 entries; 1 |")
     if not rows:
         return "_not measured yet: run `make bench`._"
     m = (alloc or feats or heads or training or cached)

@@ -410,6 +410,14 @@ class KerasEngine(Engine):
         ]
         return np.concatenate(out)
 
+    can_scale_logits = True
+
+    def scale_logits(self, factor: float) -> None:
+        assert self.model is not None
+        last = self.model.get_layer(f"head_dense_{len(self.head_names) - 1}")
+        last.kernel.assign(last.kernel * factor)
+        last.bias.assign(last.bias * factor)
+
     def precision(self) -> str:
         return {None: "float32", "mixed_bfloat16": "bfloat16 (Keras mixed_bfloat16)",
                 "mixed_float16": "float16 (Keras mixed_float16), loss scaling"}[self.policy]  # fmt: skip

@@ -393,7 +393,7 @@ class TorchBackbone(Backbone):
 
         return np.asarray(self._forward(model, inputs))
 
-    def run_images(self, model: Any, images: np.ndarray) -> np.ndarray | OnTheWay:
+    def run_images(self, model: Any, images: np.ndarray) -> Any:  # an array, or OnTheWay from a GPU
         """On a GPU the uint8 batch crosses (a quarter of float32's bytes) and is normalized there; on the CPU
         tlzoo's table lookup (:func:`tlzoo.images.normalize.normalize`) is faster than torch's four passes."""
         weight = next(itertools.chain(model.parameters(), model.buffers()), None)

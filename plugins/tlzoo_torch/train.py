@@ -112,9 +112,8 @@ def augment_batch(x: torch.Tensor, theta: np.ndarray | torch.Tensor | None) -> t
     ``theta`` is on that device already when the feed copied it there with the batch."""
     if theta is None:
         return x
-    if isinstance(theta, np.ndarray):
-        theta = torch.from_numpy(theta)
-    matrices = theta.to(x.device, dtype=torch.float32, non_blocking=True)
+    given = torch.from_numpy(theta) if isinstance(theta, np.ndarray) else theta
+    matrices = given.to(x.device, dtype=torch.float32, non_blocking=True)
     grid = nn.functional.affine_grid(matrices, list(x.shape), align_corners=False)
     out = nn.functional.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     return out.contiguous(memory_format=torch.channels_last)
@@ -491,6 +490,15 @@ class TorchEngine(Engine):
         compile_s = first_step_s - self._eager_step_s
         if compile_s > 0:
             payoff.remember(cache_root().parent, self.compile_key(batch_size), compile_s)
+
+    can_scale_logits = True
+
+    def scale_logits(self, factor: float) -> None:
+        assert self.model is not None
+        last = [m for m in self.model.head if isinstance(m, nn.Linear)][-1]
+        with torch.no_grad():
+            last.weight.mul_(factor)
+            last.bias.mul_(factor)
 
     def precision(self) -> str:
         if self._device.type != "cuda":

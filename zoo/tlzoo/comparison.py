@@ -203,7 +203,8 @@ def run_combination(combo: Combination, common: list[str], out_dir: Path, timeou
         images_per_s = None
     row.update(
         status="ok", run_dir=summary["run_dir"], accuracy=metrics["accuracy"], log_loss=metrics["log_loss"],
-        macro_f1=metrics["macro_f1"], train_s=metrics["train_seconds"], images_per_s=images_per_s,
+        macro_f1=metrics["macro_f1"], balanced_accuracy=metrics.get("balanced_accuracy"), ece=metrics.get("ece"),
+        train_s=metrics["train_seconds"], images_per_s=images_per_s,
         trainable_params=metrics["trainable_params"], peak_memory_mb=metrics.get("peak_memory_mb"),
         split=metrics["split"], feature_cache=metrics.get("feature_cache"), images_decoded=metrics.get("images_decoded"),
     )  # fmt: skip
@@ -269,7 +270,8 @@ def compare(data: Path, backbones: list[str], strategies: str, *, out_dir: Path,
 
 
 COLUMNS = [("backbone", "backbone"), ("strategy", "strategy"), ("status", "status"), ("accuracy", "test acc"),
-           ("log_loss", "log loss"), ("macro_f1", "macro F1"), ("train_s", "train s"), ("images_per_s", "img/s"),
+           ("log_loss", "log loss"), ("macro_f1", "macro F1"), ("balanced_accuracy", "bal acc"), ("ece", "ECE"),
+           ("train_s", "train s"), ("images_per_s", "img/s"),
            ("trainable_params", "trainable"), ("peak_memory_mb", "peak MB"), ("onnx_latency_ms", "ONNX ms")]  # fmt: skip
 
 
@@ -277,7 +279,7 @@ def cell(row: dict[str, Any], key: str) -> str:
     value = row.get(key)
     if value is None:
         return "-"
-    if key in ("accuracy", "macro_f1"):
+    if key in ("accuracy", "macro_f1", "balanced_accuracy", "ece"):
         return f"{value:.4f}"
     if key == "log_loss":
         return f"{value:.3f}"

@@ -8,6 +8,8 @@ exported in the same graph as the backbone.
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,6 +49,14 @@ class HeadParams:
 
     def describe(self) -> dict[str, Any]:
         return {"sizes": self.sizes, "output": self.output, "dropout": self.dropout}
+
+
+def scaled(head: HeadParams, factor: float) -> HeadParams:
+    """``head`` with its logits multiplied by ``factor`` (its last layer's weights and bias): a temperature T
+    folded into the head is ``factor = 1 / T``."""
+    weights, biases = list(head.weights), list(head.biases)
+    weights[-1], biases[-1] = weights[-1] * factor, biases[-1] * factor
+    return dataclasses.replace(head, weights=weights, biases=biases)
 
 
 def probabilities(logits: np.ndarray, output: str) -> np.ndarray:

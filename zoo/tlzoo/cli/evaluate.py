@@ -40,7 +40,8 @@ def evaluate(
         return
     console.print(
         f"[bold]{escape(str(model))}[/] on {escape(str(data))}: accuracy [bold]{metrics['accuracy']:.4f}[/], log loss {metrics['log_loss']:.4f}, "
-        f"macro F1 {metrics['macro_f1']:.4f} ({metrics['n']} images)"
+        f"macro F1 {metrics['macro_f1']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f}, expected "
+        f"calibration error {metrics['ece']:.4f} ({metrics['n']} images)"
     )
     if quiet:  # the headline metrics alone
         return

@@ -521,7 +521,7 @@ def images(cache: Path, files: list[str], size: tuple[int, int], prep: Preproces
 
 
 def _mark(*paths: Path) -> tuple[tuple[int, int, int] | None, ...]:
-    marks = []
+    marks: list[tuple[int, int, int] | None] = []
     for path in paths:
         try:
             st = os.stat(path)

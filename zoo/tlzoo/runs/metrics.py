@@ -7,10 +7,13 @@ from typing import Any
 
 import numpy as np
 
+from ..calibration import expected_calibration_error
+
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, Any]:
     from sklearn.metrics import (
         accuracy_score,
+        balanced_accuracy_score,
         confusion_matrix,
         f1_score,
         log_loss,
@@ -35,7 +38,11 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
         "accuracy": float(accuracy_score(y_true, y_pred)),
         **topk,
         "log_loss": float(log_loss(y_true, clipped, labels=labels)),
+        # top-label, 15 bins: how far the confidences are from the accuracy they come with (tlzoo.calibration)
+        "ece": expected_calibration_error(proba, np.asarray(y_true)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        # the mean of the recalls of the classes present: accuracy as if every class were as frequent
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
         "macro_f1_classes": len(present),
         "per_class": {
             name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}

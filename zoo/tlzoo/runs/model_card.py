@@ -53,7 +53,9 @@ def render(*, config: dict[str, Any], spec: Any, weights: Any, metrics: dict[str
         "", "## Results", "",
         f"On the {split} split ({n_eval} images): accuracy **{metrics['accuracy']:.4f}**, "
         f"macro F1 {metrics['macro_f1']:.4f}, log loss {metrics['log_loss']:.4f}"
-        + "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in metrics.items() if k.startswith("top")) + ".",
+        + "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in metrics.items() if k.startswith("top"))
+        + (f", balanced accuracy {metrics['balanced_accuracy']:.4f}" if "balanced_accuracy" in metrics else "") + ".",
+        *([""] + [calibration_line(metrics)] if "ece" in metrics else []),
         "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|",
     ]
     for cls, row in metrics["per_class"].items():
@@ -63,6 +65,17 @@ def render(*, config: dict[str, Any], spec: Any, weights: Any, metrics: dict[str
                                                 skipped=skipped, unused=unused)]  # fmt: skip
     lines += ["", "## Exports", "", "_None yet: `tlzoo export onnx RUN` appends its checks here._", ""]
     return "\n".join(lines)
+
+
+def calibration_line(metrics: dict[str, Any]) -> str:
+    """What the confidences are worth: the calibration error, and the temperature when one was fitted."""
+    if "ece_before_calibration" in metrics:
+        return (f"Confidences calibrated by temperature scaling (T = {metrics['temperature']:.3f}, fitted on the "
+                f"validation split): expected calibration error {metrics['ece_before_calibration']:.4f} -> "
+                f"{metrics['ece']:.4f}, log loss {metrics['log_loss_before_calibration']:.4f} -> "
+                f"{metrics['log_loss']:.4f} (`reliability.png`).")  # fmt: skip
+    return (f"Confidences not calibrated ({metrics.get('calibration', 'off')}): expected calibration error "
+            f"{metrics['ece']:.4f} (`reliability.png`).")
 
 
 def limits(*, config: dict[str, Any], weights: Any, metrics: dict[str, Any], counts: dict[str, dict[str, int]],

@@ -54,10 +54,11 @@ ENVIRONMENT = "environment.json"
 REPORT = "report.json"
 LEARNING_CURVES = "learning_curves.png"
 CONFUSION_MATRIX = "confusion_matrix.png"
+RELIABILITY = "reliability.png"
 STATE_STEM = "last_state"
 # What a run directory holds that tlzoo wrote: never replaced by a --out of predict or evaluate.
 RUN_FILES = (HEAD, CONFIG, LABELS, SPLIT, CLASSIFIER, METRICS, HISTORY, ENVIRONMENT, REPORT, LEARNING_CURVES,
-             CONFUSION_MATRIX, "MODEL_CARD.md", "model.pt", "model.keras", "model.onnx")
+             CONFUSION_MATRIX, RELIABILITY, "MODEL_CARD.md", "model.pt", "model.keras", "model.onnx")
 MAX_INPUT_SIDE = 4096
 
 

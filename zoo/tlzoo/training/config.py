@@ -134,6 +134,10 @@ class TrainConfig:
         None, "Inverse regularization of the scikit-learn heads (default: chosen on validation data).", STRATEGY,
         flag="--C", min=0, min_open=True, per_strategy=True, fits=_sklearn_head,
         applies="--strategy feature-extract with a scikit-learn head (--head softmax, logreg-ovr or linear-svm)")
+    calibrate: str = _setting(
+        "auto", "Fit one temperature on the validation split so that the confidences mean what they say: auto (when "
+        "it holds at least 50 images), on, off. The predicted class never changes.", STRATEGY,
+        choices=("auto", "on", "off"))
     epochs: int = _setting(10, "Epochs (two-stage: of stage 2; mlp head: max epochs).", OPTIMIZATION, min=1,
                            per_strategy=True, used=_trains_network)
     batch_size: int | str = _setting(

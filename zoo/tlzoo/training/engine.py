@@ -117,6 +117,14 @@ class Engine(Collective, ABC):
         return record_key(self.backbone.spec.id, self.backbone.input_size, batch_size, self.device_name(),
                           self.framework_version())  # fmt: skip
 
+    #: whether :meth:`scale_logits` folds a factor into the model (what ``--calibrate`` needs)
+    can_scale_logits = False
+
+    def scale_logits(self, factor: float) -> None:
+        """Multiply the model's logits by ``factor`` for good (its last layer's weights and bias): a temperature T
+        folded into the model is ``factor = 1 / T``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot scale its logits")
+
     def precision(self) -> str:
         """What the training steps compute in, for the run's record (``float32`` unless the engine says)."""
         return "float32"

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import engine_memory, feature_engines
+from .. import calibration, engine_memory, feature_engines
 from ..adapters import adapter_for
 from ..errors import DataError
-from ..heads import C_GRID, HeadParams, choose_c, fit_linear, fit_mlp, head_scores
+from ..heads import C_GRID, HeadParams, choose_c, fit_linear, fit_mlp, head_scores, scaled
 from ..images import batches, decoders, store
 from ..images.decode import ImageDecoder, fits_limit_now
 from ..images.sets import ImageList
@@ -209,6 +209,12 @@ def extract_and_fit(model: Model, splits: Splits, head_cfg: TrainConfig, reporte
     t1 = time.perf_counter()
     head, history = comm.broadcast(_fit_head(feats, splits, head_cfg, reporter, model.spec, n) if comm.main else None)
     head_seconds = time.perf_counter() - t1
+    temperature, calibrated, said = calibration.calibrate(
+        cfg.calibrate, head.logits(feats["val"]), splits.val.labels, head.output, head.logits(feats[splits.eval_name]),
+        splits.eval_set.labels, splits.eval_name)  # fmt: skip
+    if said and comm.main:
+        reporter.info(said)
+    head = scaled(head, 1.0 / temperature)  # folded into the head: every later use is calibrated
     if not model.head_only:
         model.engine.build(head)
     extra = {
@@ -218,6 +224,7 @@ def extract_and_fit(model: Model, splits: Splits, head_cfg: TrainConfig, reporte
         "images_decoded": int(sum(comm.gather(decoded[0]))),
         "feature_engine": choice.engine if choice is not None else cfg.feature_engine,
         **({"feature_engine_auto": choice.record()} if choice is not None else {}),
+        **calibrated,
     }  # fmt: skip
     return splits, history, head, feats[splits.eval_name], extra
 

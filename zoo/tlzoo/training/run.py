@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import calibration
 from ..adapters import adapter_for
 from ..backbone import check_input_size
 from ..distributed import world
@@ -31,7 +32,7 @@ from ..runs import model_card
 from ..runs.metrics import best_epoch, classification_metrics, plot_confusion, plot_history
 from ..runs.rundir import new_run_dir
 from ..runs.runfiles import (CONFUSION_MATRIX, ENVIRONMENT, FORMAT_VERSION, FULL_MODEL_FORMAT, HEAD, LEARNING_CURVES, METRICS,
-                             REPORT, ClassifierMeta, RunFiles)  # fmt: skip
+                             RELIABILITY, REPORT, ClassifierMeta, RunFiles)  # fmt: skip
 from ..specs import BackboneSpec
 from ..version import __version__
 from ..weights import preflight as preflight_weights, published as published_weights
@@ -225,6 +226,9 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
     else:
         engine = model.engine
         engine.set_compile(config.compile)
+        if config.calibrate == "on" and not engine.can_scale_logits:
+            raise UsageError(f"--calibrate on: the {spec.framework} engine cannot fold a temperature into its model; "
+                             f"use --calibrate off")  # fmt: skip
         if resume is None and comm.main:
             files.write_split(splits.rows(), splits.digests)
         history, batch = fit_stages(engine, model.backbone, splits, config, reporter, run_dir, resume is not None,
@@ -233,8 +237,19 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
         if engine.compile_note:
             reporter.warn(f"--compile {config.compile}: {engine.compile_note}")
         # in batches from the store, at the training batch: memory does not grow with the evaluation split
-        eval_proba = probabilities(engine.logits(splits.eval_set.images, batch_size=batch["batch_size"]),  # type: ignore[union-attr]
-                                   engine.output)  # fmt: skip
+        eval_logits = engine.logits(splits.eval_set.images, batch_size=batch["batch_size"])  # type: ignore[union-attr]
+        val_logits = eval_logits if splits.eval_name == "val" else \
+            engine.logits(splits.val.images, batch_size=batch["batch_size"])  # type: ignore[union-attr]  # fmt: skip
+        choice = config.calibrate if engine.can_scale_logits else "off"
+        temperature, calibrated, said = calibration.calibrate(choice, val_logits, splits.val.labels,
+                                                              engine.output, eval_logits, splits.eval_set.labels,
+                                                              splits.eval_name)  # fmt: skip
+        if said:
+            reporter.info(said)
+        if temperature != 1.0:
+            engine.scale_logits(1.0 / temperature)  # folded into the model: every later use is calibrated
+        extra.update(calibrated)
+        eval_proba = probabilities(eval_logits / temperature, engine.output)
         output, trainable, head_meta, frozen = engine.output, engine.trainable_params(), engine.head_meta(), \
             model.backbone.frozen_units
     head_only = model.head_only
@@ -270,6 +285,12 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
                          counts=counts, skipped=len(splits.skipped), unused=unused)  # fmt: skip
         plot_confusion(metrics["confusion_matrix"], splits.classes, files / CONFUSION_MATRIX,
                        f"{spec.id} {config.strategy} ({splits.eval_name}, acc {metrics['accuracy']:.3f})")  # fmt: skip
+        tables = metrics.get("reliability") or {"before": calibration.reliability(eval_proba, splits.eval_set.labels)}
+        calibration.plot_reliability(tables["before"], tables.get("after"), files / RELIABILITY,
+                                     f"{spec.id} {config.strategy} ({splits.eval_name}): ECE "
+                                     + (f"{metrics['ece_before_calibration']:.3f} -> {metrics['ece']:.3f}, temperature "
+                                        f"{metrics['temperature']:.2f}" if "after" in tables else
+                                        f"{metrics['ece']:.3f}, not calibrated"))  # fmt: skip
         if model.has_engine:
             files.state(model.engine.state_suffix).unlink(missing_ok=True)
     comm.barrier()
@@ -277,6 +298,7 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
         "run_dir": str(run_dir), "backbone": spec.id, "strategy": config.strategy,
         "split": splits.eval_name, "accuracy": metrics["accuracy"], "log_loss": metrics["log_loss"],
         "macro_f1": metrics["macro_f1"], "train_seconds": metrics["train_seconds"], "epochs": len(history),
-        "frozen_units": frozen, "units": units, "unused_options": unused, **extra,
+        "frozen_units": frozen, "units": units, "unused_options": unused,
+        **{k: v for k, v in extra.items() if k != "reliability"},
     }  # fmt: skip
     return TrainResult(run_dir=run_dir, metrics=metrics, history=history, summary=summary)
