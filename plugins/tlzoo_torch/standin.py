@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import traceback
 from collections import Counter
 from collections.abc import Iterator
@@ -41,6 +42,9 @@ _READS = {torch.Tensor.cpu: "cpu()", torch.Tensor.item: "item()", torch.Tensor.t
           torch.Tensor.numpy: "numpy()", torch.Tensor.__float__: "float()", torch.Tensor.__int__: "int()",
           torch.Tensor.__bool__: "bool()", torch.Tensor.__index__: "int()"}  # fmt: skip
 _MADE_FROM_HOST = {torch.tensor: "torch.tensor(device=)", torch.as_tensor: "torch.as_tensor(device=)"}
+# never answered from the shape cache: they have effects beyond making tensors
+_UNCACHED = {torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.copy_, torch.Tensor.__setitem__,
+             torch.Tensor.requires_grad_, torch.Tensor.pin_memory, torch.Tensor.cpu, torch.Tensor.item}
 _FACTORIES = {torch.empty, torch.zeros, torch.ones, torch.full, torch.arange, torch.randn, torch.rand,
               torch.randint, torch.empty_like, torch.zeros_like, torch.ones_like, torch.full_like, torch.eye,
               torch.linspace, torch.randperm, torch.empty_strided}  # fmt: skip
@@ -54,6 +58,19 @@ def _is_cuda(device: Any) -> bool:
     if isinstance(device, str):
         return device.split(":")[0] == "cuda"
     return isinstance(device, torch.device) and device.type == "cuda"
+
+
+def _leaves(args: Any, kwargs: Any) -> list[Any]:
+    """The arguments, one level of lists and tuples opened (a foreach op's or ``torch.stack``'s tensors), the
+    keywords' names and values: enough to key a call by, cheaper than a pytree."""
+    out: list[Any] = []
+    for value in (*args, *(kwargs or {}).items()):
+        if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
+            out.append(len(value))
+            out.extend(value)
+        else:
+            out.append(value)
+    return out
 
 
 class _Stream:
@@ -113,9 +130,14 @@ def _active() -> CudaStandIn:
 class CudaStandIn(TorchFunctionMode):
     """Use as ``with CudaStandIn() as cuda: ...``; ``cuda.blocking`` counts the waits (see the module)."""
 
-    def __init__(self, name: str = "Stand-in GPU (tlzoo)") -> None:
+    def __init__(self, name: str = "Stand-in GPU (tlzoo)", fast: bool = False) -> None:
+        """``fast``: the network costs (almost) nothing: a device call's output shapes are inferred once per
+        signature and then made as empty meta tensors, and a backward pass is skipped (no gradients: the
+        optimizer steps over nothing). For measuring the host's share of a step; tests keep real meta semantics."""
         super().__init__()
         self.name = name
+        self.fast = fast
+        self._shapes: dict[Any, Any] = {}
         self.blocking: Counter[str] = Counter()
         self.where: list[str] = []  # the line of each counted call, for a failing test's message
         self.thread = threading.get_ident()
@@ -124,6 +146,8 @@ class CudaStandIn(TorchFunctionMode):
         self._patches = contextlib.ExitStack()
         self._lock = threading.Lock()
         self.device_bytes = 0  # since the last reset_peak_memory_stats (see _counted)
+        self.device_seconds = 0.0  # spent in calls on device tensors, on the steps' thread (see __torch_function__)
+        self.device_calls = 0
 
     # -- counting ------------------------------------------------------------------------------------------
     def count(self, kind: str) -> None:
@@ -136,6 +160,7 @@ class CudaStandIn(TorchFunctionMode):
     def reset(self) -> None:
         self.blocking.clear()
         self.where.clear()
+        self.device_seconds, self.device_calls = 0.0, 0
 
     @property
     def total(self) -> int:
@@ -159,6 +184,60 @@ class CudaStandIn(TorchFunctionMode):
 
     # -- the mode ------------------------------------------------------------------------------------------
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        """Each torch call: dispatched as :meth:`_dispatch` says, its time put down to the device (and left out of
+        the host's, :attr:`device_seconds`) when it works on device tensors, since on a GPU it would be a kernel
+        queued for the device; a meta tensor's shape inference, which stands in for that kernel, can cost more
+        than its launch would."""
+        started = time.perf_counter()
+        if self.fast and func is torch.Tensor.backward:
+            result = None  # the network's backward pass: kernels on a GPU, none of the host's work here
+        elif self.fast:
+            result = self._cached(func, args, kwargs)
+        else:
+            result = self._dispatch(func, args, kwargs)
+        first = args[0] if args else None
+        if (isinstance(result, torch.Tensor) and result.device.type == "meta") or (
+                isinstance(first, torch.Tensor) and first.device.type == "meta"):  # fmt: skip
+            self.device_seconds += time.perf_counter() - started
+            self.device_calls += 1
+        return result
+
+    def _cached(self, func: Any, args: Any, kwargs: Any) -> Any:
+        """``fast``: a call on device tensors that makes new ones gives empty meta tensors of the shapes the first
+        such call gave (shape inference once per signature, not once per step); anything else is dispatched."""
+        if func in _UNCACHED:
+            return self._dispatch(func, args, kwargs)
+        key: list[Any] = [func]
+        on_device = False
+        for x in _leaves(args, kwargs):
+            if isinstance(x, torch.Tensor):
+                on_device = on_device or x.is_meta
+                key += (x.shape, x.dtype, x.is_contiguous())  # (a torch.Size hashes as a tuple)
+            else:
+                key.append(x)
+        if not on_device:
+            return self._dispatch(func, args, kwargs)
+        try:
+            made = self._shapes.get(tuple(key))
+        except TypeError:  # an unhashable argument
+            return self._dispatch(func, args, kwargs)
+        if made is None:
+            result = self._dispatch(func, args, kwargs)
+            outputs = result if isinstance(result, (tuple, list)) else (result,)
+            if not outputs or not all(isinstance(o, torch.Tensor) and o.device.type == "meta" and
+                                      not any(o is x for x in _leaves(args, kwargs)) for o in outputs):  # fmt: skip
+                self._shapes[tuple(key)] = False  # not new device tensors alone: always dispatched
+                return result
+            self._shapes[tuple(key)] = ([(tuple(o.shape), o.stride(), o.dtype) for o in outputs],
+                                 isinstance(result, (tuple, list)))  # fmt: skip
+            return result
+        if made is False:
+            return self._dispatch(func, args, kwargs)
+        shapes, many = made
+        out = [torch.empty_strided(shape, stride, dtype=dtype, device=META) for shape, stride, dtype in shapes]
+        return tuple(out) if many else out[0]
+
+    def _dispatch(self, func: Any, args: Any, kwargs: Any) -> Any:
         kwargs = dict(kwargs or {})
         if func in _READS:
             tensor = args[0]

@@ -26,7 +26,7 @@ from tlzoo.specs import Preprocessing
 from tlzoo.training import compile_payoff as payoff
 from tlzoo.training.engine import CHECK_EVERY, Engine, ProgressFn, check_finite
 
-from .backend import normalization_constants
+from .backend import normalized
 
 MODEL_FILE = "model.pt"
 
@@ -96,14 +96,8 @@ class TorchClassifier(nn.Module):
 
 
 def normalize(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
-    """RGB uint8 NHWC -> float NCHW, the same arithmetic as :func:`tlzoo.images.normalize.normalize`."""
-    x = x.permute(0, 3, 1, 2).float()
-    if prep.channel_order == "BGR":
-        x = x.flip(1)
-    if prep.value_range != 255.0:
-        x = x * (prep.value_range / 255.0)
-    mean, std = normalization_constants(tuple(prep.mean), tuple(prep.std), x.device)  # made once per device
-    return (x - mean) / std
+    """RGB uint8 NHWC -> float NCHW, :func:`tlzoo.images.normalize.normalize`'s values (to float32 rounding)."""
+    return normalized(x.permute(0, 3, 1, 2), prep)
 
 
 def augment_batch(x: torch.Tensor, theta: np.ndarray | torch.Tensor | None) -> torch.Tensor:
@@ -422,8 +416,8 @@ class TorchEngine(Engine):
                     self._compiled_ran = True
                 else:
                     loss, out = self._step(model, x, y)
-                total += loss.detach().double() * len(y)
-                correct += (out.detach().argmax(1) == y).sum()
+                total.add_(loss.detach(), alpha=len(y))  # one launch each: the step's bookkeeping stays small
+                correct.add_((out.detach().argmax(1) == y).sum())
                 seen += len(y)
                 self._steps_run += 1
                 if (step + 1) % CHECK_EVERY == 0:
