@@ -270,7 +270,7 @@ def test_filling_appends_the_aliases_and_reads_one_segment_table_per_flush(tmp_p
     assert again.decoded == 0 and log.read_text().splitlines() == lines  # known: nothing read, nothing appended
 
 
-def test_the_alias_log_is_compacted_rarely_dropping_gone_and_changed_files(tmp_path, monkeypatch):
+def test_the_alias_log_is_compacted_when_half_its_lines_are_dead_dropping_gone_and_changed_files(tmp_path, monkeypatch):
     root = tmp_path / "store"
     files = []
     for i in range(12):
@@ -282,27 +282,53 @@ def test_the_alias_log_is_compacted_rarely_dropping_gone_and_changed_files(tmp_p
     names = aliases.Names(root)
     assert names.known == {"old\0key": "a" * 64}
     monkeypatch.setattr(aliases.Names, "COMPACT_AT", 10)
-    for path in files[:6]:
+    for path in files:
         names.set(str(path), "b" * 64)
-    names.save()  # 6 lines: under the threshold, appended
-    assert len((root / "names.log").read_text().splitlines()) == 6 and (root / "names.json").exists()
-    files[0].unlink()
-    files[1].write_bytes(b"other bytes")  # changed: its key no longer matches
-    other = aliases.Names(root)  # another process appends too
-    for path in files[6:]:
+    names.save()  # 12 live lines: a fill is never rewritten, whatever its size
+    assert len((root / "names.log").read_text().splitlines()) == 12 and names.dead == 0
+    files[0].unlink()  # gone
+    for path in files[1:7]:  # changed and hashed anew by another process: six dead lines
+        path.write_bytes(b"other bytes " + path.name.encode())
+    other = aliases.Names(root)
+    for path in files[1:7]:
         other.set(str(path), "c" * 64)
-    other.save()  # 12 lines >= 10 and over twice the last compaction's 0: compacted
+    other.save()  # 18 lines, 6 dead: under half, appended
+    assert len((root / "names.log").read_text().splitlines()) == 18 and other.dead == 6
+    for path in files[7:10]:  # three more changed: 21 lines, 9 dead
+        path.write_bytes(b"changed again " + path.name.encode())
+        other.set(str(path), "d" * 64)
+    other.save()
+    assert other.dead == 9 and len((root / "names.log").read_text().splitlines()) == 21
+    for path in files[10:12]:
+        path.write_bytes(b"and these " + path.name.encode())
+        other.set(str(path), "e" * 64)
+    other.save()  # 23 lines, 11 dead... 2 x 11 < 23: kept; one more changed file tips it over half
+    files[1].write_bytes(b"once more")
+    other.set(str(files[1]), "f" * 64)
+    other.save()  # 24 lines, 12 dead: compacted to the 11 live files (file 0 is gone)
     kept = [json.loads(line) for line in (root / "names.log").read_text().splitlines()]
-    assert kept[0] == {"tlzoo-names": 1, "live": 10} and len(kept) == 11
-    assert {Path(k.split("\0")[0]).name for k, _ in kept[1:]} == {f"{i}.bin" for i in range(2, 12)}
+    assert kept[0] == {"tlzoo-names": 1, "live": 11} and len(kept) == 12
+    assert {Path(k.split("\0")[0]).name for k, _ in kept[1:]} == {f"{i}.bin" for i in range(1, 12)}
     assert not (root / "names.json").exists()
     names.reload()  # the first process follows the replaced file
-    assert names.get(str(files[2])) == "b" * 64 and names.get(str(files[7])) == "c" * 64
-    assert names.get(str(files[1])) is None
-    for path in files[2:4]:  # two more lines: far from twice the 10 live entries, no compaction
-        names.set(str(path), "d" * 64)
+    assert names.get(str(files[1])) == "f" * 64 and names.get(str(files[8])) == "d" * 64
+    assert names.get(str(files[0])) is None
+
+
+def test_tlzoo_cache_prune_drops_the_hashes_of_gone_files(tmp_path):
+    root = tmp_path / "cache" / "store"
+    names = aliases.Names(root)
+    files = [tmp_path / f"{i}.bin" for i in range(5)]
+    for i, path in enumerate(files):
+        path.write_bytes(bytes([i]))
+        names.set(str(path), "a" * 64)
     names.save()
-    assert len((root / "names.log").read_text().splitlines()) == 13
+    files[0].unlink()
+    files[1].unlink()
+    done = run_tlzoo("cache", "prune", env={"TLZOO_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr
+    assert "2 of 5 dropped (files gone or changed), 3 kept" in done.stdout
+    assert len((root / "names.log").read_text().splitlines()) == 4  # the header and three entries
 
 
 def test_validation_and_the_final_evaluation_run_at_the_training_batch(data, tmp_path, monkeypatch):

@@ -102,3 +102,23 @@ def clear(
     if kept:
         console.print(f"kept {kept} decoded-pixel store bucket(s) that a running tlzoo process is using",
                       markup=False, highlight=False)  # fmt: skip
+
+
+@app.command("prune")
+@handle_errors
+def prune(quiet: Quiet = False) -> None:
+    """Drop the decoded-pixel store's remembered hashes of files that are gone or changed (a run does this by
+    itself once half the remembered lines are out of date)."""
+    from ..images import store
+    from ..images.aliases import Names
+
+    names = Names(store.store_root(_root()))
+    before = len(names.known)
+    if not names.path.is_file():
+        if not quiet:
+            console.print("nothing to prune: the store remembers no files", markup=False, highlight=False)
+        return
+    kept = names.compact()
+    if not quiet:
+        console.print(f"pruned the store's file hashes ({names.path}): {before - kept} of {before} dropped (files "
+                      f"gone or changed), {kept} kept", markup=False, highlight=False)  # fmt: skip

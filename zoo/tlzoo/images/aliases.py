@@ -15,9 +15,11 @@ class Names:
 
     An append-only log (``names.log``, one JSON ``[key, sha256]`` a line, the latest line of a key winning): a
     save appends only the entries new since the last one, a reload reads only what other processes appended
-    since the last read, so filling the store costs the same per image at any size. The log is compacted
-    rarely, when it has doubled since its last compaction: entries of files that are gone or changed are
-    dropped and the rest rewritten in one atomic replace, O(live entries), never per segment."""
+    since the last read, so filling the store writes one entry per file at any size. The log is compacted
+    when at least half its lines are dead (a key written again, or a path whose file changed and was hashed
+    anew): entries of files that are gone or changed are dropped then and the rest rewritten in one atomic
+    replace, O(live entries), which the dead lines have paid for (each at most once). A log of live entries
+    only (a fill) is never rewritten; ``tlzoo cache`` compacts it on demand (:meth:`compact`)."""
 
     LOG = "names.log"
     LEGACY = "names.json"  # the whole map rewritten at every save, before the log: read once, then dropped
@@ -29,6 +31,8 @@ class Names:
         self.mine: dict[str, str] = {}
         self.lines = 0  # lines read from the log, header included
         self.live_after_compaction = 0
+        self.dead = 0  # lines read that a later one made dead (the same key again, or the same path's new key)
+        self._path_key: dict[str, str] = {}
         self._inode: int | None = None
         self._offset = 0
         self.reload()
@@ -44,7 +48,7 @@ class Names:
             return
         if st.st_ino != self._inode or st.st_size < self._offset:  # a new file: read it whole
             self.known, self._offset, self.lines, self._inode = self._legacy(), 0, 0, st.st_ino
-            self.live_after_compaction = 0
+            self.live_after_compaction, self.dead, self._path_key = 0, 0, {}
         if st.st_size > self._offset:
             try:
                 with open(self.path, "rb") as f:
@@ -68,7 +72,15 @@ class Names:
             live = entry.get("live")
             self.live_after_compaction = live if isinstance(live, int) else 0
         elif isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry):
-            self.known[entry[0]] = entry[1]
+            key = entry[0]
+            path = key.split("\0", 1)[0]
+            before = self._path_key.get(path)  # the path's key in an earlier line of the log
+            if before is not None:  # this line makes that one dead
+                self.dead += 1
+                if before != key:
+                    self.known.pop(before, None)  # the path's file changed: its old content is not it any more
+            self._path_key[path] = key
+            self.known[key] = entry[1]
 
     def _legacy(self) -> dict[str, str]:
         try:
@@ -112,7 +124,7 @@ class Names:
             return
         self.mine = {}
         self.reload()
-        if self.lines >= max(self.COMPACT_AT, 2 * self.live_after_compaction + 1):
+        if self.lines >= self.COMPACT_AT and 2 * self.dead >= self.lines:
             self.compact()
 
     def compact(self) -> int:
@@ -138,7 +150,7 @@ class Names:
                 (self.path.parent / self.LEGACY).unlink(missing_ok=True)
         except OSError:  # the log stays as it was: still correct, only longer
             return len(self.known)
-        self.known, self._inode, self._offset, self.lines = {}, None, 0, 0
+        self.known, self._inode, self._offset, self.lines, self.dead, self._path_key = {}, None, 0, 0, 0, {}
         self.reload()
         return len(self.known)
 
