@@ -265,6 +265,8 @@ class KerasEngine(Engine):
             return update(normalize(x, prep), labels, global_batch)
 
         scale, good = self.loss_scale, self._good_steps
+        # --balance weights: each image's loss times its class's weight (made once, captured by the step)
+        class_weights = None if self.class_weights is None else tf.constant(self.class_weights, tf.float32)
 
         def apply(grads: list[tf.Tensor]) -> None:
             self.optimizers[0][0].apply_gradients(zip(grads[:n_head], self.head_vars))
@@ -274,7 +276,10 @@ class KerasEngine(Engine):
         def update(x: tf.Tensor, labels: tf.Tensor, global_batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             with tf.GradientTape() as tape:
                 logits = tf.cast(model(x, training=True), tf.float32)  # the loss in float32 in every policy
-                loss = tf.reduce_sum(loss_fn(labels, logits)) / tf.cast(global_batch, tf.float32)
+                each = loss_fn(labels, logits)
+                if class_weights is not None:
+                    each = each * tf.gather(class_weights, labels)
+                loss = tf.reduce_sum(each) / tf.cast(global_batch, tf.float32)
                 scaled = loss * scale if scale is not None else loss
             grads = tape.gradient(scaled, self.head_vars + self.body_vars)
             if scale is None:
@@ -352,8 +357,8 @@ class KerasEngine(Engine):
         self.seed_epoch(epoch)  # see TorchEngine.train_epoch
         tf.random.set_seed(self.epoch_seed(epoch))
         self._reseed_layers(epoch)
-        quasi = self.quasi_random_order(images, epoch)  # a store larger than memory: read a block at a time
-        order = self.set_rng(epoch).permutation(len(labels)) if quasi is None else quasi
+        # a store larger than memory is read a block at a time; --balance sampler draws the order class-balanced
+        order = self.epoch_positions(images, np.asarray(labels), self.set_rng(epoch).permutation(len(labels)), epoch)
         from tlzoo.images.decode import available_cores
 
         threads = workers or (available_cores() if self.device == "gpu" else 1)  # as TorchEngine._feed_for
@@ -411,6 +416,7 @@ class KerasEngine(Engine):
         return np.concatenate(out)
 
     can_scale_logits = True
+    can_balance = True
 
     def scale_logits(self, factor: float) -> None:
         assert self.model is not None
@@ -479,7 +485,8 @@ def load_classifier(run_dir: Path) -> keras.Model:
 
 def train_mlp(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, sizes: list[int], *,
               dropout: float, epochs: int, lr: float, weight_decay: float, patience: int, batch_size: int,
-              seed: int, on_epoch: Callable[[dict[str, Any]], None] | None) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:  # fmt: skip
+              seed: int, on_epoch: Callable[[dict[str, Any]], None] | None,
+              class_weight: np.ndarray | None = None) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:  # fmt: skip
     """Dense layers on standardized features (see :meth:`tlzoo.adapters.FrameworkAdapter.train_mlp`)."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((sizes[0],))
@@ -500,6 +507,8 @@ def train_mlp(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
     callbacks: list[Any] = [keras.callbacks.LambdaCallback(on_epoch_end=record)]
     if patience:
         callbacks.append(keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True))
-    net.fit(x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=batch_size, callbacks=callbacks, verbose=0)
+    weights = {int(k): float(class_weight[k]) for k in np.unique(y)} if class_weight is not None else None
+    net.fit(x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=batch_size, callbacks=callbacks, verbose=0,
+            class_weight=weights)  # fmt: skip
     dense = [layer for layer in net.layers if isinstance(layer, keras.layers.Dense)]
     return [layer.get_weights()[0] for layer in dense], [layer.get_weights()[1] for layer in dense], history

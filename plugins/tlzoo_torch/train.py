@@ -190,6 +190,7 @@ class TorchEngine(Engine):
         self._steps_run = 0  # training steps so far, every stage and epoch (for --compile auto's probe)
         self._probe_from: float | None = None  # the clock when the probe's timed steps began (they may cross epochs)
         self._eager_step_s = 0.0
+        self._class_weights: torch.Tensor | None = None  # --balance weights, on the device
         if self._device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # autotuned convolutions: --seed repeats within a tolerance
         torch.manual_seed(self.seed)
@@ -364,9 +365,9 @@ class TorchEngine(Engine):
             torch.manual_seed(self.epoch_seed(epoch) + self.rank)  # different dropout on each shard
         else:
             sampler = torch.utils.data.RandomSampler(range(n), generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
-        quasi = self.quasi_random_order(images, epoch)  # a store larger than memory: read a block at a time
-        self._indices = [int(i) for i in (sampler if quasi is None else quasi)]
-        order = np.asarray(self._indices, np.int64)
+        # a store larger than memory is read a block at a time; --balance sampler draws the order class-balanced
+        order = self.epoch_positions(images, np.asarray(labels), list(sampler), epoch)
+        self._indices = order.tolist()
         if len(order) > batch_size and len(order) % batch_size == 1:
             order = order[:-1]  # a batch of one breaks BatchNorm
         size, rank = self.backbone.input_size, self.rank
@@ -486,6 +487,13 @@ class TorchEngine(Engine):
             payoff.remember(cache_root().parent, self.compile_key(batch_size), compile_s)
 
     can_scale_logits = True
+    can_balance = True
+
+    def set_balance(self, mode: str, class_weights: np.ndarray | None) -> None:
+        super().set_balance(mode, class_weights)
+        # on the device once: a tensor made from host data each step would be a blocking copy
+        self._class_weights = None if class_weights is None else \
+            torch.as_tensor(class_weights, dtype=torch.float32).to(self._device)  # fmt: skip
 
     def scale_logits(self, factor: float) -> None:
         assert self.model is not None
@@ -511,7 +519,7 @@ class TorchEngine(Engine):
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self._device.type, dtype=self.amp_dtype, enabled=self._device.type == "cuda"):
             out = model(x)
-            loss = nn.functional.cross_entropy(out.float(), y)
+            loss = nn.functional.cross_entropy(out.float(), y, weight=self._class_weights)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -595,13 +603,17 @@ def load_classifier(run_dir: Path, meta: Any) -> TorchClassifier:
 
 def train_mlp(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, sizes: list[int], *,
               dropout: float, epochs: int, lr: float, weight_decay: float, patience: int, batch_size: int,
-              seed: int, on_epoch: Callable[[dict[str, Any]], None] | None) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:  # fmt: skip
-    """Dense layers on standardized features (see :meth:`tlzoo.adapters.FrameworkAdapter.train_mlp`)."""
+              seed: int, on_epoch: Callable[[dict[str, Any]], None] | None,
+              class_weight: np.ndarray | None = None) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:  # fmt: skip
+    """Dense layers on standardized features (see :meth:`tlzoo.adapters.FrameworkAdapter.train_mlp`);
+    ``class_weight`` weighs the training loss (the validation loss, which early stopping reads, is not)."""
     torch.manual_seed(seed)
     net = make_head(sizes, dropout)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     xt, yt, xvt, yvt = (torch.from_numpy(a) for a in (x, y, x_val, y_val))
     loss_fn = nn.CrossEntropyLoss()
+    train_loss = nn.CrossEntropyLoss(weight=torch.as_tensor(class_weight, dtype=torch.float32)) \
+        if class_weight is not None else loss_fn  # fmt: skip
     generator = torch.Generator().manual_seed(seed)
     best, best_state, waited, history = float("inf"), None, 0, []
     for epoch in range(1, epochs + 1):
@@ -612,7 +624,7 @@ def train_mlp(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
             idx = order[start : start + batch_size]
             opt.zero_grad()
             out = net(xt[idx])
-            loss = loss_fn(out, yt[idx])
+            loss = train_loss(out, yt[idx])
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)

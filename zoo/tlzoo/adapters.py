@@ -75,7 +75,10 @@ class FrameworkAdapter(ABC):
                   seed: int, on_epoch: Callable[[dict[str, Any]], None] | None) -> MLPResult:  # fmt: skip
         """Train dense layers ``sizes`` (ReLU between, dropout before each) on standardized features with
         AdamW, early-stopped on validation loss (best epoch kept). Used for ``--head mlp``. A plain function
-        with this signature may be assigned instead: ``train_mlp = staticmethod(my_train_mlp)``."""
+        with this signature may be assigned instead: ``train_mlp = staticmethod(my_train_mlp)``.
+
+        Under ``--balance weights`` it is also given ``class_weight=`` (one float32 per class) for its training
+        loss; a trainer without that keyword is refused in one line for that run only."""
 
     @abstractmethod
     def load_classifier(self, run_dir: Path, meta: Any) -> Any:

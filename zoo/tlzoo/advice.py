@@ -123,8 +123,10 @@ def _sample(labels: list[str], per_class: int, seed: int) -> np.ndarray:
     return np.asarray(sorted(chosen))
 
 
-def probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int) -> tuple[float, float]:
-    """Cross-validated accuracy of a standardized logistic regression on ``features``: mean and spread."""
+def probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int, weighted: bool = False) -> tuple[float, float]:
+    """Cross-validated accuracy of a standardized logistic regression on ``features``: mean and spread;
+    ``weighted`` (``--balance`` weighs the classes): the regression's balanced class weights, and the balanced
+    accuracy, the score the run's weighting aims at."""
     import numpy as np
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
@@ -139,10 +141,12 @@ def probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int) -> tuple
         raise UsageError("every class needs at least 2 images in the sample for a cross-validated probe")
     # With more features than images the L2-regularized solution lies in the span of the training images, so
     # a full PCA of each training fold first gives the same probe (fold for fold), several times faster.
-    steps = [StandardScaler(), *([PCA()] if features.shape[1] > len(features) else []), LogisticRegression(C=0.5, max_iter=2000)]
+    steps = [StandardScaler(), *([PCA()] if features.shape[1] > len(features) else []),
+             LogisticRegression(C=0.5, max_iter=2000, class_weight="balanced" if weighted else None)]  # fmt: skip
     model = make_pipeline(*steps)
     with one_blas_thread():
-        scores = cross_val_score(model, features, labels, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+        scores = cross_val_score(model, features, labels, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+                                 scoring="balanced_accuracy" if weighted else None)  # fmt: skip
     return float(scores.mean()), float(scores.std())
 
 
@@ -153,7 +157,7 @@ def _taps(units: int) -> list[int | None]:
 
 
 def measure(backbone_name: str, samples: list[Any], *, budget_s: float, image_size: int | None, seed: int,
-            weights: str, reporter: Any) -> Evidence:  # fmt: skip
+            weights: str, reporter: Any, weighted: bool = False) -> Evidence:  # fmt: skip
     """The evidence for one backbone on the scanned ``samples``, within ``budget_s`` seconds (the sample shrinks
     to fit)."""
     import numpy as np
@@ -192,7 +196,7 @@ def measure(backbone_name: str, samples: list[Any], *, budget_s: float, image_si
     with reporter.task(f"{spec.id}: probing {len(taps)} depths on {len(y)} images", len(taps)) as advance:
         for tap in taps:
             feats = backbone.extract_features(loaded.images, tap=tap, batch_size=32)
-            acc, std = probe_accuracy(feats, y, seed)
+            acc, std = probe_accuracy(feats, y, seed, weighted)
             if tap is None:
                 final_feats = feats
             name = "final" if tap is None else backbone.units[tap].name
@@ -200,11 +204,11 @@ def measure(backbone_name: str, samples: list[Any], *, budget_s: float, image_si
             probes.append(Probe(name, None if tap is None else tap + 1, round(depth, 3), round(acc, 4), round(std, 4)))
             advance(1)
     half = _sample([str(v) for v in y], max(2, per_class // 2), seed + 1)
-    half_acc, _ = probe_accuracy(final_feats[half], y[half], seed)
+    half_acc, _ = probe_accuracy(final_feats[half], y[half], seed, weighted)
     random_acc = None
     if pretrained:
         scratch = get_backbone(spec, pretrained=False, input_size=size, seed=seed)
-        random_acc, _ = probe_accuracy(scratch.extract_features(loaded.images, batch_size=32), y, seed)
+        random_acc, _ = probe_accuracy(scratch.extract_features(loaded.images, batch_size=32), y, seed, weighted)
     label = "random init" if not pretrained else (backbone.weights.tag if backbone.weights else weights)
     return Evidence(spec.id, label, size[0], len(backbone.units), probes,
                     None if random_acc is None else round(random_acc, 4), round(half_acc, 4),
@@ -279,7 +283,7 @@ def decide(dataset: dict[str, Any], evidence: list[Evidence]) -> tuple[str, dict
     return strategy, params, chosen.backbone, size, "similar" if similar else "different", reasons, alternatives
 
 
-DATA_OPTIONS = ("image_size", "seed", "test_split", "weights")  # compare's, declared once in TrainConfig
+DATA_OPTIONS = ("image_size", "seed", "test_split", "weights", "balance")  # compare's, declared once in TrainConfig
 
 
 def data_settings() -> tuple[Any, ...]:
@@ -290,7 +294,7 @@ def data_settings() -> tuple[Any, ...]:
 
 
 def advise(data: Path, backbones: list[str], *, budget_minutes: float, image_size: int | None, seed: int,
-           weights: str, test_split: float, reporter: Any) -> Advice:  # fmt: skip
+           weights: str, test_split: float, reporter: Any, balance: str = "auto") -> Advice:  # fmt: skip
     from .images.folders import scan
     from .registry import split_tag
 
@@ -308,8 +312,14 @@ def advise(data: Path, backbones: list[str], *, budget_minutes: float, image_siz
         small = [c for c, n in dataset["per_class"].items() if n < 2]
         raise UsageError(f"class(es) {', '.join(small)} have a single image; every class needs at least 2")
     share = budget_minutes * 60 / len(backbones)
+    import numpy as np
+
+    from .balance import decide as decide_balance
+
+    classes = sorted(set(labels))
+    weighted = decide_balance(balance, np.asarray([classes.index(x) for x in labels]), len(classes)).mode != "none"
     evidence = [measure(b, samples, budget_s=share, image_size=image_size, seed=seed, weights=weights,
-                        reporter=reporter) for b in backbones]  # fmt: skip
+                        reporter=reporter, weighted=weighted) for b in backbones]  # fmt: skip
     strategy, params, backbone, size, similarity, reasons, alternatives = decide(dataset, evidence)
     chosen = next(e for e in evidence if e.backbone == backbone)
     # a backbone named with its weights tag is advised with it (NAME.TAG), as it was measured
@@ -321,6 +331,8 @@ def advise(data: Path, backbones: list[str], *, budget_minutes: float, image_siz
         command += ["--image-size", str(chosen.image_size)]
     if weights != "auto":
         command += ["--weights", weights]
+    if balance != "auto":
+        command += ["--balance", balance]
     if test_split:
         command += ["--test-split", f"{test_split:g}"]
     if seed:

@@ -144,6 +144,8 @@ SHARED = {
     "augment": ("auto", "auto | none | flip,crop (for the strategies that train the backbone)."),
     "weights": ("auto", "Backbone weights for every combination but scratch: auto | none | a tag."),
     "seed": (0, "The same seed, hence the same split, for every combination."),
+    "balance": ("auto", ""),
+    "calibrate": ("auto", ""),
 }
 
 

@@ -97,15 +97,19 @@ def one_blas_thread() -> Iterator[None]:
         yield
 
 
-def fit_linear(kind: str, x: np.ndarray, y: np.ndarray, n_classes: int, *, c: float = 1.0, seed: int = 0) -> HeadParams:
+def fit_linear(kind: str, x: np.ndarray, y: np.ndarray, n_classes: int, *, c: float = 1.0, seed: int = 0,
+               class_weight: np.ndarray | None = None) -> HeadParams:  # fmt: skip
     """``softmax``, ``logreg-ovr`` or ``linear-svm`` fitted by scikit-learn, scaler folded in."""
-    return fit_linear_path(kind, x, y, n_classes, (c,), seed=seed)[0]
+    return fit_linear_path(kind, x, y, n_classes, (c,), seed=seed, class_weight=class_weight)[0]
 
 
 def fit_linear_path(kind: str, x: np.ndarray, y: np.ndarray, n_classes: int, cs: tuple[float, ...], *,
-                    seed: int = 0) -> list[HeadParams]:  # fmt: skip
+                    seed: int = 0, class_weight: np.ndarray | None = None) -> list[HeadParams]:  # fmt: skip
     """One head per regularization in ``cs`` (ascending), on one standardization. The softmax fits are
-    warm-started from the previous C's solution (the same convex optimum, reached in far fewer iterations)."""
+    warm-started from the previous C's solution (the same convex optimum, reached in far fewer iterations).
+    ``class_weight`` (per class, :mod:`tlzoo.balance`) is scikit-learn's ``class_weight``; for one-vs-rest,
+    whose binary fits see other labels, each image's weight (``sample_weight``, routed to them)."""
+    import sklearn
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
     from sklearn.preprocessing import StandardScaler
@@ -116,23 +120,29 @@ def fit_linear_path(kind: str, x: np.ndarray, y: np.ndarray, n_classes: int, cs:
     xs = scaler.transform(x)
     heads = []
     warm: Any = None
-    with one_blas_thread():
+    weights = {int(k): float(class_weight[k]) for k in np.unique(y)} if class_weight is not None else None
+    with one_blas_thread(), sklearn.config_context(enable_metadata_routing=class_weight is not None):
         for c in cs:
             output = "softmax"
             if kind == "softmax":
                 if warm is None:
-                    warm = LogisticRegression(C=c, max_iter=3000, random_state=seed, warm_start=True)
+                    warm = LogisticRegression(C=c, max_iter=3000, random_state=seed, warm_start=True,
+                                              class_weight=weights)  # fmt: skip
                 warm.set_params(C=c)
                 model: Any = warm.fit(xs, y)
                 coef, intercept, classes = model.coef_.copy(), model.intercept_.copy(), model.classes_
             elif kind == "logreg-ovr":
-                model = OneVsRestClassifier(LogisticRegression(C=c, max_iter=3000, random_state=seed)).fit(xs, y)
+                if class_weight is None:
+                    model = OneVsRestClassifier(LogisticRegression(C=c, max_iter=3000, random_state=seed)).fit(xs, y)
+                else:
+                    binary = LogisticRegression(C=c, max_iter=3000, random_state=seed).set_fit_request(sample_weight=True)
+                    model = OneVsRestClassifier(binary).fit(xs, y, sample_weight=class_weight[y])
                 coef = np.vstack([e.coef_ for e in model.estimators_])
                 intercept = np.concatenate([e.intercept_ for e in model.estimators_])
                 classes, output = model.classes_, "ovr"
             elif kind == "linear-svm":
                 # Probabilities are a softmax over the SVM margins: uncalibrated, but monotone in the margin.
-                model = LinearSVC(C=c, dual="auto", random_state=seed, max_iter=5000).fit(xs, y)
+                model = LinearSVC(C=c, dual="auto", random_state=seed, max_iter=5000, class_weight=weights).fit(xs, y)
                 coef, intercept, classes = model.coef_, model.intercept_, model.classes_
             else:
                 raise ValueError(f"not a linear head: {kind}")
@@ -153,7 +163,8 @@ C_GRID = (0.01, 0.1, 1.0, 10.0)
 
 
 def choose_c(kind: str, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int,
-             cs: tuple[float, ...], *, seed: int = 0) -> tuple[float, HeadParams, list[tuple[float, float, float]]]:  # fmt: skip
+             cs: tuple[float, ...], *, seed: int = 0,
+             class_weight: np.ndarray | None = None) -> tuple[float, HeadParams, list[tuple[float, float, float]]]:  # fmt: skip
     """The C in ``cs`` whose head does best on the validation data, and that head (kept, not refitted); with
     every C's (C, validation accuracy, validation log loss).
 
@@ -164,7 +175,7 @@ def choose_c(kind: str, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: 
     over uncalibrated margins, so it is ranked by accuracy first.
     """
     rows = []
-    for c, head in zip(cs, fit_linear_path(kind, x, y, n_classes, cs, seed=seed)):
+    for c, head in zip(cs, fit_linear_path(kind, x, y, n_classes, cs, seed=seed, class_weight=class_weight)):
         loss, accuracy = head_scores(head, x_val, y_val, n_classes)
         rows.append((c, accuracy, loss, head))
 
@@ -194,7 +205,7 @@ def _fold(coef: np.ndarray, intercept: np.ndarray, classes: np.ndarray, scaler: 
 def fit_mlp(
     x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int, *,
     hidden: list[int], dropout: float, epochs: int, lr: float, weight_decay: float, patience: int,
-    batch_size: int, seed: int, trainer: Any, on_epoch: Any = None,
+    batch_size: int, seed: int, trainer: Any, on_epoch: Any = None, class_weight: np.ndarray | None = None,
 ) -> HeadParams:  # fmt: skip
     """Dense layers with dropout trained on cached features, early-stopped on validation loss.
 
@@ -205,9 +216,11 @@ def fit_mlp(
     mean, std = x.mean(axis=0), spread_floor(x.std(axis=0))
     xs, xv = ((x - mean) / std).astype(np.float32), ((x_val - mean) / std).astype(np.float32)
     sizes = [x.shape[1], *hidden, n_classes]
+    # the class weights go to the trainer only when there are some: an adapter written before them still works
+    weighted = {"class_weight": class_weight.astype(np.float32)} if class_weight is not None else {}
     weights, biases, history = trainer(
         xs, y.astype(np.int64), xv, y_val.astype(np.int64), sizes, dropout=dropout, epochs=epochs, lr=lr,
-        weight_decay=weight_decay, patience=patience, batch_size=batch_size, seed=seed, on_epoch=on_epoch,
+        weight_decay=weight_decay, patience=patience, batch_size=batch_size, seed=seed, on_epoch=on_epoch, **weighted,
     )  # fmt: skip
     weights = [w.astype(np.float64) for w in weights]
     biases = [b.astype(np.float64) for b in biases]

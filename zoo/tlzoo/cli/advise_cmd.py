@@ -40,7 +40,8 @@ def advise(
     names = [b.strip() for b in backbones.split(",") if b.strip()]
     reporter = WarningsReporter(err_console) if (json or quiet) else RichReporter(console, err_console)
     advice = run_advice(source, names, budget_minutes=budget, image_size=values["image_size"], seed=values["seed"],
-                        weights=values["weights"], test_split=values["test_split"], reporter=reporter)  # fmt: skip
+                        weights=values["weights"], test_split=values["test_split"], reporter=reporter,
+                        balance=values["balance"])  # fmt: skip
     verified = _verify(advice, source, out, values, verify_epochs, json or quiet) if verify else None
     if json:
         print_json({**advice.to_dict(), **({"verify": verified} if verified is not None else {})})

@@ -60,6 +60,11 @@ def quasi_random(physical: np.ndarray, sample_bytes: int, rng: np.random.Generat
     return shuffled
 
 
+def window(images: Any) -> int:
+    """Positions in a run of :data:`WINDOW` blocks of ``images``' store: what an epoch shuffles together."""
+    return max(1, BLOCK_BYTES // max(int(np.prod(images.shape[1:])), 1)) * WINDOW
+
+
 def epoch_order(images: Any, seed: int, epoch: int) -> np.ndarray:
     """``images``' positions in quasi-random order for ``epoch`` (see :func:`plan`)."""
     rng = np.random.default_rng([seed, epoch, 0x0F])

@@ -90,8 +90,11 @@ def limits(*, config: dict[str, Any], weights: Any, metrics: dict[str, Any], cou
                    "regularization: they are optimistic. Hold out a test split (--test-split) for an unbiased figure.")  # fmt: skip
     train_counts = [n for n in counts.get("train", {}).values() if n]
     if train_counts and max(train_counts) >= 3 * min(train_counts):
+        mode = (metrics.get("balance") or {}).get("mode", "none")
+        how = {"weights": "the loss was weighted by class (--balance weights)",
+               "sampler": "each epoch was drawn class-balanced (--balance sampler)"}.get(mode, "nothing balanced them")  # fmt: skip
         out.append(f"Classes are imbalanced in training (largest {max(train_counts)}, smallest {min(train_counts)} "
-                   f"images): read per-class recall, not accuracy alone.")  # fmt: skip
+                   f"images; {how}): read per-class recall and balanced accuracy, not accuracy alone.")  # fmt: skip
     if weights is None:
         out.append("No pretrained weights: the backbone is randomly initialised, so nothing was transferred from ImageNet.")
     if skipped:

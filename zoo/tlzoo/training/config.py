@@ -134,6 +134,11 @@ class TrainConfig:
         None, "Inverse regularization of the scikit-learn heads (default: chosen on validation data).", STRATEGY,
         flag="--C", min=0, min_open=True, per_strategy=True, fits=_sklearn_head,
         applies="--strategy feature-extract with a scikit-learn head (--head softmax, logreg-ovr or linear-svm)")
+    balance: str = _setting(
+        "auto", "Imbalanced classes: auto (weights when the largest class has 3x the images of the smallest, else "
+        "none), none, weights (the loss weighted by class, n / (classes x n_class); the scikit-learn heads' "
+        "class_weight), sampler (each epoch drawn class-balanced, with replacement; not the scikit-learn heads).",
+        STRATEGY, choices=("auto", "none", "weights", "sampler"))
     calibrate: str = _setting(
         "auto", "Fit one temperature on the validation split so that the confidences mean what they say: auto (when "
         "it holds at least 50 images), on, off. The predicted class never changes.", STRATEGY,
@@ -188,6 +193,9 @@ class TrainConfig:
         for part in self.augment_list():
             if part not in AUGMENTATIONS:
                 raise UsageError(f"--augment {part!r} is not known; use auto, none, or some of: {', '.join(AUGMENTATIONS)}")
+        if self.balance == "sampler" and self.uses_sklearn_head:
+            raise UsageError(f"--balance sampler: the {self.head} head is fitted by scikit-learn on all the features "
+                             f"at once, with no batches to draw; use --balance weights (its class_weight)")  # fmt: skip
         if self.tensorboard:
             from .tensorboard import check_available
 

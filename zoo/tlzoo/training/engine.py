@@ -117,6 +117,31 @@ class Engine(Collective, ABC):
         return record_key(self.backbone.spec.id, self.backbone.input_size, batch_size, self.device_name(),
                           self.framework_version())  # fmt: skip
 
+    #: whether :meth:`set_balance` is honoured (``--balance weights|sampler`` on the strategies that train a network)
+    can_balance = False
+    balance_mode = "none"
+    class_weights: np.ndarray | None = None
+
+    def set_balance(self, mode: str, class_weights: np.ndarray | None) -> None:
+        """``--balance``: ``weights`` weighs the training loss by ``class_weights`` (one per class); ``sampler``
+        draws each epoch's order class-balanced with replacement (:meth:`epoch_order`); ``none`` neither."""
+        self.balance_mode, self.class_weights = mode, class_weights
+
+    def sampled(self, labels: np.ndarray, order: Any, epoch: int, window: int | None = None) -> np.ndarray:
+        """Under ``sampler``, the epoch's order (this rank's share under DDP) drawn again class-balanced, with
+        replacement: from all of it, or within each run of ``window`` positions of a quasi-random order (the
+        store's pages are still read a few blocks at a time); otherwise ``order`` as it is."""
+        order = np.asarray(order, np.int64)
+        if self.balance_mode != "sampler":
+            return order
+        from ..balance import sampled_order
+
+        rng = np.random.default_rng([self.seed, epoch, self.rank, 0xBA])
+        span = window or max(len(order), 1)
+        parts = [order[i : i + span] for i in range(0, len(order), span)]
+        return np.concatenate([part[sampled_order(labels[part], rng, self.n_classes)] for part in parts]) \
+            if parts else order  # fmt: skip
+
     #: whether :meth:`scale_logits` folds a factor into the model (what ``--calibrate`` needs)
     can_scale_logits = False
 
@@ -272,6 +297,16 @@ class Engine(Collective, ABC):
             return None
         everyone = order.epoch_order(images, self.seed, epoch)
         return order.shard(everyone, self.rank, self.world_size) if self.world_size > 1 else everyone
+
+    def epoch_positions(self, images: Any, labels: np.ndarray, shuffled: Any, epoch: int) -> np.ndarray:
+        """The positions this rank visits in ``epoch``: the quasi-random order for a store larger than memory,
+        else ``shuffled`` (the engine's own shuffle), drawn again class-balanced under ``--balance sampler``."""
+        from ..images import order
+
+        quasi = self.quasi_random_order(images, epoch)
+        if quasi is None:
+            return self.sampled(labels, shuffled, epoch)
+        return self.sampled(labels, quasi, epoch, window=order.window(images))
 
     def epoch_seed(self, epoch: int) -> int:
         """A seed for everything random in one epoch, derived from the run's seed and the epoch alone."""

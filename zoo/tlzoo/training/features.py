@@ -15,7 +15,8 @@ import numpy as np
 
 from .. import calibration, engine_memory, feature_engines
 from ..adapters import adapter_for
-from ..errors import DataError
+from ..balance import Balance, balanced_weights, sampled_order
+from ..errors import DataError, UsageError
 from ..heads import C_GRID, HeadParams, choose_c, fit_linear, fit_mlp, head_scores, scaled
 from ..images import batches, decoders, store
 from ..images.decode import ImageDecoder, fits_limit_now
@@ -137,7 +138,7 @@ def _merge(shards: list[feature_cache.Entry | None], world_size: int) -> feature
 
 
 def extract_and_fit(model: Model, splits: Splits, head_cfg: TrainConfig, reporter: Reporter, comm: Collective,
-                     extract_batch: int) -> tuple[Splits, list[dict[str, Any]], HeadParams, np.ndarray, dict[str, Any]]:  # fmt: skip
+                     extract_batch: int, balanced: Balance) -> tuple[Splits, list[dict[str, Any]], HeadParams, np.ndarray, dict[str, Any]]:  # fmt: skip
     """Features of every part (cached or extracted, in batches of ``extract_batch``), then the head on them (at
     ``head_cfg``'s batch). Returns the splits without their unreadable images, the history, the head, the
     evaluation split's features and what the run records."""
@@ -207,7 +208,8 @@ def extract_and_fit(model: Model, splits: Splits, head_cfg: TrainConfig, reporte
     feature_seconds = time.perf_counter() - t0
     n = len(splits.classes)
     t1 = time.perf_counter()
-    head, history = comm.broadcast(_fit_head(feats, splits, head_cfg, reporter, model.spec, n) if comm.main else None)
+    head, history = comm.broadcast(_fit_head(feats, splits, head_cfg, reporter, model.spec, n, balanced)
+                                   if comm.main else None)  # fmt: skip
     head_seconds = time.perf_counter() - t1
     temperature, calibrated, said = calibration.calibrate(
         cfg.calibrate, head.logits(feats["val"]), splits.val.labels, head.output, head.logits(feats[splits.eval_name]),
@@ -230,33 +232,47 @@ def extract_and_fit(model: Model, splits: Splits, head_cfg: TrainConfig, reporte
 
 
 def _fit_head(feats: dict[str, np.ndarray], splits: Splits, cfg: TrainConfig, reporter: Reporter, spec: BackboneSpec,
-              n: int) -> tuple[HeadParams, list[dict[str, Any]]]:  # fmt: skip
-    """The head on the cached features: once, on rank 0 under torchrun."""
+              n: int, balanced: Balance) -> tuple[HeadParams, list[dict[str, Any]]]:  # fmt: skip
+    """The head on the cached features: once, on rank 0 under torchrun. ``balanced``: ``--balance``'s decision
+    (the class weights for ``weights``; ``sampler`` draws the MLP's training features class-balanced)."""
+    # weighed by the readable training images' counts (the decision was made on the planned split's)
+    weight = balanced_weights(splits.train.labels, n) if balanced.mode == "weights" else None
     if cfg.head == "mlp":
-        head = fit_mlp(
-            feats["train"], splits.train.labels, feats["val"], splits.val.labels, n, hidden=cfg.hidden,
-            dropout=cfg.dropout, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-            patience=cfg.patience, batch_size=cfg.batch, seed=cfg.seed,
-            trainer=adapter_for(spec.framework).train_mlp,
-            on_epoch=reporter.epoch,
-        )  # fmt: skip
+        x, y = feats["train"], splits.train.labels
+        if balanced.mode == "sampler":  # one class-balanced draw with replacement, as many as there are
+            drawn = sampled_order(y, np.random.default_rng([cfg.seed, 0xBA]), n)
+            x, y = x[drawn], y[drawn]
+        try:
+            head = fit_mlp(
+                x, y, feats["val"], splits.val.labels, n, hidden=cfg.hidden,
+                dropout=cfg.dropout, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                patience=cfg.patience, batch_size=cfg.batch, seed=cfg.seed,
+                trainer=adapter_for(spec.framework).train_mlp,
+                on_epoch=reporter.epoch, class_weight=weight,
+            )  # fmt: skip
+        except TypeError as exc:
+            if weight is None or "class_weight" not in str(exc):
+                raise
+            raise UsageError(f"--balance {balanced.choice}: the {spec.framework} framework's MLP trainer takes no class "
+                             f"weights; use --balance none (or sampler)") from None  # fmt: skip
         history = head.history
     else:
         if cfg.c is not None:
-            c, head = cfg.c, fit_linear(cfg.head, feats["train"], splits.train.labels, n, c=cfg.c, seed=cfg.seed)
+            c, head = cfg.c, fit_linear(cfg.head, feats["train"], splits.train.labels, n, c=cfg.c, seed=cfg.seed,
+                                        class_weight=weight)  # fmt: skip
         else:
-            c, head = _choose_c(cfg.head, feats, splits, reporter, cfg.seed)
+            c, head = _choose_c(cfg.head, feats, splits, reporter, cfg.seed, weight)
         history = [{**_row(1, "head", head, feats, splits), "C": c}]
         reporter.epoch(history[0])
     return head, history
 
 
 def _choose_c(kind: str, feats: dict[str, np.ndarray], splits: Splits, reporter: Reporter,
-              seed: int) -> tuple[float, HeadParams]:  # fmt: skip
+              seed: int, class_weight: np.ndarray | None = None) -> tuple[float, HeadParams]:  # fmt: skip
     """The regularization that does best on the validation data (see :func:`tlzoo.heads.choose_c`), and
     the head fitted with it: the path over C is warm-started and the winner is kept, not refitted."""
     c, head, scores = choose_c(kind, feats["train"], splits.train.labels, feats["val"], splits.val.labels,
-                               len(splits.classes), C_GRID, seed=seed)  # fmt: skip
+                               len(splits.classes), C_GRID, seed=seed, class_weight=class_weight)  # fmt: skip
     reporter.info("--C chosen on validation data: " + ", ".join(f"C={value:g} acc {acc:.4f} log loss {loss:.3f}"
                                                                 for value, acc, loss in scores)
                   + f" -> C={c:g} ({'best accuracy' if kind == 'linear-svm' else 'lowest log loss'})")  # fmt: skip

@@ -93,10 +93,7 @@ class RichReporter(Reporter):
         table.add_column("share", justify="right")
         for name, n in counts.items():
             table.add_row(Text(name), str(n), f"{n / total:.1%}" if total else "-")  # class names are literal text
-        self.console.print(table)
-        present = [n for n in counts.values() if n]
-        if present and max(present) >= 3 * min(present):
-            self.warn(f"classes are imbalanced (largest {max(present)} vs smallest {min(present)} images)")
+        self.console.print(table)  # (what an imbalance does is --balance's line: tlzoo.balance)
 
     def epoch(self, row: dict[str, Any]) -> None:
         self.console.print(format_epoch(row), markup=False, highlight=False)

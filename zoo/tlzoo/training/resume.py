@@ -35,6 +35,10 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> tuple[TrainConfig
         raise UsageError(f"{run_dir} has finished training; --resume continues interrupted runs only "
                          f"(start a new run, or export this one: tlzoo export onnx {run_dir})")  # fmt: skip
     cfg = TrainConfig.load(path)
+    import yaml
+
+    if "balance" not in (yaml.safe_load(path.read_text()) or {}):  # recorded before --balance: it trained unbalanced
+        cfg.balance = "none"
     if cfg.strategy != "feature-extract" and not any(run_dir.glob(f"{STATE_STEM}*")):
         # said before the split is read or any image decoded
         raise UsageError(f"{run_dir} has no resumable state: it was stopped before its first epoch finished. "

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import calibration
+from ..balance import Balance, balanced_weights, decide as decide_balance
 from ..adapters import adapter_for
 from ..backbone import check_input_size
 from ..distributed import world
@@ -115,6 +116,15 @@ def _train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Pat
         splits = decode(splits, size, config.reading(), reporter, model.preprocessing, model.decoder_for(reporter))
         splits.warn_skipped(reporter)
     splits.show_counts(reporter)
+    balanced = decide_balance(config.balance, splits.train.labels, len(splits.classes))
+    if not feature_extract and balanced.mode != "none" and not model.engine.can_balance:
+        if config.balance != "auto":
+            raise UsageError(f"--balance {config.balance}: the {spec.framework} engine cannot weigh its loss or draw "
+                             f"its batches by class; use --balance none")  # fmt: skip
+        balanced = dataclasses.replace(balanced, mode="none", weights=[])
+    said = balanced.line(list(splits.train.counts().values()))
+    if said is not None:
+        (reporter.warn if said[1] else reporter.info)(said[0])
     comm: Collective = Collective()
     # A feature-extract run builds its backbone on its first cache miss; one that runs on several processes
     # builds it now, since every rank takes part in the extraction.
@@ -142,7 +152,7 @@ def _train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Pat
         reporter = TensorBoardReporter(reporter, run_dir / FOLDER)
     try:
         return _train_in(run_dir, resume, config, spec, size, splits, model, comm, reporter, started, unused,
-                         batch_given="batch_size" in given)  # fmt: skip
+                         batch_given="batch_size" in given, balanced=balanced)  # fmt: skip
     except BaseException:
         if created and comm.main:
             _discard_unstarted(run_dir, model, None if out_dir_existed else Path(config.out_dir))
@@ -184,7 +194,8 @@ def _check_units(spec: BackboneSpec, config: TrainConfig) -> None:
 
 def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: BackboneSpec, size: tuple[int, int],
               splits: Splits, model: Model, comm: Collective, reporter: Reporter, started: float,
-              unused: list[str], *, batch_given: bool = True) -> TrainResult:  # fmt: skip
+              unused: list[str], *, batch_given: bool = True, balanced: Balance | None = None) -> TrainResult:  # fmt: skip
+    balanced = balanced or decide_balance("none", splits.train.labels, len(splits.classes))
     resolved = TrainConfig(**{**config.to_dict(), "backbone": spec.id, "framework": spec.framework,
                               "image_size": size[0] if size[0] == size[1] else config.image_size,
                               "data": str(splits.root)})  # fmt: skip
@@ -216,7 +227,7 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
         if config.batch_size == autobatch.AUTO:
             config = dataclasses.replace(config, batch_size=autobatch.DEFAULT)
         splits, history, head, eval_features, extra = extract_and_fit(model, splits, config, reporter, comm,
-                                                                       extract_batch)  # fmt: skip
+                                                                       extract_batch, balanced)  # fmt: skip
         if comm.main:
             files.write_split(splits.rows())  # the readable images: known once every part was read
         eval_proba = probabilities(head.logits(eval_features), head.output)
@@ -231,6 +242,8 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
                              f"use --calibrate off")  # fmt: skip
         if resume is None and comm.main:
             files.write_split(splits.rows(), splits.digests)
+        engine.set_balance(balanced.mode, balanced_weights(splits.train.labels, len(splits.classes))
+                           if balanced.mode == "weights" else None)  # fmt: skip
         history, batch = fit_stages(engine, model.backbone, splits, config, reporter, run_dir, resume is not None,
                                     batch_given=batch_given)  # fmt: skip
         extra = {"compile": engine.compile_record(), "images_decoded": int(sum(comm.gather(splits.decoded))), **batch}
@@ -262,6 +275,7 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
     job = job_record(comm, len(splits.train)) if isinstance(comm, Engine) else {}  # collective: every rank takes part
 
     metrics = classification_metrics(splits.eval_set.labels, eval_proba, splits.classes)
+    metrics.update(balance=balanced.record())
     metrics.update(split=splits.eval_name, train_seconds=round(train_seconds, 3), peak_memory_mb=peak_memory_mb(),
                    trainable_params=int(trainable), frozen_units=frozen, units=units,
                    best_epoch=best_epoch(history) if len(history) > 1 else None, **extra)  # fmt: skip
