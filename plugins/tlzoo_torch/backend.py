@@ -59,32 +59,47 @@ HOST_NORMALIZED = ("cpu",)
 
 def normalized_on(images: Any, prep: Any, device: torch.device) -> torch.Tensor:
     """RGB uint8 NHWC (host array, or a tensor already on ``device``) -> float32 NCHW (channels_last) on
-    ``device``: :func:`tlzoo.images.normalize.normalize`'s values, to float32 rounding."""
+    ``device``, by the float32 arithmetic of :func:`tlzoo.images.normalize.normalize` (the same values: features
+    computed on a GPU equal the host's, for the feature cache and the exports' checks)."""
     if isinstance(images, torch.Tensor):  # a batch a GPU decoder left on the device (NHWC)
         x = images.to(device, non_blocking=True).permute(0, 3, 1, 2)
     else:
         x = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True).permute(0, 3, 1, 2)
-    return normalized(x, prep)
+    if prep.channel_order == "BGR":
+        x = x.flip(1)
+    x = x.float()
+    if prep.value_range != 255.0:
+        x = x * float(np.float32(prep.value_range / 255.0))
+    mean, std = normalization_constants(tuple(prep.mean), tuple(prep.std), device)
+    return (x - mean) / std
 
 
 def normalized(x: torch.Tensor, prep: Any) -> torch.Tensor:
-    """uint8 NCHW on a device -> float32, ``(x * value_range / 255 - mean) / std`` as one fused multiply-add
-    with constants made once per device (two kernels a batch, where four would each be a launch)."""
+    """uint8 NCHW on a device -> float32 ``(x * value_range / 255 - mean) / std`` as one fused multiply-add with
+    constants made once per device: two kernels a training batch where four would each be a launch (the values
+    within float32 rounding of :func:`normalized_on`'s)."""
     if prep.channel_order == "BGR":
         x = x.flip(1)
-    scale, shift = normalization_constants(tuple(prep.mean), tuple(prep.std), float(prep.value_range), x.device)
+    scale, shift = affine_constants(tuple(prep.mean), tuple(prep.std), float(prep.value_range), x.device)
     return torch.addcmul(shift, x.float(), scale)
 
 
 @functools.lru_cache(maxsize=64)
-def normalization_constants(mean: tuple[float, ...], std: tuple[float, ...], value_range: float,
+def normalization_constants(mean: tuple[float, ...], std: tuple[float, ...],
                             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The mean and std as (1, 3, 1, 1) float32 tensors on ``device``, made once per process: a tensor made from
+    Python numbers on a GPU is a blocking copy, which would wait for the device at every batch."""
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+            torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1))  # fmt: skip
+
+
+@functools.lru_cache(maxsize=64)
+def affine_constants(mean: tuple[float, ...], std: tuple[float, ...], value_range: float,
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """``scale`` and ``shift`` as (1, 3, 1, 1) float32 tensors on ``device`` (``x * scale + shift`` normalizes),
-    made once per process: a tensor made from Python numbers on a GPU is a blocking copy, which would wait for
-    the device at every batch."""
+    made once per process, as :func:`normalization_constants`."""
     m, s = np.asarray(mean, np.float64), np.asarray(std, np.float64)
-    scale = (value_range / 255.0) / s
-    return (torch.tensor(scale, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+    return (torch.tensor((value_range / 255.0) / s, dtype=torch.float32, device=device).view(1, 3, 1, 1),
             torch.tensor(-m / s, dtype=torch.float32, device=device).view(1, 3, 1, 1))  # fmt: skip
 
 
