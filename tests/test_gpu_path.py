@@ -193,7 +193,8 @@ def test_every_batch_is_one_copy_into_a_reused_pinned_buffer(tmp_path, monkeypat
         order = np.random.default_rng(9).permutation(48)
         for k, batch in enumerate(feed2.prefetcher.batches(stored, labels, order, 8)):
             rows = order[8 * k : 8 * k + 8]
-            np.testing.assert_array_equal(batch.x, whole[rows])
+            assert batch.order is not None  # gathered in the store's file order, a take per segment
+            np.testing.assert_array_equal(batch.x[batch.order], whole[rows])
             np.testing.assert_array_equal(batch.y, labels[rows])
             feed2.prefetcher.release(batch, None)
         feed.close()

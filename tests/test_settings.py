@@ -120,7 +120,9 @@ def test_compare_shared_options_are_train_settings_with_compare_defaults():
     options = {p.name for p in _command("compare").params}
     assert set(shared) <= options
     assert common_args(epochs=2, seed=3) == ["--epochs", "2", "--batch-size", "32", "--test-split", "0.2",
-                                             "--augment", "auto", "--weights", "auto", "--seed", "3"]  # fmt: skip
+                                             "--augment", "auto", "--weights", "auto", "--seed", "3",
+                                             "--balance", "auto", "--calibrate", "auto"]  # fmt: skip
+    assert common_args(balance="weights")[-4:] == ["--balance", "weights", "--calibrate", "auto"]
     assert "--image-size" in common_args(image_size=48)
     with pytest.raises(UsageError, match="--epochs must be at least 1, got 0"):
         common_args(epochs=0)

@@ -12,7 +12,8 @@ Two ways to receive a batch:
   device there). Each batch is then gathered into memory of its own.
 - ``allocate(shape, dtype)`` (a framework's pinned-memory allocator) makes a ring of reusable buffers, and
   every batch is gathered straight into one of them: the one host copy a batch costs, into memory the device
-  can copy from without waiting. The batch arrives as a :class:`Gathered`; its consumer starts the copy to
+  can copy from without waiting. From the store, a batch is gathered in the store's file order (one take per
+  segment) and its :attr:`Gathered.order` puts it back in the epoch's on the device. The batch arrives as a :class:`Gathered`; its consumer starts the copy to
   the device and hands :meth:`Prefetcher.release` a fence (a callable that returns once that copy is done),
   which the thread that next gathers into the same buffer waits on first.
 
@@ -48,12 +49,16 @@ class Gathered:
     theta: np.ndarray | None  # the augmentation parameters ``draw`` made, or None
     step: int
     slot: int
+    # The store's images are gathered in its file order (a take per segment, not per run of the epoch's order):
+    # ``x[order]`` is the batch in the epoch's order, as ``y`` and ``theta`` are. None: ``x`` is in it already.
+    order: np.ndarray | None = None
 
 
 class _Slot:
     def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
         self.x, self.y = x, y
         self.theta: np.ndarray | None = None
+        self.order: np.ndarray | None = None
         self.fence: Callable[[], None] | None = None  # returns once the device no longer reads this buffer
         self.lock = threading.Lock()
 
@@ -123,7 +128,18 @@ class Prefetcher(Generic[T]):
                 slot.fence()  # the device's copy out of this buffer (a batch ring_size steps ago) has finished
                 slot.fence = None
             n = len(rows)
-            gather_into(images, rows, slot.x[:n])
+            order = None
+            read_order = getattr(images, "read_order", None)
+            if read_order is not None:
+                sorted_ = read_order(rows)
+                gather_into(images, rows[sorted_], slot.x[:n])
+                if slot.order is None:
+                    assert self.allocate is not None
+                    slot.order = self.allocate((len(slot.x),), np.int64)
+                slot.order[sorted_] = np.arange(n)  # the inverse: where each of the epoch's rows went
+                order = slot.order[:n]
+            else:
+                gather_into(images, rows, slot.x[:n])
             np.take(labels, rows, out=slot.y[:n])
             theta = draw(step, n) if draw is not None else None
             if theta is not None:
@@ -132,7 +148,7 @@ class Prefetcher(Generic[T]):
                     slot.theta = self.allocate((len(slot.x), *theta.shape[1:]), theta.dtype)
                 slot.theta[:n] = theta
                 theta = slot.theta[:n]
-            return Gathered(slot.x[:n], slot.y[:n], theta, step, index)
+            return Gathered(slot.x[:n], slot.y[:n], theta, step, index, order)
 
     def batches(self, images: Any, labels: np.ndarray, order: np.ndarray, batch_size: int,
                 draw: Draw | None = None) -> Generator[Any, None, None]:  # fmt: skip

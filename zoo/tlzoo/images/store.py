@@ -274,6 +274,12 @@ class StoreImages:
         positions = np.arange(len(self))[index]
         return self.gather(positions, out=np.empty((len(positions), *self.shape[1:]), np.uint8))
 
+    def read_order(self, indices: np.ndarray) -> np.ndarray:
+        """The permutation that puts ``indices`` in the store's file order (segment, then slot): gathered so,
+        each segment's images are one take into one contiguous run of the output."""
+        rows = self._keys[np.asarray(indices, np.int64)]
+        return np.lexsort((rows[:, 1], rows[:, 0]))
+
     def gather(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The images at ``indices``, in that order, into ``out`` (made when None): one copy from the mapped
         files, by one vectorised take per run of consecutive indices in the same segment (a store of one
