@@ -152,17 +152,17 @@ class Feed:
                 x = torch.from_numpy(batch.x).to(self.device, non_blocking=True)
                 y = torch.from_numpy(batch.y).to(self.device, non_blocking=True)
                 theta = None if batch.theta is None else torch.from_numpy(batch.theta).to(self.device, non_blocking=True)
-                order = None if batch.order is None else torch.from_numpy(batch.order).to(self.device, non_blocking=True)
+                unsort = None if batch.order is None else torch.from_numpy(batch.order).to(self.device, non_blocking=True)
                 copied = torch.cuda.Event()
                 copied.record(self.copies)
             computing = torch.cuda.current_stream(self.device)
             computing.wait_event(copied)  # the step waits for its batch on the device, the host does not
-            for tensor in (x, y, theta, order):
+            for tensor in (x, y, theta, unsort):
                 if tensor is not None:
                     tensor.record_stream(computing)  # made on the copy stream, freed after the step's use
             self.prefetcher.release(batch, copied.synchronize)
-            if order is not None:  # gathered in the store's file order: the epoch's, on the device
-                x = x.index_select(0, order)
+            if unsort is not None:  # gathered in the store's file order: the epoch's, on the device
+                x = x.index_select(0, unsort)
             yield x, y, theta
 
     def close(self) -> None:
