@@ -314,7 +314,7 @@ def _split_images(run: TrainedRun, subset: str, limit: int | None = None) -> np.
 def split_set(run: TrainedRun, subset: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The run's own images of one subset (from split.csv), decoded at the input size, and their labels."""
     from tlzoo.images.decode import load_image
-    from tlzoo.runs.runfiles import SPLIT
+    from tlzoo.runs.runfiles import SPLIT, split_labels
 
     split = run.files / SPLIT
     try:
@@ -328,14 +328,14 @@ def split_set(run: TrainedRun, subset: str, limit: int | None = None) -> tuple[n
         # (calibrating int8 on the first classes alone ruins the other classes' activation ranges).
         keep = np.sort(np.random.default_rng(0).choice(len(rows), size=limit, replace=False))
         rows = [rows[i] for i in keep]
-    index = {c: i for i, c in enumerate(run.classes)}
+    every = split_labels(rows, run.classes)
     images, labels = [], []
-    for r in rows:
+    for r, y in zip(rows, every):
         try:
             images.append(load_image(r["path"], run.input_size, run.preprocessing))
         except (OSError, ValueError):
             continue  # the data moved or changed since training: check on what is left
-        labels.append(index[r["label"]])
+        labels.append(y)
     if not images:
         raise UsageError(f"none of the images in {split} can be read any more; use --no-check")
     return np.stack(images), np.asarray(labels)

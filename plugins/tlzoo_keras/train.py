@@ -267,6 +267,8 @@ class KerasEngine(Engine):
         scale, good = self.loss_scale, self._good_steps
         # --balance weights: each image's loss times its class's weight (made once, captured by the step)
         class_weights = None if self.class_weights is None else tf.constant(self.class_weights, tf.float32)
+        multilabel = self.multilabel
+        pos_weight = tf.constant(self.pos_weight if self.pos_weight is not None else 1.0, tf.float32)
 
         def apply(grads: list[tf.Tensor]) -> None:
             self.optimizers[0][0].apply_gradients(zip(grads[:n_head], self.head_vars))
@@ -276,8 +278,13 @@ class KerasEngine(Engine):
         def update(x: tf.Tensor, labels: tf.Tensor, global_batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             with tf.GradientTape() as tape:
                 logits = tf.cast(model(x, training=True), tf.float32)  # the loss in float32 in every policy
-                each = loss_fn(labels, logits)
-                if class_weights is not None:
+                if multilabel:  # binary cross-entropy per label, averaged over the labels
+                    t = tf.cast(labels, tf.float32)
+                    each = -tf.reduce_mean(pos_weight * t * tf.math.log_sigmoid(logits)
+                                           + (1.0 - t) * tf.math.log_sigmoid(-logits), axis=1)  # fmt: skip
+                else:
+                    each = loss_fn(labels, logits)
+                if class_weights is not None and not multilabel:
                     each = each * tf.gather(class_weights, labels)
                 loss = tf.reduce_sum(each) / tf.cast(global_batch, tf.float32)
                 scaled = loss * scale if scale is not None else loss
@@ -302,7 +309,11 @@ class KerasEngine(Engine):
                     return tf.constant(False)
 
                 tf.cond(finite, step_taken, step_skipped)
-            correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int64), labels), tf.int64))
+            if multilabel:  # the (image, label) pairs right at 0.5, as a share of the image's labels
+                right = tf.cast(tf.equal(logits >= 0.0, labels > 0), tf.float64)
+                correct = tf.reduce_sum(tf.reduce_mean(right, axis=1))
+            else:
+                correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int64), labels), tf.float64))
             return loss, correct
 
         if self.compiles:  # XLA for the model's forward, backward and update; the augmentation's image ops have
@@ -373,12 +384,12 @@ class KerasEngine(Engine):
                 where = "/GPU:0" if self.device == "gpu" else "/CPU:0"
                 self._feed = Prefetcher(threads, lambda x, y: _tensors_on(where, x, y))
         # Summed on the device and read once an epoch, a non-finite loss looked for every CHECK_EVERY steps.
-        total, correct, seen = tf.zeros((), tf.float64), tf.zeros((), tf.int64), 0
+        total, correct, seen = tf.zeros((), tf.float64), tf.zeros((), tf.float64), 0
         steps = self._steps(images, labels, order, batch_size)
         with contextlib.closing(steps):  # an error or Ctrl-C: nothing more is gathered
             for step, (n, (loss, right)) in enumerate(steps):
                 total += tf.cast(loss, tf.float64) * n
-                correct += tf.cast(right, tf.int64)
+                correct += tf.cast(right, tf.float64)
                 seen += n
                 if (step + 1) % CHECK_EVERY == 0:
                     check_finite(total, seen)
@@ -386,7 +397,7 @@ class KerasEngine(Engine):
                     progress(n)
         check_finite(total, seen)
         self.feed_seconds = self._feed.waited
-        return float(total) / len(order), int(correct) / len(order)
+        return float(total) / len(order), float(correct) / len(order)
 
     def _steps(self, images: Any, labels: np.ndarray, order: np.ndarray,
                batch_size: int) -> Generator[tuple[int, tuple[tf.Tensor, tf.Tensor]], None, None]:  # fmt: skip
@@ -400,7 +411,7 @@ class KerasEngine(Engine):
         # Never from_tensor_slices, which would copy the whole set and embed it in the graph as a constant.
         shape = (None, *images.shape[1:])
         data = tf.data.Dataset.from_generator(lambda: batches, output_signature=(
-            tf.TensorSpec(shape, tf.uint8), tf.TensorSpec((None,), tf.int64))).prefetch(2)  # fmt: skip
+            tf.TensorSpec(shape, tf.uint8), tf.TensorSpec((None, *np.shape(labels)[1:]), tf.int64))).prefetch(2)  # fmt: skip
         sizes = [len(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
         for n, (x, y) in zip(sizes, self.strategy.experimental_distribute_dataset(data)):
             yield n, self._step(x, y, tf.constant(n))
@@ -418,11 +429,15 @@ class KerasEngine(Engine):
     can_scale_logits = True
     can_balance = True
 
-    def scale_logits(self, factor: float) -> None:
+    can_multilabel = True
+
+    def scale_logits(self, factor: float | np.ndarray, shift: float | np.ndarray = 0.0) -> None:
         assert self.model is not None
         last = self.model.get_layer(f"head_dense_{len(self.head_names) - 1}")
-        last.kernel.assign(last.kernel * factor)
-        last.bias.assign(last.bias * factor)
+        scale = np.broadcast_to(np.asarray(factor, np.float32), tuple(last.bias.shape))
+        offset = np.broadcast_to(np.asarray(shift, np.float32), tuple(last.bias.shape))
+        last.kernel.assign(last.kernel * scale[None, :])
+        last.bias.assign(last.bias * scale + offset)
 
     def precision(self) -> str:
         return {None: "float32", "mixed_bfloat16": "bfloat16 (Keras mixed_bfloat16)",
@@ -478,6 +493,19 @@ class KerasEngine(Engine):
         self.model.load_weights(Path(run_dir) / MODEL_FILE)
 
 
+def multilabel_loss(pos_weight: np.ndarray | None) -> Callable[[Any, Any], Any]:
+    """Binary cross-entropy on logits, averaged over labels, each label's positives weighed by ``pos_weight``."""
+    weight = keras.ops.convert_to_tensor(pos_weight if pos_weight is not None else 1.0, "float32")
+
+    def loss(y_true: Any, logits: Any) -> Any:
+        y_true = keras.ops.cast(y_true, "float32")
+        logits = keras.ops.cast(logits, "float32")
+        each = -(weight * y_true * keras.ops.log_sigmoid(logits) + (1.0 - y_true) * keras.ops.log_sigmoid(-logits))
+        return keras.ops.mean(each, axis=-1)
+
+    return loss
+
+
 def load_classifier(run_dir: Path) -> keras.Model:
     """The trained classifier, loaded in Keras' safe mode (no arbitrary code from the file)."""
     return keras.models.load_model(Path(run_dir) / MODEL_FILE, safe_mode=True, compile=False)
@@ -486,15 +514,22 @@ def load_classifier(run_dir: Path) -> keras.Model:
 def train_mlp(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, sizes: list[int], *,
               dropout: float, epochs: int, lr: float, weight_decay: float, patience: int, batch_size: int,
               seed: int, on_epoch: Callable[[dict[str, Any]], None] | None,
-              class_weight: np.ndarray | None = None) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:  # fmt: skip
-    """Dense layers on standardized features (see :meth:`tlzoo.adapters.FrameworkAdapter.train_mlp`)."""
+              class_weight: np.ndarray | None = None, multilabel: bool = False,
+              pos_weight: np.ndarray | None = None) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:  # fmt: skip
+    """Dense layers on standardized features (see :meth:`tlzoo.adapters.FrameworkAdapter.train_mlp`);
+    ``multilabel``: ``y`` is a 0/1 matrix, the loss binary cross-entropy with ``pos_weight`` on each label's positives."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((sizes[0],))
     net = keras.Model(inputs, make_head(inputs, sizes, dropout))
-    net.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
-    )  # fmt: skip
+    if multilabel:
+        y, y_val = y.astype(np.float32), y_val.astype(np.float32)
+        loss: Any = multilabel_loss(pos_weight)
+        metric: Any = keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)  # on logits: sigmoid >= 0.5
+        class_weight = None
+    else:
+        loss, metric = keras.losses.SparseCategoricalCrossentropy(from_logits=True), "accuracy"
+    net.compile(optimizer=keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay), loss=loss,
+                metrics=[metric])  # fmt: skip
     history: list[dict[str, Any]] = []
 
     def record(epoch: int, logs: dict[str, float]) -> None:

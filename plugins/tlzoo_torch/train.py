@@ -194,6 +194,7 @@ class TorchEngine(Engine):
         self._probe_from: float | None = None  # the clock when the probe's timed steps began (they may cross epochs)
         self._eager_step_s = 0.0
         self._class_weights: torch.Tensor | None = None  # --balance weights, on the device
+        self._pos_weight: torch.Tensor | None = None  # multi-label --balance weights, on the device
         if self._device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # autotuned convolutions: --seed repeats within a tolerance
         torch.manual_seed(self.seed)
@@ -421,7 +422,8 @@ class TorchEngine(Engine):
                 else:
                     loss, out = self._step(model, x, y)
                 total.add_(loss.detach(), alpha=len(y))  # one launch each: the step's bookkeeping stays small
-                correct.add_((out.detach().argmax(1) == y).sum())
+                # multi-label: the (image, label) pairs right at 0.5, divided by the labels at the end
+                correct.add_(((out.detach() >= 0) == (y > 0)).sum() if self.multilabel else (out.detach().argmax(1) == y).sum())
                 seen += len(y)
                 self._steps_run += 1
                 if (step + 1) % CHECK_EVERY == 0:
@@ -436,7 +438,8 @@ class TorchEngine(Engine):
             torch.distributed.all_reduce(sums)
         loss_sum, right, count = (float(v) for v in sums.cpu())
         check_finite(loss_sum, int(count))
-        return loss_sum / max(count, 1.0), right / max(count, 1.0)
+        pairs = np.shape(labels)[1] if self.multilabel else 1
+        return loss_sum / max(count, 1.0), right / max(count, 1.0) / pairs
 
     def _feed_for(self, workers: int) -> Feed:
         """The engine's feed (made once; again when ``workers`` changes or an error closed it). ``workers`` 0:
@@ -498,12 +501,20 @@ class TorchEngine(Engine):
         self._class_weights = None if class_weights is None else \
             torch.as_tensor(class_weights, dtype=torch.float32).to(self._device)  # fmt: skip
 
-    def scale_logits(self, factor: float) -> None:
+    can_multilabel = True
+
+    def set_multilabel(self, pos_weight: np.ndarray | None) -> None:
+        super().set_multilabel(pos_weight)
+        self._pos_weight = None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32).to(self._device)
+
+    def scale_logits(self, factor: float | np.ndarray, shift: float | np.ndarray = 0.0) -> None:
         assert self.model is not None
         last = [m for m in self.model.head if isinstance(m, nn.Linear)][-1]
+        scale = torch.as_tensor(np.broadcast_to(np.asarray(factor, np.float64), last.bias.shape).copy(), dtype=last.bias.dtype)
+        offset = torch.as_tensor(np.broadcast_to(np.asarray(shift, np.float64), last.bias.shape).copy(), dtype=last.bias.dtype)
         with torch.no_grad():
-            last.weight.mul_(factor)
-            last.bias.mul_(factor)
+            last.weight.mul_(scale.to(last.weight.device)[:, None])
+            last.bias.mul_(scale.to(last.bias.device)).add_(offset.to(last.bias.device))
 
     def precision(self) -> str:
         if self._device.type != "cuda":
@@ -522,7 +533,10 @@ class TorchEngine(Engine):
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self._device.type, dtype=self.amp_dtype, enabled=self._device.type == "cuda"):
             out = model(x)
-            loss = nn.functional.cross_entropy(out.float(), y, weight=self._class_weights)
+            if self.multilabel:
+                loss = nn.functional.binary_cross_entropy_with_logits(out.float(), y.float(), pos_weight=self._pos_weight)
+            else:
+                loss = nn.functional.cross_entropy(out.float(), y, weight=self._class_weights)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -607,16 +621,27 @@ def load_classifier(run_dir: Path, meta: Any) -> TorchClassifier:
 def train_mlp(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, sizes: list[int], *,
               dropout: float, epochs: int, lr: float, weight_decay: float, patience: int, batch_size: int,
               seed: int, on_epoch: Callable[[dict[str, Any]], None] | None,
-              class_weight: np.ndarray | None = None) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:  # fmt: skip
+              class_weight: np.ndarray | None = None, multilabel: bool = False,
+              pos_weight: np.ndarray | None = None) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:  # fmt: skip
     """Dense layers on standardized features (see :meth:`tlzoo.adapters.FrameworkAdapter.train_mlp`);
-    ``class_weight`` weighs the training loss (the validation loss, which early stopping reads, is not)."""
+    ``class_weight`` weighs the training loss (the validation loss, which early stopping reads, is not).
+    ``multilabel``: ``y`` is a 0/1 matrix and the loss binary cross-entropy, ``pos_weight`` each label's positives'."""
     torch.manual_seed(seed)
     net = make_head(sizes, dropout)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    if multilabel:
+        x, y, x_val, y_val = x, y.astype(np.float32), x_val, y_val.astype(np.float32)
     xt, yt, xvt, yvt = (torch.from_numpy(a) for a in (x, y, x_val, y_val))
-    loss_fn = nn.CrossEntropyLoss()
-    train_loss = nn.CrossEntropyLoss(weight=torch.as_tensor(class_weight, dtype=torch.float32)) \
-        if class_weight is not None else loss_fn  # fmt: skip
+    loss_fn: nn.Module = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
+    if multilabel:
+        train_loss: nn.Module = nn.BCEWithLogitsLoss(pos_weight=torch.as_tensor(pos_weight, dtype=torch.float32)) \
+            if pos_weight is not None else loss_fn  # fmt: skip
+    else:
+        train_loss = nn.CrossEntropyLoss(weight=torch.as_tensor(class_weight, dtype=torch.float32)) \
+            if class_weight is not None else loss_fn  # fmt: skip
+
+    def right(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # images, or multi-label (image, label) pairs
+        return ((out >= 0) == (target > 0.5)).float().mean(1) if multilabel else (out.argmax(1) == target).float()
     generator = torch.Generator().manual_seed(seed)
     best, best_state, waited, history = float("inf"), None, 0, []
     for epoch in range(1, epochs + 1):
@@ -631,12 +656,12 @@ def train_mlp(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(idx)
-            correct += int((out.argmax(1) == yt[idx]).sum())
+            correct += float(right(out, yt[idx]).sum())
         net.eval()
         with torch.no_grad():
             out = net(xvt)
             val_loss = float(loss_fn(out, yvt))
-            val_acc = float((out.argmax(1) == yvt).float().mean())
+            val_acc = float(right(out, yvt).mean())
         row = {"epoch": epoch, "stage": "head", "loss": total / len(xt), "accuracy": correct / len(xt),
                "val_loss": val_loss, "val_accuracy": val_acc}  # fmt: skip
         history.append(row)

@@ -77,9 +77,10 @@ def wanted(choice: str, val_images: int) -> bool:
 
 
 def plot_reliability(before: dict[str, list[float]], after: dict[str, list[float]] | None, path: object,
-                     title: str) -> None:  # fmt: skip
+                     title: str, per_label: bool = False) -> None:  # fmt: skip
     """The reliability diagram: each bin's accuracy against its confidence, before and after calibration, the
-    diagonal being perfect calibration; bar widths are the bins, empty bins left out."""
+    diagonal being perfect calibration; bar widths are the bins, empty bins left out. ``per_label``: the bins
+    hold every (image, label) probability and their share of positives."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,8 +102,8 @@ def plot_reliability(before: dict[str, list[float]], after: dict[str, list[float
                 markersize=3)  # fmt: skip
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence (top probability)")
-    ax.set_ylabel("accuracy")
+    ax.set_xlabel("predicted probability of each (image, label)" if per_label else "confidence (top probability)")
+    ax.set_ylabel("share that carry the label" if per_label else "accuracy")
     ax.set_title(title, fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()

@@ -26,7 +26,8 @@ class HeadParams:
     """Dense layers ``x @ W + b`` (W shaped (in, out)); ReLU between them.
 
     ``output`` says how logits become probabilities: ``softmax`` over classes,
-    or ``ovr`` (one sigmoid per class, renormalized to sum to one).
+    ``ovr`` (one sigmoid per class, renormalized to sum to one), or ``sigmoid``
+    (multi-label: one independent probability per label).
     """
 
     weights: list[np.ndarray]
@@ -51,17 +52,22 @@ class HeadParams:
         return {"sizes": self.sizes, "output": self.output, "dropout": self.dropout}
 
 
-def scaled(head: HeadParams, factor: float) -> HeadParams:
-    """``head`` with its logits multiplied by ``factor`` (its last layer's weights and bias): a temperature T
-    folded into the head is ``factor = 1 / T``."""
+def scaled(head: HeadParams, factor: float | np.ndarray, shift: float | np.ndarray = 0.0) -> HeadParams:
+    """``head`` with its logits multiplied by ``factor`` and ``shift`` added (its last layer's weights and bias;
+    both a number or one per output): a temperature T folded into the head is ``factor = 1 / T``, Platt scaling's
+    per-label ``a z + b`` is ``factor = a, shift = b``."""
     weights, biases = list(head.weights), list(head.biases)
-    weights[-1], biases[-1] = weights[-1] * factor, biases[-1] * factor
+    factor, shift = np.asarray(factor, np.float64), np.asarray(shift, np.float64)
+    weights[-1] = (weights[-1] * factor).astype(head.weights[-1].dtype)
+    biases[-1] = (biases[-1] * factor + shift).astype(head.biases[-1].dtype)
     return dataclasses.replace(head, weights=weights, biases=biases)
 
 
 def probabilities(logits: np.ndarray, output: str) -> np.ndarray:
     """Turn a head's logits into class probabilities."""
     logits = np.asarray(logits, dtype=np.float64)
+    if output == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))
     if output == "ovr":
         p = 1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))
         return p / np.clip(p.sum(axis=1, keepdims=True), 1e-12, None)
@@ -118,6 +124,10 @@ def fit_linear_path(kind: str, x: np.ndarray, y: np.ndarray, n_classes: int, cs:
     scaler = StandardScaler().fit(x)
     scaler.scale_ = spread_floor(scaler.scale_)
     xs = scaler.transform(x)
+    if np.ndim(y) == 2:
+        if kind != "logreg-ovr":
+            raise ValueError(f"the {kind} head is for single-label data")
+        return _fit_per_label(xs, y, cs, scaler, x.shape[1], seed, class_weight)
     heads = []
     warm: Any = None
     weights = {int(k): float(class_weight[k]) for k in np.unique(y)} if class_weight is not None else None
@@ -150,11 +160,48 @@ def fit_linear_path(kind: str, x: np.ndarray, y: np.ndarray, n_classes: int, cs:
     return heads
 
 
+def _fit_per_label(xs: np.ndarray, y: np.ndarray, cs: tuple[float, ...], scaler: Any, dim: int, seed: int,
+                   pos_weight: np.ndarray | None) -> list[HeadParams]:  # fmt: skip
+    """Multi-label: one logistic regression per label on the standardized features (each C warm-started from
+    the one before), its positives weighed by ``pos_weight`` when given; a label that is always (or never) there
+    in training gets a constant logit."""
+    from sklearn.linear_model import LogisticRegression
+
+    n = y.shape[1]
+    coefs = np.zeros((len(cs), n, xs.shape[1]))
+    intercepts = np.zeros((len(cs), n))
+    with one_blas_thread():
+        for k in range(n):
+            column = np.asarray(y[:, k], np.int64)
+            if column.min() == column.max():
+                intercepts[:, k] = -_ABSENT_CLASS_BIAS if column[0] else _ABSENT_CLASS_BIAS
+                continue
+            weight = {0: 1.0, 1: float(pos_weight[k])} if pos_weight is not None else None
+            model = LogisticRegression(max_iter=3000, random_state=seed, warm_start=True, class_weight=weight)
+            for i, c in enumerate(cs):
+                model.set_params(C=c).fit(xs, column)
+                coefs[i, k], intercepts[i, k] = model.coef_[0], model.intercept_[0]
+    heads = []
+    for i in range(len(cs)):
+        w = (coefs[i] / scaler.scale_).T
+        b = intercepts[i] - coefs[i] @ (scaler.mean_ / scaler.scale_)
+        heads.append(HeadParams(weights=[w.astype(np.float32)], biases=[b.astype(np.float32)], output="sigmoid"))
+    return heads
+
+
 def head_scores(head: HeadParams, x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[float, float]:
-    """(log loss, accuracy) of a head on features ``x`` with labels ``y``."""
+    """(log loss, accuracy) of a head on features ``x`` with labels ``y`` (see :func:`proba_scores`)."""
+    return proba_scores(probabilities(head.logits(x), head.output), y, n_classes)
+
+
+def proba_scores(p: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[float, float]:
+    """(log loss, accuracy) of probabilities ``p`` on labels ``y``; multi-label: the mean binary log loss and the
+    share of (image, label) pairs right at 0.5."""
     from sklearn.metrics import log_loss
 
-    p = probabilities(head.logits(x), head.output)
+    if np.ndim(y) == 2:
+        pc, t = np.clip(p, 1e-15, 1 - 1e-15), np.asarray(y, np.float64)
+        return float(-np.mean(t * np.log(pc) + (1 - t) * np.log(1 - pc))), float(((p >= 0.5) == (t > 0)).mean())
     return float(log_loss(y, np.clip(p, 1e-15, 1), labels=range(n_classes))), float((p.argmax(1) == y).mean())
 
 
@@ -218,6 +265,9 @@ def fit_mlp(
     sizes = [x.shape[1], *hidden, n_classes]
     # the class weights go to the trainer only when there are some: an adapter written before them still works
     weighted = {"class_weight": class_weight.astype(np.float32)} if class_weight is not None else {}
+    multilabel = np.ndim(y) == 2
+    if multilabel:  # binary cross-entropy; class_weight is then each label's positive weight
+        weighted = {"multilabel": True, **({"pos_weight": class_weight.astype(np.float32)} if class_weight is not None else {})}
     weights, biases, history = trainer(
         xs, y.astype(np.int64), xv, y_val.astype(np.int64), sizes, dropout=dropout, epochs=epochs, lr=lr,
         weight_decay=weight_decay, patience=patience, batch_size=batch_size, seed=seed, on_epoch=on_epoch, **weighted,
@@ -229,5 +279,5 @@ def fit_mlp(
     weights[0] = weights[0] / std[:, None]
     return HeadParams(
         weights=[w.astype(np.float32) for w in weights], biases=[b.astype(np.float32) for b in biases],
-        output="softmax", dropout=dropout, history=history,
+        output="sigmoid" if multilabel else "softmax", dropout=dropout, history=history,
     )  # fmt: skip

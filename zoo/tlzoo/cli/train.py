@@ -91,10 +91,13 @@ def train(
     summary = result.summary
     frozen = (f", {summary['frozen_units']}/{summary['units']} units frozen"
               if summary["strategy"] == "fine-tune" else "")  # fmt: skip
+    scores = (f"mean average precision [bold]{m['mean_average_precision']:.4f}[/], micro F1 {m['micro_f1']:.4f}, "
+              f"subset accuracy {m['subset_accuracy']:.4f}, log loss {m['log_loss']:.4f}"
+              if "per_label" in m else
+              f"accuracy [bold]{m['accuracy']:.4f}[/], {topk}log loss {m['log_loss']:.4f}, macro F1 {m['macro_f1']:.4f}")
     console.print(
-        f"[bold]{escape(summary['backbone'])} {summary['strategy']}[/]{frozen}: {m['split']} accuracy "
-        f"[bold]{m['accuracy']:.4f}[/], {topk}log loss {m['log_loss']:.4f}, "
-        f"macro F1 {m['macro_f1']:.4f} on {m['n']} images; {m['train_seconds']:.1f} s"
+        f"[bold]{escape(summary['backbone'])} {summary['strategy']}[/]{frozen}: {m['split']} {scores} "
+        f"on {m['n']} images; {m['train_seconds']:.1f} s"
         + (f"; feature cache {m['feature_cache']}" if "feature_cache" in m else "")
     )
     console.print(f"run directory: {result.run_dir}", markup=False)

@@ -95,20 +95,21 @@ class Prefetcher(Generic[T]):
         self.waited = 0.0  # seconds the last ``batches`` kept its consumer waiting for a batch (the feed's stall)
         self.closed = False  # closed (by an error in a step, or by its engine): the engine makes a new one
         self._ring: list[_Slot] = []
-        self._ring_shape: tuple[int, ...] = ()
+        self._ring_shape: tuple[tuple[int, ...], ...] = ()
 
     @property
     def ring_size(self) -> int:
         """Buffers in the ring: one per batch gathered ahead, and the one its consumer is copying from."""
         return self.threads + 2
 
-    def _slots(self, shape: tuple[int, ...]) -> list[_Slot]:
-        """The ring for batches of ``shape`` (made once and kept while the shape stays)."""
-        if self._ring_shape != shape:
+    def _slots(self, shape: tuple[int, ...], label_shape: tuple[int, ...] = ()) -> list[_Slot]:
+        """The ring for batches of ``shape`` whose labels are each ``label_shape`` (a multi-label set's: one 0/1
+        per label), made once and kept while the shapes stay."""
+        if self._ring_shape != (shape, label_shape):
             assert self.allocate is not None
-            self._ring = [_Slot(self.allocate(shape, np.uint8), self.allocate(shape[:1], np.int64))
+            self._ring = [_Slot(self.allocate(shape, np.uint8), self.allocate((shape[0], *label_shape), np.int64))
                           for _ in range(self.ring_size)]  # fmt: skip
-            self._ring_shape = shape
+            self._ring_shape = (shape, label_shape)
         return self._ring
 
     def release(self, batch: Gathered, fence: Callable[[], None] | None) -> None:
@@ -140,7 +141,7 @@ class Prefetcher(Generic[T]):
                 order = slot.order[:n]
             else:
                 gather_into(images, rows, slot.x[:n])
-            np.take(labels, rows, out=slot.y[:n])
+            np.take(labels, rows, axis=0, out=slot.y[:n])
             theta = draw(step, n) if draw is not None else None
             if theta is not None:
                 if slot.theta is None or slot.theta.shape[1:] != theta.shape[1:] or len(slot.theta) < n:
@@ -159,7 +160,7 @@ class Prefetcher(Generic[T]):
         pending: deque[Future[Any]] = deque()
         labels = np.asarray(labels, np.int64)
         if self.allocate is not None:
-            self._slots((min(batch_size, max(len(order), 1)), *images.shape[1:]))
+            self._slots((min(batch_size, max(len(order), 1)), *images.shape[1:]), labels.shape[1:])
 
         def submit() -> None:
             item = next(starts, None)

@@ -79,6 +79,8 @@ def same_files_in_two_classes(files: ImageList, budget: int = 256 << 20) -> list
     """Groups of byte-identical files filed under different classes (a copy dropped in the wrong folder). Only
     files whose size another class also has are read, and at most ``budget`` bytes of them (uncompressed
     formats, where every file has the same size, would otherwise be read in full on every run)."""
+    if files.labels.ndim == 2:  # a multi-label image has no one class to be filed under
+        return []
     by_size: dict[int, list[int]] = {}
     for i, path in enumerate(files.paths):
         by_size.setdefault(os.stat(path).st_size, []).append(i)
@@ -159,13 +161,17 @@ def _loops_back(folder: Path, root: Path) -> bool:
 
 
 def _scan_csv(path: Path) -> list[Sample]:
-    """Read as Excel writes it too: a UTF-8 byte-order mark is accepted, quoted fields keep their commas."""
+    """Read as Excel writes it too: a UTF-8 byte-order mark is accepted, quoted fields keep their commas.
+
+    Three forms: ``path,label`` (one class an image); ``path,labels`` with ``;``-separated labels (multi-label,
+    an empty cell being an image with none); ``path`` and one 0/1 column per label (one-hot multi-label, the
+    headers, case kept, the labels' names)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
-            columns = [c.strip().lower() for c in reader.fieldnames or []]
-            if "path" not in columns or "label" not in columns:
-                raise DataError(f"{path} must have a header with 'path' and 'label' columns; found {reader.fieldnames}")
+            header = [c.strip() for c in reader.fieldnames or []]
+            columns = [c.lower() for c in header]
+            form = _csv_form(path, header, columns)
             rows = []
             for row in reader:
                 if None in row:  # more fields than the header: an unquoted comma
@@ -173,27 +179,84 @@ def _scan_csv(path: Path) -> list[Sample]:
                         f"{path}, line {reader.line_num}: more fields than the header ({', '.join(reader.fieldnames or [])});"
                         f" put a label or path that contains a comma in double quotes"
                     )
-                rows.append({k.strip().lower(): (v or "").strip() for k, v in row.items() if k})
+                rows.append({k.strip() if form == "one-hot" else k.strip().lower(): (v or "").strip()
+                             for k, v in row.items() if k})  # fmt: skip
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text (byte {exc.start}): save it as UTF-8 (Excel: 'CSV UTF-8')") from None
     except csv.Error as exc:
         raise DataError(f"{path} is not a readable CSV: {exc}") from None
+    path_key = header[columns.index("path")] if form == "one-hot" else "path"
     samples, missing = [], []
     first: dict[Path, tuple[int, str]] = {}
     for line, row in enumerate(rows, start=2):
-        if not row.get("path") or not row.get("label"):
-            raise DataError(f"{path}, line {line}: empty path or label")
-        image = (path.parent / row["path"]).resolve()
-        seen = first.setdefault(image, (line, row["label"]))
-        if seen[1] != row["label"]:
-            raise DataError(f"{path}, line {line}: {row['path']} is labelled {row['label']!r} here and {seen[1]!r} on "
-                            f"line {seen[0]}; give each image one label")  # fmt: skip
+        if form == "label":
+            if not row.get("path") or not row.get("label"):
+                raise DataError(f"{path}, line {line}: empty path or label")
+            label, tags = row["label"], None
+        else:
+            if not row.get(path_key):
+                raise DataError(f"{path}, line {line}: empty path")
+            tags = _tags(path, line, row["labels"]) if form == "labels" else _one_hot(path, line, row, header, path_key)
+            label = ";".join(tags)
+        name = row[path_key]
+        image = (path.parent / name).resolve()
+        seen = first.setdefault(image, (line, label))
+        if seen[1] != label:
+            raise DataError(f"{path}, line {line}: {name} is labelled {label!r} here and {seen[1]!r} on "
+                            f"line {seen[0]}; give each image one label (several labels an image go in one row, "
+                            f"in a 'labels' column: beach;sunset)")  # fmt: skip
         if not image.is_file():
-            missing.append(row["path"])
-        samples.append(Sample(image, row["label"]))
+            missing.append(name)
+        samples.append(Sample(image, label, tags))
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise DataError(f"{path} names {len(missing)} file(s) that do not exist (relative to {path.parent}): {shown}")
     if not samples:
         raise DataError(f"{path} lists no images")
     return samples
+
+
+def _csv_form(path: Path, header: list[str], columns: list[str]) -> str:
+    """``label``, ``labels`` or ``one-hot``, from the header (refused when it is none of them)."""
+    if "path" not in columns:
+        raise DataError(f"{path} must have a header with a 'path' column and a 'label' column (one class an image), "
+                        f"a 'labels' column (several, a;b) or one 0/1 column per label; found {header}")  # fmt: skip
+    if "label" in columns and "labels" in columns:
+        raise DataError(f"{path} has both a 'label' and a 'labels' column: keep 'label' for one class an image, or "
+                        f"'labels' for several (a;b)")  # fmt: skip
+    if "label" in columns:
+        return "label"
+    if "labels" in columns:
+        return "labels"
+    if len(header) < 2:
+        raise DataError(f"{path} has a 'path' column and no labels: add a 'label' column (one class an image), a "
+                        f"'labels' column (several, a;b) or one 0/1 column per label")  # fmt: skip
+    names = [h for h in header if h.lower() != "path"]
+    if any(not h for h in names) or len(set(names)) < len(names):
+        raise DataError(f"{path}: every one-hot column needs a name of its own; found {header}")
+    return "one-hot"
+
+
+def _tags(path: Path, line: int, cell: str) -> tuple[str, ...]:
+    """A ``labels`` cell: ``;``-separated, spaces around each stripped, repeats once, case kept; empty is none."""
+    if not cell.strip():
+        return ()
+    names = [part.strip() for part in cell.split(";")]
+    if any(not name for name in names):
+        raise DataError(f"{path}, line {line}: the labels {cell!r} hold an empty name (a ';' with nothing on one "
+                        f"side); separate labels with one ';' (beach;sunset)")  # fmt: skip
+    return tuple(sorted(set(names)))
+
+
+def _one_hot(path: Path, line: int, row: dict[str, str], header: list[str], path_key: str) -> tuple[str, ...]:
+    tags = []
+    for name in header:
+        if name == path_key:
+            continue
+        value = row.get(name, "")
+        if value not in ("0", "1"):
+            raise DataError(f"{path}, line {line}: column {name!r} holds {value!r}; a one-hot CSV's columns other "
+                            f"than 'path' hold only 0 or 1 (or use a 'label' or 'labels' column)")  # fmt: skip
+        if value == "1":
+            tags.append(name)
+    return tuple(sorted(tags))

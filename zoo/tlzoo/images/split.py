@@ -24,7 +24,8 @@ from .batches import decode_all, load
 from .datasets import default_data_root, ensure_digits
 from .decode import ImageDecoder
 from .folders import ignored_text, layout_warnings, same_files_in_two_classes, scan, shown
-from .sets import ImageList, ImageSet, check_classes, check_lost_classes, fingerprint as files_fingerprint, labelled
+from .sets import (ImageList, ImageSet, check_classes, check_lost_classes, fingerprint as files_fingerprint, is_multilabel,
+                   labelled)  # fmt: skip
 
 
 class Progress(Protocol):
@@ -36,7 +37,7 @@ class Progress(Protocol):
 
     def task(self, description: str, total: int) -> AbstractContextManager[Callable[[int], None]]: ...
 
-    def class_counts(self, title: str, counts: dict[str, int]) -> None: ...
+    def class_counts(self, title: str, counts: dict[str, int], images: int | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,16 @@ class Splits:
         return [(name, part) for name, part in (("train", self.train), ("val", self.val), ("test", self.test))
                 if part is not None]  # fmt: skip
 
+    @property
+    def multilabel(self) -> bool:
+        return is_multilabel(self.train.labels)
+
     def rows(self) -> list[tuple[str, str, str]]:
-        return [(p, self.classes[int(y)], name) for name, part in self.parts() for p, y in zip(part.paths, part.labels)]
+        """(path, label, subset) of every image; a multi-label image's labels ``;``-joined (maybe none)."""
+        def text(y: np.ndarray) -> str:
+            return ";".join(self.classes[i] for i in np.flatnonzero(y)) if np.ndim(y) else self.classes[int(y)]
+
+        return [(p, text(y), name) for name, part in self.parts() for p, y in zip(part.paths, part.labels)]
 
     def warn_skipped(self, reporter: Progress) -> None:
         for path, why in self.skipped:
@@ -101,8 +110,11 @@ class Splits:
 
     def show_counts(self, reporter: Progress) -> None:
         # Fewer images than --batch-size is fine: the last (here the only) batch is a partial one, as in Keras and fastai.
-        reporter.class_counts(f"training images ({len(self.train)}; val {len(self.val)}; "
-                              f"test {len(self.test) if self.test is not None else 0})", self.train.counts())  # fmt: skip
+        title = f"training images ({len(self.train)}; val {len(self.val)}; test {len(self.test) if self.test is not None else 0})"
+        if self.multilabel:  # the counts are each label's positives
+            reporter.class_counts(title, self.train.counts(), len(self.train))
+        else:
+            reporter.class_counts(title, self.train.counts())
 
 
 def plan(sources: Sources, reporter: Progress, reading: Reading = Reading()) -> Splits:
@@ -144,6 +156,10 @@ def _say_small_classes(splits: Splits, sources: Sources, reporter: Progress) -> 
     """Small data trains: name the classes too small to give the held-out parts an image, and refuse (in one
     line, with the fix) only a validation set left empty."""
     held = [("validation", splits.val, "--val-split")] if not sources.val else []
+    if splits.multilabel:
+        if not sources.val and len(splits.val) == 0:
+            raise DataError("too few images to hold one out for validation: add images, or give a separate --val file")
+        return
     if splits.test is not None and not sources.test:
         held.append(("test", splits.test, "--test-split"))
     train_counts = splits.train.counts()
@@ -162,19 +178,34 @@ def _say_small_classes(splits: Splits, sources: Sources, reporter: Progress) -> 
 
 def _split(sources: Sources, root: Path, full: ImageList) -> Splits:
     classes = full.classes
+    multilabel = is_multilabel(full.labels)
     test: ImageList | None = None
     if sources.test:
-        test = labelled(scan(Path(sources.test)), classes)
+        test = labelled(scan(Path(sources.test)), classes, multilabel)
     elif sources.test_split > 0:
         keep, held = stratified_split(full.labels, sources.test_split, sources.seed)
         full, test = full.subset(keep), full.subset(held)
     if sources.val:
-        train, val = full, labelled(scan(Path(sources.val)), classes)
+        train, val = full, labelled(scan(Path(sources.val)), classes, multilabel)
     else:
         keep, held = stratified_split(full.labels, sources.val_split, sources.seed + 1)
         train, val = full.subset(keep), full.subset(held)
+    if multilabel:
+        _check_labels_train(train, val, test)
     check_classes(train)
     return Splits(train=train, val=val, test=test, classes=classes, root=root)
+
+
+def _check_labels_train(train: ImageList, val: ImageList, test: ImageList | None) -> None:
+    """A label with positives in validation or test and none in training cannot be learnt: one line."""
+    trained = train.labels.sum(axis=0) > 0
+    for name, part in (("validation", val), ("test", test)):
+        if part is None or not len(part):
+            continue
+        only = [part.classes[i] for i in np.flatnonzero((part.labels.sum(axis=0) > 0) & ~trained)]
+        if only:
+            raise DataError(f"label(s) {', '.join(only[:10])} appear only in the {name} images, never in training: "
+                            f"add training images that carry them, or drop the label")  # fmt: skip
 
 
 def readable(splits: Splits, kept: dict[str, np.ndarray], skipped: dict[str, list[tuple[str, str]]]) -> Splits:
@@ -184,7 +215,7 @@ def readable(splits: Splits, kept: dict[str, np.ndarray], skipped: dict[str, lis
     if empty:
         raise DataError(f"no readable images in the {empty[0]} split: " + ", ".join(p for p, _ in skipped[empty[0]][:5]))
     everything = ImageList([p for _, part in splits.parts() for p in part.paths],
-                                   np.concatenate([part.labels for _, part in splits.parts()]), splits.classes)  # fmt: skip
+                           np.concatenate([part.labels for _, part in splits.parts()]), splits.classes)
     check_lost_classes(everything, [part.labels for part in parts.values()])
     check_classes(parts["train"])
     lost = [p for name, _ in splits.parts() for p in skipped[name]]
@@ -252,6 +283,8 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
     if not 0.0 < fraction < 1.0:
         raise DataError(f"split fraction must be between 0 and 1, got {fraction}")
+    if is_multilabel(labels):
+        return multilabel_split(labels, fraction, seed)
     index = np.arange(len(labels))
     counts = np.bincount(labels)
     present = counts[counts > 0]
@@ -267,3 +300,18 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
         held_parts.append(members[:take])
     held = np.sort(np.concatenate(held_parts)) if held_parts else np.zeros(0, np.int64)
     return np.setdiff1d(index, held), held
+
+
+def multilabel_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of (kept, held out) of a multi-label set: iterative stratification (Sechidis et al. 2011, order 1,
+    ``iterative-stratification``'s ``MultilabelStratifiedShuffleSplit``), which keeps each label's share of
+    positives about equal in both parts. A set too small to hold one image out keeps them all."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    n = len(labels)
+    n_held = math.ceil(n * fraction)
+    if n < 2 or n_held >= n:
+        return np.arange(n), np.zeros(0, np.int64)
+    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+    kept, held = next(splitter.split(np.zeros((n, 1)), np.asarray(labels, np.int64)))
+    return np.sort(kept), np.sort(held)

@@ -10,7 +10,14 @@ import numpy as np
 from ..calibration import expected_calibration_error
 
 
-def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, Any]:
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str],
+                           thresholds: Any = None) -> dict[str, Any]:  # fmt: skip
+    """What a run records and ``evaluate`` prints; for multi-label labels (a 0/1 matrix), at ``thresholds``
+    (see :func:`tlzoo.multilabel.metrics`)."""
+    if np.ndim(y_true) == 2:
+        from ..multilabel import DEFAULT_THRESHOLD, metrics
+
+        return metrics(y_true, proba, classes, DEFAULT_THRESHOLD if thresholds is None else thresholds)
     from sklearn.metrics import (
         accuracy_score,
         balanced_accuracy_score,
@@ -122,6 +129,37 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str = "") -> 
 
 
 MAX_PLOTTED_CLASSES = 30
+
+
+def plot_per_label(per_label: dict[str, dict[str, Any]], path: Path, title: str) -> None:
+    """A multi-label run's picture in place of a confusion matrix: each label's average precision, and its
+    precision and recall at its threshold, with its support (the labels with the lowest AP when there are many)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..files import atomic_write
+
+    names = list(per_label)
+    if len(names) > MAX_PLOTTED_CLASSES:
+        names = sorted(names, key=lambda n: per_label[n]["ap"] if per_label[n]["ap"] is not None else -1)[:MAX_PLOTTED_CLASSES]
+        title = f"{title}: the {len(names)} labels of lowest AP of {len(per_label)}"
+    y = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(7.5, max(2.5, 0.45 * len(names) + 1.4)))
+    for offset, key, colour in ((-0.27, "ap", "C0"), (0.0, "precision", "C1"), (0.27, "recall", "C2")):
+        values = [per_label[n][key] if per_label[n][key] is not None else np.nan for n in names]
+        ax.barh(y + offset, values, height=0.26, color=colour, label=key if key != "ap" else "average precision")
+    ax.set_yticks(y, [f"{n} ({per_label[n]['support']}, t={per_label[n]['threshold']:.2f})" for n in names])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("score (precision and recall at each label's threshold t; support in brackets)")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
 
 
 def most_confused(matrix: np.ndarray, limit: int) -> list[int]:

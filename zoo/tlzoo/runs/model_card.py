@@ -12,16 +12,20 @@ SMALL_EVAL = 100  # below this many evaluation images, one image moves accuracy 
 
 
 def write(run_dir: Path, *, config: dict[str, Any], spec: Any, weights: Any, metrics: dict[str, Any],
-          counts: dict[str, dict[str, int]], skipped: int, unused: list[str]) -> None:  # fmt: skip
+          counts: dict[str, dict[str, int]], skipped: int, unused: list[str],
+          images: dict[str, int] | None = None) -> None:  # fmt: skip
     from ..files import atomic_write_text
 
     atomic_write_text(Path(run_dir) / CARD, render(config=config, spec=spec, weights=weights, metrics=metrics,
-                                                   counts=counts, skipped=skipped, unused=unused))  # fmt: skip
+                                                   counts=counts, skipped=skipped, unused=unused, images=images))  # fmt: skip
 
 
 def render(*, config: dict[str, Any], spec: Any, weights: Any, metrics: dict[str, Any],
-           counts: dict[str, dict[str, int]], skipped: int, unused: list[str]) -> str:  # fmt: skip
-    classes = list(metrics["per_class"])
+           counts: dict[str, dict[str, int]], skipped: int, unused: list[str],
+           images: dict[str, int] | None = None) -> str:  # fmt: skip
+    """The card; ``images``: each split's images where ``counts`` (a multi-label set's positives) do not add up to them."""
+    multilabel = "per_label" in metrics
+    classes = list(metrics["per_label" if multilabel else "per_class"])
     split = metrics["split"]
     n_eval = int(metrics["n"])
     weights_line = (f"`{weights.tag}` ({spec.default_weights.dataset if spec.default_weights else 'ImageNet'}"
@@ -29,8 +33,9 @@ def render(*, config: dict[str, Any], spec: Any, weights: Any, metrics: dict[str
                     if weights is not None else "none: random initialisation")  # fmt: skip
     lines = [
         f"# {spec.id} {config['strategy']} on {Path(str(config['data'])).name}", "",
-        f"A {len(classes)}-class image classifier trained with tlzoo on "
-        f"{_dt.date.today().isoformat()}.", "",
+        (f"A multi-label image classifier ({len(classes)} labels, any number an image) trained with tlzoo on "
+         if multilabel else f"A {len(classes)}-class image classifier trained with tlzoo on ")
+        + f"{_dt.date.today().isoformat()}.", "",
         "## Model", "",
         f"- Backbone: `{spec.id}` ({spec.family or spec.name}; {spec.num_params:,} parameters, "
         f"{spec.feature_dim} features); licence: {spec.license or 'see the source'}; source: {spec.source or '-'}",
@@ -41,15 +46,42 @@ def render(*, config: dict[str, Any], spec: Any, weights: Any, metrics: dict[str
         "",
         "## Data", "",
         f"- Source: `{config['data']}`",
-        "- Split (stratified, seed {seed}): ".format(seed=config["seed"])
-        + ", ".join(f"{name} {sum(c.values())}" for name, c in counts.items() if c),
+        ("- Split (iterative stratification, seed {seed}; images): " if multilabel else
+         "- Split (stratified, seed {seed}): ").format(seed=config["seed"])
+        + ", ".join(f"{name} {(images or {}).get(name, sum(c.values()))}" for name, c in counts.items() if c),
         "",
-        "| class | " + " | ".join(name for name, c in counts.items() if c) + " |",
+        f"| {'label (positives)' if multilabel else 'class'} | " + " | ".join(name for name, c in counts.items() if c) + " |",
         "|---|" + "---|" * sum(1 for c in counts.values() if c),
     ]
     for cls in classes:
         lines.append(f"| {cls} | " + " | ".join(str(c.get(cls, 0)) for c in counts.values() if c) + " |")
-    lines += [
+    if multilabel:
+        lines += ["", "## Results", "", _multilabel_results(metrics, split, n_eval),
+                  *([""] + [calibration_line(metrics)] if "ece" in metrics else []), "",
+                  "| label | AP | precision | recall | F1 | threshold | support |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for name, row in metrics["per_label"].items():
+            ap = f"{row['ap']:.3f}" if row["ap"] is not None else "-"
+            lines.append(f"| {name} | {ap} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | "
+                         f"{row['threshold']:.3f} | {row['support']} |")  # fmt: skip
+    else:
+        lines += _single_label_results(metrics, split, n_eval)
+    lines += ["", "## Settings", "", "```yaml", *_yaml(config), "```", "", "## Known limits", ""]
+    lines += [f"- {limit}" for limit in limits(config=config, weights=weights, metrics=metrics, counts=counts,
+                                                skipped=skipped, unused=unused)]  # fmt: skip
+    lines += ["", "## Exports", "", "_None yet: `tlzoo export onnx RUN` appends its checks here._", ""]
+    return "\n".join(lines)
+
+
+def _multilabel_results(metrics: dict[str, Any], split: str, n_eval: int) -> str:
+    return (f"On the {split} split ({n_eval} images): mean average precision **{metrics['mean_average_precision']:.4f}**, "
+            f"micro F1 {metrics['micro_f1']:.4f}, macro F1 {metrics['macro_f1']:.4f}, subset accuracy "
+            f"{metrics['subset_accuracy']:.4f} (every label of an image right), Hamming loss {metrics['hamming_loss']:.4f} "
+            f"(the share of image-label pairs wrong), log loss {metrics['log_loss']:.4f}; labels predicted at the "
+            f"thresholds below.")  # fmt: skip
+
+
+def _single_label_results(metrics: dict[str, Any], split: str, n_eval: int) -> list[str]:
+    lines = [
         "", "## Results", "",
         f"On the {split} split ({n_eval} images): accuracy **{metrics['accuracy']:.4f}**, "
         f"macro F1 {metrics['macro_f1']:.4f}, log loss {metrics['log_loss']:.4f}"
@@ -60,15 +92,16 @@ def render(*, config: dict[str, Any], spec: Any, weights: Any, metrics: dict[str
     ]
     for cls, row in metrics["per_class"].items():
         lines.append(f"| {cls} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |")
-    lines += ["", "## Settings", "", "```yaml", *_yaml(config), "```", "", "## Known limits", ""]
-    lines += [f"- {limit}" for limit in limits(config=config, weights=weights, metrics=metrics, counts=counts,
-                                                skipped=skipped, unused=unused)]  # fmt: skip
-    lines += ["", "## Exports", "", "_None yet: `tlzoo export onnx RUN` appends its checks here._", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def calibration_line(metrics: dict[str, Any]) -> str:
     """What the confidences are worth: the calibration error, and the temperature when one was fitted."""
+    if "platt" in metrics:
+        return (f"Probabilities calibrated by Platt scaling, one (a, b) per label fitted on the validation split: "
+                f"mean expected calibration error {metrics['ece_before_calibration']:.4f} -> {metrics['ece']:.4f}, "
+                f"log loss {metrics['log_loss_before_calibration']:.4f} -> {metrics['log_loss']:.4f} "
+                f"(`reliability.png`).")  # fmt: skip
     if "ece_before_calibration" in metrics:
         return (f"Confidences calibrated by temperature scaling (T = {metrics['temperature']:.3f}, fitted on the "
                 f"validation split): expected calibration error {metrics['ece_before_calibration']:.4f} -> "
@@ -93,7 +126,7 @@ def limits(*, config: dict[str, Any], weights: Any, metrics: dict[str, Any], cou
         mode = (metrics.get("balance") or {}).get("mode", "none")
         how = {"weights": "the loss was weighted by class (--balance weights)",
                "sampler": "each epoch was drawn class-balanced (--balance sampler)"}.get(mode, "nothing balanced them")  # fmt: skip
-        out.append(f"Classes are imbalanced in training (largest {max(train_counts)}, smallest {min(train_counts)} "
+        out.append(f"{'Labels' if 'per_label' in metrics else 'Classes'} are imbalanced in training (largest {max(train_counts)}, smallest {min(train_counts)} "
                    f"images; {how}): read per-class recall and balanced accuracy, not accuracy alone.")  # fmt: skip
     if weights is None:
         out.append("No pretrained weights: the backbone is randomly initialised, so nothing was transferred from ImageNet.")
@@ -101,6 +134,11 @@ def limits(*, config: dict[str, Any], weights: Any, metrics: dict[str, Any], cou
         out.append(f"{skipped} unreadable image(s) were skipped (listed in report.json).")
     if unused:
         out.append(f"Options given but not used by this strategy: {', '.join(unused)}.")
+    if "per_label" in metrics:
+        worst = min(metrics["per_label"].items(), key=lambda kv: kv[1]["recall"])
+        out.append(f"Lowest recall: label `{worst[0]}` ({worst[1]['recall']:.3f}). The model only knows these "
+                   f"{len(metrics['per_label'])} labels.")  # fmt: skip
+        return out
     worst = min(metrics["per_class"].items(), key=lambda kv: kv[1]["recall"])
     out.append(f"Lowest recall: class `{worst[0]}` ({worst[1]['recall']:.3f}). The model only knows these "
                f"{len(metrics['per_class'])} classes: any image gets one of them.")  # fmt: skip

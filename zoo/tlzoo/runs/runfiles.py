@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 3
 FULL_MODEL_FORMAT = 2  # what a run with a whole checkpoint writes: tlzoo versions that read 2 read it
+MULTILABEL_FORMAT = 4  # a multi-label run (sigmoid outputs, thresholds): a tlzoo before them refuses it in one line
+READS_FORMATS = max(FORMAT_VERSION, MULTILABEL_FORMAT)
 HEAD = "head.npz"
 CONFIG = "config.yaml"
 LABELS = "labels.json"
@@ -55,10 +57,11 @@ REPORT = "report.json"
 LEARNING_CURVES = "learning_curves.png"
 CONFUSION_MATRIX = "confusion_matrix.png"
 RELIABILITY = "reliability.png"
+PER_LABEL = "per_label.png"
 STATE_STEM = "last_state"
 # What a run directory holds that tlzoo wrote: never replaced by a --out of predict or evaluate.
 RUN_FILES = (HEAD, CONFIG, LABELS, SPLIT, CLASSIFIER, METRICS, HISTORY, ENVIRONMENT, REPORT, LEARNING_CURVES,
-             CONFUSION_MATRIX, RELIABILITY, "MODEL_CARD.md", "model.pt", "model.keras", "model.onnx")
+             CONFUSION_MATRIX, RELIABILITY, PER_LABEL, "MODEL_CARD.md", "model.pt", "model.keras", "model.onnx")
 MAX_INPUT_SIDE = 4096
 
 
@@ -74,7 +77,7 @@ class ClassifierMeta:
     backbone: str
     input_size: tuple[int, int]
     classes: list[str]
-    output: str  # softmax | ovr: how logits become probabilities
+    output: str  # softmax | ovr | sigmoid (multi-label): how logits become probabilities
     preprocessing: Preprocessing
     model_file: str
     head: dict[str, Any]
@@ -85,6 +88,11 @@ class ClassifierMeta:
     tlzoo_version: str = ""
     weights_sha256: str | None = None  # head-only runs: the backbone's weights file, by content
     format_version: int = FULL_MODEL_FORMAT
+    thresholds: list[float] | None = None  # multi-label: each label's probability threshold
+
+    @property
+    def multilabel(self) -> bool:
+        return self.output == "sigmoid"
 
     @property
     def head_only(self) -> bool:
@@ -111,9 +119,9 @@ class ClassifierMeta:
         version = data.get("format_version", 1)
         if not isinstance(version, int) or version < 1:
             raise _damaged(path, f"format_version must be a positive number, got {version!r}")
-        if version > FORMAT_VERSION:
+        if version > READS_FORMATS:
             raise UsageError(f"{path} was written by a newer tlzoo (run format {version}; this tlzoo reads formats "
-                             f"1..{FORMAT_VERSION}): upgrade tlzoo to use this run")  # fmt: skip
+                             f"1..{READS_FORMATS}): upgrade tlzoo to use this run")  # fmt: skip
         required = {"framework": str, "backbone": str, "input_size": list, "classes": list, "output": str,
                     "preprocessing": dict, "model_file": str, "head": dict}  # fmt: skip
         for key, kind in required.items():
@@ -126,8 +134,13 @@ class ClassifierMeta:
             raise UsageError(f"{path}: classes must be a non-empty list of names")
         if "/" in data["model_file"] or "\\" in data["model_file"] or data["model_file"].startswith("."):
             raise UsageError(f"{path}: model_file must be a file name inside the run directory")
-        if data["output"] not in ("softmax", "ovr"):
-            raise _damaged(path, f"output must be softmax or ovr, got {data['output']!r}")
+        if data["output"] not in ("softmax", "ovr", "sigmoid"):
+            raise _damaged(path, f"output must be softmax, ovr or sigmoid, got {data['output']!r}")
+        thresholds = data.get("thresholds")
+        if data["output"] == "sigmoid" and not (
+                isinstance(thresholds, list) and len(thresholds) == len(data["classes"])
+                and all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1 for t in thresholds)):
+            raise _damaged(path, "a multi-label run needs one threshold in (0, 1) per label")
         tap = data.get("tap")
         if tap is not None and (not isinstance(tap, int) or tap < 0):
             raise _damaged(path, f"tap must be a unit index, got {tap!r}")
@@ -147,6 +160,7 @@ class ClassifierMeta:
             plugin={str(k): str(v) for k, v in plugin.items()} if isinstance(plugin, dict) else {},
             tlzoo_version=str(data.get("tlzoo_version", "")), weights_sha256=digest if isinstance(digest, str) else None,
             format_version=version,
+            thresholds=[float(t) for t in thresholds] if data["output"] == "sigmoid" else None,
         )  # fmt: skip
 
 
@@ -207,9 +221,11 @@ class RunFiles:
     def write_labels(self, classes: list[str]) -> None:
         self.write_json(LABELS, classes)
 
-    def write_split(self, rows: list[tuple[str, str, str]], digests: Mapping[str, str] | None = None) -> None:
+    def write_split(self, rows: list[tuple[str, str, str]], digests: Mapping[str, str] | None = None,
+                    multilabel: bool = False) -> None:  # fmt: skip
         """``split.csv``: each file's path, label and subset, with what ``--resume`` checks before it trains on the
-        file again: its size, and the sha256 of its bytes where the run read it (``digests``)."""
+        file again: its size, and the sha256 of its bytes where the run read it (``digests``). A multi-label
+        run's column is ``labels``, each image's ``;``-joined."""
         from ..files import atomic_write_text
         from ..images.folders import raw_bytes, shown
 
@@ -218,7 +234,7 @@ class RunFiles:
         writer = csv.writer(buf)
         # path_bytes: a name that is not UTF-8, percent-encoded (path shows it with backslash escapes); the file
         # stays UTF-8 and --resume reads the same bytes back
-        writer.writerow(["path", "label", "subset", "bytes", "sha256", "path_bytes"])
+        writer.writerow(["path", "labels" if multilabel else "label", "subset", "bytes", "sha256", "path_bytes"])
         writer.writerows((shown(path), label, subset, _size(path), digests.get(path, ""), raw_bytes(path))
                          for path, label, subset in rows)  # fmt: skip
         atomic_write_text(self.path / SPLIT, buf.getvalue())
@@ -294,18 +310,35 @@ class RunFiles:
         try:
             with open(path, newline="", encoding="utf-8") as f:
                 reader = csv.DictReader(f)
-                if not {"path", "label", "subset"} <= set(reader.fieldnames or []):
+                multilabel = "labels" in (reader.fieldnames or [])
+                if not {"path", "labels" if multilabel else "label", "subset"} <= set(reader.fieldnames or []):
                     raise ValueError(f"columns {reader.fieldnames}, expected path,label,subset")
                 rows = [r for r in reader if subset is None or r["subset"] == subset]
             for r in rows:
                 if r.get("path_bytes"):  # a name that is not UTF-8, byte for byte
                     r["path"] = from_raw(r["path_bytes"])
-            unknown = sorted({r["label"] for r in rows} - set(classes))
+                if multilabel:
+                    r["label"] = r["labels"]
+            names = {n for r in rows for n in r["label"].split(";") if n} if multilabel else {r["label"] for r in rows}
+            unknown = sorted(names - set(classes))
             if unknown or any(not r["path"] for r in rows):
                 raise ValueError(f"labels {unknown} are not the run's classes" if unknown else "empty paths")
         except (ValueError, UnicodeDecodeError, csv.Error) as exc:
             raise UsageError(f"{path} is damaged ({exc}); the run's files were edited or are corrupt") from None
         return rows
+
+
+def split_labels(rows: list[dict[str, str]], classes: list[str]) -> Any:
+    """The labels of :meth:`RunFiles.read_split`'s rows: class indices, or a multi-label run's 0/1 matrix."""
+    import numpy as np
+
+    index = {c: i for i, c in enumerate(classes)}
+    if rows and "labels" in rows[0]:
+        matrix = np.zeros((len(rows), len(classes)), np.uint8)
+        for i, r in enumerate(rows):
+            matrix[i, [index[n] for n in r["labels"].split(";") if n]] = 1
+        return matrix
+    return np.asarray([index[r["label"]] for r in rows], np.int64)
 
 
 def _size(path: str) -> str:

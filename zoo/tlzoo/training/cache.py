@@ -93,7 +93,7 @@ def data_fingerprint(files: ImageList) -> str:
     by the files' paths, sizes and modification times: a run over unchanged files reads none of them."""
     from ..images.sets import fingerprint
 
-    stat_key = cache_key(fingerprint_of=files.stats(), labels=[int(y) for y in files.labels])
+    stat_key = cache_key(fingerprint_of=files.stats(), labels=np.asarray(files.labels).tolist())
     known = _read_alias(stat_key, length=64, folder="fingerprints")
     if known is not None:
         return known

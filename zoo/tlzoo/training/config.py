@@ -140,9 +140,12 @@ class TrainConfig:
         "class_weight), sampler (each epoch drawn class-balanced, with replacement; not the scikit-learn heads).",
         STRATEGY, choices=("auto", "none", "weights", "sampler"))
     calibrate: str = _setting(
-        "auto", "Fit one temperature on the validation split so that the confidences mean what they say: auto (when "
-        "it holds at least 50 images), on, off. The predicted class never changes.", STRATEGY,
-        choices=("auto", "on", "off"))
+        "auto", "Fit one temperature on the validation split so that the confidences mean what they say (multi-label: "
+        "Platt scaling per label): auto (when it holds at least 50 images), on, off. The predicted class never "
+        "changes.", STRATEGY, choices=("auto", "on", "off"))
+    threshold: float | None = _setting(
+        None, "Multi-label: one probability threshold for every label (default: each label's own, chosen on the "
+        "validation split for its best F1).", STRATEGY, min=0, max=1, min_open=True, max_open=True)
     epochs: int = _setting(10, "Epochs (two-stage: of stage 2; mlp head: max epochs).", OPTIMIZATION, min=1,
                            per_strategy=True, used=_trains_network)
     batch_size: int | str = _setting(
@@ -193,6 +196,8 @@ class TrainConfig:
         for part in self.augment_list():
             if part not in AUGMENTATIONS:
                 raise UsageError(f"--augment {part!r} is not known; use auto, none, or some of: {', '.join(AUGMENTATIONS)}")
+        if self.threshold is not None and not 0.0 < float(self.threshold) < 1.0:
+            raise UsageError(f"--threshold must be between 0 and 1 (exclusive), got {self.threshold:g}")
         if self.balance == "sampler" and self.uses_sklearn_head:
             raise UsageError(f"--balance sampler: the {self.head} head is fitted by scikit-learn on all the features "
                              f"at once, with no batches to draw; use --balance weights (its class_weight)")  # fmt: skip

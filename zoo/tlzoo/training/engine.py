@@ -142,12 +142,24 @@ class Engine(Collective, ABC):
         return np.concatenate([part[sampled_order(labels[part], rng, self.n_classes)] for part in parts]) \
             if parts else order  # fmt: skip
 
+    #: whether :meth:`set_multilabel` is honoured (a multi-label set: a 0/1 matrix of labels, sigmoid outputs)
+    can_multilabel = False
+    multilabel = False
+    pos_weight: np.ndarray | None = None
+
+    def set_multilabel(self, pos_weight: np.ndarray | None) -> None:
+        """Train on a multi-label set: ``train_epoch``'s labels are a 0/1 matrix (images x labels), the loss
+        binary cross-entropy on each label's logit, each label's positives weighed by ``pos_weight`` (None: 1),
+        the reported accuracy that of (image, label) pairs at 0.5; :attr:`output` becomes ``sigmoid``."""
+        self.multilabel, self.pos_weight, self.output = True, pos_weight, "sigmoid"
+
     #: whether :meth:`scale_logits` folds a factor into the model (what ``--calibrate`` needs)
     can_scale_logits = False
 
-    def scale_logits(self, factor: float) -> None:
-        """Multiply the model's logits by ``factor`` for good (its last layer's weights and bias): a temperature T
-        folded into the model is ``factor = 1 / T``."""
+    def scale_logits(self, factor: float | np.ndarray, shift: float | np.ndarray = 0.0) -> None:
+        """Multiply the model's logits by ``factor`` and add ``shift`` for good (its last layer's weights and
+        bias; each a number or one per output): a temperature T folded into the model is ``factor = 1 / T``,
+        Platt scaling ``factor = a, shift = b``."""
         raise NotImplementedError(f"{type(self).__name__} cannot scale its logits")
 
     def precision(self) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import calibration, engine_memory, feature_engines
+from .. import engine_memory, feature_engines
 from ..adapters import adapter_for
 from ..balance import Balance, balanced_weights, sampled_order
 from ..errors import DataError, UsageError
@@ -23,7 +23,7 @@ from ..images.decode import ImageDecoder, fits_limit_now
 from ..images.sets import ImageList
 from ..images.split import Splits, readable
 from ..specs import BackboneSpec
-from . import cache as feature_cache
+from . import cache as feature_cache, confidence
 from .config import TrainConfig
 from .engine import Collective
 from .model import Model
@@ -138,10 +138,10 @@ def _merge(shards: list[feature_cache.Entry | None], world_size: int) -> feature
 
 
 def extract_and_fit(model: Model, splits: Splits, head_cfg: TrainConfig, reporter: Reporter, comm: Collective,
-                     extract_batch: int, balanced: Balance) -> tuple[Splits, list[dict[str, Any]], HeadParams, np.ndarray, dict[str, Any]]:  # fmt: skip
+                     extract_batch: int, balanced: Balance) -> tuple[Splits, list[dict[str, Any]], HeadParams, np.ndarray, dict[str, Any], confidence.Confidence]:  # fmt: skip
     """Features of every part (cached or extracted, in batches of ``extract_batch``), then the head on them (at
     ``head_cfg``'s batch). Returns the splits without their unreadable images, the history, the head, the
-    evaluation split's features and what the run records."""
+    evaluation split's features, what the run records and the calibration (with a multi-label run's thresholds)."""
     t0 = time.perf_counter()
     cfg = dataclasses.replace(head_cfg, batch_size=extract_batch)
     off = store.disabled() if cfg.cache else None
@@ -211,12 +211,13 @@ def extract_and_fit(model: Model, splits: Splits, head_cfg: TrainConfig, reporte
     head, history = comm.broadcast(_fit_head(feats, splits, head_cfg, reporter, model.spec, n, balanced)
                                    if comm.main else None)  # fmt: skip
     head_seconds = time.perf_counter() - t1
-    temperature, calibrated, said = calibration.calibrate(
-        cfg.calibrate, head.logits(feats["val"]), splits.val.labels, head.output, head.logits(feats[splits.eval_name]),
-        splits.eval_set.labels, splits.eval_name)  # fmt: skip
-    if said and comm.main:
-        reporter.info(said)
-    head = scaled(head, 1.0 / temperature)  # folded into the head: every later use is calibrated
+    fitted = confidence.fit(cfg.calibrate, head.logits(feats["val"]), splits.val.labels, head.output,
+                            head.logits(feats[splits.eval_name]), splits.eval_set.labels, splits.eval_name,
+                            splits.classes, cfg.threshold)  # fmt: skip
+    if comm.main:
+        for line in fitted.lines:
+            reporter.info(line)
+    head = scaled(head, fitted.factor, fitted.shift)  # folded into the head: every later use is calibrated
     if not model.head_only:
         model.engine.build(head)
     extra = {
@@ -226,9 +227,9 @@ def extract_and_fit(model: Model, splits: Splits, head_cfg: TrainConfig, reporte
         "images_decoded": int(sum(comm.gather(decoded[0]))),
         "feature_engine": choice.engine if choice is not None else cfg.feature_engine,
         **({"feature_engine_auto": choice.record()} if choice is not None else {}),
-        **calibrated,
+        **fitted.record,
     }  # fmt: skip
-    return splits, history, head, feats[splits.eval_name], extra
+    return splits, history, head, feats[splits.eval_name], extra, fitted
 
 
 def _fit_head(feats: dict[str, np.ndarray], splits: Splits, cfg: TrainConfig, reporter: Reporter, spec: BackboneSpec,
@@ -251,6 +252,9 @@ def _fit_head(feats: dict[str, np.ndarray], splits: Splits, cfg: TrainConfig, re
                 on_epoch=reporter.epoch, class_weight=weight,
             )  # fmt: skip
         except TypeError as exc:
+            if splits.multilabel and "multilabel" in str(exc):
+                raise UsageError(f"the {spec.framework} framework's MLP trainer cannot train multi-label (it takes no "
+                                 f"multilabel=); use --head logreg-ovr") from None  # fmt: skip
             if weight is None or "class_weight" not in str(exc):
                 raise
             raise UsageError(f"--balance {balanced.choice}: the {spec.framework} framework's MLP trainer takes no class "

@@ -48,7 +48,7 @@ class Reporter:
     def warn(self, message: str) -> None:
         pass
 
-    def class_counts(self, title: str, counts: dict[str, int]) -> None:
+    def class_counts(self, title: str, counts: dict[str, int], images: int | None = None) -> None:
         pass
 
     def epoch(self, row: dict[str, Any]) -> None:
@@ -82,15 +82,16 @@ class RichReporter(Reporter):
     def warn(self, message: str) -> None:
         self.err_console.print(f"warning: {message}", style="yellow", markup=False, highlight=False)
 
-    def class_counts(self, title: str, counts: dict[str, int]) -> None:
+    def class_counts(self, title: str, counts: dict[str, int], images: int | None = None) -> None:
         from rich.table import Table
         from rich.text import Text
 
-        total = sum(counts.values())
+        # ``images``: a multi-label set's, whose counts are each label's positives (a share of the images)
+        total = images if images is not None else sum(counts.values())
         table = Table(title=Text(title), title_justify="left")
-        table.add_column("class")
-        table.add_column("images", justify="right")
-        table.add_column("share", justify="right")
+        table.add_column("label" if images is not None else "class")
+        table.add_column("positives" if images is not None else "images", justify="right")
+        table.add_column("of the images" if images is not None else "share", justify="right")
         for name, n in counts.items():
             table.add_row(Text(name), str(n), f"{n / total:.1%}" if total else "-")  # class names are literal text
         self.console.print(table)  # (what an imbalance does is --balance's line: tlzoo.balance)

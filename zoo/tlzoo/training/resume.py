@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from ..cachedir import tlzoo_cache
 from ..errors import DataError, UsageError
@@ -66,7 +65,7 @@ def recorded_splits(run_dir: Path, data: str | None) -> Splits:
     """The split an interrupted run recorded (``split.csv``), for ``--resume``: the same files in the same parts,
     whatever ``--data`` now holds or the current folder is. A file missing or changed since is refused in one
     line, before anything is decoded."""
-    from ..runs.runfiles import SPLIT, RunFiles
+    from ..runs.runfiles import SPLIT, RunFiles, split_labels
 
     files = RunFiles(run_dir)
     try:
@@ -89,12 +88,10 @@ def recorded_splits(run_dir: Path, data: str | None) -> Splits:
             shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
             raise DataError(f"--resume trains on the split {run_dir / SPLIT} recorded, and {len(paths)} of its "
                             f"{len(rows)} files are {what} since: {shown}. Put them back, or start a new run")  # fmt: skip
-    index = {c: i for i, c in enumerate(classes)}
     parts = {}
     for name in ("train", "val", "test"):
         chosen = [r for r in rows if r["subset"] == name]
-        parts[name] = ImageList([r["path"] for r in chosen], np.asarray([index[r["label"]] for r in chosen],
-                                        np.int64), classes) if chosen else None  # fmt: skip
+        parts[name] = ImageList([r["path"] for r in chosen], split_labels(chosen, classes), classes) if chosen else None
     if parts["train"] is None or parts["val"] is None:
         raise UsageError(f"{run_dir / SPLIT} has no training or no validation images; it cannot be resumed")
     return Splits(train=parts["train"], val=parts["val"], test=parts["test"], classes=classes,

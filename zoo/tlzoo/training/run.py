@@ -30,14 +30,14 @@ from ..images.split import Splits, decode, plan
 from ..limits import check as check_limits
 from ..registry import get_registry
 from ..runs import model_card
-from ..runs.metrics import best_epoch, classification_metrics, plot_confusion, plot_history
+from ..runs.metrics import best_epoch, classification_metrics, plot_confusion, plot_history, plot_per_label
 from ..runs.rundir import new_run_dir
 from ..runs.runfiles import (CONFUSION_MATRIX, ENVIRONMENT, FORMAT_VERSION, FULL_MODEL_FORMAT, HEAD, LEARNING_CURVES, METRICS,
-                             RELIABILITY, REPORT, ClassifierMeta, RunFiles)  # fmt: skip
+                             MULTILABEL_FORMAT, PER_LABEL, RELIABILITY, REPORT, ClassifierMeta, RunFiles)  # fmt: skip
 from ..specs import BackboneSpec
 from ..version import __version__
 from ..weights import preflight as preflight_weights, published as published_weights
-from . import autobatch
+from . import autobatch, confidence
 from .config import TrainConfig
 from .engine import Collective, Engine
 from .features import extract_and_fit
@@ -108,6 +108,11 @@ def _train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Pat
         splits = recorded_splits(Path(resume), config.data)
     else:
         splits = plan(config.sources(), reporter, config.reading())
+    if splits.multilabel:
+        config = _for_multilabel(config, given, reporter)
+    elif config.threshold is not None:
+        raise UsageError("--threshold is for multi-label data (a CSV with a 'labels' column, or one-hot columns); a "
+                         "single-label model predicts its top class")  # fmt: skip
     feature_extract = config.strategy == "feature-extract"
     model = Model(spec, config, size, len(splits.classes))
     if config.decoder == "gpu":
@@ -117,6 +122,9 @@ def _train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Pat
         splits.warn_skipped(reporter)
     splits.show_counts(reporter)
     balanced = decide_balance(config.balance, splits.train.labels, len(splits.classes))
+    if not feature_extract and splits.multilabel and not model.engine.can_multilabel:
+        raise UsageError(f"{spec.id}: the {spec.framework} engine cannot train on several labels an image; use "
+                         f"--strategy feature-extract, or a single-label CSV")  # fmt: skip
     if not feature_extract and balanced.mode != "none" and not model.engine.can_balance:
         if config.balance != "auto":
             raise UsageError(f"--balance {config.balance}: the {spec.framework} engine cannot weigh its loss or draw "
@@ -161,6 +169,18 @@ def _train(config: TrainConfig, reporter: Reporter | None = None, *, resume: Pat
         close = getattr(reporter, "close", None)
         if close is not None:
             close()
+
+
+def _for_multilabel(config: TrainConfig, given: Collection[str], reporter: Reporter) -> TrainConfig:
+    """A multi-label set's head: one logistic regression per label (or the MLP); softmax and the SVM give one
+    class an image, refused when asked for and replaced when they were only the default."""
+    if config.strategy != "feature-extract" or config.head not in ("softmax", "linear-svm"):
+        return config
+    if "head" in given:
+        raise UsageError(f"--head {config.head} gives each image one class, and this data has several labels an "
+                         f"image: use --head logreg-ovr (one logistic regression per label) or mlp")  # fmt: skip
+    reporter.info("several labels an image: the head is logreg-ovr, one logistic regression per label")
+    return dataclasses.replace(config, head="logreg-ovr")
 
 
 def _discard_unstarted(run_dir: Path, model: Model, made_out_dir: Path | None) -> None:
@@ -226,10 +246,10 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
             reporter.info(why)
         if config.batch_size == autobatch.AUTO:
             config = dataclasses.replace(config, batch_size=autobatch.DEFAULT)
-        splits, history, head, eval_features, extra = extract_and_fit(model, splits, config, reporter, comm,
-                                                                       extract_batch, balanced)  # fmt: skip
+        splits, history, head, eval_features, extra, fitted = extract_and_fit(model, splits, config, reporter, comm,
+                                                                               extract_batch, balanced)  # fmt: skip
         if comm.main:
-            files.write_split(splits.rows())  # the readable images: known once every part was read
+            files.write_split(splits.rows(), multilabel=splits.multilabel)  # the readable images: known once every part was read
         eval_proba = probabilities(head.logits(eval_features), head.output)
         output, trainable, head_meta = head.output, sum(w.size + b.size for w, b in zip(head.weights, head.biases)), \
             {"sizes": head.sizes, "dropout": head.dropout}
@@ -241,9 +261,12 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
             raise UsageError(f"--calibrate on: the {spec.framework} engine cannot fold a temperature into its model; "
                              f"use --calibrate off")  # fmt: skip
         if resume is None and comm.main:
-            files.write_split(splits.rows(), splits.digests)
-        engine.set_balance(balanced.mode, balanced_weights(splits.train.labels, len(splits.classes))
-                           if balanced.mode == "weights" else None)  # fmt: skip
+            files.write_split(splits.rows(), splits.digests, multilabel=splits.multilabel)
+        weights = balanced_weights(splits.train.labels, len(splits.classes)) if balanced.mode == "weights" else None
+        if splits.multilabel:
+            engine.set_multilabel(weights)
+        else:
+            engine.set_balance(balanced.mode, weights)
         history, batch = fit_stages(engine, model.backbone, splits, config, reporter, run_dir, resume is not None,
                                     batch_given=batch_given)  # fmt: skip
         extra = {"compile": engine.compile_record(), "images_decoded": int(sum(comm.gather(splits.decoded))), **batch}
@@ -254,15 +277,14 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
         val_logits = eval_logits if splits.eval_name == "val" else \
             engine.logits(splits.val.images, batch_size=batch["batch_size"])  # type: ignore[union-attr]  # fmt: skip
         choice = config.calibrate if engine.can_scale_logits else "off"
-        temperature, calibrated, said = calibration.calibrate(choice, val_logits, splits.val.labels,
-                                                              engine.output, eval_logits, splits.eval_set.labels,
-                                                              splits.eval_name)  # fmt: skip
-        if said:
-            reporter.info(said)
-        if temperature != 1.0:
-            engine.scale_logits(1.0 / temperature)  # folded into the model: every later use is calibrated
-        extra.update(calibrated)
-        eval_proba = probabilities(eval_logits / temperature, engine.output)
+        fitted = confidence.fit(choice, val_logits, splits.val.labels, engine.output, eval_logits,
+                                splits.eval_set.labels, splits.eval_name, splits.classes, config.threshold)  # fmt: skip
+        for line in fitted.lines:
+            reporter.info(line)
+        if fitted.changes:
+            engine.scale_logits(fitted.factor, fitted.shift)  # folded into the model: every later use is calibrated
+        extra.update(fitted.record)
+        eval_proba = fitted.proba(eval_logits, engine.output)
         output, trainable, head_meta, frozen = engine.output, engine.trainable_params(), engine.head_meta(), \
             model.backbone.frozen_units
     head_only = model.head_only
@@ -274,7 +296,8 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
     train_seconds = time.perf_counter() - started
     job = job_record(comm, len(splits.train)) if isinstance(comm, Engine) else {}  # collective: every rank takes part
 
-    metrics = classification_metrics(splits.eval_set.labels, eval_proba, splits.classes)
+    thresholds = fitted.thresholds
+    metrics = classification_metrics(splits.eval_set.labels, eval_proba, splits.classes, thresholds)
     metrics.update(balance=balanced.record())
     metrics.update(split=splits.eval_name, train_seconds=round(train_seconds, 3), peak_memory_mb=peak_memory_mb(),
                    trainable_params=int(trainable), frozen_units=frozen, units=units,
@@ -285,7 +308,8 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
         strategy=config.strategy, model_file=HEAD if head_only else adapter_for(spec.framework).model_file,
         plugin=get_registry().provider(spec.id), tlzoo_version=__version__,
         weights_sha256=model.weights_sha256 if head_only else None,
-        format_version=FORMAT_VERSION if head_only else FULL_MODEL_FORMAT,
+        format_version=MULTILABEL_FORMAT if splits.multilabel else FORMAT_VERSION if head_only else FULL_MODEL_FORMAT,
+        thresholds=[round(float(t), 6) for t in thresholds] if thresholds is not None else None,
     )  # fmt: skip
     if comm.main:  # under torchrun, rank 0 alone writes the run's files
         files.write_meta(meta)
@@ -296,15 +320,21 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
         plot_history(history, files / LEARNING_CURVES, f"{spec.id} {config.strategy}")
         counts = {name: part.counts() for name, part in splits.parts()}
         model_card.write(run_dir, config=resolved.to_dict(), spec=spec, weights=weights, metrics=metrics,
-                         counts=counts, skipped=len(splits.skipped), unused=unused)  # fmt: skip
-        plot_confusion(metrics["confusion_matrix"], splits.classes, files / CONFUSION_MATRIX,
-                       f"{spec.id} {config.strategy} ({splits.eval_name}, acc {metrics['accuracy']:.3f})")  # fmt: skip
-        tables = metrics.get("reliability") or {"before": calibration.reliability(eval_proba, splits.eval_set.labels)}
+                         counts=counts, skipped=len(splits.skipped), unused=unused,
+                         images={name: len(part) for name, part in splits.parts()})  # fmt: skip
+        title = f"{spec.id} {config.strategy} ({splits.eval_name}"
+        if splits.multilabel:
+            plot_per_label(metrics["per_label"], files / PER_LABEL, f"{title}, mAP {metrics['mean_average_precision']:.3f})")
+        else:
+            plot_confusion(metrics["confusion_matrix"], splits.classes, files / CONFUSION_MATRIX,
+                           f"{title}, acc {metrics['accuracy']:.3f})")  # fmt: skip
+        tables = metrics["reliability"]
+        how = "Platt scaling" if splits.multilabel else f"temperature {metrics.get('temperature', 1.0):.2f}"
         calibration.plot_reliability(tables["before"], tables.get("after"), files / RELIABILITY,
-                                     f"{spec.id} {config.strategy} ({splits.eval_name}): ECE "
-                                     + (f"{metrics['ece_before_calibration']:.3f} -> {metrics['ece']:.3f}, temperature "
-                                        f"{metrics['temperature']:.2f}" if "after" in tables else
-                                        f"{metrics['ece']:.3f}, not calibrated"))  # fmt: skip
+                                     f"{title}): {'mean ' if splits.multilabel else ''}ECE "
+                                     + (f"{metrics['ece_before_calibration']:.3f} -> {metrics['ece']:.3f}, {how}"
+                                        if "after" in tables else f"{metrics['ece']:.3f}, not calibrated"),
+                                     per_label=splits.multilabel)  # fmt: skip
         if model.has_engine:
             files.state(model.engine.state_suffix).unlink(missing_ok=True)
     comm.barrier()
@@ -312,6 +342,8 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
         "run_dir": str(run_dir), "backbone": spec.id, "strategy": config.strategy,
         "split": splits.eval_name, "accuracy": metrics["accuracy"], "log_loss": metrics["log_loss"],
         "macro_f1": metrics["macro_f1"], "train_seconds": metrics["train_seconds"], "epochs": len(history),
+        **({"mean_average_precision": metrics["mean_average_precision"], "micro_f1": metrics["micro_f1"]}
+           if splits.multilabel else {}),
         "frozen_units": frozen, "units": units, "unused_options": unused,
         **{k: v for k, v in extra.items() if k != "reliability"},
     }  # fmt: skip

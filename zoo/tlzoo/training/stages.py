@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from ..backbone import Backbone
 from ..errors import TlzooError, UsageError
 from ..files import fault_point
-from ..heads import probabilities
+from ..heads import probabilities, proba_scores
 from ..images.sets import ImageSet
 from ..images.split import Splits
 from ..runs.metrics import best_epoch
@@ -168,7 +167,6 @@ def _run_stage(engine: Engine, splits: Splits, cfg: TrainConfig, reporter: Repor
                s_index: int, progress: dict[str, Any], state_path: Path, *, warmup: bool = False) -> None:  # fmt: skip
     """The stage's epochs from ``progress``; ``warmup``: the stage's first epoch ramps the learning rate up step by
     step (``--batch-size auto``'s scaled rates)."""
-    from sklearn.metrics import log_loss
 
     augment = cfg.augment_list()
     assert isinstance(splits.train, ImageSet) and isinstance(splits.val, ImageSet)  # decoded
@@ -200,10 +198,10 @@ def _run_stage(engine: Engine, splits: Splits, cfg: TrainConfig, reporter: Repor
         seconds = time.perf_counter() - t0
         # validated at the training batch: a larger one would make the run's peak memory grow with the val set
         proba = probabilities(engine.logits(splits.val.images, batch_size=cfg.batch), engine.output)
-        val_loss = float(log_loss(splits.val.labels, np.clip(proba, 1e-15, 1), labels=range(len(splits.classes))))
+        val_loss, val_accuracy = proba_scores(proba, splits.val.labels, len(splits.classes))
         row = {
             "epoch": len(progress["history"]) + 1, "stage": stage.name, "loss": loss, "accuracy": acc,
-            "val_loss": val_loss, "val_accuracy": float((proba.argmax(1) == splits.val.labels).mean()),
+            "val_loss": val_loss, "val_accuracy": val_accuracy,
             "seconds": round(seconds, 3), "images_per_second": round(len(splits.train) / seconds, 2),
             "feed_seconds": round(engine.feed_seconds, 3),
         }  # fmt: skip

@@ -53,8 +53,11 @@ class TensorBoardReporter(Reporter):
     def warn(self, message: str) -> None:
         self.inner.warn(message)
 
-    def class_counts(self, title: str, counts: dict[str, int]) -> None:
-        self.inner.class_counts(title, counts)
+    def class_counts(self, title: str, counts: dict[str, int], images: int | None = None) -> None:
+        if images is None:
+            self.inner.class_counts(title, counts)
+        else:
+            self.inner.class_counts(title, counts, images)
 
     @contextmanager
     def task(self, description: str, total: int) -> Iterator[Any]:
