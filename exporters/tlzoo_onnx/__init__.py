@@ -34,8 +34,8 @@ OPTIONS = (
     Setting("check", "bool", True, "Compare with the source model on the run's validation images."),
     Setting("atol", "float", 1e-4, "fp32 check: largest allowed probability difference.", min=0.0),
     Setting("max_drop", "float", None,
-            "fp16/int8: fail (and write nothing) if accuracy drops more than this many points vs fp32 "
-            "(int8's search aims at 1 point when not given)."),
+            "fp16/int8: fail (and write nothing) if accuracy (multi-label: mean average precision) drops more than "
+            "this many points vs fp32 (int8's search aims at 1 point when not given)."),
 )
 
 

@@ -104,7 +104,8 @@ def _summary(report: dict[str, Any], max_drop: float | None) -> tuple[list[str],
     if "max_abs_diff" in report:
         lines.append(
             f"checked on {report['check_images']} validation images: max |p - p_source| {report['max_abs_diff']:.2e}, "
-            f"top-1 agreement {report['top1_agreement']:.2%}, accuracy {report['onnx_accuracy']:.4f} "
+            f"{'label decisions agreeing' if report.get('score') == 'mean average precision' else 'top-1 agreement'} "
+            f"{report['top1_agreement']:.2%}, {report.get('score', 'accuracy')} {report['onnx_accuracy']:.4f} "
             f"(source {report['source_accuracy']:.4f})"
             + (f", change vs fp32 {report['accuracy_change_vs_fp32']:+.4f}" if "accuracy_change_vs_fp32" in report else "")
         )
@@ -136,7 +137,7 @@ def _summary(report: dict[str, Any], max_drop: float | None) -> tuple[list[str],
     drop = -100 * report.get("accuracy_change_vs_fp32", 0.0)
     if drop > 1.0 and max_drop is None:
         warnings.append(
-            f"the {report['variant']} model loses {drop:.1f} accuracy points against fp32 on the validation "
+            f"the {report['variant']} model loses {drop:.1f} {report.get('score', 'accuracy')} points against fp32 on the validation "
             f"images; keep the fp32 model (or --fp16) where that matters, or gate the export with --max-drop"
         )
     return lines, warnings
@@ -192,7 +193,7 @@ def _finish(path: Path, run: TrainedRun, raw: bool, variant: str) -> None:
     meta = metadata.build(
         version=__version__, labels=run.classes, backbone=run.meta.backbone, framework=run.framework,
         strategy=run.meta.strategy, input_size=run.input_size, layout=_layout(run), raw_input=raw,
-        preprocessing=run.preprocessing, variant=variant,
+        preprocessing=run.preprocessing, variant=variant, thresholds=run.meta.thresholds,
     )  # fmt: skip
     del model.metadata_props[:]
     for key, value in meta.items():
@@ -273,7 +274,10 @@ def int8_job(src: Path, run: TrainedRun, raw: bool, calibration: Any, tmp: str, 
     from .int8 import RefitData, linear_head
 
     quantizer = _quantizer(src, run, raw, calibration, tmp, weight_bits, activation_bits)
-    head, why = linear_head(run, quantizer.graph) if refit_head else (None, "--no-refit-head")
+    if run.meta.multilabel:  # refitted, the head would lose the Platt scaling its thresholds were chosen on
+        head, why = None, "a multi-label head keeps its calibration and thresholds"
+    else:
+        head, why = linear_head(run, quantizer.graph) if refit_head else (None, "--no-refit-head")
     images, labels = split_set(run, "val", limit=256)
     inputs = _model_inputs(run, images, raw)
     reference = _run(src, inputs)
@@ -284,9 +288,30 @@ def int8_job(src: Path, run: TrainedRun, raw: bool, calibration: Any, tmp: str, 
 
     def accuracy(path: Path) -> tuple[float, float]:
         p = _run(path, inputs)
-        return float((p.argmax(1) == labels).mean()), float(np.abs(p - reference).sum(1).mean())
+        return score(run, p, labels), float(np.abs(p - reference).sum(1).mean())
 
-    return Int8Job(quantizer, head, why, refit, accuracy, float((reference.argmax(1) == labels).mean()))
+    return Int8Job(quantizer, head, why, refit, accuracy, score(run, reference, labels))
+
+
+def score(run: TrainedRun, proba: np.ndarray, labels: np.ndarray) -> float:
+    """What an export is checked by: accuracy, or a multi-label run's mean average precision (macro AP over the
+    labels present), each a share (``--max-drop`` is in points of it)."""
+    if run.meta.multilabel:
+        from tlzoo.multilabel import mean_average_precision
+
+        return mean_average_precision(labels, proba)
+    return float((proba.argmax(1) == labels).mean())
+
+
+def agreement(run: TrainedRun, a: np.ndarray, b: np.ndarray) -> float:
+    """How often two models decide alike: the top-1 class, or a multi-label run's (image, label) decisions at its
+    thresholds."""
+    if run.meta.multilabel:
+        from tlzoo.multilabel import predicted
+
+        thresholds = run.meta.thresholds or 0.5
+        return float((predicted(a, thresholds) == predicted(b, thresholds)).mean())
+    return float((a.argmax(1) == b.argmax(1)).mean())
 
 
 def _calibration_images(run: TrainedRun, calibration: Any, limit: int = 256) -> np.ndarray:
@@ -389,11 +414,12 @@ def check(run: TrainedRun, path: Path, fp32: Path, variant: str, atol: float, ra
     inputs = _model_inputs(run, images, raw)
     ours = _run(path, inputs)
     diff = float(np.abs(ours - source).max())
-    agree = float((ours.argmax(1) == source.argmax(1)).mean())
+    agree = agreement(run, ours, source)
+    # a multi-label run's "accuracy" here is its mean average precision (report["score"] says which)
     report: dict[str, Any] = {
         "check_images": int(len(images)), "max_abs_diff": diff, "top1_agreement": agree,
-        "source_accuracy": float((source.argmax(1) == labels).mean()),
-        "onnx_accuracy": float((ours.argmax(1) == labels).mean()),
+        "score": "mean average precision" if run.meta.multilabel else "accuracy",
+        "source_accuracy": score(run, source, labels), "onnx_accuracy": score(run, ours, labels),
     }  # fmt: skip
     if variant == "fp32":
         if diff > atol or agree < 1.0:
@@ -405,13 +431,13 @@ def check(run: TrainedRun, path: Path, fp32: Path, variant: str, atol: float, ra
         report["check"] = "passed"
     else:
         reference = _run(fp32, _model_inputs(run, images, raw))
-        report["fp32_accuracy"] = float((reference.argmax(1) == labels).mean())
+        report["fp32_accuracy"] = score(run, reference, labels)
         report["accuracy_change_vs_fp32"] = report["onnx_accuracy"] - report["fp32_accuracy"]
-        report["top1_agreement_vs_fp32"] = float((ours.argmax(1) == reference.argmax(1)).mean())
+        report["top1_agreement_vs_fp32"] = agreement(run, ours, reference)
         drop = -100 * report["accuracy_change_vs_fp32"]
         if max_drop is not None and drop > max_drop:
             raise ExportCheckFailed(
-                f"the {variant} model loses {drop:.2f} accuracy points against fp32 on {len(images)} validation images "
+                f"the {variant} model loses {drop:.2f} {report['score']} points against fp32 on {len(images)} validation images "
                 f"({report['fp32_accuracy']:.4f} -> {report['onnx_accuracy']:.4f}; allowed {max_drop:g}). No file was "
                 f"written. Export fp32 (or --fp16), or allow more with --max-drop"
             )

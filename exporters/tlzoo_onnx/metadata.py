@@ -26,6 +26,7 @@ RAW_INPUT = "tlzoo.raw_input"
 PREPROCESSING = "tlzoo.preprocessing"
 OUTPUT = "tlzoo.output"
 VARIANT = "tlzoo.variant"
+THRESHOLDS = "tlzoo.thresholds"  # multi-label exports: each label's threshold (JSON list); absent for single-label
 # Exported files larger than this on a side are refused before anything is allocated.
 MAX_INPUT_SIDE = 4096
 
@@ -37,10 +38,12 @@ class ExportMetadata:
     raw_input: bool
     layout: str
     preprocessing: Preprocessing
+    thresholds: list[float] | None = None  # multi-label: the outputs are independent per-label probabilities
 
 
 def build(*, version: str, labels: list[str], backbone: str, framework: str, strategy: str, input_size: tuple[int, int],
-          layout: str, raw_input: bool, preprocessing: Preprocessing, variant: str) -> dict[str, str]:  # fmt: skip
+          layout: str, raw_input: bool, preprocessing: Preprocessing, variant: str,
+          thresholds: list[float] | None = None) -> dict[str, str]:  # fmt: skip
     h, w = input_size
     described = "NHWC uint8 RGB 0..255, any size (resized and normalized in the graph)" if raw_input else (
         f"{layout} float32, normalized"
@@ -49,7 +52,8 @@ def build(*, version: str, labels: list[str], backbone: str, framework: str, str
         VERSION: version, LABELS: json.dumps(labels), BACKBONE: backbone, FRAMEWORK: framework, STRATEGY: strategy,
         INPUT_SIZE: json.dumps([h, w]), LAYOUT: "NHWC" if raw_input else layout, INPUT: described,
         RAW_INPUT: json.dumps(bool(raw_input)), PREPROCESSING: json.dumps(preprocessing.to_dict()),
-        OUTPUT: "probabilities", VARIANT: variant,
+        OUTPUT: "probabilities" if thresholds is None else "label probabilities (independent, calibrated)",
+        VARIANT: variant, **({THRESHOLDS: json.dumps([float(t) for t in thresholds])} if thresholds is not None else {}),
     }  # fmt: skip
 
 
@@ -90,4 +94,10 @@ def read(meta: dict[str, str], path: Path) -> ExportMetadata:
             raise ValueError
     except (KeyError, TypeError, ValueError):
         raise bad(PREPROCESSING, "is not a preprocessing description") from None
-    return ExportMetadata(labels=labels, input_size=(size[0], size[1]), raw_input=raw, layout=layout, preprocessing=prep)
+    thresholds = value(THRESHOLDS) if THRESHOLDS in meta else None
+    if thresholds is not None and not (
+            isinstance(thresholds, list) and len(thresholds) == len(labels)
+            and all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1 for t in thresholds)):
+        raise bad(THRESHOLDS, f"must be one threshold in (0, 1) per label ({len(labels)})")
+    return ExportMetadata(labels=labels, input_size=(size[0], size[1]), raw_input=raw, layout=layout, preprocessing=prep,
+                          thresholds=[float(t) for t in thresholds] if thresholds is not None else None)  # fmt: skip

@@ -99,6 +99,7 @@ class Predictor:
         self.raw_input: bool = read.raw_input
         self.layout: str = read.layout
         self.preprocessing = read.preprocessing
+        self.thresholds: list[float] | None = read.thresholds
         self.metadata = dict(meta)
         self.providers = self.session.get_providers()
         if provider in ("cuda", "tensorrt") and self.providers[0] != PROVIDERS[provider]:

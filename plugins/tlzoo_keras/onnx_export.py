@@ -32,6 +32,8 @@ def convert(model: Any, path: Path, *, input_size: tuple[int, int], preprocessin
         logits = model(images, training=False)
         if output == "features":  # a frozen backbone for the onnxruntime feature engine
             return tf.identity(logits, name="features")
+        if output == "sigmoid":  # multi-label: each label's own probability
+            return tf.identity(tf.sigmoid(logits), name="probabilities")
         if output == "ovr":
             p = tf.sigmoid(logits)
             return tf.identity(p / tf.reduce_sum(p, axis=1, keepdims=True), name="probabilities")

@@ -32,6 +32,8 @@ def convert(model: nn.Module, path: Path, *, input_size: tuple[int, int], prepro
             logits = self.classifier(x)
             if output == "features":  # a frozen backbone for the onnxruntime feature engine
                 return logits
+            if output == "sigmoid":  # multi-label: each label's own probability
+                return torch.sigmoid(logits)
             if output == "ovr":
                 p = torch.sigmoid(logits)
                 return p / p.sum(dim=1, keepdim=True)

@@ -140,6 +140,15 @@ def expected_calibration_error(proba: np.ndarray, labels: np.ndarray, bins: int 
     return float(np.mean(values))
 
 
+def mean_average_precision(labels: np.ndarray, proba: np.ndarray) -> float:
+    """Macro average precision over the labels with at least one positive in ``labels``."""
+    from sklearn.metrics import average_precision_score
+
+    y = np.asarray(labels, np.int64)
+    present = np.flatnonzero(y.sum(axis=0) > 0)
+    return float(np.mean([average_precision_score(y[:, k], proba[:, k]) for k in present])) if len(present) else 0.0
+
+
 def metrics(labels: np.ndarray, proba: np.ndarray, classes: list[str], thresholds: np.ndarray | list[float]) -> dict[str, Any]:
     """What a multi-label run records and ``evaluate`` prints (see the module)."""
     from sklearn.metrics import accuracy_score, average_precision_score, f1_score, hamming_loss, precision_recall_fscore_support

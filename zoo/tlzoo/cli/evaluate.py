@@ -22,6 +22,8 @@ def evaluate(
     decoder: DecoderOption = "auto",
     strict: Annotated[bool, typer.Option(help="Stop at an unreadable image instead of skipping it.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Also write the metrics to this .json file, or the per-class table to a .csv.")] = None,
+    threshold: Annotated[Optional[float], typer.Option(
+        help="Multi-label models: one probability threshold for every label, instead of the run's own.")] = None,
     json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     quiet: Quiet = False,
 ) -> None:
@@ -30,7 +32,7 @@ def evaluate(
 
     check_out(out, model, (".json", ".csv"), "the metrics (or the per-class table, .csv)")
     metrics = evaluate_model(model, data, batch_size=batch_size, strict=strict, provider=provider, device=device,
-                             decoder=decoder)  # fmt: skip
+                             decoder=decoder, threshold=threshold)  # fmt: skip
     for item in metrics["skipped_images"]:
         err_console.print(f"warning: skipped unreadable image {item['path']} ({item['error']})", style="yellow", markup=False)
     if out is not None:
@@ -38,19 +40,39 @@ def evaluate(
     if json:
         print_json(metrics)
         return
-    console.print(
-        f"[bold]{escape(str(model))}[/] on {escape(str(data))}: accuracy [bold]{metrics['accuracy']:.4f}[/], log loss {metrics['log_loss']:.4f}, "
-        f"macro F1 {metrics['macro_f1']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f}, expected "
-        f"calibration error {metrics['ece']:.4f} ({metrics['n']} images)"
-    )
+    multilabel = "per_label" in metrics
+    if multilabel:
+        console.print(
+            f"[bold]{escape(str(model))}[/] on {escape(str(data))}: mean average precision "
+            f"[bold]{metrics['mean_average_precision']:.4f}[/], micro F1 {metrics['micro_f1']:.4f}, macro F1 "
+            f"{metrics['macro_f1']:.4f}, subset accuracy {metrics['subset_accuracy']:.4f}, Hamming loss "
+            f"{metrics['hamming_loss']:.4f}, log loss {metrics['log_loss']:.4f}, mean expected calibration error "
+            f"{metrics['ece']:.4f} ({metrics['n']} images)"
+        )  # fmt: skip
+    else:
+        console.print(
+            f"[bold]{escape(str(model))}[/] on {escape(str(data))}: accuracy [bold]{metrics['accuracy']:.4f}[/], log loss {metrics['log_loss']:.4f}, "
+            f"macro F1 {metrics['macro_f1']:.4f}, balanced accuracy {metrics['balanced_accuracy']:.4f}, expected "
+            f"calibration error {metrics['ece']:.4f} ({metrics['n']} images)"
+        )
     if quiet:  # the headline metrics alone
         return
-    table = Table(title="per class", title_justify="left")
-    for col in ("class", "precision", "recall", "f1", "support"):
-        table.add_column(col, justify="left" if col == "class" else "right")
-    for name, row in metrics["per_class"].items():
-        table.add_row(Text(name), f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"]))
+    columns = _COLUMNS[multilabel]
+    table = Table(title="per label" if multilabel else "per class", title_justify="left")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("class", "label") else "right")
+    for name, row in metrics["per_label" if multilabel else "per_class"].items():
+        table.add_row(Text(name), *(_cell(row, col) for col in columns[1:]))
     print_table(table)
+
+
+_COLUMNS = {False: ("class", "precision", "recall", "f1", "support"),
+            True: ("label", "ap", "precision", "recall", "f1", "threshold", "support")}  # fmt: skip
+
+
+def _cell(row: dict, col: str, digits: int = 3) -> str:  # type: ignore[type-arg]
+    value = row[col]
+    return "-" if value is None else str(value) if col == "support" else f"{value:.{digits}f}"
 
 
 def _write(path: Path, metrics: dict) -> None:  # type: ignore[type-arg]
@@ -64,7 +86,9 @@ def _write(path: Path, metrics: dict) -> None:  # type: ignore[type-arg]
 
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["class", "precision", "recall", "f1", "support"])
-    for name, row in metrics["per_class"].items():
-        writer.writerow([name, f"{row['precision']:.6f}", f"{row['recall']:.6f}", f"{row['f1']:.6f}", row["support"]])
+    multilabel = "per_label" in metrics
+    columns = _COLUMNS[multilabel]
+    writer.writerow(columns)
+    for name, row in metrics["per_label" if multilabel else "per_class"].items():
+        writer.writerow([name, *(_cell(row, col, 6) for col in columns[1:])])
     atomic_write_text(path, buf.getvalue())

@@ -14,7 +14,9 @@ from .common import DecoderOption, DeviceOption, ProviderOption, Quiet, check_ou
 def predict(
     model: Annotated[Path, typer.Argument(help="A run directory (runs/NAME) or an exported .onnx file.")],
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
-    top_k: Annotated[int, typer.Option(help="How many labels per image.")] = 3,
+    top_k: Annotated[Optional[int], typer.Option(help="How many labels per image (single-label models; default 3).")] = None,
+    threshold: Annotated[Optional[float], typer.Option(
+        help="Multi-label models: one probability threshold for every label, instead of the run's own.")] = None,
     provider: ProviderOption = "auto",
     device: DeviceOption = "auto",
     decoder: DecoderOption = "auto",
@@ -28,9 +30,19 @@ def predict(
     from ..runs.inference import check_batch_options, decoder_for, predict_stream
     from ..runs.loading import open_model
 
+    from ..errors import UsageError
+    from ..multilabel import check_threshold
+
     check_batch_options(top_k, batch_size)
+    check_threshold(threshold)
     check_out(out, model, (".csv", ".json"), "predictions")
     classifier = open_model(model, provider=provider, device=device)
+    multilabel = getattr(classifier, "thresholds", None) is not None
+    if multilabel and top_k is not None:
+        raise UsageError("--top-k is for single-label models: a multi-label model gives the labels over their "
+                         "thresholds (set one for all with --threshold)")  # fmt: skip
+    check_threshold(threshold, multilabel)
+    top_k = 3 if top_k is None else top_k
     skipped: list[dict[str, str]] = []
 
     def skip(name: str, why: str) -> None:
@@ -41,12 +53,11 @@ def predict(
     k = min(top_k, len(classifier.classes))
     rows: list[dict[str, Any]] = []
     stream = predict_stream(classifier, [*paths], top_k=top_k, batch_size=batch_size, strict=strict, on_skip=skip,
-                            decoder=decoder_for(classifier, decoder))  # fmt: skip
+                            decoder=decoder_for(classifier, decoder), threshold=threshold)  # fmt: skip
     for prediction in stream:
         rows.append(prediction.to_dict())
         if not json:  # one line per image as soon as its batch is done: whole records, even when piped
-            console.print(prediction.path + "  " + "  ".join(f"{label} {p:.3f}" for label, p in prediction.top),
-                          markup=False, highlight=False)  # fmt: skip
+            console.print(prediction.line(), markup=False, highlight=False)
     if not rows:
         from ..errors import DataError
 
@@ -54,7 +65,7 @@ def predict(
                         + ", ".join(r["path"] for r in skipped[:5]))  # fmt: skip
     where = classifier.provider
     if out is not None:
-        _write(out, rows, k)
+        _write(out, rows, k, classifier.classes if multilabel else None)
     if json:
         print_json({"model": str(model), "provider": where, "predictions": rows, "skipped_images": skipped})
         return
@@ -66,7 +77,9 @@ def predict(
     err_console.print(summary + (f"; written to {out}" if out is not None else ""), markup=False)
 
 
-def _write(path: Path, rows: list[dict[str, Any]], k: int) -> None:
+def _write(path: Path, rows: list[dict[str, Any]], k: int, labels: list[str] | None = None) -> None:
+    """The predictions as JSON, or CSV: ``path`` and the top ``k`` labels with their probabilities, or for a
+    multi-label model (``labels``) ``path``, ``labels`` (``;``-joined, empty when none passes) and ``p:LABEL``."""
     import csv
     import io
 
@@ -77,6 +90,12 @@ def _write(path: Path, rows: list[dict[str, Any]], k: int) -> None:
         return
     buf = io.StringIO()
     writer = csv.writer(buf)
+    if labels is not None:
+        writer.writerow(["path", "labels", *(f"p:{name}" for name in labels)])
+        for row in rows:
+            writer.writerow([row["path"], ";".join(row["labels"]), *(f"{row[f'p:{name}']:.6f}" for name in labels)])
+        atomic_write_text(path, buf.getvalue())
+        return
     writer.writerow(["path", *(f"{kind}{i + 1}" for i in range(k) for kind in ("label", "probability"))])
     for row in rows:
         writer.writerow([row["path"], *(v for t in row["top"] for v in (t["label"], f"{t['probability']:.6f}"))])

@@ -41,11 +41,38 @@ class Classifier(Protocol):
 
 @dataclass
 class Prediction:
+    """One image's prediction: its ``top`` classes, or for a multi-label model the ``labels`` at or over their
+    thresholds (maybe none) and every label's probability (``probabilities``)."""
+
     path: str
     top: list[tuple[str, float]]
+    labels: list[str] | None = None
+    probabilities: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        if self.probabilities is not None:
+            return {"path": self.path, "labels": list(self.labels or []),
+                    **{f"p:{name}": p for name, p in self.probabilities.items()}}  # fmt: skip
         return {"path": self.path, "top": [{"label": label, "probability": p} for label, p in self.top]}
+
+    def line(self) -> str:
+        """What ``predict`` prints for it."""
+        if self.probabilities is not None:
+            passed = "  ".join(f"{name} {self.probabilities[name]:.3f}" for name in self.labels or [])
+            return f"{self.path}  {passed or 'no label'}"
+        return self.path + "  " + "  ".join(f"{label} {p:.3f}" for label, p in self.top)
+
+
+def thresholds_of(model: Any, threshold: float | None) -> list[float] | None:
+    """A multi-label model's thresholds (``--threshold`` for every label when given); None for a single-label
+    model, which refuses ``--threshold``."""
+    from ..multilabel import check_threshold
+
+    own = getattr(model, "thresholds", None)
+    check_threshold(threshold, own is not None)
+    if own is None:
+        return None
+    return [float(threshold)] * len(own) if threshold is not None else list(own)
 
 
 def check_batch_options(top_k: int | None = None, batch_size: int | None = None) -> None:
@@ -105,12 +132,14 @@ def decode(item: Any, size: tuple[int, int], prep: Preprocessing | None = None) 
 
 def predict_stream(model: Classifier, sources: Iterable[Any], *, top_k: int = 5, batch_size: int = 32,
                    strict: bool = False, on_skip: Callable[[str, str], None] | None = None,
-                   decoder: ImageDecoder | None = None) -> Iterator[Prediction]:  # fmt: skip
-    """Top-k labels per image, decoded and run one batch at a time; ``decoder`` (a GPU's, see
-    :func:`decoder_for`) takes each batch's JPEG files at once, Pillow everything else."""
+                   decoder: ImageDecoder | None = None, threshold: float | None = None) -> Iterator[Prediction]:  # fmt: skip
+    """Top-k labels per image (a multi-label model's: the labels over their thresholds, or ``threshold``), decoded
+    and run one batch at a time; ``decoder`` (a GPU's, see :func:`decoder_for`) takes each batch's JPEG files at
+    once, Pillow everything else."""
     from ..images.decode import Jpeg, decode_jpegs, read_for
 
     check_batch_options(top_k, batch_size)
+    thresholds = thresholds_of(model, threshold)
     classes = model.classes
     k = min(top_k, len(classes))
     names: list[str] = []
@@ -138,6 +167,15 @@ def predict_stream(model: Classifier, sources: Iterable[Any], *, top_k: int = 5,
                 kept.append((name, item))
         if kept:
             proba = model.predict_proba(np.stack([pixels for _, pixels in kept]), batch_size=batch_size)
+            if thresholds is not None:
+                for row, (name, _) in enumerate(kept):
+                    chosen = [j for j in np.argsort(-proba[row], kind="stable") if proba[row, j] >= thresholds[j]]
+                    yield Prediction(name, [(classes[j], float(proba[row, j])) for j in chosen],
+                                     [classes[j] for j in chosen],
+                                     {c: float(proba[row, j]) for j, c in enumerate(classes)})  # fmt: skip
+                names.clear()
+                images.clear()
+                return
             order = np.argsort(-proba, axis=1)[:, :k]
             for row, (name, _) in enumerate(kept):
                 yield Prediction(name, [(classes[j], float(proba[row, j])) for j in order[row]])

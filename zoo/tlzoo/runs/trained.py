@@ -42,6 +42,11 @@ class TrainedRun:
         return self.meta.input_size
 
     @property
+    def thresholds(self) -> list[float] | None:
+        """A multi-label run's per-label thresholds (None: single-label)."""
+        return self.meta.thresholds
+
+    @property
     def preprocessing(self) -> Preprocessing:
         return self.meta.preprocessing
 
