@@ -112,10 +112,27 @@ def summarize(labels: list[str]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _sample(labels: list[str], per_class: int, seed: int) -> np.ndarray:
+def summarize_multilabel(samples: list[Any]) -> dict[str, Any]:
+    """A multi-label set's :func:`summarize`: its "classes" are the labels, counted by their positives."""
+    import numpy as np
+
+    counts = Counter(name for s in samples for name in s.names)
+    per_label = sorted(counts.values()) or [0]
+    return {
+        "images": len(samples), "classes": len(counts), "per_class": dict(sorted(counts.items())),
+        "min_per_class": per_label[0], "median_per_class": float(np.median(per_label)),
+        "imbalance": round(per_label[-1] / max(per_label[0], 1), 2), "multilabel": True,
+    }  # fmt: skip
+
+
+def _sample(labels: list[str] | np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """About ``per_class`` images of each class (a multi-label set: ``per_class`` times its labels, at random)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
+    if np.ndim(labels) == 2:
+        n = len(labels)
+        return np.sort(rng.choice(n, size=min(n, per_class * max(np.shape(labels)[1], 1)), replace=False))
     chosen = []
     for label in sorted(set(labels)):
         where = np.flatnonzero(np.asarray(labels) == label)
@@ -136,6 +153,8 @@ def probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int, weighted
 
     from .heads import one_blas_thread
 
+    if np.ndim(labels) == 2:
+        return _probe_multilabel(features, labels, seed, weighted)
     folds = int(min(5, np.bincount(labels).min()))
     if folds < 2:
         raise UsageError("every class needs at least 2 images in the sample for a cross-validated probe")
@@ -148,6 +167,41 @@ def probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int, weighted
         scores = cross_val_score(model, features, labels, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
                                  scoring="balanced_accuracy" if weighted else None)  # fmt: skip
     return float(scores.mean()), float(scores.std())
+
+
+def _probe_multilabel(features: np.ndarray, labels: np.ndarray, seed: int, weighted: bool) -> tuple[float, float]:
+    """:func:`probe_accuracy` for a multi-label set: one logistic regression per label (positives weighed by
+    negatives / positives when ``weighted``), scored by mean average precision over iteratively stratified folds."""
+    import numpy as np
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from .heads import one_blas_thread
+    from .multilabel import mean_average_precision
+
+    y = np.asarray(labels, np.int64)
+    present = y.sum(axis=0)
+    folds = int(min(5, present[present > 0].min() if (present > 0).any() else 0))
+    if folds < 2:
+        raise UsageError("every label needs at least 2 images in the sample for a cross-validated probe")
+    scores = []
+    with one_blas_thread():
+        for train, test in MultilabelStratifiedKFold(folds, shuffle=True, random_state=seed).split(features, y):
+            scaler = StandardScaler().fit(features[train])
+            xs, xt = scaler.transform(features[train]), scaler.transform(features[test])
+            proba = np.zeros((len(test), y.shape[1]))
+            for k in range(y.shape[1]):
+                column = y[train, k]
+                if column.min() == column.max():
+                    proba[:, k] = column[0]
+                    continue
+                pos = max(column.sum(), 1)
+                weight = {0: 1.0, 1: float(np.clip((len(column) - pos) / pos, 1, 100))} if weighted else None
+                model = LogisticRegression(C=0.5, max_iter=2000, class_weight=weight).fit(xs, column)
+                proba[:, k] = model.predict_proba(xt)[:, 1]
+            scores.append(mean_average_precision(y[test], proba))
+    return float(np.mean(scores)), float(np.std(scores))
 
 
 def _taps(units: int) -> list[int | None]:
@@ -168,7 +222,12 @@ def measure(backbone_name: str, samples: list[Any], *, budget_s: float, image_si
     from .weights import named_weights, preflight, published
 
     t0 = time.perf_counter()
-    labels = [s.label for s in samples]
+    multilabel = any(s.tags is not None for s in samples)
+    labels: Any = [s.label for s in samples]
+    if multilabel:
+        from .images.sets import labelled
+
+        labels = labelled(samples).labels
     spec = get_registry().resolve(backbone_name)
     weights = named_weights(backbone_name, weights)  # NAME.TAG: measured with those weights
     pretrained = weights.lower() not in ("none", "random", "scratch")
@@ -178,14 +237,15 @@ def measure(backbone_name: str, samples: list[Any], *, budget_s: float, image_si
     backbone = get_backbone(spec, pretrained=weights if pretrained else False, input_size=size, seed=seed)
     taps = _taps(len(backbone.units))
     passes = len(taps) + (1 if pretrained else 0)
-    per_class = min(MAX_PER_CLASS, max(Counter(labels).values()))
+    n_classes = np.shape(labels)[1] if multilabel else len(set(labels))
+    per_class = min(MAX_PER_CLASS, int(labels.sum(axis=0).max()) if multilabel else max(Counter(labels).values()))
     index = _sample(labels, per_class, seed)
     prep = spec.preprocessing_for(published(spec, weights if pretrained else None))
     probe = load([samples[i] for i in index[: min(16, len(index))]], size, whole_classes=False, prep=prep)
     t1 = time.perf_counter()
     backbone.extract_features(probe.images, batch_size=16)
     per_image = (time.perf_counter() - t1) / max(len(probe), 1)
-    affordable = int(budget_s * 0.8 / max(per_image * passes, 1e-6) / max(len(set(labels)), 1))
+    affordable = int(budget_s * 0.8 / max(per_image * passes, 1e-6) / max(n_classes, 1))
     if affordable < per_class:
         per_class = max(MIN_PER_CLASS, affordable)
         index = _sample(labels, per_class, seed)
@@ -203,7 +263,7 @@ def measure(backbone_name: str, samples: list[Any], *, budget_s: float, image_si
             depth = 1.0 if tap is None else (tap + 1) / len(backbone.units)
             probes.append(Probe(name, None if tap is None else tap + 1, round(depth, 3), round(acc, 4), round(std, 4)))
             advance(1)
-    half = _sample([str(v) for v in y], max(2, per_class // 2), seed + 1)
+    half = _sample(y if multilabel else [str(v) for v in y], max(2, per_class // 2), seed + 1)
     half_acc, _ = probe_accuracy(final_feats[half], y[half], seed, weighted)
     random_acc = None
     if pretrained:
@@ -212,7 +272,8 @@ def measure(backbone_name: str, samples: list[Any], *, budget_s: float, image_si
     label = "random init" if not pretrained else (backbone.weights.tag if backbone.weights else weights)
     return Evidence(spec.id, label, size[0], len(backbone.units), probes,
                     None if random_acc is None else round(random_acc, 4), round(half_acc, 4),
-                    int(np.median(np.bincount(y)[np.bincount(y) > 0])),  # what the sample holds, not what it asked for
+                    # what the sample holds, not what it asked for (a multi-label set's: positives per label)
+                    int(np.median(y.sum(axis=0) if multilabel else np.bincount(y)[np.bincount(y) > 0])),
                     round(time.perf_counter() - t0, 2))  # fmt: skip
 
 
@@ -232,11 +293,16 @@ def decide(dataset: dict[str, Any], evidence: list[Evidence]) -> tuple[str, dict
     earlier_better = best.unit is not None and (best.accuracy - final.accuracy) * pts >= EARLIER_TAP_POINTS
     similar = not earlier_better and (gain is None or gain >= PRETRAINING_GAIN_POINTS) and headroom <= 15.0
     size = "large" if per_class >= LARGE_PER_CLASS else "small"
+    multilabel = bool(dataset.get("multilabel"))
     reasons = [
-        f"{dataset['images']} images in {k} classes (median {per_class:g} per class, imbalance {dataset['imbalance']:g}x): "
-        f"{size} data.",
+        (f"{dataset['images']} images with {k} labels (median {per_class:g} positives per label, imbalance "
+         f"{dataset['imbalance']:g}x): " if multilabel else
+         f"{dataset['images']} images in {k} classes (median {per_class:g} per class, imbalance {dataset['imbalance']:g}x): ")
+        + f"{size} data.",
         f"A linear probe on {chosen.backbone}'s final features scores {final.accuracy:.1%} "
-        f"(cross-validated on {chosen.sample_per_class} images per class, chance {1 / k:.0%})"
+        + (f"mean average precision (cross-validated on a sample with a median {chosen.sample_per_class} positives "
+           f"per label)" if multilabel else
+           f"(cross-validated on {chosen.sample_per_class} images per class, chance {1 / k:.0%})")
         + (f"; with random weights it scores {chosen.random_accuracy:.1%}, so pretraining is worth "
            f"{gain:+.1f} points" if gain is not None else "") + ".",
     ]  # fmt: skip
@@ -305,9 +371,13 @@ def advise(data: Path, backbones: list[str], *, budget_minutes: float, image_siz
     t0 = time.perf_counter()
     samples = scan(data)
     labels = [s.label for s in samples]
-    dataset = summarize(labels)
-    if dataset["classes"] < 2:
+    multilabel = any(s.tags is not None for s in samples)
+    dataset = summarize_multilabel(samples) if multilabel else summarize(labels)
+    if dataset["classes"] < (1 if multilabel else 2):
         raise UsageError(f"{data} has {dataset['classes']} class; advice needs at least 2")
+    if multilabel and dataset["min_per_class"] < 2:
+        small = [c for c, n in dataset["per_class"].items() if n < 2]
+        raise UsageError(f"label(s) {', '.join(small)} are on a single image; every label needs at least 2")
     if dataset["min_per_class"] < 2:
         small = [c for c, n in dataset["per_class"].items() if n < 2]
         raise UsageError(f"class(es) {', '.join(small)} have a single image; every class needs at least 2")
@@ -316,8 +386,14 @@ def advise(data: Path, backbones: list[str], *, budget_minutes: float, image_siz
 
     from .balance import decide as decide_balance
 
-    classes = sorted(set(labels))
-    weighted = decide_balance(balance, np.asarray([classes.index(x) for x in labels]), len(classes)).mode != "none"
+    if multilabel:
+        from .images.sets import labelled
+
+        matrix = labelled(samples).labels
+        weighted = decide_balance(balance, matrix, matrix.shape[1]).mode != "none"
+    else:
+        classes = sorted(set(labels))
+        weighted = decide_balance(balance, np.asarray([classes.index(x) for x in labels]), len(classes)).mode != "none"
     evidence = [measure(b, samples, budget_s=share, image_size=image_size, seed=seed, weights=weights,
                         reporter=reporter, weighted=weighted) for b in backbones]  # fmt: skip
     strategy, params, backbone, size, similarity, reasons, alternatives = decide(dataset, evidence)

@@ -206,6 +206,8 @@ def run_combination(combo: Combination, common: list[str], out_dir: Path, timeou
     row.update(
         status="ok", run_dir=summary["run_dir"], accuracy=metrics["accuracy"], log_loss=metrics["log_loss"],
         macro_f1=metrics["macro_f1"], balanced_accuracy=metrics.get("balanced_accuracy"), ece=metrics.get("ece"),
+        **({"mean_average_precision": metrics["mean_average_precision"], "micro_f1": metrics["micro_f1"]}
+           if "mean_average_precision" in metrics else {}),
         train_s=metrics["train_seconds"], images_per_s=images_per_s,
         trainable_params=metrics["trainable_params"], peak_memory_mb=metrics.get("peak_memory_mb"),
         split=metrics["split"], feature_cache=metrics.get("feature_cache"), images_decoded=metrics.get("images_decoded"),
@@ -277,11 +279,22 @@ COLUMNS = [("backbone", "backbone"), ("strategy", "strategy"), ("status", "statu
            ("trainable_params", "trainable"), ("peak_memory_mb", "peak MB"), ("onnx_latency_ms", "ONNX ms")]  # fmt: skip
 
 
+# a multi-label comparison's columns: ranked by mean average precision; "accuracy" is the subset accuracy
+MULTILABEL_COLUMNS = [("backbone", "backbone"), ("strategy", "strategy"), ("status", "status"),
+                      ("mean_average_precision", "test mAP"), ("micro_f1", "micro F1"), ("macro_f1", "macro F1"),
+                      ("accuracy", "subset acc"), ("log_loss", "log loss"), ("ece", "ECE"), *COLUMNS[8:]]  # fmt: skip
+
+
+def columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The leaderboard's columns: a multi-label comparison's when any run has a mean average precision."""
+    return MULTILABEL_COLUMNS if any("mean_average_precision" in r for r in rows) else COLUMNS
+
+
 def cell(row: dict[str, Any], key: str) -> str:
     value = row.get(key)
     if value is None:
         return "-"
-    if key in ("accuracy", "macro_f1", "balanced_accuracy", "ece"):
+    if key in ("accuracy", "macro_f1", "balanced_accuracy", "ece", "mean_average_precision", "micro_f1"):
         return f"{value:.4f}"
     if key == "log_loss":
         return f"{value:.3f}"
@@ -295,7 +308,9 @@ def cell(row: dict[str, Any], key: str) -> str:
 
 
 def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(rows, key=lambda r: (r.get("status") != "ok", -(r.get("accuracy") or 0), r.get("log_loss") or 0))
+    """Best first: by accuracy, a multi-label comparison by mean average precision; then by log loss."""
+    key = "mean_average_precision" if any("mean_average_precision" in r for r in rows) else "accuracy"
+    return sorted(rows, key=lambda r: (r.get("status") != "ok", -(r.get(key) or 0), r.get("log_loss") or 0))
 
 
 def write_reports(rows: list[dict[str, Any]], out_dir: Path) -> None:
@@ -303,9 +318,10 @@ def write_reports(rows: list[dict[str, Any]], out_dir: Path) -> None:
 
     board = ranked(rows)
     atomic_write_json(out_dir / "leaderboard.json", board)
-    lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    shown = columns(rows)
+    lines = ["| " + " | ".join(h for _, h in shown) + " |", "|" + "---|" * len(shown)]
     for r in board:
-        lines.append("| " + " | ".join(cell(r, k) for k, _ in COLUMNS) + " |")
+        lines.append("| " + " | ".join(cell(r, k) for k, _ in shown) + " |")
     failures = [r for r in board if r.get("status") != "ok"]
     if failures:
         lines += ["", *(f"- {r['backbone']} {r['strategy']}: {r['status']}: {r.get('error', '')}" for r in failures)]

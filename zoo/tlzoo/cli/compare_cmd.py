@@ -25,7 +25,7 @@ def compare(
     **shared: Any,
 ) -> None:
     """Train every backbone x strategy on the same split and compare them side by side."""
-    from ..comparison import COLUMNS, cell, common_args, compare as run_compare, ranked
+    from ..comparison import cell, columns, common_args, compare as run_compare, ranked
     from ..images.datasets import ensure_digits
     from ..images.split import default_data_root
 
@@ -52,6 +52,7 @@ def compare(
             raise fail(f"every combination failed; see the errors in {out / 'leaderboard.md'}", 1)
         return
     board = ranked(rows)
+    COLUMNS = columns(rows)  # noqa: N806 - the leaderboard's, multi-label ones for a multi-label comparison
     table = Table(title=Text(f"leaderboard ({out / 'leaderboard.md'})"), title_justify="left")
     for key, header in COLUMNS:
         table.add_column(header, no_wrap=True, justify="left" if key in ("backbone", "strategy", "status") else "right")
