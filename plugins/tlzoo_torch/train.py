@@ -647,7 +647,7 @@ def train_mlp(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
     for epoch in range(1, epochs + 1):
         net.train()
         order = torch.randperm(len(xt), generator=generator)
-        total, correct = 0.0, 0
+        total, correct = 0.0, 0.0
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             opt.zero_grad()

@@ -264,7 +264,7 @@ def fit_mlp(
     xs, xv = ((x - mean) / std).astype(np.float32), ((x_val - mean) / std).astype(np.float32)
     sizes = [x.shape[1], *hidden, n_classes]
     # the class weights go to the trainer only when there are some: an adapter written before them still works
-    weighted = {"class_weight": class_weight.astype(np.float32)} if class_weight is not None else {}
+    weighted: dict[str, Any] = {"class_weight": class_weight.astype(np.float32)} if class_weight is not None else {}
     multilabel = np.ndim(y) == 2
     if multilabel:  # binary cross-entropy; class_weight is then each label's positive weight
         weighted = {"multilabel": True, **({"pos_weight": class_weight.astype(np.float32)} if class_weight is not None else {})}

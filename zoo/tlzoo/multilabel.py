@@ -149,13 +149,14 @@ def mean_average_precision(labels: np.ndarray, proba: np.ndarray) -> float:
     return float(np.mean([average_precision_score(y[:, k], proba[:, k]) for k in present])) if len(present) else 0.0
 
 
-def metrics(labels: np.ndarray, proba: np.ndarray, classes: list[str], thresholds: np.ndarray | list[float]) -> dict[str, Any]:
+def metrics(labels: np.ndarray, proba: np.ndarray, classes: list[str],
+            thresholds: np.ndarray | list[float] | float) -> dict[str, Any]:  # fmt: skip
     """What a multi-label run records and ``evaluate`` prints (see the module)."""
     from sklearn.metrics import accuracy_score, average_precision_score, f1_score, hamming_loss, precision_recall_fscore_support
 
     y = np.asarray(labels, np.int64)
     proba = np.asarray(proba, np.float64)
-    thresholds = np.asarray(thresholds, np.float64)
+    thresholds = np.broadcast_to(np.asarray(thresholds, np.float64), (y.shape[1],))
     pred = predicted(proba, thresholds).astype(np.int64)
     support = y.sum(axis=0)
     present = np.flatnonzero(support > 0)

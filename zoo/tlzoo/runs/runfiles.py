@@ -160,7 +160,7 @@ class ClassifierMeta:
             plugin={str(k): str(v) for k, v in plugin.items()} if isinstance(plugin, dict) else {},
             tlzoo_version=str(data.get("tlzoo_version", "")), weights_sha256=digest if isinstance(digest, str) else None,
             format_version=version,
-            thresholds=[float(t) for t in thresholds] if data["output"] == "sigmoid" else None,
+            thresholds=[float(t) for t in thresholds or []] if data["output"] == "sigmoid" else None,
         )  # fmt: skip
 
 

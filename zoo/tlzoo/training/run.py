@@ -262,11 +262,11 @@ def _train_in(run_dir: Path, resume: Path | None, config: TrainConfig, spec: Bac
                              f"use --calibrate off")  # fmt: skip
         if resume is None and comm.main:
             files.write_split(splits.rows(), splits.digests, multilabel=splits.multilabel)
-        weights = balanced_weights(splits.train.labels, len(splits.classes)) if balanced.mode == "weights" else None
+        loss_weights = balanced_weights(splits.train.labels, len(splits.classes)) if balanced.mode == "weights" else None
         if splits.multilabel:
-            engine.set_multilabel(weights)
+            engine.set_multilabel(loss_weights)
         else:
-            engine.set_balance(balanced.mode, weights)
+            engine.set_balance(balanced.mode, loss_weights)
         history, batch = fit_stages(engine, model.backbone, splits, config, reporter, run_dir, resume is not None,
                                     batch_given=batch_given)  # fmt: skip
         extra = {"compile": engine.compile_record(), "images_decoded": int(sum(comm.gather(splits.decoded))), **batch}
