@@ -1,0 +1,169 @@
+"""Labels as they come, on scikit-learn's handwritten digits with MobileNetV2's real ImageNet weights (offline).
+
+    python benchmarks/labels.py [--seeds 3] [--image-size 64] [--epochs 3]
+
+Three questions, each a ratio or difference measured within one run, means over ``--seeds`` seeds:
+
+1. **Imbalance.** A balanced test split is held out (30 images a digit); of the rest, digits 0-4 keep every image
+   and digits 5-9 are cut to a fifteenth (15:1). ``--balance auto`` (which weighs the loss here) against
+   ``--balance none``, for feature extraction and fine-tuning: balanced accuracy on the test split. Goal: auto >=
+   none + 2 points. And on the balanced set, auto leaves the run as it was (the same decision, the same scores).
+2. **Multi-label.** Each digit carries the tags it has: ``even``, ``big`` (5 and over), ``round`` (a closed loop:
+   0, 6, 8, 9) and ``prime`` (2, 3, 5, 7); the zero carries only ``even`` and ``round``. Mean average precision
+   per strategy, and micro F1 on the test split at the run's per-label thresholds against a fixed 0.5 (the
+   same model scored both ways). Goal: the thresholds beat 0.5.
+3. **Calibration.** Expected calibration error on the test split before and after calibration, feature
+   extraction and fine-tuning, single-label digits. Goal: after <= 0.5x before, or <= 0.02.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+import numpy as np
+from _common import import_offline_weights, write
+
+TAGS = {"even": {0, 2, 4, 6, 8}, "big": {5, 6, 7, 8, 9}, "round": {0, 6, 8, 9}, "prime": {2, 3, 5, 7}}
+
+
+def digits_files() -> list[tuple[str, int]]:
+    from tlzoo.images.datasets import default_data_root, ensure_digits
+    from tlzoo.images.folders import scan
+
+    return [(str(s.path), int(s.label)) for s in scan(ensure_digits(default_data_root()))]
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], column: str) -> Path:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", column])
+        writer.writerows(rows)
+    return path
+
+
+def imbalanced_sets(files: list[tuple[str, int]], seed: int, root: Path) -> dict[str, Path]:
+    """A balanced test CSV, and the rest twice: balanced, and with digits 5-9 cut to a fifteenth."""
+    rng = np.random.default_rng(seed)
+    by_digit: dict[int, list[str]] = {}
+    for path, digit in files:
+        by_digit.setdefault(digit, []).append(path)
+    test, balanced, cut = [], [], []
+    for digit, paths in sorted(by_digit.items()):
+        order = [paths[i] for i in rng.permutation(len(paths))]
+        test += [(p, str(digit)) for p in order[:30]]
+        rest = [(p, str(digit)) for p in order[30:]]
+        balanced += rest
+        cut += rest if digit < 5 else rest[: max(2, len(rest) // 15)]
+    return {"test": write_csv(root / "test.csv", test, "label"), "balanced": write_csv(root / "balanced.csv", balanced, "label"),
+            "imbalanced": write_csv(root / "imbalanced.csv", cut, "label")}  # fmt: skip
+
+
+def multilabel_set(files: list[tuple[str, int]], root: Path) -> Path:
+    rows = [(path, ";".join(sorted(tag for tag, digits in TAGS.items() if digit in digits))) for path, digit in files]
+    return write_csv(root / "tags.csv", rows, "labels")
+
+
+def train(**kwargs: Any) -> Any:
+    from tlzoo.training.config import TrainConfig
+    from tlzoo.training.run import train as run
+
+    return run(TrainConfig(**kwargs), exist_ok=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+
+    from tlzoo.runs.evaluation import evaluate_model
+
+    tmp = Path(tempfile.mkdtemp(prefix="tlzoo-labels-"))
+    os.environ.setdefault("TLZOO_CACHE", str(tmp / "cache"))
+    import_offline_weights()
+    files = digits_files()
+    common = dict(backbone="mobilenet_v2", image_size=args.image_size, out_dir=str(tmp / "runs"))
+    fine = dict(strategy="fine-tune", epochs=args.epochs, augment="none", freeze="8")
+    strategies = {"feature-extract": {}, "fine-tune": fine}
+    t0 = time.perf_counter()
+
+    imbalance: dict[str, Any] = {s: {"auto": [], "none": []} for s in strategies}
+    balanced_same: list[bool] = []
+    calibration: dict[str, dict[str, list[float]]] = {s: {"before": [], "after": []} for s in strategies}
+    for seed in range(args.seeds):
+        sets = imbalanced_sets(files, seed, tmp / f"seed{seed}")
+        for strategy, extra in strategies.items():
+            for mode in ("none", "auto"):  # interleaved: the two runs of a pair back to back
+                result = train(data=str(sets["imbalanced"]), test=str(sets["test"]), balance=mode, seed=seed,
+                               name=f"imb-{strategy}-{mode}-{seed}", **common, **extra)  # fmt: skip
+                m = result.metrics
+                imbalance[strategy][mode].append({"balanced_accuracy": m["balanced_accuracy"], "accuracy": m["accuracy"],
+                                                  "mode": m["balance"]["mode"], "ratio": m["balance"]["ratio"]})  # fmt: skip
+                print(f"imbalanced {strategy} seed {seed} --balance {mode}: balanced accuracy "
+                      f"{m['balanced_accuracy']:.4f} ({m['balance']['mode']})", flush=True)
+            # the balanced set: auto decides none, and the calibration (auto: >= 50 validation images) is measured
+            result = train(data=str(sets["balanced"]), test=str(sets["test"]), seed=seed,
+                           name=f"bal-{strategy}-{seed}", **common, **extra)  # fmt: skip
+            m = result.metrics
+            balanced_same.append(m["balance"]["mode"] == "none")
+            calibration[strategy]["before"].append(m["ece_before_calibration"])
+            calibration[strategy]["after"].append(m["ece"])
+            print(f"balanced {strategy} seed {seed}: --balance auto -> {m['balance']['mode']}; ECE "
+                  f"{m['ece_before_calibration']:.4f} -> {m['ece']:.4f}", flush=True)
+
+    tags = multilabel_set(files, tmp)
+    multi: dict[str, dict[str, list[float]]] = {}
+    for strategy, extra in strategies.items():
+        multi[strategy] = {"mean_average_precision": [], "micro_f1_thresholds": [], "micro_f1_half": []}
+        for seed in range(args.seeds):
+            result = train(data=str(tags), test_split=0.2, seed=seed, name=f"tags-{strategy}-{seed}", **common, **extra)
+            m = result.metrics
+            # the same model on its own test split at a fixed 0.5: the rows split.csv recorded
+            import csv
+
+            with open(result.run_dir / "split.csv", newline="") as f:
+                test_rows = [(r["path"], r["labels"]) for r in csv.DictReader(f) if r["subset"] == "test"]
+            listed = write_csv(tmp / f"tags-test-{strategy}-{seed}.csv", test_rows, "labels")
+            half = evaluate_model(result.run_dir, listed, threshold=0.5, device="cpu")
+            multi[strategy]["mean_average_precision"].append(m["mean_average_precision"])
+            multi[strategy]["micro_f1_thresholds"].append(m["micro_f1"])
+            multi[strategy]["micro_f1_half"].append(half["micro_f1"])
+            print(f"multi-label {strategy} seed {seed}: mAP {m['mean_average_precision']:.4f}, micro F1 "
+                  f"{m['micro_f1']:.4f} (thresholds) vs {half['micro_f1']:.4f} (0.5)", flush=True)
+
+    summary: dict[str, Any] = {"imbalance": {}, "multilabel": {}, "calibration": {}}
+    for strategy in strategies:
+        auto = mean(r["balanced_accuracy"] for r in imbalance[strategy]["auto"])
+        none = mean(r["balanced_accuracy"] for r in imbalance[strategy]["none"])
+        summary["imbalance"][strategy] = {"auto": round(auto, 4), "none": round(none, 4),
+                                          "gain_points": round(100 * (auto - none), 2),
+                                          "goal_met": 100 * (auto - none) >= 2.0,
+                                          "auto_chose": sorted({r["mode"] for r in imbalance[strategy]["auto"]})}  # fmt: skip
+        ml = multi[strategy]
+        summary["multilabel"][strategy] = {k: round(mean(v), 4) for k, v in ml.items()}
+        summary["multilabel"][strategy]["goal_met"] = mean(ml["micro_f1_thresholds"]) > mean(ml["micro_f1_half"])
+        before, after = mean(calibration[strategy]["before"]), mean(calibration[strategy]["after"])
+        summary["calibration"][strategy] = {"ece_before": round(before, 4), "ece_after": round(after, 4),
+                                            "ratio": round(after / before, 3) if before else None,
+                                            "goal_met": after <= 0.5 * before or after <= 0.02}  # fmt: skip
+    summary["balanced_set_auto_is_none"] = all(balanced_same)
+    print(summary)
+    write("labels", {"seeds": args.seeds, "image_size": args.image_size, "epochs": args.epochs,
+                     "wall_s": round(time.perf_counter() - t0, 1), "summary": summary, "imbalance_runs": imbalance,
+                     "multilabel_runs": multi, "calibration_runs": calibration})  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()
