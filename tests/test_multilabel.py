@@ -291,3 +291,23 @@ def test_a_multi_label_weighted_loss_changes_only_the_positives_weight():
         assert engine.output == "sigmoid" and 0.0 <= accuracy <= 1.0
     # the same model, batch and draws: the weighted loss adds (3 - 1) x the first label's positives' terms
     assert losses[1] > losses[0]
+
+
+def test_a_timm_backbone_fine_tunes_on_several_labels_and_exports_them(tagged, tmp_path, monkeypatch):
+    from tlzoo import plugins
+    from tlzoo.runs.trained import load_run
+    from tlzoo_onnx.export import export
+
+    from . import timm_reduced
+
+    monkeypatch.setenv("TLZOO_CACHE", str(tmp_path / "cache"))
+    plugins.register_plugin(timm_reduced, "timm-reduced")
+    result = train(TrainConfig(data=str(tagged), backbone="timm/tiny_convnextv2", weights="none", image_size=32,
+                               strategy="fine-tune", freeze="8", epochs=1, test_split=0.25,
+                               out_dir=str(tmp_path / "runs"), name="timm"))  # fmt: skip
+    assert result.metrics["task"] == "multi-label" and 0.0 <= result.metrics["mean_average_precision"] <= 1.0
+    run = load_run(result.run_dir)
+    assert run.meta.output == "sigmoid" and len(run.thresholds or []) == len(MULTI_LABELS)
+    report = export(result.run_dir)
+    assert report["check"] == "passed" and report["score"] == "mean average precision"
+    assert report["max_abs_diff"] < 1e-4 and report["top1_agreement"] == 1.0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .datagen import write_folder
+from .datagen import write_folder, write_multilabel
 
 HERE = Path(__file__).parent
 # Runs the CLI in-process, then says which frameworks got imported.
@@ -45,6 +45,7 @@ def tlzoo_numpy(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("numpy-framework")
     write_folder(root / "data", per_class=10, size=32)
+    write_multilabel(root / "tagged", n=24)
     return root
 
 
@@ -91,8 +92,10 @@ def test_feature_extract_train_evaluate_predict(work: Path) -> None:
         (["train", "--backbone", "randproj", "--data", "data", "--device", "cuda"], "CPU only"),
         (["train", "--backbone", "randproj", "--data", "data", "--threads", "2"],
          "cannot set the number of threads; leave --threads out"),
+        (["train", "--backbone", "randproj", "--data", "tagged/labels.csv", "--strategy", "fine-tune", "--epochs", "1"],
+         "numpy/randproj: the numpy engine cannot train on several labels an image"),
     ],
-    ids=["fine-tune", "mlp-head", "onnxruntime-engine", "device", "threads"],
+    ids=["fine-tune", "mlp-head", "onnxruntime-engine", "device", "threads", "multi-label"],
 )
 def test_what_it_cannot_do_is_refused_in_one_line(work: Path, args: list[str], words: str) -> None:
     before = sorted(p.name for p in (work / "runs").iterdir()) if (work / "runs").is_dir() else []

@@ -104,7 +104,9 @@ def plot_reliability(before: dict[str, list[float]], after: dict[str, list[float
     ax.set_ylim(0, 1)
     ax.set_xlabel("predicted probability of each (image, label)" if per_label else "confidence (top probability)")
     ax.set_ylabel("share that carry the label" if per_label else "accuracy")
-    ax.set_title(title, fontsize=10)
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.wrap(title, width=60)), fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))  # type: ignore[arg-type]

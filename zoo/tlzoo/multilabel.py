@@ -9,7 +9,8 @@ A multi-label set's labels are a 0/1 matrix (images x labels). The classifier gi
   log loss (``p = sigmoid(a z + b)``), folded into the last layer like the single-label temperature. A label with
   no validation positive (or no negative) is left as it is.
 - **Thresholds**: one per label, on the calibrated validation probabilities, the one with the highest F1 for that
-  label; a label with no validation positive keeps 0.5.
+  label, averaged over bootstrap resamples of the split (:func:`bagged_thresholds`); a label with no validation
+  positive keeps 0.5.
 - **Metrics** (:func:`metrics`): mean average precision over the labels present, micro and macro F1 at the
   thresholds, subset accuracy (every label of an image right), Hamming loss (the share of wrong image-label
   pairs), the mean binary log loss and ECE, and per label its AP, precision, recall, F1, threshold and support.
@@ -105,6 +106,34 @@ def choose_thresholds(proba: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
         below = proba[:, k][proba[:, k] < cuts[best]]
         thresholds[k] = float((cuts[best] + (below.max() if len(below) else 0.0)) / 2)
     # strictly inside (0, 1), as the run's metadata holds them (a saturated sigmoid gives exactly 1.0)
+    return np.clip(thresholds, 1e-6, 1 - 1e-6), left
+
+
+BOOTSTRAP = 100  # resamples of the validation split each label's threshold is averaged over (fewer on a large one)
+
+
+def bagged_thresholds(proba: np.ndarray, labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, list[int]]:
+    """Per label, :func:`choose_thresholds`' F1-best threshold averaged over bootstrap resamples of the validation
+    split (bagging): the argmax of one split's F1 curve follows its noise (a flat curve's top is wherever a few
+    images put it), the mean over resamples does not. A resample without a positive of a label says nothing
+    about it; a label with no validation positive keeps :data:`DEFAULT_THRESHOLD`."""
+    proba, labels = np.asarray(proba, np.float64), np.asarray(labels)
+    _, left = choose_thresholds(proba, labels)
+    n, k = proba.shape
+    rounds = int(min(BOOTSTRAP, max(20, 5_000_000 // max(n * k, 1))))
+    rng = np.random.default_rng(seed)
+    total, count = np.zeros(k), np.zeros(k)
+    for _ in range(rounds):
+        pick = rng.integers(0, n, n)
+        sample = labels[pick]
+        chosen, missing = choose_thresholds(proba[pick], sample)
+        has = np.ones(k, bool)
+        has[missing] = False
+        has &= sample.sum(axis=0) < len(sample)  # all positive: no threshold separates anything
+        total[has] += chosen[has]
+        count[has] += 1
+    thresholds = np.where(count > 0, total / np.maximum(count, 1), DEFAULT_THRESHOLD)
+    thresholds[left] = DEFAULT_THRESHOLD
     return np.clip(thresholds, 1e-6, 1 - 1e-6), left
 
 
@@ -235,7 +264,7 @@ def thresholds_for(fixed: float | None, val_proba: np.ndarray, val_labels: np.nd
     naming the labels left at 0.5."""
     if fixed is not None:
         return np.full(len(classes), float(fixed)), None
-    thresholds, left = choose_thresholds(val_proba, val_labels)
+    thresholds, left = bagged_thresholds(val_proba, val_labels)
     if not left:
         return thresholds, None
     names = [classes[k] for k in left]

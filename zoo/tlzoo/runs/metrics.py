@@ -146,7 +146,7 @@ def plot_per_label(per_label: dict[str, dict[str, Any]], path: Path, title: str)
         names = sorted(names, key=lambda n: per_label[n]["ap"] if per_label[n]["ap"] is not None else -1)[:MAX_PLOTTED_CLASSES]
         title = f"{title}: the {len(names)} labels of lowest AP of {len(per_label)}"
     y = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(7.5, max(2.5, 0.45 * len(names) + 1.4)))
+    fig, ax = plt.subplots(figsize=(7.5, max(3.0, 0.45 * len(names) + 1.9)))
     for offset, key, colour in ((-0.27, "ap", "C0"), (0.0, "precision", "C1"), (0.27, "recall", "C2")):
         values = [per_label[n][key] if per_label[n][key] is not None else np.nan for n in names]
         ax.barh(y + offset, values, height=0.26, color=colour, label=key if key != "ap" else "average precision")
@@ -155,7 +155,8 @@ def plot_per_label(per_label: dict[str, dict[str, Any]], path: Path, title: str)
     ax.set_xlim(0, 1)
     ax.set_xlabel("score (precision and recall at each label's threshold t; support in brackets)")
     ax.grid(alpha=0.3, axis="x")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / max(len(names), 1)), ncol=3,
+              frameon=False)  # fmt: skip
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
