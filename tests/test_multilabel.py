@@ -336,3 +336,21 @@ def test_a_timm_backbone_fine_tunes_on_several_labels_and_exports_them(tagged, t
     report = export(result.run_dir)
     assert report["check"] == "passed" and report["score"] == "mean average precision"
     assert report["max_abs_diff"] < 1e-4 and report["top1_agreement"] == 1.0
+
+
+def test_a_multi_label_run_killed_after_an_epoch_resumes_on_its_recorded_labels(tagged, tmp_path):
+    env = {"TLZOO_CACHE": str(tmp_path / "cache")}
+    args = ["train", "--data", str(tagged), "--backbone", "torch/resnet18", "--weights", "none", "--image-size", "32",
+            "--strategy", "fine-tune", "--epochs", "2", "--out-dir", str(tmp_path / "runs"), "--name", "ml"]  # fmt: skip
+    killed = run_tlzoo(*args, env={**env, "TLZOO_FAULT": "epoch:1"})
+    assert killed.returncode != 0
+    run_dir = tmp_path / "runs" / "ml"
+    with open(run_dir / "split.csv", newline="") as f:
+        recorded = list(csv.DictReader(f))
+    assert "labels" in recorded[0] and any(";" in r["labels"] for r in recorded)
+    resumed = run_tlzoo("train", "--resume", str(run_dir), "--json", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["task"] == "multi-label" and metrics["best_epoch"] in (1, 2)
+    assert len((run_dir / "history.csv").read_text().splitlines()) == 3  # a header and both epochs
+    assert json.loads((run_dir / "classifier.json").read_text())["output"] == "sigmoid"
