@@ -78,7 +78,10 @@ class FrameworkAdapter(ABC):
         with this signature may be assigned instead: ``train_mlp = staticmethod(my_train_mlp)``.
 
         Under ``--balance weights`` it is also given ``class_weight=`` (one float32 per class) for its training
-        loss; a trainer without that keyword is refused in one line for that run only."""
+        loss; a trainer without that keyword is refused in one line for that run only. On a multi-label set it
+        is given ``multilabel=True`` instead: ``y`` and ``y_val`` are 0/1 matrices (images x labels), the loss
+        binary cross-entropy on each output, with ``pos_weight=`` (one float32 per label, for its positives)
+        under ``--balance weights``; a trainer without ``multilabel`` is refused in one line."""
 
     @abstractmethod
     def load_classifier(self, run_dir: Path, meta: Any) -> Any:
