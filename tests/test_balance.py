@@ -155,3 +155,24 @@ def test_a_run_recorded_before_balance_resumes_unbalanced(tmp_path):
     saved["balance"] = "sampler"
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
     assert resume_config(run, {})[0].balance == "sampler"
+
+
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_the_mlp_head_under_sampler_trains_each_epoch_on_a_new_draw(framework):
+    """--balance sampler with --head mlp: the trainer asks for every epoch's positions, and trains on them."""
+    from tlzoo.adapters import adapter_for
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    y = np.array([0] * 32 + [1] * 8)
+    asked: list[int] = []
+
+    def epoch_order(epoch: int) -> np.ndarray:
+        asked.append(epoch)
+        return balance.sampled_order(y, np.random.default_rng([0, epoch]), 2)
+
+    trainer = adapter_for(framework).train_mlp
+    weights, biases, history = trainer(x, y, x[:8], y[:8], [6, 4, 2], dropout=0.0, epochs=3, lr=1e-2, weight_decay=0.0,
+                                       patience=0, batch_size=8, seed=0, on_epoch=None, epoch_order=epoch_order)  # fmt: skip
+    assert len(history) == 3 and asked[-3:] == [0, 1, 2]  # epoch k trained on draw k (Keras sizes itself on draw 0 first)
+    assert [w.shape for w in weights] == [(6, 4), (4, 2)]

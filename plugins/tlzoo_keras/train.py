@@ -493,6 +493,27 @@ class KerasEngine(Engine):
         self.model.load_weights(Path(run_dir) / MODEL_FILE)
 
 
+class _EpochDraws(keras.utils.PyDataset):
+    """Batches of ``x[order]``, ``y[order]`` where ``order = epoch_order(epoch)`` is drawn again each epoch."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, epoch_order: Callable[[int], np.ndarray]) -> None:
+        super().__init__()
+        self.x, self.y, self.batch_size, self.epoch_order = x, y, batch_size, epoch_order
+        self.epoch = 0  # the next epoch to draw (Keras may end an epoch more than once; it begins each once)
+        self.order = np.asarray(epoch_order(0), np.int64)
+
+    def __len__(self) -> int:
+        return -(-len(self.order) // self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        return self.x[rows], self.y[rows]
+
+    def on_epoch_begin(self) -> None:
+        self.order = np.asarray(self.epoch_order(self.epoch), np.int64)
+        self.epoch += 1
+
+
 def multilabel_loss(pos_weight: np.ndarray | None) -> Callable[[Any, Any], Any]:
     """Binary cross-entropy on logits, averaged over labels, each label's positives weighed by ``pos_weight``."""
     weight = keras.ops.convert_to_tensor(pos_weight if pos_weight is not None else 1.0, "float32")
@@ -514,8 +535,8 @@ def load_classifier(run_dir: Path) -> keras.Model:
 def train_mlp(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, sizes: list[int], *,
               dropout: float, epochs: int, lr: float, weight_decay: float, patience: int, batch_size: int,
               seed: int, on_epoch: Callable[[dict[str, Any]], None] | None,
-              class_weight: np.ndarray | None = None, multilabel: bool = False,
-              pos_weight: np.ndarray | None = None) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:  # fmt: skip
+              class_weight: np.ndarray | None = None, multilabel: bool = False, pos_weight: np.ndarray | None = None,
+              epoch_order: Callable[[int], np.ndarray] | None = None) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:  # fmt: skip
     """Dense layers on standardized features (see :meth:`tlzoo.adapters.FrameworkAdapter.train_mlp`);
     ``multilabel``: ``y`` is a 0/1 matrix, the loss binary cross-entropy with ``pos_weight`` on each label's positives."""
     keras.utils.set_random_seed(seed)
@@ -543,7 +564,11 @@ def train_mlp(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
     if patience:
         callbacks.append(keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True))
     weights = {int(k): float(class_weight[k]) for k in np.unique(y)} if class_weight is not None else None
-    net.fit(x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=batch_size, callbacks=callbacks, verbose=0,
-            class_weight=weights)  # fmt: skip
+    if epoch_order is None:
+        net.fit(x, y, validation_data=(x_val, y_val), epochs=epochs, batch_size=batch_size, callbacks=callbacks,
+                verbose=0, class_weight=weights)  # fmt: skip
+    else:  # --balance sampler: each epoch's positions drawn anew (a class-weighted draw needs no class_weight)
+        net.fit(_EpochDraws(x, y, batch_size, epoch_order), validation_data=(x_val, y_val), epochs=epochs,
+                callbacks=callbacks, verbose=0)  # fmt: skip
     dense = [layer for layer in net.layers if isinstance(layer, keras.layers.Dense)]
     return [layer.get_weights()[0] for layer in dense], [layer.get_weights()[1] for layer in dense], history

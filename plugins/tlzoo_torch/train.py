@@ -621,11 +621,12 @@ def load_classifier(run_dir: Path, meta: Any) -> TorchClassifier:
 def train_mlp(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, sizes: list[int], *,
               dropout: float, epochs: int, lr: float, weight_decay: float, patience: int, batch_size: int,
               seed: int, on_epoch: Callable[[dict[str, Any]], None] | None,
-              class_weight: np.ndarray | None = None, multilabel: bool = False,
-              pos_weight: np.ndarray | None = None) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:  # fmt: skip
+              class_weight: np.ndarray | None = None, multilabel: bool = False, pos_weight: np.ndarray | None = None,
+              epoch_order: Callable[[int], np.ndarray] | None = None) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]]:  # fmt: skip
     """Dense layers on standardized features (see :meth:`tlzoo.adapters.FrameworkAdapter.train_mlp`);
     ``class_weight`` weighs the training loss (the validation loss, which early stopping reads, is not).
-    ``multilabel``: ``y`` is a 0/1 matrix and the loss binary cross-entropy, ``pos_weight`` each label's positives'."""
+    ``multilabel``: ``y`` is a 0/1 matrix and the loss binary cross-entropy, ``pos_weight`` each label's positives'.
+    ``epoch_order(epoch)`` (``--balance sampler``): the positions each epoch trains on, instead of a shuffle."""
     torch.manual_seed(seed)
     net = make_head(sizes, dropout)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
@@ -646,7 +647,8 @@ def train_mlp(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
     best, best_state, waited, history = float("inf"), None, 0, []
     for epoch in range(1, epochs + 1):
         net.train()
-        order = torch.randperm(len(xt), generator=generator)
+        order = torch.randperm(len(xt), generator=generator) if epoch_order is None else \
+            torch.as_tensor(np.asarray(epoch_order(epoch - 1), np.int64))  # fmt: skip
         total, correct = 0.0, 0.0
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]

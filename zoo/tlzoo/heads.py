@@ -253,6 +253,7 @@ def fit_mlp(
     x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int, *,
     hidden: list[int], dropout: float, epochs: int, lr: float, weight_decay: float, patience: int,
     batch_size: int, seed: int, trainer: Any, on_epoch: Any = None, class_weight: np.ndarray | None = None,
+    epoch_order: Any = None,
 ) -> HeadParams:  # fmt: skip
     """Dense layers with dropout trained on cached features, early-stopped on validation loss.
 
@@ -268,6 +269,8 @@ def fit_mlp(
     multilabel = np.ndim(y) == 2
     if multilabel:  # binary cross-entropy; class_weight is then each label's positive weight
         weighted = {"multilabel": True, **({"pos_weight": class_weight.astype(np.float32)} if class_weight is not None else {})}
+    if epoch_order is not None:  # --balance sampler: the positions each epoch trains on (epoch from 0)
+        weighted["epoch_order"] = epoch_order
     weights, biases, history = trainer(
         xs, y.astype(np.int64), xv, y_val.astype(np.int64), sizes, dropout=dropout, epochs=epochs, lr=lr,
         weight_decay=weight_decay, patience=patience, batch_size=batch_size, seed=seed, on_epoch=on_epoch, **weighted,

@@ -240,16 +240,22 @@ def _fit_head(feats: dict[str, np.ndarray], splits: Splits, cfg: TrainConfig, re
     weight = balanced_weights(splits.train.labels, n) if balanced.mode == "weights" else None
     if cfg.head == "mlp":
         x, y = feats["train"], splits.train.labels
-        if balanced.mode == "sampler":  # one class-balanced draw with replacement, as many as there are
-            drawn = sampled_order(y, np.random.default_rng([cfg.seed, 0xBA]), n)
-            x, y = x[drawn], y[drawn]
+        trainer = adapter_for(spec.framework).train_mlp
+        # sampler: each epoch a class-balanced draw with replacement, as many as there are (drawn from the seed
+        # and the epoch alone, so a rerun draws the same); a trainer that takes no epoch_order gets one such draw
+        epoch_order = (lambda epoch: sampled_order(y, np.random.default_rng([cfg.seed, epoch, 0xBA]), n)) \
+            if balanced.mode == "sampler" else None  # fmt: skip
+        if epoch_order is not None and not _takes(trainer, "epoch_order"):
+            reporter.info(f"--balance sampler: the {spec.framework} framework's MLP trainer takes no epoch_order, so "
+                          f"its training features are drawn class-balanced once, not again each epoch")  # fmt: skip
+            drawn = epoch_order(0)
+            x, y, epoch_order = x[drawn], y[drawn], None
         try:
             head = fit_mlp(
                 x, y, feats["val"], splits.val.labels, n, hidden=cfg.hidden,
                 dropout=cfg.dropout, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                patience=cfg.patience, batch_size=cfg.batch, seed=cfg.seed,
-                trainer=adapter_for(spec.framework).train_mlp,
-                on_epoch=reporter.epoch, class_weight=weight,
+                patience=cfg.patience, batch_size=cfg.batch, seed=cfg.seed, trainer=trainer,
+                on_epoch=reporter.epoch, class_weight=weight, epoch_order=epoch_order,
             )  # fmt: skip
         except TypeError as exc:
             if splits.multilabel and "multilabel" in str(exc):
@@ -269,6 +275,17 @@ def _fit_head(feats: dict[str, np.ndarray], splits: Splits, cfg: TrainConfig, re
         history = [{**_row(1, "head", head, feats, splits), "C": c}]
         reporter.epoch(history[0])
     return head, history
+
+
+def _takes(function: Callable[..., Any], keyword: str) -> bool:
+    """Whether ``function`` accepts ``keyword`` (by name, or through ``**kwargs``)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return keyword in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def _choose_c(kind: str, feats: dict[str, np.ndarray], splits: Splits, reporter: Reporter,
