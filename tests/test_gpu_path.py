@@ -61,13 +61,19 @@ def test_the_stand_in_counts_what_would_wait_for_a_gpu():
     assert not torch.cuda.is_available()
 
 
-def test_a_steady_state_training_step_waits_for_nothing_and_the_epoch_reads_once(monkeypatch):
+@pytest.mark.parametrize("multilabel", [False, True], ids=["single-label", "multi-label"])
+def test_a_steady_state_training_step_waits_for_nothing_and_the_epoch_reads_once(monkeypatch, multilabel):
     """Every step's blocking calls, counted between steps: none, except the non-finite check every CHECK_EVERY
-    steps (one read); the epoch's end reads its sums once."""
+    steps (one read); the epoch's end reads its sums once. The same for a multi-label set (a 0/1 matrix of
+    labels, binary cross-entropy with each label's positive weight on the device)."""
     monkeypatch.setattr(torch_train, "CHECK_EVERY", 4)
     images, labels = _images()
+    if multilabel:
+        labels = (np.random.default_rng(1).random((len(labels), 3)) < 0.4).astype(np.uint8)
     with CudaStandIn() as cuda:
         engine = _engine()
+        if multilabel:
+            engine.set_multilabel(np.array([2.0, 1.0, 3.0]))
         assert engine.device == "cuda"
         for epoch in range(2):
             per_step: list[int] = []
