@@ -354,3 +354,33 @@ def test_a_multi_label_run_killed_after_an_epoch_resumes_on_its_recorded_labels(
     assert metrics["task"] == "multi-label" and metrics["best_epoch"] in (1, 2)
     assert len((run_dir / "history.csv").read_text().splitlines()) == 3  # a header and both epochs
     assert json.loads((run_dir / "classifier.json").read_text())["output"] == "sigmoid"
+
+
+def test_compare_ranks_multi_label_runs_by_mean_average_precision_in_their_own_columns():
+    from tlzoo.comparison import COLUMNS, MULTILABEL_COLUMNS, columns, ranked
+
+    rows = [{"backbone": "b", "strategy": "feature-extract", "status": "ok", "accuracy": 0.9, "mean_average_precision": 0.7,
+             "log_loss": 0.2},
+            {"backbone": "b", "strategy": "fine-tune", "status": "ok", "accuracy": 0.5, "mean_average_precision": 0.8,
+             "log_loss": 0.3},
+            {"backbone": "b", "strategy": "scratch", "status": "failed"}]  # fmt: skip
+    assert [r["strategy"] for r in ranked(rows)] == ["fine-tune", "feature-extract", "scratch"]
+    assert columns(rows) == MULTILABEL_COLUMNS and MULTILABEL_COLUMNS[3] == ("mean_average_precision", "test mAP")
+    single = [{k: v for k, v in r.items() if k != "mean_average_precision"} for r in rows]
+    assert [r["strategy"] for r in ranked(single)] == ["feature-extract", "fine-tune", "scratch"]
+    assert columns(single) == COLUMNS
+
+
+def test_advise_probes_several_labels_by_mean_average_precision(tmp_path):
+    from tlzoo.advice import probe_accuracy, summarize_multilabel
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((120, 3)) < 0.4).astype(np.uint8)
+    informative = labels @ rng.normal(size=(3, 8)) + rng.normal(0, 0.3, (120, 8))
+    noise = rng.normal(size=(120, 8))
+    good, _ = probe_accuracy(informative, labels, seed=0)
+    bad, _ = probe_accuracy(noise, labels, seed=0)
+    assert good > 0.95 and bad < 0.65  # mean average precision: chance is each label's share of positives (~0.4)
+    csv_path = write_multilabel(tmp_path, n=20)
+    summary = summarize_multilabel(scan(csv_path))
+    assert summary["multilabel"] and summary["classes"] == 3 and summary["images"] == 20
