@@ -72,7 +72,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("data-no-class-folders", ["train", "--weights", "none", "--data", "{w}/empty"], 1, "has no class folders"),
     ("csv-latin-1", ["train", "--weights", "none", "--data", "{w}/latin1.csv"], 1, "is not UTF-8 text"),
     ("csv-unquoted-comma", ["train", "--weights", "none", "--data", "{w}/comma.csv"], 1, "more fields than the header"),
-    ("csv-no-label-column", ["train", "--weights", "none", "--data", "{w}/nolabel.csv"], 1, "must have a header with 'path' and 'label'"),
+    ("csv-no-label-column", ["train", "--weights", "none", "--data", "{w}/nolabel.csv"], 1, "column 'class' holds 'red'; a one-hot CSV's columns other than 'path' hold only 0 or 1. For class names, the CSV needs a 'label' column"),
     ("csv-missing-files", ["train", "--weights", "none", "--data", "{w}/missing.csv"], 1, "names 1 file(s) that do not exist"),
     ("single-class", ["train", "--weights", "none", "--data", "{w}/oneclass"], 1, "single class"),
     ("class-all-unreadable", ["train", "--weights", "none", "--image-size", "32", "-b", "resnet18", "--data", "{w}/brokenclass"], 1, "every image of class(es) broken is unreadable"),

@@ -64,7 +64,8 @@ def test_scan_skips_non_images_and_csv_layout(tmp_path):
         (lambda p: (p / "d" / "a").mkdir(parents=True) or (p / "d" / "b").mkdir() or write_folder(p / "d", 2, classes=("red",)),
          "class folder(s) with no images in {p}/d: a, b"),
         (lambda p: (p / "x.csv").write_text("file,class\na.png,1\n") and p / "x.csv",
-         "{p}/x.csv must have a header with 'path' and 'label' columns"),
+         "{p}/x.csv must have a header with a 'path' column and a 'label' column (one class an image), a 'labels' "
+         "column (several, a;b) or one 0/1 column per label; found ['file', 'class']"),
         (lambda p: (p / "y.csv").write_text("path,label\nmissing.png,1\n") and p / "y.csv",
          "{p}/y.csv names 1 file(s) that do not exist (relative to {p}): missing.png"),
     ],

@@ -256,7 +256,8 @@ def _one_hot(path: Path, line: int, row: dict[str, str], header: list[str], path
         value = row.get(name, "")
         if value not in ("0", "1"):
             raise DataError(f"{path}, line {line}: column {name!r} holds {value!r}; a one-hot CSV's columns other "
-                            f"than 'path' hold only 0 or 1 (or use a 'label' or 'labels' column)")  # fmt: skip
+                            f"than 'path' hold only 0 or 1. For class names, the CSV needs a 'label' column (one "
+                            f"class an image) or a 'labels' column (several, a;b)")  # fmt: skip
         if value == "1":
             tags.append(name)
     return tuple(sorted(tags))
