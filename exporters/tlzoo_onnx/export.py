@@ -112,7 +112,7 @@ def _summary(report: dict[str, Any], max_drop: float | None) -> tuple[list[str],
     measured = report.get("check_images")
     if "accuracy_change_vs_fp32" in report and measured is not None and measured < 100:
         warnings.append(
-            f"the accuracy change was measured on only {measured} validation images, where one image is "
+            f"the {report.get('score', 'accuracy')} change was measured on only {measured} validation images, where one image is "
             f"{100 / measured:.1f} points: it cannot show a change of a point"
             + (f" (--max-drop {max_drop:g})" if max_drop is not None else "")
             + "; check on more data with tlzoo evaluate MODEL.onnx --data DIR"
