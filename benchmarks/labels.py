@@ -240,6 +240,7 @@ def main() -> None:
     summary["balanced_set_auto_is_none"] = all(balanced_same)
     print(summary)
     write("labels", {"seeds": args.seeds, "image_size": args.image_size, "epochs": args.epochs, "multilabel_sizes": sizes,
+                     "calibration_epochs": CALIBRATION_EPOCHS,
                      "test_per_digit": TEST_PER_DIGIT,
                      "wall_s": round(time.perf_counter() - t0, 1), "summary": summary, "imbalance_runs": imbalance,
                      "multilabel_runs": multi, "calibration_runs": calibration})  # fmt: skip
