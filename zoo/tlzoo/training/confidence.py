@@ -45,7 +45,9 @@ def fit(choice: str, val_logits: np.ndarray, val_labels: np.ndarray, output: str
     a, b, record, lines = multilabel.calibrate(choice, val_logits, val_labels, eval_logits, eval_labels, eval_name,
                                                classes)  # fmt: skip
     val_proba = multilabel.sigmoid(np.asarray(val_logits, np.float64) * a + b)
-    thresholds, said = multilabel.thresholds_for(threshold, val_proba, val_labels, classes)
-    record["thresholds"] = "--threshold, every label" if threshold is not None else \
-        "per label, the best F1 on the validation split"  # fmt: skip
+    calibrated = "platt" in record
+    thresholds, said = multilabel.thresholds_for(threshold, val_proba, val_labels, classes, calibrated)
+    record["thresholds"] = "--threshold, every label" if threshold is not None else (
+        "per label, half the best F1 on the validation split (calibrated probabilities)" if calibrated else
+        "per label, the best F1 on the validation split, averaged over 100 bootstrap resamples")  # fmt: skip
     return Confidence(a, b, record, lines + ([said] if said else []), thresholds)
