@@ -262,6 +262,14 @@ def test_evaluate_and_predict_score_a_run_and_its_export_alike_and_take_a_thresh
     assert header == "path,labels," + ",".join(f"p:{name}" for name in sorted(MULTI_LABELS))
     assert done.stdout.strip().endswith("no label") or done.stdout.count(" ") >= 2  # "no label", or the labels shown
     assert row.split(",")[0] == image
+    import tlzoo
+
+    [api] = tlzoo.predict(run_dir, image, threshold=0.5)  # the Python API: the same fields
+    assert set(api.to_dict()) == {"path", "labels", *(f"p:{name}" for name in MULTI_LABELS)}
+    assert api.labels == [name for name in sorted(MULTI_LABELS) if api.probabilities[name] >= 0.5]
+    with pytest.raises(UsageError, match="top_k is for single-label models"):
+        tlzoo.predict(run_dir, image, top_k=2)
+    assert tlzoo.evaluate(run_dir, tagged, threshold=0.99)["per_label"]["dark"]["threshold"] == 0.99
 
 
 def test_a_label_only_in_validation_is_refused_in_one_line(tagged, tmp_path):

@@ -145,8 +145,10 @@ class Predictor:
         out = [self._run_batch(self._inputs(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
         return np.concatenate(out).astype(np.float64)
 
-    def predict(self, sources: list[Any] | Any, top_k: int = 5, batch_size: int = 32, *, strict: bool = False,
-                on_skip: Any = None) -> list[Prediction]:  # fmt: skip
-        """Top-k labels for image files, folders, PIL images or uint8 arrays (unreadable files skipped)."""
+    def predict(self, sources: list[Any] | Any, top_k: int | None = None, batch_size: int = 32, *, strict: bool = False,
+                on_skip: Any = None, threshold: float | None = None) -> list[Prediction]:  # fmt: skip
+        """Top-k labels (default 5) for image files, folders, PIL images or uint8 arrays (unreadable files
+        skipped); a multi-label export's labels over its thresholds (``threshold``: one for every label)."""
         items = sources if isinstance(sources, list) else [sources]
-        return list(predict_stream(self, items, top_k=top_k, batch_size=batch_size, strict=strict, on_skip=on_skip))
+        return list(predict_stream(self, items, top_k=top_k, batch_size=batch_size, strict=strict, on_skip=on_skip,
+                                   threshold=threshold))  # fmt: skip

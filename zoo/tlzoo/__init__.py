@@ -111,31 +111,33 @@ def train(config: TrainConfig | None = None, *, verbose: bool | None = None, **s
 
 
 def evaluate(model: Any, data: Any, *, batch_size: int = 64, strict: bool = False, provider: str = "auto",
-             device: str = "auto", decoder: str = "auto") -> dict[str, Any]:  # fmt: skip
+             device: str = "auto", decoder: str = "auto", threshold: float | None = None) -> dict[str, Any]:  # fmt: skip
     """Score a run directory or an exported file on labelled images, like ``tlzoo evaluate``; returns the metrics.
     ``device`` places a run directory's classifier (``decoder``: who decodes its JPEGs there), ``provider``
-    runs an exported file."""
+    runs an exported file; ``threshold`` scores a multi-label model at one threshold for every label."""
     from pathlib import Path
 
     from .runs.evaluation import evaluate_model
 
     return evaluate_model(Path(model), Path(data), batch_size=batch_size, strict=strict, provider=provider,
-                          device=device, decoder=decoder)  # fmt: skip
+                          device=device, decoder=decoder, threshold=threshold)  # fmt: skip
 
 
-def predict(model: Any, images: Any, *, top_k: int = 5, batch_size: int = 32, strict: bool = False,
-            provider: str = "auto", device: str = "auto", decoder: str = "auto") -> list[Any]:  # fmt: skip
-    """Top-k labels for image files, folders, uint8 arrays or PIL images, from a run directory or an exported
-    file: ``tlzoo.predict("runs/demo", ["cat.jpg", "photos/"])``. Unreadable files are skipped unless ``strict``;
-    ``device`` places a run directory's classifier (``decoder``: who decodes its JPEGs there), ``provider``
-    runs an exported file."""
+def predict(model: Any, images: Any, *, top_k: int | None = None, batch_size: int = 32, strict: bool = False,
+            provider: str = "auto", device: str = "auto", decoder: str = "auto",
+            threshold: float | None = None) -> list[Any]:  # fmt: skip
+    """Top-k labels (default 5) for image files, folders, uint8 arrays or PIL images, from a run directory or an
+    exported file: ``tlzoo.predict("runs/demo", ["cat.jpg", "photos/"])``; a multi-label model's labels over its
+    thresholds (``threshold``: one for every label; ``top_k`` is refused). Unreadable files are skipped unless
+    ``strict``; ``device`` places a run directory's classifier (``decoder``: who decodes its JPEGs there),
+    ``provider`` runs an exported file."""
     from .runs.inference import decoder_for, predict_stream
     from .runs.loading import open_model
 
     sources = images if isinstance(images, list) else [images]
     loaded = open_model(model, provider=provider, device=device)
     return list(predict_stream(loaded, sources, top_k=top_k, batch_size=batch_size, strict=strict,
-                               decoder=decoder_for(loaded, decoder)))  # fmt: skip
+                               decoder=decoder_for(loaded, decoder), threshold=threshold))  # fmt: skip
 
 
 def compare(data: Any = None, backbones: Any = "mobilenet_v2", strategies: str = "feature-extract,fine-tune,scratch", *,

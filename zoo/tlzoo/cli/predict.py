@@ -52,7 +52,8 @@ def predict(
 
     k = min(top_k, len(classifier.classes))
     rows: list[dict[str, Any]] = []
-    stream = predict_stream(classifier, [*paths], top_k=top_k, batch_size=batch_size, strict=strict, on_skip=skip,
+    stream = predict_stream(classifier, [*paths], top_k=None if multilabel else top_k, batch_size=batch_size,
+                            strict=strict, on_skip=skip,
                             decoder=decoder_for(classifier, decoder), threshold=threshold)  # fmt: skip
     for prediction in stream:
         rows.append(prediction.to_dict())

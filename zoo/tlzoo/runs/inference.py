@@ -130,16 +130,20 @@ def decode(item: Any, size: tuple[int, int], prep: Preprocessing | None = None) 
     return resize_array(item, size, prep)
 
 
-def predict_stream(model: Classifier, sources: Iterable[Any], *, top_k: int = 5, batch_size: int = 32,
+def predict_stream(model: Classifier, sources: Iterable[Any], *, top_k: int | None = None, batch_size: int = 32,
                    strict: bool = False, on_skip: Callable[[str, str], None] | None = None,
                    decoder: ImageDecoder | None = None, threshold: float | None = None) -> Iterator[Prediction]:  # fmt: skip
-    """Top-k labels per image (a multi-label model's: the labels over their thresholds, or ``threshold``), decoded
+    """Top-k labels per image (default 5; a multi-label model's: the labels over their thresholds, or ``threshold``), decoded
     and run one batch at a time; ``decoder`` (a GPU's, see :func:`decoder_for`) takes each batch's JPEG files at
     once, Pillow everything else."""
     from ..images.decode import Jpeg, decode_jpegs, read_for
 
     check_batch_options(top_k, batch_size)
     thresholds = thresholds_of(model, threshold)
+    if thresholds is not None and top_k is not None:
+        raise UsageError("top_k is for single-label models: a multi-label model gives the labels over their "
+                         "thresholds (set one for all with threshold=)")  # fmt: skip
+    top_k = 5 if top_k is None else top_k
     classes = model.classes
     k = min(top_k, len(classes))
     names: list[str] = []

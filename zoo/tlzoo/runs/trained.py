@@ -80,12 +80,14 @@ class TrainedRun:
 
         return probabilities(self.logits(images, batch_size), self.meta.output)
 
-    def predict(self, images: Any, *, top_k: int = 5, batch_size: int = 32, strict: bool = False) -> list[Any]:
-        """Top-k labels for image files, folders, uint8 arrays or PIL images (unreadable files skipped)."""
+    def predict(self, images: Any, *, top_k: int | None = None, batch_size: int = 32, strict: bool = False,
+                threshold: float | None = None) -> list[Any]:  # fmt: skip
+        """Top-k labels (default 5) for image files, folders, uint8 arrays or PIL images (unreadable files
+        skipped); a multi-label run's labels over its thresholds (``threshold``: one for every label)."""
         from .inference import predict_stream
 
         sources = images if isinstance(images, list) else [images]
-        return list(predict_stream(self, sources, top_k=top_k, batch_size=batch_size, strict=strict))
+        return list(predict_stream(self, sources, top_k=top_k, batch_size=batch_size, strict=strict, threshold=threshold))
 
 
 def load_run(run_dir: Path | str, device: str = "cpu") -> TrainedRun:
