@@ -1,6 +1,11 @@
 """Labels as they come, on scikit-learn's handwritten digits with MobileNetV2's real ImageNet weights (offline).
 
     python benchmarks/labels.py [--seeds 3] [--image-size 64] [--epochs 3] [--multilabel-sizes 32,64]
+                                [--parts single-label,multi-label]
+
+``--parts multi-label`` measures the multi-label runs alone and keeps the single-label parts (imbalance and
+calibration) of the last results file, saying so in it (``carried``): they take most of the time, and a change
+to multi-label code leaves them as they were.
 
 Three questions, each a ratio or difference measured within one run, means over ``--seeds`` seeds:
 
@@ -23,6 +28,7 @@ Three questions, each a ratio or difference measured within one run, means over 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -32,7 +38,7 @@ from statistics import mean
 from typing import Any
 
 import numpy as np
-from _common import import_offline_weights, write
+from _common import RESULTS, import_offline_weights, write
 
 TAGS = {"even": {0, 2, 4, 6, 8}, "big": {5, 6, 7, 8, 9}, "round": {0, 6, 8, 9}, "prime": {2, 3, 5, 7},
         "three": {3}, "five": {5}, "eight": {8}, "nine": {9}}
@@ -143,7 +149,11 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--multilabel-sizes", default="32,64")
+    parser.add_argument("--parts", default="single-label,multi-label")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts <= {"single-label", "multi-label"}:
+        raise SystemExit(f"--parts takes single-label and multi-label, got {args.parts}")
     sizes = [int(v) for v in args.multilabel_sizes.split(",")]
 
     from tlzoo.runs.evaluation import evaluate_model
@@ -161,7 +171,7 @@ def main() -> None:
     balanced_same: list[bool] = []
     calibration: dict[str, dict[str, list[float]]] = {
         s: {"before": [], "after": [], "floor": [], "temperature": [], "images": []} for s in strategies}
-    for seed in range(args.seeds):
+    for seed in range(args.seeds if "single-label" in parts else 0):
         sets = imbalanced_sets(files, seed, tmp / f"seed{seed}")
         for strategy, extra in strategies.items():
             for mode in ("none", "auto"):  # interleaved: the two runs of a pair back to back
@@ -194,7 +204,7 @@ def main() -> None:
 
     tags = multilabel_set(files, tmp)
     multi: dict[str, dict[str, list[float]]] = {}
-    for size in sizes:
+    for size in sizes if "multi-label" in parts else []:
         for strategy, extra in strategies.items():
             key = f"{strategy} {size} px"
             multi[key] = {"mean_average_precision": [], "micro_f1_thresholds": [], "micro_f1_half": [],
@@ -219,7 +229,7 @@ def main() -> None:
                       f"{m['micro_f1']:.4f} (thresholds) vs {half['micro_f1']:.4f} (0.5)", flush=True)
 
     summary: dict[str, Any] = {"imbalance": {}, "multilabel": {}, "calibration": {}}
-    for strategy in strategies:
+    for strategy in strategies if "single-label" in parts else []:
         auto = mean(r["balanced_accuracy"] for r in imbalance[strategy]["auto"])
         none = mean(r["balanced_accuracy"] for r in imbalance[strategy]["none"])
         summary["imbalance"][strategy] = {"auto": round(auto, 4), "none": round(none, 4),
@@ -238,12 +248,34 @@ def main() -> None:
         summary["multilabel"][key]["gain_points"] = round(100 * (mean(ml["micro_f1_thresholds"]) - mean(ml["micro_f1_half"])), 2)
         summary["multilabel"][key]["goal_met"] = mean(ml["micro_f1_thresholds"]) > mean(ml["micro_f1_half"])
     summary["balanced_set_auto_is_none"] = all(balanced_same)
+    carried: dict[str, Any] = {}
+    runs = {"imbalance_runs": imbalance, "multilabel_runs": multi, "calibration_runs": calibration}
+    previous = RESULTS / "labels.json"
+    for part, keys in (("single-label", ("imbalance", "calibration", "balanced_set_auto_is_none")),
+                       ("multi-label", ("multilabel",))):  # fmt: skip
+        if part in parts:
+            continue
+        if not previous.is_file():
+            raise SystemExit(f"--parts leaves out {part}, and there is no {previous} to keep it from")
+        old = json.loads(previous.read_text())
+        for key in keys:
+            summary[key] = old["summary"][key]
+            if f"{key}_runs" in old:
+                runs[f"{key}_runs"] = old[f"{key}_runs"]
+        carried[part] = {"date": old["date"], "commit": old.get("commit", "not recorded")}
     print(summary)
-    write("labels", {"seeds": args.seeds, "image_size": args.image_size, "epochs": args.epochs, "multilabel_sizes": sizes,
+    write("labels", {"commit": _commit(), **({"carried": carried} if carried else {}), "seeds": args.seeds, "image_size": args.image_size, "epochs": args.epochs, "multilabel_sizes": sizes,
                      "calibration_epochs": CALIBRATION_EPOCHS,
                      "test_per_digit": TEST_PER_DIGIT,
-                     "wall_s": round(time.perf_counter() - t0, 1), "summary": summary, "imbalance_runs": imbalance,
-                     "multilabel_runs": multi, "calibration_runs": calibration})  # fmt: skip
+                     "wall_s": round(time.perf_counter() - t0, 1), "summary": summary, **runs})  # fmt: skip
+
+
+def _commit() -> str:
+    import subprocess
+
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent)  # fmt: skip
+    return done.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":
