@@ -293,7 +293,10 @@ def labels() -> str:
     lines = [machine_line(data), "",
              f"`python benchmarks/labels.py`: MobileNetV2 with its real ImageNet weights on the UCI digits, "
              f"{data['image_size']} px, fine-tune {data['epochs']} epochs with units 1-8 frozen, means over "
-             f"{data['seeds']} seeds.", "",
+             f"{data['seeds']} seeds"
+             + "".join(f"; the {part} parts as measured on {c['date']} at {c['commit']} (`--parts`: unchanged code)"
+                       for part, c in data.get("carried", {}).items())
+             + ".", "",
              f"**Imbalance** (digits 5-9 cut to a fifteenth of their training images, 15:1; a balanced test split "
              f"of {data['test_per_digit']} images a digit): balanced accuracy.", "",
              "| strategy | `--balance none` | `--balance auto` | gain (points) | auto chose |", "|---|---|---|---|---|"]  # fmt: skip
