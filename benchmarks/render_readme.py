@@ -294,7 +294,8 @@ def labels() -> str:
              f"`python benchmarks/labels.py`: MobileNetV2 with its real ImageNet weights on the UCI digits, "
              f"{data['image_size']} px, fine-tune {data['epochs']} epochs with units 1-8 frozen, means over "
              f"{data['seeds']} seeds"
-             + "".join(f"; the {part} parts as measured on {c['date']} at {c['commit']} (`--parts`: unchanged code)"
+             + "".join(f"; the {part} parts as measured on {c['date']}"
+                       + (f" at {c['commit']}" if c["commit"] != "not recorded" else "") + " (`--parts`: unchanged code)"
                        for part, c in data.get("carried", {}).items())
              + ".", "",
              f"**Imbalance** (digits 5-9 cut to a fifteenth of their training images, 15:1; a balanced test split "
