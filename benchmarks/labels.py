@@ -120,17 +120,14 @@ def pooled(tables: list[dict[str, list[float]]]) -> dict[str, list[float]]:
     return {"lower": tables[0]["lower"], "count": counts.tolist(), "confidence": conf.tolist(), "accuracy": acc.tolist()}
 
 
-def ece_of(table: dict[str, list[float]]) -> float:
-    counts = np.asarray(table["count"])
-    return float((np.abs(np.asarray(table["accuracy"]) - table["confidence"]) * counts).sum() / max(counts.sum(), 1))
-
-
 def _add_calibration(into: dict[str, list[float]], runs: list[dict[str, Any]]) -> None:
     """One seed's calibration: the ECE before and after of the runs' test splits pooled, and its floor."""
+    from tlzoo.calibration import table_error
+
     before = pooled([m["reliability"]["before"] for m in runs])
     after = pooled([m["reliability"].get("after", m["reliability"]["before"]) for m in runs])
-    into["before"].append(ece_of(before))
-    into["after"].append(ece_of(after))
+    into["before"].append(table_error(before))
+    into["after"].append(table_error(after))
     into["floor"].append(ece_floor(after))
     into["temperature"].append(float(np.mean([m["temperature"] for m in runs])))
     into["images"].append(int(sum(before["count"])))

@@ -268,7 +268,7 @@ class KerasEngine(Engine):
         # --balance weights: each image's loss times its class's weight (made once, captured by the step)
         class_weights = None if self.class_weights is None else tf.constant(self.class_weights, tf.float32)
         multilabel = self.multilabel
-        pos_weight = tf.constant(self.pos_weight if self.pos_weight is not None else 1.0, tf.float32)
+        label_loss = multilabel_loss(self.pos_weight) if multilabel else None
 
         def apply(grads: list[tf.Tensor]) -> None:
             self.optimizers[0][0].apply_gradients(zip(grads[:n_head], self.head_vars))
@@ -278,12 +278,8 @@ class KerasEngine(Engine):
         def update(x: tf.Tensor, labels: tf.Tensor, global_batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             with tf.GradientTape() as tape:
                 logits = tf.cast(model(x, training=True), tf.float32)  # the loss in float32 in every policy
-                if multilabel:  # binary cross-entropy per label, averaged over the labels
-                    t = tf.cast(labels, tf.float32)
-                    each = -tf.reduce_mean(pos_weight * t * tf.math.log_sigmoid(logits)
-                                           + (1.0 - t) * tf.math.log_sigmoid(-logits), axis=1)  # fmt: skip
-                else:
-                    each = loss_fn(labels, logits)
+                # multi-label: binary cross-entropy per label, averaged over the labels (the MLP head's loss too)
+                each = label_loss(labels, logits) if label_loss is not None else loss_fn(labels, logits)
                 if class_weights is not None and not multilabel:
                     each = each * tf.gather(class_weights, labels)
                 loss = tf.reduce_sum(each) / tf.cast(global_batch, tf.float32)

@@ -631,7 +631,7 @@ def train_mlp(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
     net = make_head(sizes, dropout)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     if multilabel:
-        x, y, x_val, y_val = x, y.astype(np.float32), x_val, y_val.astype(np.float32)
+        y, y_val = y.astype(np.float32), y_val.astype(np.float32)
     xt, yt, xvt, yvt = (torch.from_numpy(a) for a in (x, y, x_val, y_val))
     loss_fn: nn.Module = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
     if multilabel:

@@ -53,22 +53,32 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, output: str) -> floa
 
 def reliability(proba: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict[str, list[float]]:
     """Per bin of top probability: its lower edge, how many predictions, their mean confidence and accuracy."""
-    top = proba.max(axis=1)
-    right = (proba.argmax(axis=1) == labels).astype(np.float64)
+    return binned(proba.max(axis=1), (proba.argmax(axis=1) == labels).astype(np.float64), bins)
+
+
+def binned(confidence: np.ndarray, outcome: np.ndarray, bins: int = ECE_BINS) -> dict[str, list[float]]:
+    """``confidence`` in ``bins`` equal-width bins: each bin's lower edge, count, mean confidence and mean
+    ``outcome`` (1 where the prediction was right, or the label there), under the key ``accuracy``."""
+    confidence, outcome = np.asarray(confidence, np.float64), np.asarray(outcome, np.float64)
     edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(top, edges[1:-1], right=True), 0, bins - 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
     counts = np.bincount(which, minlength=bins).astype(np.float64)
-    confidence = np.bincount(which, weights=top, minlength=bins) / np.maximum(counts, 1)
-    accuracy = np.bincount(which, weights=right, minlength=bins) / np.maximum(counts, 1)
-    return {"lower": edges[:-1].tolist(), "count": counts.tolist(), "confidence": confidence.tolist(),
+    mean_confidence = np.bincount(which, weights=confidence, minlength=bins) / np.maximum(counts, 1)
+    accuracy = np.bincount(which, weights=outcome, minlength=bins) / np.maximum(counts, 1)
+    return {"lower": edges[:-1].tolist(), "count": counts.tolist(), "confidence": mean_confidence.tolist(),
             "accuracy": accuracy.tolist()}  # fmt: skip
 
 
-def expected_calibration_error(proba: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    table = reliability(np.asarray(proba, np.float64), np.asarray(labels, np.int64), bins)
+def table_error(table: dict[str, list[float]]) -> float:
+    """The expected calibration error of a :func:`binned` table: the bins' |accuracy - confidence|, weighted by
+    their counts."""
     counts = np.asarray(table["count"])
     gaps = np.abs(np.asarray(table["accuracy"]) - np.asarray(table["confidence"]))
     return float((counts * gaps).sum() / max(counts.sum(), 1.0))
+
+
+def expected_calibration_error(proba: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    return table_error(reliability(np.asarray(proba, np.float64), np.asarray(labels, np.int64), bins))
 
 
 def wanted(choice: str, val_images: int) -> bool:

@@ -67,13 +67,24 @@ def probabilities(logits: np.ndarray, output: str) -> np.ndarray:
     """Turn a head's logits into class probabilities."""
     logits = np.asarray(logits, dtype=np.float64)
     if output == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))
+        return sigmoid(logits)
     if output == "ovr":
-        p = 1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))
+        p = sigmoid(logits)
         return p / np.clip(p.sum(axis=1, keepdims=True), 1e-12, None)
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(z, np.float64), -60, 60)))
+
+
+def binary_log_loss(proba: np.ndarray, labels: np.ndarray) -> float:
+    """Mean binary cross-entropy over every image and label (a multi-label head's loss)."""
+    p = np.clip(np.asarray(proba, np.float64), 1e-15, 1 - 1e-15)
+    y = np.asarray(labels, np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if y.size else 0.0
 
 
 def spread_floor(std: np.ndarray) -> np.ndarray:
@@ -200,8 +211,7 @@ def proba_scores(p: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[float, f
     from sklearn.metrics import log_loss
 
     if np.ndim(y) == 2:
-        pc, t = np.clip(p, 1e-15, 1 - 1e-15), np.asarray(y, np.float64)
-        return float(-np.mean(t * np.log(pc) + (1 - t) * np.log(1 - pc))), float(((p >= 0.5) == (t > 0)).mean())
+        return binary_log_loss(p, y), float(((p >= 0.5) == (np.asarray(y) > 0)).mean())
     return float(log_loss(y, np.clip(p, 1e-15, 1), labels=range(n_classes))), float((p.argmax(1) == y).mean())
 
 

@@ -22,13 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from .calibration import MIN_IMAGES, binned, table_error, wanted
+from .heads import binary_log_loss, sigmoid
+
 MAX_POS_WEIGHT = 100.0
 DEFAULT_THRESHOLD = 0.5
 OUTPUT = "sigmoid"  # how a multi-label classifier's logits become probabilities (tlzoo.heads.probabilities)
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(z, np.float64), -60, 60)))
 
 
 def pos_weights(labels: np.ndarray) -> np.ndarray:
@@ -49,22 +48,13 @@ def frequency_ratio(labels: np.ndarray) -> float:
     return float(present.max() / present.min()) if len(present) else 1.0
 
 
-def binary_log_loss(proba: np.ndarray, labels: np.ndarray) -> float:
-    """Mean binary cross-entropy over every image and label."""
-    p = np.clip(np.asarray(proba, np.float64), 1e-15, 1 - 1e-15)
-    y = np.asarray(labels, np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if y.size else 0.0
-
-
 def _fit_platt_one(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     from scipy.optimize import minimize
 
     def loss(ab: np.ndarray) -> tuple[float, np.ndarray]:
         p = sigmoid(ab[0] * z + ab[1])
-        pc = np.clip(p, 1e-15, 1 - 1e-15)
-        value = -np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc))
         g = p - y
-        return float(value), np.array([np.mean(g * z), np.mean(g)])
+        return binary_log_loss(p, y), np.array([np.mean(g * z), np.mean(g)])
 
     found = minimize(loss, x0=np.array([1.0, 0.0]), jac=True, method="L-BFGS-B", bounds=[(1e-3, 100.0), (-50, 50)])
     return float(found.x[0]), float(found.x[1])
@@ -85,28 +75,44 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     return a, b, left
 
 
-def choose_thresholds(proba: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """Per label, the threshold (predicting positive at or above it) with the highest F1 on ``labels``: halfway
-    between the lowest validation probability it takes as positive and the next lower one (the higher such cut on
-    ties); :data:`DEFAULT_THRESHOLD` for a label with no positive, whose indices are returned too."""
+def _per_label(proba: np.ndarray, labels: np.ndarray,
+               pick: Any) -> tuple[np.ndarray, list[int]]:  # fmt: skip
+    """Each label's threshold ``pick(precision, recall, cuts, its probabilities)`` from its precision-recall
+    curve; :data:`DEFAULT_THRESHOLD` for a label with no positive, whose indices are returned too. Clipped
+    strictly inside (0, 1), as the run's metadata holds them (a saturated sigmoid gives exactly 1.0)."""
     from sklearn.metrics import precision_recall_curve
 
     proba, labels = np.asarray(proba, np.float64), np.asarray(labels)
     thresholds = np.full(proba.shape[1], DEFAULT_THRESHOLD)
-    left = []
+    left = _without_positives(labels)
     for k in range(proba.shape[1]):
-        if labels[:, k].sum() == 0:
-            left.append(k)
-            continue
-        precision, recall, cuts = precision_recall_curve(labels[:, k], proba[:, k])
-        f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
-        best = np.flatnonzero(f1 >= f1.max() - 1e-12)[-1]
-        # any threshold between this cut and the next lower validation probability gives the same F1: take the
-        # middle of the gap, not its edge (a separable split would otherwise sit on its lowest positive)
-        below = proba[:, k][proba[:, k] < cuts[best]]
-        thresholds[k] = float((cuts[best] + (below.max() if len(below) else 0.0)) / 2)
-    # strictly inside (0, 1), as the run's metadata holds them (a saturated sigmoid gives exactly 1.0)
+        if k not in left:
+            thresholds[k] = pick(*precision_recall_curve(labels[:, k], proba[:, k]), proba[:, k])
     return np.clip(thresholds, 1e-6, 1 - 1e-6), left
+
+
+def _without_positives(labels: np.ndarray) -> list[int]:
+    return np.flatnonzero(np.asarray(labels).sum(axis=0) == 0).tolist()
+
+
+def _f1(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
+    return 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+
+
+def _argmax_cut(precision: np.ndarray, recall: np.ndarray, cuts: np.ndarray, proba: np.ndarray) -> float:
+    f1 = _f1(precision[:-1], recall[:-1])
+    best = np.flatnonzero(f1 >= f1.max() - 1e-12)[-1]
+    # any threshold between this cut and the next lower validation probability gives the same F1: take the
+    # middle of the gap, not its edge (a separable split would otherwise sit on its lowest positive)
+    below = proba[proba < cuts[best]]
+    return float((cuts[best] + (below.max() if len(below) else 0.0)) / 2)
+
+
+def choose_thresholds(proba: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Per label, the threshold (predicting positive at or above it) with the highest F1 on ``labels``: halfway
+    between the lowest validation probability it takes as positive and the next lower one (the higher such cut on
+    ties); :data:`DEFAULT_THRESHOLD` for a label with no positive, whose indices are returned too."""
+    return _per_label(proba, labels, _argmax_cut)
 
 
 BOOTSTRAP = 100  # resamples of the validation split each label's threshold is averaged over (fewer on a large one)
@@ -118,7 +124,7 @@ def bagged_thresholds(proba: np.ndarray, labels: np.ndarray, seed: int = 0) -> t
     images put it), the mean over resamples does not. A resample without a positive of a label says nothing
     about it; a label with no validation positive keeps :data:`DEFAULT_THRESHOLD`."""
     proba, labels = np.asarray(proba, np.float64), np.asarray(labels)
-    _, left = choose_thresholds(proba, labels)
+    left = _without_positives(labels)
     n, k = proba.shape
     rounds = int(min(BOOTSTRAP, max(20, 5_000_000 // max(n * k, 1))))
     rng = np.random.default_rng(seed)
@@ -143,18 +149,7 @@ def half_best_f1(proba: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, lis
     "Thresholding Classifiers to Maximize F1 Score", 2014). The best F1 is a steady statistic where the threshold
     that reaches it on one split is not (a flat curve's top is wherever a few images put it). A label with no
     validation positive keeps :data:`DEFAULT_THRESHOLD`; its indices are returned too."""
-    from sklearn.metrics import precision_recall_curve
-
-    proba, labels = np.asarray(proba, np.float64), np.asarray(labels)
-    thresholds = np.full(proba.shape[1], DEFAULT_THRESHOLD)
-    left = []
-    for k in range(proba.shape[1]):
-        if labels[:, k].sum() == 0:
-            left.append(k)
-            continue
-        precision, recall, _ = precision_recall_curve(labels[:, k], proba[:, k])
-        thresholds[k] = float((2 * precision * recall / np.maximum(precision + recall, 1e-12)).max()) / 2
-    return np.clip(thresholds, 1e-6, 1 - 1e-6), left
+    return _per_label(proba, labels, lambda precision, recall, cuts, p: float(_f1(precision, recall).max()) / 2)
 
 
 def predicted(proba: np.ndarray, thresholds: np.ndarray | list[float] | float) -> np.ndarray:
@@ -165,13 +160,7 @@ def predicted(proba: np.ndarray, thresholds: np.ndarray | list[float] | float) -
 def reliability(proba: np.ndarray, labels: np.ndarray, bins: int = 15) -> dict[str, list[float]]:
     """Every (image, label) probability in ``bins`` equal-width bins: the bins' lower edges, counts, mean
     probability and share of positives (the multi-label reliability diagram)."""
-    p, y = np.asarray(proba, np.float64).ravel(), np.asarray(labels, np.float64).ravel()
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(p, edges[1:-1], right=True), 0, bins - 1)
-    counts = np.bincount(which, minlength=bins).astype(np.float64)
-    return {"lower": edges[:-1].tolist(), "count": counts.tolist(),
-            "confidence": (np.bincount(which, weights=p, minlength=bins) / np.maximum(counts, 1)).tolist(),
-            "accuracy": (np.bincount(which, weights=y, minlength=bins) / np.maximum(counts, 1)).tolist()}  # fmt: skip
+    return binned(np.ravel(proba), np.ravel(labels), bins)
 
 
 def expected_calibration_error(proba: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
@@ -180,13 +169,7 @@ def expected_calibration_error(proba: np.ndarray, labels: np.ndarray, bins: int 
     proba, labels = np.asarray(proba, np.float64), np.asarray(labels, np.float64)
     if not proba.size:
         return 0.0
-    values = []
-    for k in range(proba.shape[1]):
-        table = reliability(proba[:, k], labels[:, k], bins)
-        counts = np.asarray(table["count"])
-        gaps = np.abs(np.asarray(table["accuracy"]) - np.asarray(table["confidence"]))
-        values.append(float((counts * gaps).sum() / max(counts.sum(), 1.0)))
-    return float(np.mean(values))
+    return float(np.mean([table_error(binned(proba[:, k], labels[:, k], bins)) for k in range(proba.shape[1])]))
 
 
 def mean_average_precision(labels: np.ndarray, proba: np.ndarray) -> float:
@@ -243,8 +226,6 @@ def calibrate(choice: str, val_logits: np.ndarray, val_labels: np.ndarray, eval_
               classes: list[str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any], list[str]]:  # fmt: skip
     """``--calibrate choice`` for a multi-label run: the per-label ``a, b`` (ones and zeros when none is fitted),
     what the run records, and the lines it says."""
-    from .calibration import MIN_IMAGES, wanted
-
     n = np.asarray(val_logits).shape[1]
     before = sigmoid(eval_logits)
     ece_before = expected_calibration_error(before, eval_labels)

@@ -171,18 +171,14 @@ def predict_stream(model: Classifier, sources: Iterable[Any], *, top_k: int | No
                 kept.append((name, item))
         if kept:
             proba = model.predict_proba(np.stack([pixels for _, pixels in kept]), batch_size=batch_size)
-            if thresholds is not None:
-                for row, (name, _) in enumerate(kept):
-                    chosen = [j for j in np.argsort(-proba[row], kind="stable") if proba[row, j] >= thresholds[j]]
-                    yield Prediction(name, [(classes[j], float(proba[row, j])) for j in chosen],
-                                     [classes[j] for j in chosen],
-                                     {c: float(proba[row, j]) for j, c in enumerate(classes)})  # fmt: skip
-                names.clear()
-                images.clear()
-                return
-            order = np.argsort(-proba, axis=1)[:, :k]
+            order = np.argsort(-proba, axis=1)
             for row, (name, _) in enumerate(kept):
-                yield Prediction(name, [(classes[j], float(proba[row, j])) for j in order[row]])
+                if thresholds is None:
+                    yield Prediction(name, [(classes[j], float(proba[row, j])) for j in order[row, :k]])
+                    continue
+                chosen = [j for j in order[row] if proba[row, j] >= thresholds[j]]
+                yield Prediction(name, [(classes[j], float(proba[row, j])) for j in chosen], [classes[j] for j in chosen],
+                                 {c: float(proba[row, j]) for j, c in enumerate(classes)})  # fmt: skip
         names.clear()
         images.clear()
 

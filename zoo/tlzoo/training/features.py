@@ -250,21 +250,19 @@ def _fit_head(feats: dict[str, np.ndarray], splits: Splits, cfg: TrainConfig, re
                           f"its training features are drawn class-balanced once, not again each epoch")  # fmt: skip
             drawn = epoch_order(0)
             x, y, epoch_order = x[drawn], y[drawn], None
-        try:
-            head = fit_mlp(
-                x, y, feats["val"], splits.val.labels, n, hidden=cfg.hidden,
-                dropout=cfg.dropout, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                patience=cfg.patience, batch_size=cfg.batch, seed=cfg.seed, trainer=trainer,
-                on_epoch=reporter.epoch, class_weight=weight, epoch_order=epoch_order,
-            )  # fmt: skip
-        except TypeError as exc:
-            if splits.multilabel and "multilabel" in str(exc):
-                raise UsageError(f"the {spec.framework} framework's MLP trainer cannot train multi-label (it takes no "
-                                 f"multilabel=); use --head logreg-ovr") from None  # fmt: skip
-            if weight is None or "class_weight" not in str(exc):
-                raise
+        # what the trainer is asked for beyond the adapter contract's first version, refused before it trains
+        if splits.multilabel and not _takes(trainer, "multilabel"):
+            raise UsageError(f"the {spec.framework} framework's MLP trainer cannot train multi-label (it takes no "
+                             f"multilabel=); use --head logreg-ovr")  # fmt: skip
+        if weight is not None and not _takes(trainer, "pos_weight" if splits.multilabel else "class_weight"):
             raise UsageError(f"--balance {balanced.choice}: the {spec.framework} framework's MLP trainer takes no class "
-                             f"weights; use --balance none (or sampler)") from None  # fmt: skip
+                             f"weights; use --balance none (or sampler)")  # fmt: skip
+        head = fit_mlp(
+            x, y, feats["val"], splits.val.labels, n, hidden=cfg.hidden,
+            dropout=cfg.dropout, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
+            patience=cfg.patience, batch_size=cfg.batch, seed=cfg.seed, trainer=trainer,
+            on_epoch=reporter.epoch, class_weight=weight, epoch_order=epoch_order,
+        )  # fmt: skip
         history = head.history
     else:
         if cfg.c is not None:
